@@ -1,0 +1,38 @@
+# The two commands a new user runs: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: test lint typecheck bench demo services clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+$(STAMP): $(PY) pyproject.toml
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+## test: install the package with its test extras and run the whole suite (lint, types, tests)
+test: $(STAMP)
+	$(PY) -m ruff check src tests bench
+	$(PY) -m mypy src
+	$(PY) -m pytest -q --doctest-modules src tests
+
+lint: $(STAMP)
+	$(PY) -m ruff check src tests bench
+
+typecheck: $(STAMP)
+	$(PY) -m mypy src
+
+## bench: run the benchmarks and write their results under bench/results/
+bench: $(STAMP)
+	$(PY) bench/bench_compute.py
+
+## demo: (arrives with the offline tier) for now runs the README example
+demo: $(STAMP)
+	$(PY) examples/quickstart.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache pitstore-data

@@ -1,0 +1,116 @@
+"""pitstore: a point-in-time feature store for market data.
+
+Compute features once and get exactly the same values everywhere, never from the future.
+
+>>> import pitstore
+>>> bars = pitstore.testing.synthetic_bars(n_symbols=3, n_bars=100)
+>>> out = pitstore.compute(pitstore.standard_features(), bars)
+>>> out.columns[2:]
+['ret_5d', 'ret_20d', 'ret_60d', 'vol_20d', 'vol_60d', 'mom_20d', 'mom_60d']
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from pitstore import testing
+from pitstore.bars import validate_bars
+from pitstore.config import Settings
+from pitstore.errors import (
+    BackendError,
+    BackendUnavailableError,
+    CacheCorruptionError,
+    ConfigError,
+    ConflictError,
+    DefinitionError,
+    FeatureSetNotFoundError,
+    InvalidInputError,
+    LookaheadError,
+    MissingDependencyError,
+    NotFoundError,
+    PitstoreError,
+    SchemaMismatchError,
+    VersionNotFoundError,
+)
+from pitstore.features import (
+    Feature,
+    FeatureMetadata,
+    FeatureRef,
+    FeatureSet,
+    Registry,
+    VersionInfo,
+    atr,
+    bollinger,
+    compute,
+    ema,
+    expr,
+    feature,
+    feature_metadata,
+    fingerprint,
+    list_features,
+    log_ret,
+    macd,
+    mom,
+    ret,
+    rsi,
+    sma,
+    standard_features,
+    talib,
+    vol,
+    vwap,
+    zscore,
+)
+from pitstore.lookahead import check_lookahead
+from pitstore.store import Store
+
+try:
+    __version__ = version("pitstore")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
+    __version__ = "0.0.0"
+
+__all__ = [
+    "BackendError",
+    "BackendUnavailableError",
+    "CacheCorruptionError",
+    "ConfigError",
+    "ConflictError",
+    "DefinitionError",
+    "Feature",
+    "FeatureMetadata",
+    "FeatureRef",
+    "FeatureSet",
+    "FeatureSetNotFoundError",
+    "InvalidInputError",
+    "LookaheadError",
+    "MissingDependencyError",
+    "NotFoundError",
+    "PitstoreError",
+    "Registry",
+    "SchemaMismatchError",
+    "Settings",
+    "Store",
+    "VersionInfo",
+    "VersionNotFoundError",
+    "__version__",
+    "atr",
+    "bollinger",
+    "check_lookahead",
+    "compute",
+    "ema",
+    "expr",
+    "feature",
+    "feature_metadata",
+    "fingerprint",
+    "list_features",
+    "log_ret",
+    "macd",
+    "mom",
+    "ret",
+    "rsi",
+    "sma",
+    "standard_features",
+    "talib",
+    "testing",
+    "validate_bars",
+    "vol",
+    "vwap",
+    "zscore",
+]

@@ -1,0 +1,203 @@
+"""Validation of OHLCV bars: the one gate every bar passes before it is computed on or stored."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from pitstore.errors import InvalidInputError
+from pitstore.frames import to_polars
+
+__all__ = ["BAR_COLUMNS", "PRICE_COLUMNS", "symbol_runs", "validate_bars", "validate_symbol"]
+
+BAR_COLUMNS = ("symbol", "ts", "open", "high", "low", "close", "volume")
+PRICE_COLUMNS = ("open", "high", "low", "close")
+MAX_SYMBOL_LEN = 64
+TS_DTYPE = pl.Datetime("us", "UTC")
+_ROW = "__pitstore_row"
+
+
+def validate_symbol(symbol: Any, *, row: int | None = None) -> str:
+    """Return ``symbol`` if it is a valid symbol name, else raise :class:`InvalidInputError`."""
+    if not isinstance(symbol, str):
+        raise InvalidInputError("symbol must be a string", column="symbol", row=row, value=symbol)
+    if not symbol:
+        raise InvalidInputError("symbol is empty", column="symbol", row=row, value=symbol)
+    if len(symbol) > MAX_SYMBOL_LEN:
+        raise InvalidInputError(
+            f"symbol is longer than {MAX_SYMBOL_LEN} characters", column="symbol", row=row, value=symbol
+        )
+    if any(ord(ch) < 32 or 127 <= ord(ch) < 160 for ch in symbol):
+        raise InvalidInputError(
+            "symbol contains control characters", column="symbol", row=row, value=symbol
+        )
+    return symbol
+
+
+def symbol_runs(symbols: pl.Series) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Names, start offsets and end offsets of the runs of equal symbols in a sorted column."""
+    runs = symbols.rle()
+    lengths = runs.struct.field("len").to_numpy().astype(np.int64)
+    ends = np.cumsum(lengths)
+    return runs.struct.field("value").to_list(), ends - lengths, ends
+
+
+def validate_bars(data: Any, *, columns: tuple[str, ...] = BAR_COLUMNS) -> pl.DataFrame:
+    """Check bars and return them as a polars frame sorted by (symbol, ts), UTC, prices as Float64.
+
+    Raises :class:`InvalidInputError` naming the column, the symbol and the first offending row
+    (its position in the input) for: missing columns, wrong dtypes that cannot be cast safely, null
+    values, naive timestamps, duplicate (symbol, ts), non-finite or non-positive prices, high < low,
+    negative or non-finite volume, and invalid symbol names. Unsorted input is sorted, not rejected.
+    Extra columns are kept.
+    """
+    df = to_polars(data)
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise InvalidInputError(
+            f"missing column(s) {', '.join(missing)}; bars need {', '.join(columns)}", column=missing[0]
+        )
+    df = df.with_row_index(_ROW)
+    df = _cast_symbol(df)
+    df = _cast_ts(df)
+    df = _cast_numeric(df, [c for c in ("open", "high", "low", "close", "volume") if c in columns])
+    _check_nulls(df, columns)
+    _check_values(df, columns)
+    df = _sorted(df)
+    return df.drop(_ROW)
+
+
+def _first(df: pl.DataFrame, mask: pl.Expr) -> dict[str, Any] | None:
+    hit = df.filter(mask).head(1)
+    if hit.height == 0:
+        return None
+    return hit.row(0, named=True)
+
+
+def _fail(df: pl.DataFrame, mask: pl.Expr, problem: str, column: str) -> None:
+    row = _first(df, mask)
+    if row is not None:
+        raise InvalidInputError(
+            problem,
+            column=column,
+            symbol=row.get("symbol") if isinstance(row.get("symbol"), str) else None,
+            row=int(row[_ROW]),
+            value=row.get(column),
+        )
+
+
+def _cast_symbol(df: pl.DataFrame) -> pl.DataFrame:
+    dtype = df.schema["symbol"]
+    if dtype in (pl.Categorical, pl.Enum) or isinstance(dtype, pl.Categorical | pl.Enum):
+        return df.with_columns(pl.col("symbol").cast(pl.String))
+    if dtype != pl.String:
+        row = df.row(0, named=True) if df.height else {}
+        raise InvalidInputError(
+            f"symbol must be a string column, got dtype {dtype}", column="symbol", row=0,
+            value=row.get("symbol"),
+        )
+    return df
+
+
+def _cast_ts(df: pl.DataFrame) -> pl.DataFrame:
+    dtype = df.schema["ts"]
+    if not isinstance(dtype, pl.Datetime):
+        raise InvalidInputError(
+            f"ts must be a timezone-aware datetime column, got dtype {dtype}", column="ts", row=0,
+            value=df["ts"][0] if df.height else None,
+        )
+    if dtype.time_zone is None:
+        first = df.row(0, named=True) if df.height else None
+        raise InvalidInputError(
+            "ts is timezone-naive; pitstore needs timezone-aware UTC timestamps "
+            "(e.g. pandas .dt.tz_localize('UTC'), polars .dt.replace_time_zone('UTC'))",
+            column="ts",
+            symbol=first["symbol"] if first else None,
+            row=0 if first else None,
+            value=first["ts"] if first else None,
+        )
+    ts = pl.col("ts")
+    if dtype.time_unit == "ns":
+        _fail(df, ts.dt.nanosecond() % 1000 != 0, "ts has sub-microsecond precision, which would be lost",
+              "ts")
+    return df.with_columns(ts.dt.convert_time_zone("UTC").cast(TS_DTYPE))
+
+
+def _cast_numeric(df: pl.DataFrame, cols: list[str]) -> pl.DataFrame:
+    casts = []
+    for col in cols:
+        dtype = df.schema[col]
+        if dtype == pl.Float64:
+            continue
+        if dtype.is_numeric():
+            casts.append(pl.col(col).cast(pl.Float64))
+            continue
+        if dtype == pl.Null:
+            casts.append(pl.col(col).cast(pl.Float64))
+            continue
+        row = df.row(0, named=True) if df.height else {}
+        raise InvalidInputError(
+            f"{col} must be numeric, got dtype {dtype} which cannot be cast safely",
+            column=col,
+            symbol=row.get("symbol"),
+            row=0 if row else None,
+            value=row.get(col),
+        )
+    return df.with_columns(casts) if casts else df
+
+
+def _check_nulls(df: pl.DataFrame, columns: tuple[str, ...]) -> None:
+    nulls = df.select(pl.col(list(columns)).null_count()).row(0, named=True)
+    for col in columns:
+        if nulls[col]:
+            _fail(df, pl.col(col).is_null(), f"{col} has null values", col)
+
+
+def _check_values(df: pl.DataFrame, columns: tuple[str, ...]) -> None:
+    prices = [c for c in PRICE_COLUMNS if c in columns]
+    checks: list[tuple[str, str, pl.Expr]] = []
+    for col in prices:
+        c = pl.col(col)
+        checks.append((col, f"{col} must be finite", ~c.is_finite()))
+        checks.append((col, f"{col} must be positive", c <= 0))
+    if "high" in columns and "low" in columns:
+        checks.append(("high", "high is below low", pl.col("high") < pl.col("low")))
+    if "volume" in columns:
+        v = pl.col("volume")
+        checks.append(("volume", "volume must be finite", ~v.is_finite()))
+        checks.append(("volume", "volume must not be negative", v < 0))
+    if not checks:
+        return
+    # One pass computes every flag; the slow path that finds the first offending row runs only on failure.
+    flags = df.select([expr.any().alias(str(i)) for i, (_, _, expr) in enumerate(checks)]).row(0)
+    for flag, (col, problem, expr) in zip(flags, checks, strict=True):
+        if flag:
+            _fail(df, expr, problem, col)
+
+
+def _sorted(df: pl.DataFrame) -> pl.DataFrame:
+    names, starts, ends = symbol_runs(df["symbol"])
+    grouped = len(names) == len(set(names)) and names == sorted(names)
+    if not grouped:
+        df = df.sort(["symbol", "ts"], maintain_order=True)
+        names, starts, ends = symbol_runs(df["symbol"])
+    for i, name in enumerate(names):
+        if not isinstance(name, str) or not name or len(name) > MAX_SYMBOL_LEN or not name.isprintable():
+            validate_symbol(name, row=int(df[_ROW][int(starts[i])]))
+    ts = df["ts"].to_physical().to_numpy()
+    step = np.diff(ts)
+    inner = np.ones(len(step), dtype=bool)
+    inner[ends[:-1] - 1] = False  # a symbol boundary is not a step in time
+    bad = np.flatnonzero(inner & (step <= 0))
+    if bad.size == 0:
+        return df
+    if not grouped or bool(np.any(step[bad] == 0)):
+        # Already sorted by (symbol, ts): a non-positive step is a duplicate.
+        dup = int(bad[step[bad] == 0][0]) + 1
+        row = df.row(dup, named=True)
+        raise InvalidInputError(
+            "duplicate (symbol, ts)", column="ts", symbol=row["symbol"], row=int(row[_ROW]), value=row["ts"]
+        )
+    return _sorted(df.sort(["symbol", "ts"], maintain_order=True))

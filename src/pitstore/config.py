@@ -1,0 +1,76 @@
+"""Settings: one frozen object, resolved as keyword arguments > PITSTORE_* environment > pitstore.toml."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from pitstore.errors import ConfigError
+
+__all__ = ["Settings"]
+
+# Defaults live here, one comment each.
+_DEFAULT_ROOT = "./pitstore-data"  # embedded store root, relative to the working directory
+_DEFAULT_LOCK_TIMEOUT = 30.0  # seconds a writer waits for the SQLite catalog lock before failing
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved configuration, passed down to every component.
+
+    >>> Settings.load(root="/tmp/x").root
+    PosixPath('/tmp/x')
+    """
+
+    root: Path = Path(_DEFAULT_ROOT)
+    lock_timeout: float = _DEFAULT_LOCK_TIMEOUT
+    redis_url: str | None = None
+    postgres_url: str | None = None
+
+    @property
+    def catalog_path(self) -> Path:
+        return self.root / "catalog.sqlite"
+
+    @classmethod
+    def load(cls, *, config_file: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
+        """Resolve settings: ``overrides`` > environment > ``pitstore.toml`` > defaults."""
+        known = {f.name for f in fields(cls)}
+        unknown = set(overrides) - known
+        if unknown:
+            raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        values: dict[str, Any] = {}
+        toml_path = Path(config_file) if config_file is not None else Path("pitstore.toml")
+        if toml_path.is_file():
+            try:
+                data = tomllib.loads(toml_path.read_text())
+            except tomllib.TOMLDecodeError as exc:
+                raise ConfigError(f"{toml_path}: {exc}") from exc
+            section = data.get("pitstore", data)
+            for key, val in section.items():
+                if key not in known:
+                    raise ConfigError(f"{toml_path}: unknown setting {key!r}")
+                values[key] = val
+        elif config_file is not None:
+            raise ConfigError(f"config file not found: {toml_path}")
+        env_root = os.environ.get("PITSTORE_ROOT") or os.environ.get("FEATURE_STORE_PATH")
+        if env_root:
+            values["root"] = env_root
+        for key in ("redis_url", "postgres_url", "lock_timeout"):
+            env = os.environ.get(f"PITSTORE_{key.upper()}")
+            if env:
+                values[key] = env
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        settings = replace(cls(), **values)
+        return settings._checked()
+
+    def _checked(self) -> Settings:
+        try:
+            lock_timeout = float(self.lock_timeout)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"lock_timeout must be a number, got {self.lock_timeout!r}") from exc
+        if lock_timeout <= 0:
+            raise ConfigError(f"lock_timeout must be positive, got {lock_timeout}")
+        return replace(self, root=Path(self.root).expanduser(), lock_timeout=lock_timeout)

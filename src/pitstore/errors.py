@@ -1,0 +1,124 @@
+"""Every error pitstore raises, in one place.
+
+Each error also subclasses the builtin a caller would naturally catch::
+
+    PitstoreError
+    +-- ConfigError(ValueError)             bad settings, URLs, options
+    +-- DefinitionError(ValueError)         a feature or feature set that cannot be built
+    |   +-- SchemaMismatchError             stored columns differ from a definition
+    +-- NotFoundError(LookupError)
+    |   +-- FeatureSetNotFoundError         no feature set of that name
+    |   +-- VersionNotFoundError            the feature set exists, the version does not
+    +-- ConflictError                       a write-once object would be changed
+    +-- LookaheadError                      a value would leak from the future
+    +-- BackendError                        a storage backend failed
+    |   +-- BackendUnavailableError         ... because it cannot be reached
+    +-- MissingDependencyError(ImportError) an optional extra is not installed
+    +-- CacheCorruptionError                a stored entry does not match its catalog row
+    +-- InvalidInputError(ValueError)       bad bars or arguments at the API edge
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "BackendError",
+    "BackendUnavailableError",
+    "CacheCorruptionError",
+    "ConfigError",
+    "ConflictError",
+    "DefinitionError",
+    "FeatureSetNotFoundError",
+    "InvalidInputError",
+    "LookaheadError",
+    "MissingDependencyError",
+    "NotFoundError",
+    "PitstoreError",
+    "SchemaMismatchError",
+    "VersionNotFoundError",
+]
+
+
+class PitstoreError(Exception):
+    """Base of every pitstore error."""
+
+
+class ConfigError(PitstoreError, ValueError):
+    """A setting, URL or option is invalid."""
+
+
+class DefinitionError(PitstoreError, ValueError):
+    """A feature or feature set definition is invalid."""
+
+
+class SchemaMismatchError(DefinitionError):
+    """Stored data does not have the columns a definition expects."""
+
+
+class NotFoundError(PitstoreError, LookupError):
+    """Something asked for by name does not exist."""
+
+
+class FeatureSetNotFoundError(NotFoundError):
+    """No feature set is registered under that name."""
+
+
+class VersionNotFoundError(NotFoundError):
+    """The feature set exists but not in that version."""
+
+
+class ConflictError(PitstoreError):
+    """A write-once object would be changed."""
+
+
+class LookaheadError(PitstoreError):
+    """A value that was not knowable at the requested time would be served."""
+
+
+class BackendError(PitstoreError):
+    """A storage backend failed."""
+
+
+class BackendUnavailableError(BackendError):
+    """A storage backend cannot be reached."""
+
+
+class MissingDependencyError(PitstoreError, ImportError):
+    """An optional dependency is not installed; the message names the extra to install."""
+
+
+class CacheCorruptionError(PitstoreError):
+    """A stored entry does not match the size or hash its catalog row records."""
+
+
+class InvalidInputError(PitstoreError, ValueError):
+    """Input data is malformed. Names the column, the symbol and the first offending row when known."""
+
+    def __init__(
+        self,
+        problem: str,
+        *,
+        column: str | None = None,
+        symbol: str | None = None,
+        row: int | None = None,
+        value: Any = None,
+    ) -> None:
+        self.problem = problem
+        self.column = column
+        self.symbol = symbol
+        self.row = row
+        self.value = value
+        where = []
+        if column is not None:
+            where.append(f"column {column!r}")
+        if symbol is not None:
+            where.append(f"symbol {symbol!r}")
+        if row is not None:
+            where.append(f"row {row}")
+        msg = problem
+        if where:
+            msg += " (" + ", ".join(where) + ")"
+        if value is not None:
+            msg += f": got {value!r}"
+        super().__init__(msg)

@@ -1,0 +1,145 @@
+"""The feature engine: one call computes any features over the bars of many symbols.
+
+Every feature is computed per symbol, in time order, from that symbol's full history in the input;
+the first ``lookback`` rows of each symbol are null. Bars arrive sorted by (symbol, ts) from
+:func:`pitstore.bars.validate_bars`, so each symbol is a contiguous slice and kernels run on zero-copy
+numpy views.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from pitstore.bars import symbol_runs, validate_bars
+from pitstore.errors import DefinitionError
+from pitstore.features.base import Feature, FeatureSet, check_unique_outputs
+from pitstore.frames import FrameKind, frame_kind, from_polars
+
+__all__ = ["ENGINE_VERSION", "compute", "compute_frame", "flatten_features"]
+
+# Bump when a built-in kernel or the engine's rules change numbers: it is part of every fingerprint.
+ENGINE_VERSION = "1"
+
+FeatureLike = Feature | FeatureSet | Iterable["Feature | FeatureSet"]
+
+
+def flatten_features(features: FeatureLike) -> list[Feature]:
+    """A flat list of features from a feature, a feature set, or a list mixing both."""
+    if isinstance(features, Feature):
+        return [features]
+    if isinstance(features, FeatureSet):
+        return list(features.features)
+    out: list[Feature] = []
+    try:
+        items = list(features)
+    except TypeError as exc:
+        raise DefinitionError(f"expected features or a feature set, got {type(features).__name__}") from exc
+    for item in items:
+        if isinstance(item, Feature | FeatureSet):
+            out.extend(flatten_features(item))
+        else:
+            raise DefinitionError(f"expected a Feature or FeatureSet, got {type(item).__name__}: {item!r}")
+    return out
+
+
+def compute(features: FeatureLike, bars: Any, *, output: FrameKind | None = None) -> Any:
+    """Compute ``features`` over ``bars`` (pandas, polars or Arrow) and return a frame of the same type.
+
+    The result has ``symbol``, ``ts`` and one column per feature output, sorted by (symbol, ts).
+
+    >>> import pitstore
+    >>> bars = pitstore.testing.synthetic_bars(n_symbols=2, n_bars=30)
+    >>> out = pitstore.compute([pitstore.sma(5), pitstore.rsi(14)], bars)
+    >>> out.columns
+    ['symbol', 'ts', 'sma_5', 'rsi_14']
+    """
+    kind = output or frame_kind(bars)
+    feats = flatten_features(features)
+    if not feats:
+        raise DefinitionError("no features to compute")
+    check_unique_outputs(feats)
+    needed = tuple(sorted({c for f in feats for c in f.inputs}))
+    df = validate_bars(bars)
+    missing = [c for c in needed if c not in df.columns]
+    if missing:
+        raise DefinitionError(f"features need column(s) {missing} that the bars do not have")
+    return from_polars(compute_frame(feats, df), kind)
+
+
+def compute_frame(features: Sequence[Feature], df: pl.DataFrame) -> pl.DataFrame:
+    """Compute on validated bars (sorted by symbol, ts); returns ``symbol``, ``ts`` and the outputs."""
+    n_rows = df.height
+    _, starts, ends = symbol_runs(df["symbol"]) if n_rows else ([], np.zeros(0, np.int64), np.zeros(0, np.int64))
+    columns: dict[str, pl.Series] = {}
+    kernel_feats = [f for f in features if f.kernel is not None]
+    if kernel_feats:
+        columns.update(_run_kernels(kernel_feats, df, starts, ends))
+    in_group: np.ndarray | None = None
+    for f in features:
+        if f.kind == "expr":
+            assert f.expr is not None
+            values = df.select(f.expr.over("symbol").cast(pl.Float64).alias("v"))["v"]
+            if in_group is None:
+                in_group = np.arange(n_rows) - np.repeat(starts, ends - starts)
+            arr = values.to_numpy().astype(np.float64, copy=True)
+            arr[in_group < f.lookback] = np.nan
+            columns[f.outputs[0]] = pl.Series(f.outputs[0], arr, nan_to_null=True)
+        elif f.kind == "python":
+            columns.update(_run_python(f, df, starts, ends))
+    ordered = [columns[c] for f in features for c in f.outputs]
+    return df.select("symbol", "ts").with_columns(ordered)
+
+
+def _run_kernels(
+    features: Sequence[Feature], df: pl.DataFrame, starts: np.ndarray, ends: np.ndarray
+) -> dict[str, pl.Series]:
+    needed = sorted({c for f in features for c in f.inputs})
+    arrays = {c: df[c].cast(pl.Float64).to_numpy() for c in needed}
+    outs = {f.name: [np.empty(df.height) for _ in f.outputs] for f in features}
+    for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
+        view = {c: arr[a:b] for c, arr in arrays.items()}
+        for f in features:
+            assert f.kernel is not None
+            results = f.kernel(view)
+            for out, res in zip(outs[f.name], results, strict=True):
+                out[a:b] = res
+                out[a : min(a + f.lookback, b)] = np.nan
+    return {
+        col: pl.Series(col, arr, nan_to_null=True)
+        for f in features
+        for col, arr in zip(f.outputs, outs[f.name], strict=True)
+    }
+
+
+def _run_python(f: Feature, df: pl.DataFrame, starts: np.ndarray, ends: np.ndarray) -> dict[str, pl.Series]:
+    assert f.fn is not None
+    outs = [np.empty(df.height) for _ in f.outputs]
+    for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
+        part = df.slice(a, b - a)
+        result = f.fn(part, **f.params)
+        if isinstance(result, pl.DataFrame):
+            cols = [result[s] if s in result.columns else None for s in f.output_suffixes]
+            if any(c is None for c in cols):
+                raise DefinitionError(
+                    f"feature {f.name!r} returned columns {result.columns}, expected {list(f.output_suffixes)}"
+                )
+            results = [np.asarray(c.cast(pl.Float64).to_numpy(), dtype=np.float64) for c in cols if c is not None]
+        else:
+            if len(f.outputs) != 1:
+                raise DefinitionError(f"feature {f.name!r} has several outputs and must return a DataFrame")
+            if isinstance(result, pl.Series):
+                result = result.cast(pl.Float64).to_numpy()
+            results = [np.asarray(result, dtype=np.float64)]
+        for out, res in zip(outs, results, strict=True):
+            if res.shape != (b - a,):
+                raise DefinitionError(
+                    f"feature {f.name!r} returned {res.shape[0] if res.ndim else 'a scalar'} values for "
+                    f"{b - a} bars of symbol {df['symbol'][a]!r}"
+                )
+            out[a:b] = res
+            out[a : min(a + f.lookback, b)] = np.nan
+    return {col: pl.Series(col, arr, nan_to_null=True) for col, arr in zip(f.outputs, outs, strict=True)}

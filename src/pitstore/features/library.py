@@ -1,0 +1,316 @@
+"""The built-in feature library: parameterised, vectorised per-symbol kernels.
+
+Conventions (TA-Lib's, so that numbers match TA-Lib to the last bits where TA-Lib has the function):
+
+* ``sma(n)``: simple mean of the last n closes; first value at bar n-1.
+* ``ema(n)``: smoothing 2/(n+1), seeded with the SMA of the first n closes (TA-Lib's default seeding,
+  not pandas' ``ewm(adjust=False)`` which seeds with the first close); first value at bar n-1.
+* ``rsi(n)``: Wilder's smoothing (1/n), seeded with the simple averages of the first n gains and
+  losses; first value at bar n.
+* ``macd(fast, slow, signal)``: EMA(fast) - EMA(slow), both aligned to start at bar slow-1 as TA-Lib
+  does (the fast EMA is seeded over the fast closes that end at bar slow-1), signal = EMA(signal) of
+  the MACD line; first value at bar slow+signal-2.
+* ``bollinger(n, k)``: SMA ± k population (ddof=0) standard deviations, as TA-Lib's BBANDS.
+* ``atr(n)``: Wilder-smoothed true range, seeded with the SMA of the first n true ranges (the first
+  true range needs a previous close); first value at bar n.
+
+pitstore follows TA-Lib everywhere it has the function; the definitions it adds (ret, log_ret, vol,
+mom, vwap, zscore) are written in each docstring.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import numpy as np
+import polars as pl
+import talib as _ta
+
+from pitstore.errors import DefinitionError
+from pitstore.features.base import Feature, FeatureSet, make_feature, param_suffix
+
+__all__ = [
+    "BUILTINS",
+    "atr",
+    "bollinger",
+    "ema",
+    "log_ret",
+    "macd",
+    "mom",
+    "ret",
+    "rsi",
+    "sma",
+    "standard_features",
+    "vol",
+    "vwap",
+    "zscore",
+]
+
+Arrays = Mapping[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Builtin:
+    """Metadata and kernel of one built-in feature."""
+
+    func: str
+    params: dict[str, Any]
+    inputs: tuple[str, ...]
+    suffixes: tuple[str, ...]
+    lookback: Callable[..., int]
+    kernel: Callable[..., Sequence[np.ndarray]]
+    recursive: bool
+    description: str
+
+
+BUILTINS: dict[str, Builtin] = {}
+
+
+def _register(
+    func: str,
+    *,
+    params: dict[str, Any],
+    inputs: tuple[str, ...] = ("close",),
+    suffixes: tuple[str, ...] = ("",),
+    lookback: Callable[..., int],
+    recursive: bool = False,
+    description: str,
+) -> Callable[[Callable[..., Sequence[np.ndarray]]], Callable[..., Sequence[np.ndarray]]]:
+    def deco(kernel: Callable[..., Sequence[np.ndarray]]) -> Callable[..., Sequence[np.ndarray]]:
+        BUILTINS[func] = Builtin(func, params, inputs, suffixes, lookback, kernel, recursive, description)
+        return kernel
+
+    return deco
+
+
+def _build(func: str, **params: Any) -> Feature:
+    spec = BUILTINS[func]
+    for key, value in params.items():
+        default = spec.params[key]
+        if isinstance(default, int) and not isinstance(default, bool):
+            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+                raise DefinitionError(f"{func}: {key} must be a positive integer, got {value!r}")
+            params[key] = int(value)
+        elif isinstance(default, float):
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                raise DefinitionError(f"{func}: {key} must be a finite number, got {value!r}")
+            params[key] = float(value)
+    return make_feature(
+        name=f"{func}_{param_suffix(params.values())}",
+        kind="builtin",
+        func=func,
+        params=params,
+        output_suffixes=spec.suffixes,
+        inputs=spec.inputs,
+        lookback=spec.lookback(**params),
+        recursive=spec.recursive,
+        description=spec.description,
+        kernel=partial(spec.kernel, **params),
+    )
+
+
+def _nan(n: int) -> np.ndarray:
+    return np.full(n, np.nan)
+
+
+def _shift_ratio(c: np.ndarray, n: int) -> np.ndarray:
+    out = _nan(len(c))
+    out[n:] = c[n:] / c[:-n]
+    return out
+
+
+# --- kernels: one symbol's float64 columns in time order -> output arrays of the same length ----------
+
+
+@_register("ret", params={"n": 1}, lookback=lambda n: n,
+           description="simple return over n bars: close_t / close_{t-n} - 1")
+def _ret(a: Arrays, *, n: int) -> Sequence[np.ndarray]:
+    return [_shift_ratio(a["close"], n) - 1.0]
+
+
+@_register("log_ret", params={"n": 1}, lookback=lambda n: n,
+           description="log return over n bars: ln(close_t / close_{t-n})")
+def _log_ret(a: Arrays, *, n: int) -> Sequence[np.ndarray]:
+    return [np.log(_shift_ratio(a["close"], n))]
+
+
+@_register("vol", params={"n": 20, "periods_per_year": 252}, lookback=lambda n, periods_per_year: n,
+           description="annualised volatility: sample std (ddof=1) of the last n one-bar log returns "
+                       "* sqrt(periods_per_year)")
+def _vol(a: Arrays, *, n: int, periods_per_year: int) -> Sequence[np.ndarray]:
+    if n < 2:
+        raise DefinitionError("vol: n must be at least 2 (a sample std needs two returns)")
+    c = a["close"]
+    out = _nan(len(c))
+    if len(c) > n:
+        lr = np.log(c[1:] / c[:-1])
+        # TA-Lib's VAR is population variance; rescale to ddof=1. Rounding can make it a hair below 0.
+        var = _ta.VAR(lr, timeperiod=n, nbdev=1.0) * (n / (n - 1))
+        out[1:] = np.sqrt(np.maximum(var, 0.0)) * math.sqrt(periods_per_year)
+    return [out]
+
+
+@_register("mom", params={"n": 20}, lookback=lambda n: n - 1,
+           description="momentum: close_t / mean(close over the last n bars) - 1")
+def _mom(a: Arrays, *, n: int) -> Sequence[np.ndarray]:
+    c = a["close"]
+    return [c / _ta.SMA(c, timeperiod=n) - 1.0]
+
+
+@_register("sma", params={"n": 20}, lookback=lambda n: n - 1,
+           description="simple moving average of close over n bars (TA-Lib SMA)")
+def _sma(a: Arrays, *, n: int) -> Sequence[np.ndarray]:
+    return [_ta.SMA(a["close"], timeperiod=n)]
+
+
+@_register("ema", params={"n": 20}, lookback=lambda n: n - 1, recursive=True,
+           description="exponential moving average of close, alpha 2/(n+1), SMA-seeded (TA-Lib EMA)")
+def _ema(a: Arrays, *, n: int) -> Sequence[np.ndarray]:
+    return [_ta.EMA(a["close"], timeperiod=n)]
+
+
+@_register("rsi", params={"n": 14}, lookback=lambda n: n, recursive=True,
+           description="relative strength index, Wilder smoothing (TA-Lib RSI)")
+def _rsi(a: Arrays, *, n: int) -> Sequence[np.ndarray]:
+    return [_ta.RSI(a["close"], timeperiod=n)]
+
+
+@_register("macd", params={"fast": 12, "slow": 26, "signal": 9}, suffixes=("", "signal", "hist"),
+           lookback=lambda fast, slow, signal: max(fast, slow) + signal - 2, recursive=True,
+           description="MACD line, signal line and histogram (TA-Lib MACD)")
+def _macd(a: Arrays, *, fast: int, slow: int, signal: int) -> Sequence[np.ndarray]:
+    if fast < 2 or slow < 2:
+        raise DefinitionError("macd: fast and slow must be at least 2")
+    line, sig, hist = _ta.MACD(a["close"], fastperiod=fast, slowperiod=slow, signalperiod=signal)
+    return [line, sig, hist]
+
+
+@_register("bollinger", params={"n": 20, "k": 2.0}, suffixes=("upper", "middle", "lower"),
+           lookback=lambda n, k: n - 1,
+           description="Bollinger bands: SMA(n) ± k population std of close (TA-Lib BBANDS)")
+def _bollinger(a: Arrays, *, n: int, k: float) -> Sequence[np.ndarray]:
+    upper, middle, lower = _ta.BBANDS(a["close"], timeperiod=n, nbdevup=k, nbdevdn=k, matype=0)
+    return [upper, middle, lower]
+
+
+@_register("atr", params={"n": 14}, inputs=("high", "low", "close"), lookback=lambda n: n,
+           recursive=True, description="average true range, Wilder smoothing (TA-Lib ATR)")
+def _atr(a: Arrays, *, n: int) -> Sequence[np.ndarray]:
+    return [_ta.ATR(a["high"], a["low"], a["close"], timeperiod=n)]
+
+
+@_register("vwap", params={"n": 20}, inputs=("high", "low", "close", "volume"), lookback=lambda n: n - 1,
+           description="rolling VWAP over n bars of the typical price (high+low+close)/3; "
+                       "null while the window has no volume")
+def _vwap(a: Arrays, *, n: int) -> Sequence[np.ndarray]:
+    typical = (a["high"] + a["low"] + a["close"]) / 3.0
+    pv = pl.Series(typical * a["volume"]).rolling_sum(n).to_numpy()
+    v = pl.Series(a["volume"]).rolling_sum(n).to_numpy()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = pv / v
+    out[~np.isfinite(out)] = np.nan
+    return [out]
+
+
+@_register("zscore", params={"n": 20}, lookback=lambda n: n - 1,
+           description="z-score of close against its last n bars: (close - mean) / std (ddof=1)")
+def _zscore(a: Arrays, *, n: int) -> Sequence[np.ndarray]:
+    if n < 2:
+        raise DefinitionError("zscore: n must be at least 2")
+    # polars' rolling variance is numerically stable on price levels, unlike a sum-of-squares window.
+    s = pl.Series(a["close"])
+    mean = s.rolling_mean(n).to_numpy()
+    std = s.rolling_std(n, ddof=1).to_numpy()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = (a["close"] - mean) / std
+    out[~np.isfinite(out)] = np.nan
+    return [out]
+
+
+# --- factories: the public, typed constructors ------------------------------------------------------
+
+
+def ret(n: int = 1) -> Feature:
+    """Simple return over ``n`` bars. ``ret(5)`` -> column ``ret_5``."""
+    return _build("ret", n=n)
+
+
+def log_ret(n: int = 1) -> Feature:
+    """Log return over ``n`` bars. ``log_ret(1)`` -> column ``log_ret_1``."""
+    return _build("log_ret", n=n)
+
+
+def vol(n: int = 20, periods_per_year: int = 252) -> Feature:
+    """Annualised volatility of one-bar log returns over ``n`` bars (ddof=1)."""
+    return _build("vol", n=n, periods_per_year=periods_per_year)
+
+
+def mom(n: int = 20) -> Feature:
+    """Close over its ``n``-bar mean, minus one."""
+    return _build("mom", n=n)
+
+
+def sma(n: int = 20) -> Feature:
+    """Simple moving average of close. ``sma(50)`` -> column ``sma_50``."""
+    return _build("sma", n=n)
+
+
+def ema(n: int = 20) -> Feature:
+    """Exponential moving average of close, SMA-seeded as TA-Lib."""
+    return _build("ema", n=n)
+
+
+def rsi(n: int = 14) -> Feature:
+    """Wilder's RSI. ``rsi(14)`` -> column ``rsi_14``."""
+    return _build("rsi", n=n)
+
+
+def macd(fast: int = 12, slow: int = 26, signal: int = 9) -> Feature:
+    """MACD: columns ``macd_12_26_9``, ``macd_12_26_9_signal``, ``macd_12_26_9_hist``."""
+    return _build("macd", fast=fast, slow=slow, signal=signal)
+
+
+def bollinger(n: int = 20, k: float = 2.0) -> Feature:
+    """Bollinger bands: columns ``bollinger_20_2_upper``, ``_middle``, ``_lower``."""
+    return _build("bollinger", n=n, k=k)
+
+
+def atr(n: int = 14) -> Feature:
+    """Average true range (Wilder)."""
+    return _build("atr", n=n)
+
+
+def vwap(n: int = 20) -> Feature:
+    """Rolling volume-weighted average of the typical price over ``n`` bars."""
+    return _build("vwap", n=n)
+
+
+def zscore(n: int = 20) -> Feature:
+    """Z-score of close against its last ``n`` bars."""
+    return _build("zscore", n=n)
+
+
+def standard_features(name: str = "daily_core", *, timeframe: str = "1d") -> FeatureSet:
+    """The seven standard features: ``ret_5d, ret_20d, ret_60d, vol_20d, vol_60d, mom_20d, mom_60d``.
+
+    ``ret_N = close_t/close_{t-N} - 1``; ``vol_N = std(log returns, last N bars, ddof=1) * sqrt(252)``;
+    ``mom_N = close_t / mean(close, last N bars) - 1``; N counted in bars.
+    """
+    return FeatureSet(
+        name,
+        [
+            ret(5).alias("ret_5d"),
+            ret(20).alias("ret_20d"),
+            ret(60).alias("ret_60d"),
+            vol(20).alias("vol_20d"),
+            vol(60).alias("vol_60d"),
+            mom(20).alias("mom_20d"),
+            mom(60).alias("mom_60d"),
+        ],
+        timeframe=timeframe,
+        description="the seven standard return, volatility and momentum features",
+    )

@@ -1,0 +1,114 @@
+"""Every TA-Lib function as a feature: ``talib("RSI", timeperiod=14)``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from functools import cache
+from typing import Any
+
+import numpy as np
+import talib as _ta
+from talib import abstract as _abstract
+
+from pitstore.errors import DefinitionError
+from pitstore.features.base import Feature, make_feature, param_suffix
+
+__all__ = ["talib", "talib_functions", "talib_info"]
+
+# Functions whose value depends on all earlier history although TA-Lib does not flag them unstable.
+_RECURSIVE_EXTRA = frozenset(
+    {"EMA", "DEMA", "TEMA", "T3", "TRIX", "MACD", "MACDEXT", "MACDFIX", "APO", "PPO", "ADOSC", "AD", "OBV",
+     "MA", "MAVP", "BBANDS", "STOCH", "STOCHF", "STOCHRSI"}
+)
+
+
+@cache
+def talib_functions() -> tuple[str, ...]:
+    """Names of every function of the installed TA-Lib."""
+    return tuple(sorted(_ta.get_functions()))
+
+
+@cache
+def talib_info(name: str) -> dict[str, Any]:
+    """TA-Lib's own metadata for ``name`` (inputs, parameters with defaults, outputs, flags, group)."""
+    if name not in talib_functions():
+        raise DefinitionError(
+            f"unknown TA-Lib function {name!r}; see pitstore.list_features() for the {len(talib_functions())}"
+            " available"
+        )
+    info: dict[str, Any] = dict(_abstract.Function(name).info)
+    return info
+
+
+def _is_recursive(name: str, info: Mapping[str, Any]) -> bool:
+    flags = info.get("function_flags") or []
+    if any("unstable" in f or "path-dependent" in f for f in flags):
+        return True
+    # MA-type parameters can select an EMA-family average.
+    return name in _RECURSIVE_EXTRA or "matype" in info["parameters"]
+
+
+def _input_columns(info: Mapping[str, Any], overrides: Mapping[str, Any]) -> tuple[str, ...]:
+    unknown = set(overrides) - set(info["input_names"])
+    if unknown:
+        raise DefinitionError(
+            f"TA-Lib {info['name']}: unknown input(s) {sorted(unknown)}; it takes {list(info['input_names'])}"
+        )
+    cols: list[str] = []
+    for key, default in info["input_names"].items():
+        value = overrides.get(key, default)
+        cols.extend([value] if isinstance(value, str) else list(value))
+    return tuple(cols)
+
+
+def _kernel(name: str, inputs: tuple[str, ...], params: Mapping[str, Any],
+            a: Mapping[str, np.ndarray]) -> Sequence[np.ndarray]:
+    out = getattr(_ta, name)(*(a[c] for c in inputs), **params)
+    outs = out if isinstance(out, tuple | list) else (out,)
+    return [np.asarray(o, dtype=np.float64) for o in outs]
+
+
+def talib(function: str, *, inputs: Mapping[str, Any] | None = None, **params: Any) -> Feature:
+    """Any TA-Lib function as a feature, with its parameters (defaults filled in).
+
+    Inputs default to the bar columns TA-Lib names (``close``, ``high``, ...); ``inputs={"price": "open"}``
+    maps a TA-Lib input to another column. Multi-output functions give one column per output.
+
+    >>> talib("RSI", timeperiod=14).outputs
+    ('talib_rsi_14',)
+    >>> talib("BBANDS", timeperiod=20).outputs[0]
+    'talib_bbands_20_2_2_0_upperband'
+    """
+    name = function.upper()
+    info = talib_info(name)
+    defaults: dict[str, Any] = dict(info["parameters"])
+    unknown = set(params) - set(defaults)
+    if unknown:
+        raise DefinitionError(
+            f"TA-Lib {name}: unknown parameter(s) {sorted(unknown)}; it takes {list(defaults)}"
+        )
+    resolved: dict[str, Any] = {}
+    for key, default in defaults.items():
+        value = params.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+            raise DefinitionError(f"TA-Lib {name}: parameter {key} must be a number, got {value!r}")
+        resolved[key] = type(default)(value)
+    cols = _input_columns(info, inputs or {})
+    try:
+        lookback = int(_abstract.Function(name, **resolved).lookback)
+    except Exception as exc:  # TA-Lib rejects out-of-range parameters here
+        raise DefinitionError(f"TA-Lib {name}: invalid parameters {resolved}: {exc}") from exc
+    outputs = list(info["output_names"])
+    suffix = param_suffix(resolved.values())
+    return make_feature(
+        name=f"talib_{name.lower()}" + (f"_{suffix}" if suffix else ""),
+        kind="talib",
+        func=name,
+        params={**resolved, **({"inputs": dict(inputs)} if inputs else {})},
+        output_suffixes=("",) if len(outputs) == 1 else tuple(outputs),
+        inputs=cols,
+        lookback=lookback,
+        recursive=_is_recursive(name, info),
+        description=f"TA-Lib {name}: {info.get('display_name', '')}",
+        kernel=lambda a: _kernel(name, cols, resolved, a),
+    )

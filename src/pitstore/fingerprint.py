@@ -1,0 +1,187 @@
+"""Canonical encodings and fingerprints: of configs, of code, and of feature-set definitions.
+
+Two definitions with the same fingerprint produce the same numbers; anything that can change a number
+(parameters, code, helper code, referenced constants, library versions) changes the fingerprint, while
+formatting and comments do not.
+"""
+
+from __future__ import annotations
+
+import ast
+import datetime as dt
+import functools
+import hashlib
+import inspect
+import json
+import math
+import sysconfig
+import textwrap
+import types
+from collections.abc import Callable, Mapping
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from pitstore.errors import DefinitionError
+
+__all__ = ["canonical", "canonical_json", "code_fingerprint", "library_versions", "sha256_hex"]
+
+_LIBRARY_ROOTS = tuple(
+    str(Path(p).resolve()) for key in ("stdlib", "platstdlib", "purelib", "platlib")
+    if (p := sysconfig.get_paths().get(key))
+)
+
+
+def canonical(obj: Any) -> Any:
+    """A JSON-ready form of ``obj`` in which equal values have equal encodings.
+
+    Key order does not matter, ``2`` and ``2.0`` encode the same, NaN and infinities are named, datetimes
+    become UTC ISO strings (naive ones are rejected: they are ambiguous).
+    """
+    if obj is None or isinstance(obj, bool | str):
+        return obj
+    if isinstance(obj, np.generic):
+        return canonical(obj.item())
+    if isinstance(obj, int | float | Decimal):
+        f = float(obj)
+        if math.isnan(f):
+            return {"$float": "nan"}
+        if math.isinf(f):
+            return {"$float": "inf" if f > 0 else "-inf"}
+        if isinstance(obj, int) or f.is_integer():
+            return int(obj) if isinstance(obj, int) else int(f)
+        return f
+    if isinstance(obj, Mapping):
+        return {"$map": sorted(([canonical(k), canonical(v)] for k, v in obj.items()), key=json.dumps)}
+    if isinstance(obj, list | tuple):
+        return [canonical(v) for v in obj]
+    if isinstance(obj, set | frozenset):
+        return {"$set": sorted((canonical(v) for v in obj), key=json.dumps)}
+    if isinstance(obj, dt.datetime):
+        if obj.tzinfo is None:
+            raise DefinitionError(f"naive datetime {obj!r} in a config: give it a timezone")
+        return {"$datetime": obj.astimezone(dt.UTC).isoformat()}
+    if isinstance(obj, dt.date):
+        return {"$date": obj.isoformat()}
+    if isinstance(obj, dt.timedelta):
+        return {"$timedelta": obj.total_seconds()}
+    if isinstance(obj, Path):
+        return {"$path": str(obj)}
+    if isinstance(obj, bytes):
+        return {"$bytes": obj.hex()}
+    if isinstance(obj, pl.Expr):
+        return {"$expr": obj.meta.serialize(format="json")}
+    if isinstance(obj, np.ndarray):
+        return {"$array": [str(obj.dtype), list(obj.shape), hashlib.sha256(obj.tobytes()).hexdigest()]}
+    raise DefinitionError(f"cannot encode a {type(obj).__name__} canonically: {obj!r}")
+
+
+def canonical_json(obj: Any) -> str:
+    """Canonical JSON text of ``obj`` (see :func:`canonical`)."""
+    return json.dumps(canonical(obj), sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def sha256_hex(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that can change computed numbers."""
+    import talib
+
+    return {"polars": pl.__version__, "numpy": np.__version__, "talib": str(talib.__version__)}
+
+
+def _is_library(fn: types.FunctionType) -> bool:
+    try:
+        src = inspect.getsourcefile(fn)
+    except TypeError:
+        return True
+    if src is None:
+        return False
+    return str(Path(src).resolve()).startswith(_LIBRARY_ROOTS)
+
+
+class _StripDocstrings(ast.NodeTransformer):
+    def _strip(self, node: Any) -> Any:
+        self.generic_visit(node)
+        body = node.body
+        if body and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant) \
+                and isinstance(body[0].value.value, str):
+            node.body = body[1:] or [ast.Pass()]
+        return node
+
+    visit_FunctionDef = visit_AsyncFunctionDef = visit_ClassDef = _strip
+
+
+def _source_of(fn: types.FunctionType) -> str:
+    """The function's code with comments, docstrings and formatting normalised away."""
+    try:
+        src = textwrap.dedent(inspect.getsource(fn))
+        tree = _StripDocstrings().visit(ast.parse(src))
+        return ast.dump(tree, annotate_fields=False, include_attributes=False)
+    except (OSError, TypeError, SyntaxError, IndentationError):
+        # No source (REPL, exec): fall back to the bytecode and its constants.
+        code = fn.__code__
+        return f"{code.co_code.hex()}|{code.co_consts!r}|{code.co_names!r}"
+
+
+def _names(code: types.CodeType) -> set[str]:
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _names(const)
+    return names
+
+
+def _value_part(value: Any) -> Any:
+    try:
+        return canonical(value)
+    except DefinitionError:
+        return None
+
+
+def code_fingerprint(fn: Callable[..., Any]) -> str:
+    """sha256 over a function's normalised code, the code of the module-level helpers it calls (transitively),
+    the module-level constants it reads, its defaults and its closure values."""
+    parts: dict[str, Any] = {}
+
+    def visit(f: Any, key: str) -> None:
+        f = inspect.unwrap(f)
+        if isinstance(f, functools.partial):
+            visit(f.func, key + ".func")
+            parts[key + ".args"] = _value_part((f.args, f.keywords))
+            return
+        if isinstance(f, types.MethodType):
+            f = f.__func__
+        if not isinstance(f, types.FunctionType):
+            parts[key] = f"{type(f).__module__}.{getattr(f, '__qualname__', type(f).__qualname__)}"
+            return
+        if key in parts:
+            return
+        parts[key] = _source_of(f)
+        parts[key + ".defaults"] = _value_part((f.__defaults__, f.__kwdefaults__))
+        for i, cell in enumerate(f.__closure__ or ()):
+            try:
+                value = cell.cell_contents
+            except ValueError:  # empty cell
+                continue
+            if isinstance(value, types.FunctionType) and not _is_library(value):
+                visit(value, f"{key}.closure{i}")
+            else:
+                parts[f"{key}.closure{i}"] = _value_part(value)
+        for name in sorted(_names(f.__code__)):
+            if name not in f.__globals__:
+                continue
+            value = f.__globals__[name]
+            if isinstance(value, types.FunctionType):
+                if not _is_library(value):
+                    visit(value, f"{value.__module__}.{value.__qualname__}")
+            elif isinstance(value, bool | int | float | str | bytes | tuple | frozenset | type(None)):
+                parts[f"{key}.global.{name}"] = _value_part(value)
+
+    visit(fn, "fn")
+    return sha256_hex(json.dumps(parts, sort_keys=True))
