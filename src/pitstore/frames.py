@@ -9,7 +9,7 @@ import pyarrow as pa
 
 from pitstore.errors import InvalidInputError, MissingDependencyError
 
-__all__ = ["FrameKind", "from_polars", "frame_kind", "to_polars"]
+__all__ = ["FrameKind", "frame_kind", "from_polars", "to_polars"]
 
 FrameKind = Literal["polars", "pandas", "arrow"]
 
@@ -41,7 +41,9 @@ def to_polars(data: Any) -> pl.DataFrame:
     index_names = [n for n in getattr(data.index, "names", []) if n is not None]
     if index_names:
         data = data.reset_index()
-    return pl.from_pandas(data)
+    out = pl.from_pandas(data)
+    assert isinstance(out, pl.DataFrame)
+    return out
 
 
 def from_polars(df: pl.DataFrame, kind: FrameKind) -> Any:

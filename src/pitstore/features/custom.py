@@ -85,7 +85,7 @@ def feature(
     def wrap(f: Callable[..., Any]) -> Feature:
         if not callable(f):
             raise DefinitionError(f"feature: expected a function, got {type(f).__name__}")
-        fname = name or getattr(f, "__name__", "feature")
+        fname = name or str(getattr(f, "__name__", "feature"))
         suffixes = tuple(outputs) if outputs else ("",)
         doc = (f.__doc__ or "").strip().splitlines()
         return make_feature(

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 import talib as _ta
+from talib._ta_lib import MA_Type
 
 from pitstore.errors import DefinitionError
 from pitstore.features.base import Feature, FeatureSet, make_feature, param_suffix
@@ -193,7 +194,7 @@ def _macd(a: Arrays, *, fast: int, slow: int, signal: int) -> Sequence[np.ndarra
            lookback=lambda n, k: n - 1,
            description="Bollinger bands: SMA(n) ± k population std of close (TA-Lib BBANDS)")
 def _bollinger(a: Arrays, *, n: int, k: float) -> Sequence[np.ndarray]:
-    upper, middle, lower = _ta.BBANDS(a["close"], timeperiod=n, nbdevup=k, nbdevdn=k, matype=0)
+    upper, middle, lower = _ta.BBANDS(a["close"], timeperiod=n, nbdevup=k, nbdevdn=k, matype=MA_Type.SMA)
     return [upper, middle, lower]
 
 

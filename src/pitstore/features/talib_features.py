@@ -25,7 +25,7 @@ _RECURSIVE_EXTRA = frozenset(
 @cache
 def talib_functions() -> tuple[str, ...]:
     """Names of every function of the installed TA-Lib."""
-    return tuple(sorted(_ta.get_functions()))
+    return tuple(sorted(_ta.get_functions()))  # type: ignore[no-untyped-call]
 
 
 @cache
@@ -36,7 +36,7 @@ def talib_info(name: str) -> dict[str, Any]:
             f"unknown TA-Lib function {name!r}; see pitstore.list_features() for the {len(talib_functions())}"
             " available"
         )
-    info: dict[str, Any] = dict(_abstract.Function(name).info)
+    info: dict[str, Any] = dict(_abstract.Function(name).info)  # type: ignore[attr-defined]
     return info
 
 
@@ -95,7 +95,7 @@ def talib(function: str, *, inputs: Mapping[str, Any] | None = None, **params: A
         resolved[key] = type(default)(value)
     cols = _input_columns(info, inputs or {})
     try:
-        lookback = int(_abstract.Function(name, **resolved).lookback)
+        lookback = int(_abstract.Function(name, **resolved).lookback)  # type: ignore[attr-defined]
     except Exception as exc:  # TA-Lib rejects out-of-range parameters here
         raise DefinitionError(f"TA-Lib {name}: invalid parameters {resolved}: {exc}") from exc
     outputs = list(info["output_names"])
