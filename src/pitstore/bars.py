@@ -29,9 +29,9 @@ def validate_symbol(symbol: Any, *, row: int | None = None) -> str:
         raise InvalidInputError(
             f"symbol is longer than {MAX_SYMBOL_LEN} characters", column="symbol", row=row, value=symbol
         )
-    if any(ord(ch) < 32 or 127 <= ord(ch) < 160 for ch in symbol):
+    if not symbol.isprintable():
         raise InvalidInputError(
-            "symbol contains control characters", column="symbol", row=row, value=symbol
+            "symbol contains control or invisible characters", column="symbol", row=row, value=symbol
         )
     return symbol
 
@@ -156,48 +156,51 @@ def _check_nulls(df: pl.DataFrame, columns: tuple[str, ...]) -> None:
 
 
 def _check_values(df: pl.DataFrame, columns: tuple[str, ...]) -> None:
-    prices = [c for c in PRICE_COLUMNS if c in columns]
-    checks: list[tuple[str, str, pl.Expr]] = []
-    for col in prices:
+    # (column, [(problem, mask)]) in the order they are reported; per column, the earliest bad row wins.
+    checks: list[tuple[str, list[tuple[str, pl.Expr]]]] = []
+    for col in (c for c in PRICE_COLUMNS if c in columns):
         c = pl.col(col)
-        checks.append((col, f"{col} must be finite", ~c.is_finite()))
-        checks.append((col, f"{col} must be positive", c <= 0))
+        checks.append((col, [(f"{col} must be finite", ~c.is_finite()), (f"{col} must be positive", c <= 0)]))
     if "high" in columns and "low" in columns:
-        checks.append(("high", "high is below low", pl.col("high") < pl.col("low")))
+        checks.append(("high", [("high is below low", pl.col("high") < pl.col("low"))]))
     if "volume" in columns:
         v = pl.col("volume")
-        checks.append(("volume", "volume must be finite", ~v.is_finite()))
-        checks.append(("volume", "volume must not be negative", v < 0))
+        checks.append(("volume", [("volume must be finite", ~v.is_finite()), ("volume must not be negative", v < 0)]))
     if not checks:
         return
-    # One pass computes every flag; the slow path that finds the first offending row runs only on failure.
-    flags = df.select([expr.any().alias(str(i)) for i, (_, _, expr) in enumerate(checks)]).row(0)
-    for flag, (col, problem, expr) in zip(flags, checks, strict=True):
+    # One pass computes a flag per check group; finding the first offending row runs only on failure.
+    anys = [pl.any_horizontal([e for _, e in cs]) for _, cs in checks]
+    flags = df.select([e.any().alias(str(i)) for i, e in enumerate(anys)]).row(0)
+    for flag, mask, (col, cs) in zip(flags, anys, checks, strict=True):
         if flag:
-            _fail(df, expr, problem, col)
+            row = _first(df, mask)
+            assert row is not None
+            hits = df.filter(pl.col(_ROW) == row[_ROW]).select([e.alias(str(i)) for i, (_, e) in enumerate(cs)]).row(0)
+            problem = next(p for (p, _), hit in zip(cs, hits, strict=True) if hit)
+            raise InvalidInputError(problem, column=col, symbol=row["symbol"], row=int(row[_ROW]), value=row[col])
 
 
-def _sorted(df: pl.DataFrame) -> pl.DataFrame:
-    names, starts, ends = symbol_runs(df["symbol"])
-    grouped = len(names) == len(set(names)) and names == sorted(names)
-    if not grouped:
-        df = df.sort(["symbol", "ts"], maintain_order=True)
-        names, starts, ends = symbol_runs(df["symbol"])
-    for i, name in enumerate(names):
-        if not isinstance(name, str) or not name or len(name) > MAX_SYMBOL_LEN or not name.isprintable():
-            validate_symbol(name, row=int(df[_ROW][int(starts[i])]))
-    ts = df["ts"].to_physical().to_numpy()
-    step = np.diff(ts)
+def _sorted(df: pl.DataFrame, *, resorted: bool = False) -> pl.DataFrame:
+    names, _, ends = symbol_runs(df["symbol"])
+    if not resorted and not (len(names) == len(set(names)) and names == sorted(names)):
+        # Stable sort: among equal (symbol, ts) the first in the input stays first.
+        return _sorted(df.sort(["symbol", "ts"], maintain_order=True), resorted=True)
+    bad_names = [n for n in names if not isinstance(n, str) or not n or len(n) > MAX_SYMBOL_LEN
+                 or not n.isprintable()]
+    if bad_names:
+        first = df.filter(pl.col("symbol").is_in(bad_names)).sort(_ROW).row(0, named=True)
+        validate_symbol(first["symbol"], row=int(first[_ROW]))
+    step = np.diff(df["ts"].to_physical().to_numpy())
     inner = np.ones(len(step), dtype=bool)
     inner[ends[:-1] - 1] = False  # a symbol boundary is not a step in time
-    bad = np.flatnonzero(inner & (step <= 0))
-    if bad.size == 0:
+    if not np.any(inner & (step <= 0)):
         return df
-    if not grouped or bool(np.any(step[bad] == 0)):
-        # Already sorted by (symbol, ts): a non-positive step is a duplicate.
-        dup = int(bad[step[bad] == 0][0]) + 1
-        row = df.row(dup, named=True)
-        raise InvalidInputError(
-            "duplicate (symbol, ts)", column="ts", symbol=row["symbol"], row=int(row[_ROW]), value=row["ts"]
-        )
-    return _sorted(df.sort(["symbol", "ts"], maintain_order=True))
+    if not resorted:
+        return _sorted(df.sort(["symbol", "ts"], maintain_order=True), resorted=True)
+    # Sorted now, so a zero step marks a later occurrence of a (symbol, ts): report the earliest in the input.
+    dups = np.flatnonzero(inner & (step == 0)) + 1
+    rows = df[_ROW].to_numpy()[dups]
+    row = df.row(int(dups[int(np.argmin(rows))]), named=True)
+    raise InvalidInputError(
+        "duplicate (symbol, ts)", column="ts", symbol=row["symbol"], row=int(row[_ROW]), value=row["ts"]
+    )

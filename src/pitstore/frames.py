@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, Literal
 
 import polars as pl
 import pyarrow as pa
 
 from pitstore.errors import InvalidInputError, MissingDependencyError
+
+_NUMERIC = frozenset({"open", "high", "low", "close", "volume"})
 
 __all__ = ["FrameKind", "frame_kind", "from_polars", "to_polars"]
 
@@ -41,9 +44,41 @@ def to_polars(data: Any) -> pl.DataFrame:
     index_names = [n for n in getattr(data.index, "names", []) if n is not None]
     if index_names:
         data = data.reset_index()
-    out = pl.from_pandas(data)
+    for col in data.columns:
+        if data[col].dtype == object:
+            symbols = data["symbol"].tolist() if "symbol" in data.columns else None
+            _check_object_column(col, data[col].tolist(), symbols)
+    try:
+        out = pl.from_pandas(data)
+    except (pa.ArrowException, TypeError, ValueError) as exc:
+        raise InvalidInputError(f"cannot convert the pandas frame: {exc}") from exc
     assert isinstance(out, pl.DataFrame)
     return out
+
+
+def _check_object_column(col: str, values: list[Any], symbols: list[Any] | None) -> None:
+    """pandas object columns hide mixed types that Arrow would reject or silently coerce: name the first."""
+    if not values:
+        return
+    if any(isinstance(v, datetime) for v in values):
+        aware = [v is not None and isinstance(v, datetime) and v.tzinfo is not None for v in values]
+        if any(aware) and not all(aware):
+            row = aware.index(False)
+            raise InvalidInputError(
+                "mixed timezone-aware and naive (or non-datetime) values", column=col, row=row, value=values[row],
+                symbol=symbols[row] if symbols and isinstance(symbols[row], str) else None,
+            )
+        return
+    if all(isinstance(v, str) for v in values):
+        return
+    if any(isinstance(v, str) for v in values):
+        row = next(i for i, v in enumerate(values) if not isinstance(v, str))
+        if col in _NUMERIC:
+            row = next(i for i, v in enumerate(values) if isinstance(v, str))
+        raise InvalidInputError(
+            "mixed strings and other values in an object column", column=col, row=row, value=values[row],
+            symbol=symbols[row] if symbols and isinstance(symbols[row], str) else None,
+        )
 
 
 def from_polars(df: pl.DataFrame, kind: FrameKind) -> Any:
