@@ -371,19 +371,22 @@ def test_duplicate_output_names_raise(small_bars: pl.DataFrame) -> None:
 # --- 5. custom features ----------------------------------------------------------------------------------
 
 
-def test_expr_shift_does_not_leak_across_symbols(bars: pl.DataFrame) -> None:
-    """A shift-based expr is computed per symbol: no symbol sees another's bars; first k rows are null."""
-    f = pitstore.expr("gap", pl.col("open") / pl.col("close").shift(1) - 1.0, lookback=1)
+@pytest.mark.parametrize(("shift", "k"), [(1, 0), (3, 0), (3, 7)])
+def test_expr_shift_does_not_leak_across_symbols(bars: pl.DataFrame, shift: int, k: int) -> None:
+    """A shift-based expr is computed per symbol (no symbol sees another's bars); first k rows are null."""
+    f = pitstore.expr("gap", pl.col("open") / pl.col("close").shift(shift) - 1.0, lookback=k)
     out = pitstore.compute(f, bars)
 
     def ref(part: pl.DataFrame) -> list[np.ndarray]:
         o, c = part["open"].to_numpy(), part["close"].to_numpy()
-        return [np.r_[np.nan, o[1:] / c[:-1] - 1.0]]
+        v = np.r_[np.full(shift, np.nan), o[shift:] / c[:-shift] - 1.0][: len(o)]
+        v[:k] = np.nan
+        return [v]
 
     expected = reference_frame(bars, ref, ["gap"])
     assert out.select(KEYS).equals(expected.select(KEYS))
-    assert_close(values(out, "gap"), expected["gap"].to_numpy(), 1e-15, "gap")
-    assert (in_group_index(out)[out["gap"].is_null().to_numpy()] == 0).all()
+    assert_close(values(out, "gap"), expected["gap"].to_numpy(), 0.0, "gap")
+    np.testing.assert_array_equal(out["gap"].is_null().to_numpy(), in_group_index(out) < max(shift, k))
 
 
 @pytest.mark.parametrize("k", [0, 3, 25])
@@ -401,7 +404,7 @@ def test_expr_nulls_first_lookback_rows(bars: pl.DataFrame, k: int) -> None:
 
 def test_expr_rolling_matches_pandas(bars: pl.DataFrame) -> None:
     """A rolling expr equals a pandas groupby-rolling reference, per symbol."""
-    f = pitstore.expr("rm", pl.col("close").rolling_mean(10), lookback=9)
+    f = pitstore.expr("rm", pl.col("close").rolling_mean(10))
     out = pitstore.compute(f, bars)
     df = bars.sort(KEYS).to_pandas()
     ref = df["close"].groupby(df["symbol"]).rolling(10).mean().droplevel(0).sort_index()

@@ -24,12 +24,17 @@ _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
 
 
 def param_suffix(values: Iterable[Any]) -> str:
-    """``(12, 26, 9)`` -> ``"12_26_9"``; floats print without a trailing ``.0``."""
+    """``(12, 26, 9)`` -> ``"12_26_9"``: names stay identifiers, so ``1.5`` -> ``1p5`` and ``-2`` -> ``m2``.
+
+    >>> param_suffix([20, 2.0, 1.5, -2, 1e-7])
+    '20_2_1p5_m2_0p0000001'
+    """
     parts = []
     for v in values:
         if isinstance(v, float) and v.is_integer():
             v = int(v)
-        parts.append(str(v))
+        text = np.format_float_positional(v, trim="-") if isinstance(v, float) else str(v)
+        parts.append(text.replace("-", "m").replace(".", "p"))
     return "_".join(parts)
 
 

@@ -59,19 +59,20 @@ def compute(features: FeatureLike, bars: Any, *, output: FrameKind | None = None
     """
     kind = output or frame_kind(bars)
     feats = flatten_features(features)
-    if not feats:
-        raise DefinitionError("no features to compute")
-    check_unique_outputs(feats)
-    needed = tuple(sorted({c for f in feats for c in f.inputs}))
-    df = validate_bars(bars)
-    missing = [c for c in needed if c not in df.columns]
-    if missing:
-        raise DefinitionError(f"features need column(s) {missing} that the bars do not have")
-    return from_polars(compute_frame(feats, df), kind)
+    return from_polars(compute_frame(feats, validate_bars(bars)), kind)
 
 
 def compute_frame(features: Sequence[Feature], df: pl.DataFrame) -> pl.DataFrame:
     """Compute on validated bars (sorted by symbol, ts); returns ``symbol``, ``ts`` and the outputs."""
+    if not features:
+        raise DefinitionError("no features to compute")
+    check_unique_outputs(features)
+    missing = sorted({c for f in features for c in f.inputs} - set(df.columns))
+    if missing:
+        raise DefinitionError(
+            f"features need column(s) {missing} that the bars do not have "
+            "(TA-Lib features can map an input to another column with inputs={...})"
+        )
     n_rows = df.height
     _, starts, ends = symbol_runs(df["symbol"]) if n_rows else ([], np.zeros(0, np.int64), np.zeros(0, np.int64))
     columns: dict[str, pl.Series] = {}
@@ -137,7 +138,7 @@ def _run_python(f: Feature, df: pl.DataFrame, starts: np.ndarray, ends: np.ndarr
         for out, res in zip(outs, results, strict=True):
             if res.shape != (b - a,):
                 raise DefinitionError(
-                    f"feature {f.name!r} returned {res.shape[0] if res.ndim else 'a scalar'} values for "
+                    f"feature {f.name!r} returned {f'{res.shape[0]} values' if res.ndim else 'a scalar'} for "
                     f"{b - a} bars of symbol {df['symbol'][a]!r}"
                 )
             out[a:b] = res

@@ -66,6 +66,7 @@ class Builtin:
     kernel: Callable[..., Sequence[np.ndarray]]
     recursive: bool
     description: str
+    minimums: dict[str, float]
 
 
 BUILTINS: dict[str, Builtin] = {}
@@ -80,9 +81,14 @@ def _register(
     lookback: Callable[..., int],
     recursive: bool = False,
     description: str,
+    minimums: dict[str, float] | None = None,
 ) -> Callable[[Callable[..., Sequence[np.ndarray]]], Callable[..., Sequence[np.ndarray]]]:
+    """Register a kernel; ``minimums`` are the smallest valid parameter values (default: 1 for integers)."""
+
     def deco(kernel: Callable[..., Sequence[np.ndarray]]) -> Callable[..., Sequence[np.ndarray]]:
-        BUILTINS[func] = Builtin(func, params, inputs, suffixes, lookback, kernel, recursive, description)
+        BUILTINS[func] = Builtin(
+            func, params, inputs, suffixes, lookback, kernel, recursive, description, minimums or {}
+        )
         return kernel
 
     return deco
@@ -92,14 +98,17 @@ def _build(func: str, **params: Any) -> Feature:
     spec = BUILTINS[func]
     for key, value in params.items():
         default = spec.params[key]
-        if isinstance(default, int) and not isinstance(default, bool):
-            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-                raise DefinitionError(f"{func}: {key} must be a positive integer, got {value!r}")
+        if isinstance(default, int):
+            if isinstance(value, bool) or not isinstance(value, int | np.integer):
+                raise DefinitionError(f"{func}: {key} must be an integer, got {value!r}")
             params[key] = int(value)
-        elif isinstance(default, float):
-            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-                raise DefinitionError(f"{func}: {key} must be a finite number, got {value!r}")
+        elif isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise DefinitionError(f"{func}: {key} must be a finite number, got {value!r}")
+        else:
             params[key] = float(value)
+        low = spec.minimums.get(key, 1 if isinstance(default, int) else -math.inf)
+        if params[key] < low:
+            raise DefinitionError(f"{func}: {key} must be at least {low:g}, got {value!r}")
     return make_feature(
         name=f"{func}_{param_suffix(params.values())}",
         kind="builtin",
@@ -140,11 +149,10 @@ def _log_ret(a: Arrays, *, n: int) -> Sequence[np.ndarray]:
 
 
 @_register("vol", params={"n": 20, "periods_per_year": 252}, lookback=lambda n, periods_per_year: n,
+           minimums={"n": 2},
            description="annualised volatility: sample std (ddof=1) of the last n one-bar log returns "
                        "* sqrt(periods_per_year)")
 def _vol(a: Arrays, *, n: int, periods_per_year: int) -> Sequence[np.ndarray]:
-    if n < 2:
-        raise DefinitionError("vol: n must be at least 2 (a sample std needs two returns)")
     c = a["close"]
     out = _nan(len(c))
     if len(c) > n:
@@ -174,7 +182,7 @@ def _ema(a: Arrays, *, n: int) -> Sequence[np.ndarray]:
     return [_ta.EMA(a["close"], timeperiod=n)]
 
 
-@_register("rsi", params={"n": 14}, lookback=lambda n: n, recursive=True,
+@_register("rsi", params={"n": 14}, lookback=lambda n: n, recursive=True, minimums={"n": 2},
            description="relative strength index, Wilder smoothing (TA-Lib RSI)")
 def _rsi(a: Arrays, *, n: int) -> Sequence[np.ndarray]:
     return [_ta.RSI(a["close"], timeperiod=n)]
@@ -182,16 +190,15 @@ def _rsi(a: Arrays, *, n: int) -> Sequence[np.ndarray]:
 
 @_register("macd", params={"fast": 12, "slow": 26, "signal": 9}, suffixes=("", "signal", "hist"),
            lookback=lambda fast, slow, signal: max(fast, slow) + signal - 2, recursive=True,
+           minimums={"fast": 2, "slow": 2},
            description="MACD line, signal line and histogram (TA-Lib MACD)")
 def _macd(a: Arrays, *, fast: int, slow: int, signal: int) -> Sequence[np.ndarray]:
-    if fast < 2 or slow < 2:
-        raise DefinitionError("macd: fast and slow must be at least 2")
     line, sig, hist = _ta.MACD(a["close"], fastperiod=fast, slowperiod=slow, signalperiod=signal)
     return [line, sig, hist]
 
 
 @_register("bollinger", params={"n": 20, "k": 2.0}, suffixes=("upper", "middle", "lower"),
-           lookback=lambda n, k: n - 1,
+           lookback=lambda n, k: n - 1, minimums={"n": 2, "k": 0.0},
            description="Bollinger bands: SMA(n) ± k population std of close (TA-Lib BBANDS)")
 def _bollinger(a: Arrays, *, n: int, k: float) -> Sequence[np.ndarray]:
     upper, middle, lower = _ta.BBANDS(a["close"], timeperiod=n, nbdevup=k, nbdevdn=k, matype=MA_Type.SMA)
@@ -217,11 +224,9 @@ def _vwap(a: Arrays, *, n: int) -> Sequence[np.ndarray]:
     return [out]
 
 
-@_register("zscore", params={"n": 20}, lookback=lambda n: n - 1,
+@_register("zscore", params={"n": 20}, lookback=lambda n: n - 1, minimums={"n": 2},
            description="z-score of close against its last n bars: (close - mean) / std (ddof=1)")
 def _zscore(a: Arrays, *, n: int) -> Sequence[np.ndarray]:
-    if n < 2:
-        raise DefinitionError("zscore: n must be at least 2")
     # polars' rolling variance is numerically stable on price levels, unlike a sum-of-squares window.
     s = pl.Series(a["close"])
     mean = s.rolling_mean(n).to_numpy()

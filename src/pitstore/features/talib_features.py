@@ -92,12 +92,16 @@ def talib(function: str, *, inputs: Mapping[str, Any] | None = None, **params: A
         value = params.get(key, default)
         if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
             raise DefinitionError(f"TA-Lib {name}: parameter {key} must be a number, got {value!r}")
+        if isinstance(default, int) and float(value) != int(value):
+            raise DefinitionError(f"TA-Lib {name}: parameter {key} must be an integer, got {value!r}")
         resolved[key] = type(default)(value)
     cols = _input_columns(info, inputs or {})
     try:
         lookback = int(_abstract.Function(name, **resolved).lookback)  # type: ignore[attr-defined]
-    except Exception as exc:  # TA-Lib rejects out-of-range parameters here
+    except Exception as exc:  # TA-Lib rejects some out-of-range parameters here ...
         raise DefinitionError(f"TA-Lib {name}: invalid parameters {resolved}: {exc}") from exc
+    if lookback < 0:  # ... and signals others with a lookback of -1
+        raise DefinitionError(f"TA-Lib {name}: parameters out of TA-Lib's range: {resolved}")
     outputs = list(info["output_names"])
     suffix = param_suffix(resolved.values())
     return make_feature(
