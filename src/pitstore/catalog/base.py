@@ -3,9 +3,41 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
-__all__ = ["Catalog", "VersionRow"]
+__all__ = ["BarEntry", "Catalog", "FeatureEntry", "VersionRow"]
+
+
+class BarEntry(NamedTuple):
+    """The full bar history of one symbol as one immutable Parquet file (a snapshot)."""
+
+    id: int
+    symbol: str
+    path: str  # relative to the store root
+    n_rows: int
+    first_ts: int  # microseconds since the epoch, UTC
+    last_ts: int
+    content_hash: str
+    appended_only: bool  # the previous snapshot's bars are unchanged in this one
+    restated_rows: int  # bars of the previous snapshot that changed or disappeared
+    recorded_at: int
+    superseded_at: int | None
+
+
+class FeatureEntry(NamedTuple):
+    """One immutable segment of computed feature rows of one symbol, for one feature-set version."""
+
+    id: int
+    feature_set: str
+    version: int
+    symbol: str
+    path: str
+    n_rows: int
+    first_ts: int
+    last_ts: int
+    bars_entry_id: int  # the bar snapshot it was computed from
+    recorded_at: int
+    superseded_at: int | None
 
 
 @dataclass(frozen=True)

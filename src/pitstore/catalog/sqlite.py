@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-from pitstore.catalog.base import VersionRow
-from pitstore.errors import BackendError
+from pitstore.catalog.base import BarEntry, FeatureEntry, VersionRow
+from pitstore.errors import BackendError, ConflictError
 
 __all__ = ["SqliteCatalog"]
 
@@ -22,7 +25,48 @@ CREATE TABLE IF NOT EXISTS feature_set_versions (
     PRIMARY KEY (name, version),
     UNIQUE (name, fingerprint)
 );
+-- Times are integer microseconds since the epoch, UTC. An entry is visible at knowledge time T when
+-- recorded_at <= T and (superseded_at IS NULL OR superseded_at > T).
+CREATE TABLE IF NOT EXISTS bar_entries (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    symbol        TEXT    NOT NULL,
+    path          TEXT    NOT NULL,
+    n_rows        INTEGER NOT NULL,
+    first_ts      INTEGER NOT NULL,
+    last_ts       INTEGER NOT NULL,
+    content_hash  TEXT    NOT NULL,
+    appended_only INTEGER NOT NULL,  -- 1 when earlier bars were left untouched (no restatement)
+    restated_rows INTEGER NOT NULL,
+    recorded_at   INTEGER NOT NULL,
+    superseded_at INTEGER
+);
+CREATE INDEX IF NOT EXISTS bar_entries_live ON bar_entries (symbol, superseded_at);
+CREATE TABLE IF NOT EXISTS feature_entries (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    feature_set   TEXT    NOT NULL,
+    version       INTEGER NOT NULL,
+    symbol        TEXT    NOT NULL,
+    path          TEXT    NOT NULL,
+    n_rows        INTEGER NOT NULL,
+    first_ts      INTEGER NOT NULL,
+    last_ts       INTEGER NOT NULL,
+    bars_entry_id INTEGER NOT NULL,
+    recorded_at   INTEGER NOT NULL,
+    superseded_at INTEGER
+);
+CREATE INDEX IF NOT EXISTS feature_entries_live ON feature_entries (feature_set, version, symbol, superseded_at);
 """
+
+_BAR_COLS = ("id, symbol, path, n_rows, first_ts, last_ts, content_hash, appended_only, restated_rows, "
+             "recorded_at, superseded_at")
+_FEATURE_COLS = ("id, feature_set, version, symbol, path, n_rows, first_ts, last_ts, bars_entry_id, "
+                 "recorded_at, superseded_at")
+_VISIBLE = "recorded_at <= :t AND (superseded_at IS NULL OR superseded_at > :t)"
+_FAR_FUTURE = 2**62
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
 
 
 class SqliteCatalog:
@@ -42,31 +86,132 @@ class SqliteCatalog:
         except sqlite3.Error as exc:
             raise BackendError(f"cannot open catalog {self.path}: {exc}") from exc
 
-    def register_version(self, name: str, fingerprint: str, definition: str) -> VersionRow:
+    @contextmanager
+    def _write(self, what: str) -> Iterator[sqlite3.Cursor]:
+        """A write transaction. IMMEDIATE takes the write lock first, so read-then-write is atomic across
+        processes."""
         with self._lock:
             try:
                 cur = self._conn.cursor()
-                # IMMEDIATE takes the write lock first, so two processes cannot both pick version N+1.
                 cur.execute("BEGIN IMMEDIATE")
                 try:
-                    row = cur.execute(
-                        "SELECT name, version, fingerprint, definition, created_at FROM feature_set_versions"
-                        " WHERE name = ? AND fingerprint = ?",
-                        (name, fingerprint),
-                    ).fetchone()
-                    if row is None:
-                        (last,) = cur.execute(
-                            "SELECT COALESCE(MAX(version), 0) FROM feature_set_versions WHERE name = ?", (name,)
-                        ).fetchone()
-                        row = (name, last + 1, fingerprint, definition, datetime.now(UTC).isoformat())
-                        cur.execute("INSERT INTO feature_set_versions VALUES (?, ?, ?, ?, ?)", row)
+                    yield cur
                     cur.execute("COMMIT")
                 except BaseException:
                     cur.execute("ROLLBACK")
                     raise
             except sqlite3.Error as exc:
-                raise BackendError(f"catalog {self.path}: cannot register {name!r}: {exc}") from exc
+                raise BackendError(f"catalog {self.path}: cannot {what}: {exc}") from exc
+
+    def register_version(self, name: str, fingerprint: str, definition: str) -> VersionRow:
+        with self._write(f"register {name!r}") as cur:
+            row = cur.execute(
+                "SELECT name, version, fingerprint, definition, created_at FROM feature_set_versions"
+                " WHERE name = ? AND fingerprint = ?",
+                (name, fingerprint),
+            ).fetchone()
+            if row is None:
+                (last,) = cur.execute(
+                    "SELECT COALESCE(MAX(version), 0) FROM feature_set_versions WHERE name = ?", (name,)
+                ).fetchone()
+                row = (name, last + 1, fingerprint, definition, datetime.now(UTC).isoformat())
+                cur.execute("INSERT INTO feature_set_versions VALUES (?, ?, ?, ?, ?)", row)
         return VersionRow(*row)
+
+    # --- bars -----------------------------------------------------------------------------------------
+
+    def live_bars(self, symbols: Sequence[str] | None = None, as_known_at: int | None = None) -> list[BarEntry]:
+        """The bar entry of each symbol visible at ``as_known_at`` (now when None)."""
+        t = _FAR_FUTURE if as_known_at is None else as_known_at
+        sql = f"SELECT {_BAR_COLS} FROM bar_entries WHERE {_VISIBLE}"
+        with self._lock:
+            rows = self._conn.execute(sql + " ORDER BY symbol", {"t": t}).fetchall()
+        wanted = None if symbols is None else set(symbols)
+        return [BarEntry(*r) for r in rows if wanted is None or r[1] in wanted]
+
+    def bar_history(self, symbol: str, after_id: int) -> list[BarEntry]:
+        """Bar entries of ``symbol`` with id greater than ``after_id``, oldest first."""
+        with self._lock:
+            rows = self._conn.execute(
+                f"SELECT {_BAR_COLS} FROM bar_entries WHERE symbol = ? AND id > ? ORDER BY id", (symbol, after_id)
+            ).fetchall()
+        return [BarEntry(*r) for r in rows]
+
+    def commit_bars(self, entry: BarEntry, expected_live_id: int | None) -> BarEntry:
+        """Publish a new bar snapshot for its symbol, superseding the live one (which must be
+        ``expected_live_id``: a concurrent ingest of the same symbol raises ConflictError)."""
+        with self._write(f"commit bars of {entry.symbol!r}") as cur:
+            live = cur.execute(
+                "SELECT id FROM bar_entries WHERE symbol = ? AND superseded_at IS NULL", (entry.symbol,)
+            ).fetchone()
+            if (live[0] if live else None) != expected_live_id:
+                raise ConflictError(f"bars of {entry.symbol!r} changed during the ingest; retry it")
+            t = now_us()
+            cur.execute("UPDATE bar_entries SET superseded_at = ? WHERE symbol = ? AND superseded_at IS NULL",
+                        (t, entry.symbol))
+            cur.execute(
+                "INSERT INTO bar_entries (symbol, path, n_rows, first_ts, last_ts, content_hash, appended_only,"
+                " restated_rows, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (entry.symbol, entry.path, entry.n_rows, entry.first_ts, entry.last_ts, entry.content_hash,
+                 int(entry.appended_only), entry.restated_rows, t),
+            )
+            new_id = cur.lastrowid
+        assert new_id is not None
+        return entry._replace(id=new_id, recorded_at=t)
+
+    # --- feature entries ------------------------------------------------------------------------------
+
+    def feature_entries(
+        self, feature_set: str, version: int, symbols: Sequence[str] | None = None, as_known_at: int | None = None
+    ) -> list[FeatureEntry]:
+        """Feature entries visible at ``as_known_at`` (now when None), by symbol then time."""
+        t = _FAR_FUTURE if as_known_at is None else as_known_at
+        with self._lock:
+            rows = self._conn.execute(
+                f"SELECT {_FEATURE_COLS} FROM feature_entries WHERE feature_set = :fs AND version = :v AND {_VISIBLE}"
+                " ORDER BY symbol, first_ts",
+                {"fs": feature_set, "v": version, "t": t},
+            ).fetchall()
+        wanted = None if symbols is None else set(symbols)
+        return [FeatureEntry(*r) for r in rows if wanted is None or r[3] in wanted]
+
+    def commit_features(self, entry: FeatureEntry, *, supersede: Sequence[int], expected_live: Sequence[int]) -> bool:
+        """Publish a feature entry, superseding ``supersede``. Returns False (and writes nothing) when the live
+        entries of that symbol are no longer ``expected_live``: another process got there first."""
+        with self._write(f"commit features of {entry.symbol!r}") as cur:
+            live = cur.execute(
+                "SELECT id FROM feature_entries WHERE feature_set = ? AND version = ? AND symbol = ?"
+                " AND superseded_at IS NULL ORDER BY id",
+                (entry.feature_set, entry.version, entry.symbol),
+            ).fetchall()
+            if [r[0] for r in live] != sorted(expected_live):
+                return False
+            t = now_us()
+            cur.executemany("UPDATE feature_entries SET superseded_at = ? WHERE id = ?", [(t, i) for i in supersede])
+            cur.execute(
+                "INSERT INTO feature_entries (feature_set, version, symbol, path, n_rows, first_ts, last_ts,"
+                " bars_entry_id, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (entry.feature_set, entry.version, entry.symbol, entry.path, entry.n_rows, entry.first_ts,
+                 entry.last_ts, entry.bars_entry_id, t),
+            )
+        return True
+
+    def counts(self) -> dict[str, int]:
+        """Row counts for stats: live and total entries."""
+        with self._lock:
+            c = self._conn.execute
+            return {
+                "bar_entries_live": c("SELECT COUNT(*) FROM bar_entries WHERE superseded_at IS NULL").fetchone()[0],
+                "bar_entries_total": c("SELECT COUNT(*) FROM bar_entries").fetchone()[0],
+                "bars_live": c("SELECT COALESCE(SUM(n_rows), 0) FROM bar_entries WHERE superseded_at IS NULL")
+                .fetchone()[0],
+                "feature_entries_live": c("SELECT COUNT(*) FROM feature_entries WHERE superseded_at IS NULL")
+                .fetchone()[0],
+                "feature_entries_total": c("SELECT COUNT(*) FROM feature_entries").fetchone()[0],
+                "feature_rows_live": c(
+                    "SELECT COALESCE(SUM(n_rows), 0) FROM feature_entries WHERE superseded_at IS NULL"
+                ).fetchone()[0],
+            }
 
     def versions(self, name: str) -> list[VersionRow]:
         with self._lock:

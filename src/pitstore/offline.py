@@ -1,0 +1,68 @@
+"""The offline tier's files: immutable zstd Parquet entries, written atomically, always listed via the catalog."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from urllib.parse import quote
+
+import polars as pl
+import xxhash
+
+__all__ = ["content_hash", "encode_symbol", "read_entries", "write_entry"]
+
+_COMPRESSION_LEVEL = 3  # zstd level: ~the speed of level 1 on float columns, noticeably smaller files
+
+
+def encode_symbol(symbol: str) -> str:
+    """A file-name-safe, reversible encoding of a symbol: '/', '.', '..' and the like become harmless."""
+    return "s_" + quote(symbol, safe="").replace(".", "%2E").replace("%", "~")
+
+
+def content_hash(df: pl.DataFrame) -> str:
+    """xxh3-128 over every Arrow buffer of ``df`` (all bytes, no sampling), as hex."""
+    h = xxhash.xxh3_128()
+    for batch in df.to_arrow().to_batches():
+        for column in batch.columns:
+            for buf in column.buffers():
+                if buf is not None:
+                    h.update(memoryview(buf))
+    return h.hexdigest()
+
+
+def write_entry(root: Path, relative_dir: str, df: pl.DataFrame) -> str:
+    """Write ``df`` as a new Parquet entry under ``root/relative_dir``; returns its path relative to root.
+
+    Publish is atomic: a temporary file in the same directory is written, fsynced and renamed, then the
+    directory is fsynced. A crash leaves either no file or a complete one, never a partial file under the
+    final name; an orphan (renamed but never committed to the catalog) is never listed.
+    """
+    directory = root / relative_dir
+    directory.mkdir(parents=True, exist_ok=True)
+    name = f"{uuid.uuid4().hex}.parquet"
+    tmp = directory / f".{name}.tmp"
+    df.write_parquet(tmp, compression="zstd", compression_level=_COMPRESSION_LEVEL, statistics=True)
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(tmp, directory / name)
+    dfd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+    return f"{relative_dir}/{name}"
+
+
+def read_entries(root: Path, paths: Sequence[str], columns: Sequence[str] | None = None) -> pl.DataFrame | None:
+    """Read and concatenate entries (in the given order); None when there are none."""
+    if not paths:
+        return None
+    lf = pl.scan_parquet([str(root / p) for p in paths])
+    if columns is not None:
+        lf = lf.select(columns)
+    return lf.collect()

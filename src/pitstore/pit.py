@@ -1,0 +1,76 @@
+"""THE point-in-time join: the only place where the as-of, availability-lag and TTL rules live.
+
+As-of rule (DESIGN.md section 2): a look-up at time t for symbol s gets the row of s with the greatest
+``ts`` such that ``ts + availability_lag <= t`` (equality counts). If the feature set has a TTL and that
+row's ``ts < t - ttl``, the values are null and the status is ``stale``. Every look-up row comes back, in
+input order, with a status: ``ok``, ``unknown_symbol``, ``no_data_yet`` or ``stale``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Literal
+
+import polars as pl
+
+__all__ = ["STATUSES", "Status", "asof_join", "worst_status"]
+
+Status = Literal["ok", "stale", "no_data_yet", "unknown_symbol"]
+# Ordered from best to worst: a row joined from several feature sets reports the worst.
+STATUSES: tuple[Status, ...] = ("ok", "stale", "no_data_yet", "unknown_symbol")
+ORDER = "__pitstore_order"
+_FEATURE_TS = "__pitstore_feature_ts"
+_AVAILABLE = "__pitstore_available"
+
+
+def asof_join(
+    spine: pl.DataFrame,
+    rows: pl.DataFrame,
+    columns: Sequence[str],
+    *,
+    known_symbols: Sequence[str],
+    availability_lag: timedelta = timedelta(0),
+    ttl: timedelta | None = None,
+    status_name: str = "status",
+) -> pl.DataFrame:
+    """Join ``rows`` (symbol, ts, columns) onto ``spine`` (ORDER, symbol, ts) as of each spine ts.
+
+    Returns ORDER, the ``columns`` and ``status_name``, one row per spine row, sorted by ORDER.
+    ``known_symbols`` are the symbols the store has data for (others are ``unknown_symbol``).
+    """
+    right = rows.select(
+        pl.col("symbol"),
+        (pl.col("ts") + availability_lag).alias(_AVAILABLE),
+        pl.col("ts").alias(_FEATURE_TS),
+        *[pl.col(c) for c in columns],
+    ).sort(_AVAILABLE)
+    left = spine.select(ORDER, "symbol", "ts").sort("ts")
+    joined = left.join_asof(
+        right, left_on="ts", right_on=_AVAILABLE, by="symbol", strategy="backward", check_sortedness=False
+    )
+    known = pl.col("symbol").is_in(pl.Series(list(known_symbols), dtype=pl.String))
+    missing = pl.col(_FEATURE_TS).is_null()
+    stale = (
+        pl.col(_FEATURE_TS) < (pl.col("ts") - ttl) if ttl is not None else pl.lit(False)
+    )
+    status = (
+        pl.when(~known).then(pl.lit("unknown_symbol"))
+        .when(missing).then(pl.lit("no_data_yet"))
+        .when(stale).then(pl.lit("stale"))
+        .otherwise(pl.lit("ok"))
+    )
+    return joined.select(
+        ORDER,
+        *[pl.when(stale).then(None).otherwise(pl.col(c)).alias(c) for c in columns],
+        status.alias(status_name),
+    ).sort(ORDER)
+
+
+def worst_status(statuses: Sequence[pl.Expr]) -> pl.Expr:
+    """The worst of several status columns (``unknown_symbol`` > ``no_data_yet`` > ``stale`` > ``ok``)."""
+    if len(statuses) == 1:
+        return statuses[0]
+    rank = pl.Enum(list(STATUSES))
+    worst = pl.max_horizontal([s.cast(rank).to_physical() for s in statuses])
+    return worst.replace_strict(dict(enumerate(STATUSES)), return_dtype=pl.String)
