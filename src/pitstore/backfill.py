@@ -20,8 +20,7 @@ from pathlib import Path
 
 import polars as pl
 
-from pitstore.catalog.base import BarEntry, FeatureEntry
-from pitstore.catalog.sqlite import SqliteCatalog
+from pitstore.catalog.base import BarEntry, Catalog, FeatureEntry
 from pitstore.features.base import FeatureSet
 from pitstore.features.engine import compute_frame
 from pitstore.offline import encode_symbol, read_entries, write_entry
@@ -61,7 +60,7 @@ def _us(t: datetime | None) -> int | None:
     return None if t is None else int(t.timestamp() * 1_000_000)
 
 
-def _plan(catalog: SqliteCatalog, bars: BarEntry, live: list[FeatureEntry], start_us: int | None,
+def _plan(catalog: Catalog, bars: BarEntry, live: list[FeatureEntry], start_us: int | None,
           end_us: int | None) -> _Plan | None:
     if not live:
         return _Plan(bars, live, True, None)
@@ -79,7 +78,7 @@ def _plan(catalog: SqliteCatalog, bars: BarEntry, live: list[FeatureEntry], star
 
 def backfill(
     root: Path,
-    catalog: SqliteCatalog,
+    catalog: Catalog,
     feature_set: FeatureSet,
     version: int,
     *,
@@ -116,7 +115,7 @@ def backfill(
 
 
 def _run(
-    root: Path, catalog: SqliteCatalog, fs: FeatureSet, version: int, plans: list[_Plan],
+    root: Path, catalog: Catalog, fs: FeatureSet, version: int, plans: list[_Plan],
     start_us: int | None, end_us: int | None, report: BackfillReport, progress: Progress | None,
 ) -> None:
     bars = read_entries(root, [p.bars.path for p in plans])

@@ -10,8 +10,7 @@ from typing import Any
 import polars as pl
 
 from pitstore.bars import BAR_COLUMNS, symbol_runs, validate_bars
-from pitstore.catalog.base import BarEntry
-from pitstore.catalog.sqlite import SqliteCatalog
+from pitstore.catalog.base import BarEntry, Catalog
 from pitstore.errors import InvalidInputError
 from pitstore.offline import content_hash, encode_symbol, read_entries, write_entry
 
@@ -49,7 +48,7 @@ def load_bars_source(source: Any) -> Any:
     raise InvalidInputError(f"unsupported file type {path.suffix!r}: use .parquet or .csv")
 
 
-def ingest(root: Path, catalog: SqliteCatalog, bars: Any) -> IngestReport:
+def ingest(root: Path, catalog: Catalog, bars: Any) -> IngestReport:
     """Validate ``bars`` (all of them first: nothing is stored when any bar is bad) and store them."""
     df = validate_bars(load_bars_source(bars)).select(BAR_COLUMNS)
     report = IngestReport(rows=df.height)
@@ -61,7 +60,7 @@ def ingest(root: Path, catalog: SqliteCatalog, bars: Any) -> IngestReport:
 
 
 def _ingest_symbol(
-    root: Path, catalog: SqliteCatalog, symbol: str, new: pl.DataFrame, old_entry: BarEntry | None,
+    root: Path, catalog: Catalog, symbol: str, new: pl.DataFrame, old_entry: BarEntry | None,
     report: IngestReport,
 ) -> None:
     lo, hi = new["ts"][0], new["ts"][-1]

@@ -10,7 +10,7 @@ from typing import Any
 
 import polars as pl
 
-from pitstore.catalog.sqlite import SqliteCatalog
+from pitstore.catalog.base import Catalog
 from pitstore.errors import InvalidInputError
 from pitstore.features.registry import Registry
 from pitstore.frames import to_polars
@@ -68,7 +68,7 @@ def _known_at(as_known_at: datetime | None) -> int | None:
     return int(as_known_at.timestamp() * 1_000_000)
 
 
-def _load(root: Path, catalog: SqliteCatalog, sel: Selection, symbols: Sequence[str] | None,
+def _load(root: Path, catalog: Catalog, sel: Selection, symbols: Sequence[str] | None,
           as_known_at: int | None) -> tuple[pl.DataFrame, list[str]]:
     entries = catalog.feature_entries(sel.feature_set, sel.version, symbols, as_known_at)
     cols = ["symbol", "ts", *sel.columns]
@@ -100,7 +100,7 @@ def _spine(entities: Any) -> pl.DataFrame:
     ).with_row_index(ORDER)
 
 
-def get_historical(root: Path, catalog: SqliteCatalog, registry: Registry, entities: Any,
+def get_historical(root: Path, catalog: Catalog, registry: Registry, entities: Any,
                    features: str | Sequence[str], as_known_at: datetime | None) -> pl.DataFrame:
     """One output row per entity row, in input order: entity columns, features as of each ts, status."""
     spine = _spine(entities)
@@ -121,7 +121,7 @@ def get_historical(root: Path, catalog: SqliteCatalog, registry: Registry, entit
     )
 
 
-def read_range(root: Path, catalog: SqliteCatalog, registry: Registry, features: str | Sequence[str],
+def read_range(root: Path, catalog: Catalog, registry: Registry, features: str | Sequence[str],
                symbols: Sequence[str] | None, start: datetime | None, end: datetime | None,
                as_known_at: datetime | None) -> pl.DataFrame:
     """Stored rows with ``start <= ts <= end`` for the given symbols, joined across feature sets."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
@@ -64,6 +65,28 @@ class Catalog(Protocol):
 
     def names(self) -> list[str]:
         """Names of every registered feature set."""
+        ...
+
+    def live_bars(self, symbols: Sequence[str] | None = None, as_known_at: int | None = None) -> list[BarEntry]:
+        """The bar snapshot of each symbol visible at ``as_known_at`` (now when None)."""
+        ...
+
+    def bar_history(self, symbol: str, after_id: int) -> list[BarEntry]:
+        """Bar snapshots of ``symbol`` newer than ``after_id``, oldest first."""
+        ...
+
+    def commit_bars(self, entry: BarEntry, expected_live_id: int | None) -> BarEntry:
+        """Publish a bar snapshot, superseding the live one (ConflictError if it is not ``expected_live_id``)."""
+        ...
+
+    def feature_entries(
+        self, feature_set: str, version: int, symbols: Sequence[str] | None = None, as_known_at: int | None = None
+    ) -> list[FeatureEntry]:
+        """Feature entries visible at ``as_known_at`` (now when None), by symbol then time."""
+        ...
+
+    def commit_features(self, entry: FeatureEntry, *, supersede: Sequence[int], expected_live: Sequence[int]) -> bool:
+        """Publish a feature entry unless the symbol's live entries changed meanwhile (then False)."""
         ...
 
     def close(self) -> None: ...
