@@ -135,6 +135,7 @@ def _run(
             if lower is not None:
                 part = part.filter(ts_us > lower)
         if part is None or part.height == 0:
+            report.up_to_date.append(symbol)
             if progress:
                 progress(1)
             continue

@@ -24,7 +24,7 @@ class IngestReport:
     rows: int = 0
     new_symbols: list[str] = field(default_factory=list)
     appended: list[str] = field(default_factory=list)
-    restated: dict[str, int] = field(default_factory=dict)  # symbol -> bars changed or removed
+    restated: dict[str, int] = field(default_factory=dict)  # symbol -> bars changed or removed (0: gap filled)
     unchanged: list[str] = field(default_factory=list)
 
 
@@ -73,11 +73,13 @@ def _ingest_symbol(
         in_range = pl.col("ts").is_between(lo, hi)
         kept = old.filter(~in_range)
         merged = pl.concat([kept, new]).sort("ts")
-        # Bars of the old snapshot that differ or vanished in the new one are restated.
+        # Bars of the old snapshot that differ or vanished in the new one are restated; new bars dated
+        # before the old last bar fill a gap. Either way earlier history changed: not a pure append.
         old_overlap = old.filter(in_range)
-        same = old_overlap.join(new, on=list(BAR_COLUMNS), how="semi").height
-        restated = old_overlap.height - same
-        appended_only = restated == 0
+        restated = old_overlap.height - old_overlap.join(new, on=list(BAR_COLUMNS), how="semi").height
+        before_end = new.filter(pl.col("ts") <= old["ts"][-1])
+        inserted = before_end.height - before_end.join(old, on=list(BAR_COLUMNS), how="semi").height
+        appended_only = restated == 0 and inserted == 0
     digest = content_hash(merged)
     if old_entry is not None and digest == old_entry.content_hash:
         report.unchanged.append(symbol)
@@ -89,7 +91,7 @@ def _ingest_symbol(
     catalog.commit_bars(entry, old_entry.id if old_entry else None)
     if old_entry is None:
         report.new_symbols.append(symbol)
-    elif restated:
+    elif not appended_only:
         report.restated[symbol] = restated
     else:
         report.appended.append(symbol)

@@ -9,6 +9,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 import polars as pl
+import pyarrow as pa
 import xxhash
 
 __all__ = ["content_hash", "encode_symbol", "read_entries", "write_entry"]
@@ -22,11 +23,18 @@ def encode_symbol(symbol: str) -> str:
 
 
 def content_hash(df: pl.DataFrame) -> str:
-    """xxh3-128 over every Arrow buffer of ``df`` (all bytes, no sampling), as hex."""
+    """xxh3-128 over the content of every column of ``df`` (all bytes, no sampling), as hex.
+
+    Depends on the values only, not on how they sit in memory: a zero-copy slice is compacted first, since
+    its buffers also hold the rows around it.
+    """
     h = xxhash.xxh3_128()
-    for batch in df.to_arrow().to_batches():
-        for column in batch.columns:
-            for buf in column.buffers():
+    table = df.to_arrow().combine_chunks()
+    for name, column in zip(table.column_names, table.columns, strict=True):
+        h.update(f"{name}:{column.type}:{len(column)};".encode())
+        for chunk in column.chunks:
+            array = pa.concat_arrays([chunk]) if chunk.offset else chunk
+            for buf in array.buffers():
                 if buf is not None:
                     h.update(memoryview(buf))
     return h.hexdigest()

@@ -49,7 +49,7 @@ def asof_join(
     joined = left.join_asof(
         right, left_on="ts", right_on=_AVAILABLE, by="symbol", strategy="backward", check_sortedness=False
     )
-    known = pl.col("symbol").is_in(pl.Series(list(known_symbols), dtype=pl.String))
+    known = pl.col("symbol").is_in(pl.Series(list(known_symbols), dtype=pl.String).implode())
     missing = pl.col(_FEATURE_TS).is_null()
     stale = (
         pl.col(_FEATURE_TS) < (pl.col("ts") - ttl) if ttl is not None else pl.lit(False)
