@@ -30,9 +30,10 @@ typecheck: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/bench_compute.py
 
-## demo: (arrives with the offline tier) for now runs the README example
+## demo: create .venv, install pitstore and run `pitstore demo` on the embedded store (no server):
+##       synthetic bars, ingest, backfill, 100,000 point-in-time look-ups, then a second pass that computes nothing
 demo: $(STAMP)
-	$(PY) examples/quickstart.py
+	$(VENV)/bin/pitstore demo
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache pitstore-data

@@ -385,6 +385,21 @@ def test_backfill_end_then_rest_equals_full_compute(tmp_path: Path) -> None:
         assert store.backfill(fs).nothing_to_do
 
 
+def test_appends_after_end_leave_a_bounded_backfill_with_nothing_to_do(tmp_path: Path) -> None:
+    """After backfill(end=T), bars appended later than T give backfill(end=T) nothing to compute."""
+    fs = all_features()
+    bars = synthetic_bars(2, 80, seed=5)
+    end = bars["ts"].sort()[bars.height // 2]
+    with Store.open(tmp_path / "store") as store:
+        store.ingest(bars.filter(pl.col("ts") <= end))
+        store.backfill(fs, end=end)
+        store.ingest(bars)
+        again = store.backfill(fs, end=end)
+        assert again.nothing_to_do and again.computed_rows == 0
+        assert store.backfill(fs).written_rows == bars.filter(pl.col("ts") > end).height
+        assert_bitwise_equal(store.read(fs.name), pitstore.compute(fs, bars), "completed")
+
+
 def test_backfill_start_then_rest_equals_full_compute(tmp_path: Path) -> None:
     """backfill(start=...) writes rows from start, warmed up on the full history; backfill() adds the rest."""
     fs = all_features()

@@ -72,7 +72,8 @@ def _plan(catalog: Catalog, bars: BarEntry, live: list[FeatureEntry], start_us: 
         return None
     since = catalog.bar_history(bars.symbol, latest.bars_entry_id)
     if first <= wanted_first and all(e.appended_only for e in since):
-        return _Plan(bars, live, False, latest.last_ts)
+        # Bars were only appended: nothing to do unless some fall in the wanted range.
+        return _Plan(bars, live, False, latest.last_ts) if latest.last_ts < wanted_last else None
     return _Plan(bars, live, True, None)
 
 

@@ -1,0 +1,191 @@
+"""What every command shares: the store root, clean errors, and parsing of command-line values."""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, ParamSpec, TypeVar
+
+import polars as pl
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.text import Text
+
+from pitstore.config import Settings
+from pitstore.errors import ConfigError, InvalidInputError, NotFoundError, PitstoreError
+from pitstore.features.base import FeatureSet
+from pitstore.features.library import standard_features
+from pitstore.store import Store
+
+__all__ = [
+    "USER_ERRORS",
+    "JsonOption",
+    "RootOption",
+    "clean_errors",
+    "err_console",
+    "fail",
+    "load_feature_set",
+    "open_store",
+    "out_console",
+    "parse_symbols",
+    "parse_time",
+    "print_wide",
+    "resolve_root",
+    "symbol_progress",
+]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+RootOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--root",
+        help="Store directory. Default: $PITSTORE_ROOT, else $FEATURE_STORE_PATH, else ./pitstore-data.",
+        show_default=False,
+    ),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON instead of text.")]
+
+# Errors that are the user's to fix (bad input, missing or unreadable files): one red line, no traceback.
+USER_ERRORS: tuple[type[Exception], ...] = (PitstoreError, OSError, pl.exceptions.PolarsError)
+
+# Consoles resolve sys.stdout / sys.stderr when they print, so test runners that swap the streams see output.
+out_console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+
+def print_wide(renderable: Any, console: Console = out_console) -> None:
+    """Print; when the console is not a terminal (a pipe, a file), at the renderable's natural width rather than
+    squeezed into 80 columns."""
+    if console.is_terminal:
+        console.print(renderable)
+    else:
+        natural = console.measure(renderable, options=console.options.update_width(10_000)).maximum
+        Console(file=console.file, width=max(natural, 20), highlight=False).print(renderable)
+
+
+def fail(message: str) -> NoReturn:
+    """Print ``message`` as one red line on stderr and exit with code 1."""
+    line = " ".join(message.split())  # one line, whatever the message held
+    err_console.print(Text(f"error: {line}", style="red"), soft_wrap=True)
+    raise typer.Exit(1)
+
+
+def clean_errors(fn: Callable[P, R]) -> Callable[P, R]:
+    """Turn pitstore errors (and file-system or unreadable-file errors) into one red line and exit code 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except USER_ERRORS as exc:
+            fail(str(exc) or type(exc).__name__)
+
+    return wrapper
+
+
+def resolve_root(ctx: typer.Context, root: Path | None) -> Path | None:
+    """The command's ``--root``, else the global one (``pitstore --root X cmd``), else None (settings decide)."""
+    if root is not None:
+        return root
+    global_root = ctx.obj
+    return global_root if isinstance(global_root, Path) else None
+
+
+def open_store(ctx: typer.Context, root: Path | None, *, create: bool) -> Store:
+    """Open the store; unless ``create``, a missing store is an error rather than a new empty one."""
+    root = resolve_root(ctx, root)
+    if not create:
+        catalog = Settings.load(root=root).catalog_path
+        if not catalog.is_file():
+            raise NotFoundError(
+                f"no store at {catalog.parent}: run `pitstore init` or `pitstore ingest FILE` first, or give --root"
+            )
+    return Store.open(root)
+
+
+def parse_time(value: str | None, option: str) -> datetime | None:
+    """A timezone-aware ISO 8601 timestamp from the command line, in UTC; naive ones are refused."""
+    if value is None:
+        return None
+    try:
+        t = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise InvalidInputError(
+            f"{option} {value!r} is not an ISO 8601 timestamp; give one like 2020-01-01T00:00:00Z"
+        ) from None
+    if t.tzinfo is None:
+        raise InvalidInputError(
+            f"{option} {value!r} has no timezone; give a timezone-aware timestamp such as 2020-01-01T00:00:00Z "
+            "or 2020-01-01T09:30:00-05:00"
+        )
+    return t.astimezone(UTC)
+
+
+def parse_symbols(value: str | None) -> list[str] | None:
+    """``"A, B,C"`` -> ``["A", "B", "C"]``; None stays None (all symbols)."""
+    if value is None:
+        return None
+    symbols = list(dict.fromkeys(s.strip() for s in value.split(",") if s.strip()))
+    if not symbols:
+        raise InvalidInputError(f"--symbols {value!r} names no symbol; give e.g. --symbols AAPL,MSFT")
+    return symbols
+
+
+def load_feature_set(spec: str | None) -> FeatureSet:
+    """The feature set named by ``module:attribute`` (a FeatureSet, or a function returning one).
+
+    None means ``pitstore.standard_features()``. The working directory is importable, as for ``python -m``.
+
+    >>> load_feature_set("pitstore:standard_features").name
+    'daily_core'
+    """
+    if spec is None:
+        return standard_features()
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ConfigError(f"--features {spec!r}: expected module:attribute, e.g. mypkg.defs:daily")
+    cwd = os.getcwd()
+    added = cwd not in sys.path
+    if added:
+        sys.path.insert(0, cwd)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"--features {spec!r}: cannot import {module_name!r}: {exc}") from exc
+    finally:
+        if added:
+            sys.path.remove(cwd)
+    obj: Any = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ConfigError(f"--features {spec!r}: {module_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    if callable(obj) and not isinstance(obj, FeatureSet):
+        obj = obj()
+    if not isinstance(obj, FeatureSet):
+        raise ConfigError(f"--features {spec!r} is a {type(obj).__name__}, not a pitstore.FeatureSet")
+    return obj
+
+
+@contextmanager
+def symbol_progress(total: int, label: str, *, enabled: bool = True) -> Iterator[Callable[[int], None]]:
+    """A progress bar over symbols on stderr (a terminal only); yields the ``progress`` callback of
+    ``Store.backfill``."""
+    progress = Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("symbols"),
+        TimeElapsedColumn(), console=err_console, disable=not (enabled and err_console.is_terminal),
+    )
+    with progress:
+        task = progress.add_task(label, total=total)
+        yield lambda n: progress.advance(task, n)
+        # Symbols already up to date are not reported through the callback: the bar ends full regardless.
+        progress.update(task, completed=total)
