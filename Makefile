@@ -29,6 +29,7 @@ typecheck: $(STAMP)
 ## bench: run the benchmarks and write their results under bench/results/
 bench: $(STAMP)
 	$(PY) bench/bench_compute.py
+	$(PY) bench/bench_offline.py
 
 ## demo: create .venv, install pitstore and run `pitstore demo` on the embedded store (no server):
 ##       synthetic bars, ingest, backfill, 100,000 point-in-time look-ups, then a second pass that computes nothing

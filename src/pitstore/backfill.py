@@ -14,12 +14,14 @@ bit for bit.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 import polars as pl
 
+from pitstore.bars import symbol_runs
 from pitstore.catalog.base import BarEntry, Catalog, FeatureEntry
 from pitstore.features.base import FeatureSet
 from pitstore.features.engine import compute_frame
@@ -125,31 +127,37 @@ def _run(
         bars = bars.filter(pl.col("ts").dt.epoch("us") <= end_us)
     out = compute_frame(fs.features, bars)
     report.computed_rows += out.height
-    ts_us = pl.col("ts").dt.epoch("us")
-    directory = f"features/{fs.name}/v{version}"
-    parts = {k[0]: v for k, v in out.partition_by("symbol", as_dict=True).items()}
+    parts: dict[str, pl.DataFrame] = {}
+    if out.height:
+        names, starts, ends = symbol_runs(out["symbol"])
+        parts = {n: out.slice(a, b - a) for n, a, b in zip(names, starts.tolist(), ends.tolist(), strict=True)}
+    todo: list[tuple[_Plan, pl.DataFrame]] = []
     for plan in plans:
-        symbol = plan.bars.symbol
-        part = parts.get(symbol)
+        part = parts.get(plan.bars.symbol)
         if part is not None:
             lower = plan.after_us if not plan.full else (start_us - 1 if start_us is not None else None)
             if lower is not None:
-                part = part.filter(ts_us > lower)
+                part = part.filter(pl.col("ts").dt.epoch("us") > lower)
         if part is None or part.height == 0:
-            report.up_to_date.append(symbol)
+            report.up_to_date.append(plan.bars.symbol)
             if progress:
                 progress(1)
             continue
-        path = write_entry(root, f"{directory}/{encode_symbol(symbol)}", part)
-        epochs = part["ts"].dt.epoch("us")
-        entry = FeatureEntry(0, fs.name, version, symbol, path, part.height, int(epochs[0]), int(epochs[-1]),
-                             plan.bars.id, 0, None)
-        supersede = [e.id for e in plan.live] if plan.full else []
-        if catalog.commit_features(entry, supersede=supersede, expected_live=[e.id for e in plan.live]):
-            report.written_rows += part.height
-            (report.full if plan.full else report.incremental).append(symbol)
-        else:
-            (root / path).unlink(missing_ok=True)
-            report.lost_race.append(symbol)
-        if progress:
-            progress(1)
+        todo.append((plan, part))
+    directory = f"features/{fs.name}/v{version}"
+    # Files are written on two threads (Parquet encoding releases the GIL); commits stay in order here.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        paths = pool.map(lambda t: write_entry(root, f"{directory}/{encode_symbol(t[0].bars.symbol)}", t[1]), todo)
+        for (plan, part), path in zip(todo, paths, strict=True):
+            epochs = part["ts"].dt.epoch("us")
+            entry = FeatureEntry(0, fs.name, version, plan.bars.symbol, path, part.height, int(epochs[0]),
+                                 int(epochs[-1]), plan.bars.id, 0, None)
+            supersede = [e.id for e in plan.live] if plan.full else []
+            if catalog.commit_features(entry, supersede=supersede, expected_live=[e.id for e in plan.live]):
+                report.written_rows += part.height
+                (report.full if plan.full else report.incremental).append(plan.bars.symbol)
+            else:
+                (root / path).unlink(missing_ok=True)
+                report.lost_race.append(plan.bars.symbol)
+            if progress:
+                progress(1)

@@ -88,7 +88,11 @@ def _ingest_symbol(
     ts_us = merged["ts"].dt.epoch("us")
     entry = BarEntry(0, symbol, path, merged.height, int(ts_us[0]), int(ts_us[-1]), digest, appended_only,
                      restated, 0, None)
-    catalog.commit_bars(entry, old_entry.id if old_entry else None)
+    try:
+        catalog.commit_bars(entry, old_entry.id if old_entry else None)
+    except BaseException:
+        (root / path).unlink(missing_ok=True)  # never listed; do not leave it behind
+        raise
     if old_entry is None:
         report.new_symbols.append(symbol)
     elif not appended_only:

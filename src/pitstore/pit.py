@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Literal
 
+import numpy as np
 import polars as pl
 
 __all__ = ["STATUSES", "Status", "asof_join", "worst_status"]
@@ -22,6 +23,7 @@ STATUSES: tuple[Status, ...] = ("ok", "stale", "no_data_yet", "unknown_symbol")
 ORDER = "__pitstore_order"
 _FEATURE_TS = "__pitstore_feature_ts"
 _AVAILABLE = "__pitstore_available"
+_ROW = "__pitstore_row"
 
 
 def asof_join(
@@ -36,35 +38,39 @@ def asof_join(
 ) -> pl.DataFrame:
     """Join ``rows`` (symbol, ts, columns) onto ``spine`` (ORDER, symbol, ts) as of each spine ts.
 
-    Returns ORDER, the ``columns`` and ``status_name``, one row per spine row, sorted by ORDER.
+    Returns ORDER, the ``columns`` and ``status_name``, one row per spine row, sorted by ORDER (the spine's
+    ORDER must be 0..n-1).
     ``known_symbols`` are the symbols the store has data for (others are ``unknown_symbol``).
     """
+    # Join narrow (keys and a row index only), then gather the feature columns once in input order:
+    # sorting wide frames is what a naive as-of join spends its time on.
     right = rows.select(
         pl.col("symbol"),
         (pl.col("ts") + availability_lag).alias(_AVAILABLE),
         pl.col("ts").alias(_FEATURE_TS),
-        *[pl.col(c) for c in columns],
-    ).sort(_AVAILABLE)
+    ).with_row_index(_ROW).sort(_AVAILABLE)
     left = spine.select(ORDER, "symbol", "ts").sort("ts")
     joined = left.join_asof(
         right, left_on="ts", right_on=_AVAILABLE, by="symbol", strategy="backward", check_sortedness=False
     )
+    order = joined[ORDER].to_numpy()
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(len(order), dtype=order.dtype)
+    joined = joined[inverse]  # back to input order (ORDER is 0..n-1)
     known = pl.col("symbol").is_in(pl.Series(list(known_symbols), dtype=pl.String).implode())
     missing = pl.col(_FEATURE_TS).is_null()
-    stale = (
-        pl.col(_FEATURE_TS) < (pl.col("ts") - ttl) if ttl is not None else pl.lit(False)
-    )
+    stale = pl.col(_FEATURE_TS) < (pl.col("ts") - ttl) if ttl is not None else pl.lit(False)
     status = (
         pl.when(~known).then(pl.lit("unknown_symbol"))
         .when(missing).then(pl.lit("no_data_yet"))
         .when(stale).then(pl.lit("stale"))
         .otherwise(pl.lit("ok"))
     )
-    return joined.select(
-        ORDER,
-        *[pl.when(stale).then(None).otherwise(pl.col(c)).alias(c) for c in columns],
-        status.alias(status_name),
-    ).sort(ORDER)
+    flags = joined.select(stale.alias("stale"), status.alias(status_name), pl.col(_ROW))
+    values = rows.select(pl.col(c).gather(flags[_ROW]) for c in columns)
+    if ttl is not None:
+        values = values.select(pl.when(flags["stale"]).then(None).otherwise(pl.col(c)).alias(c) for c in columns)
+    return pl.concat([joined.select(ORDER), values, flags.select(status_name)], how="horizontal")
 
 
 def worst_status(statuses: Sequence[pl.Expr]) -> pl.Expr:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -14,7 +13,7 @@ from pitstore.catalog.base import Catalog
 from pitstore.errors import InvalidInputError
 from pitstore.features.registry import Registry
 from pitstore.frames import to_polars
-from pitstore.offline import read_entries
+from pitstore.offline import EntryReader
 from pitstore.pit import ORDER, asof_join, worst_status
 
 __all__ = ["Selection", "get_historical", "read_range", "select"]
@@ -68,11 +67,11 @@ def _known_at(as_known_at: datetime | None) -> int | None:
     return int(as_known_at.timestamp() * 1_000_000)
 
 
-def _load(root: Path, catalog: Catalog, sel: Selection, symbols: Sequence[str] | None,
+def _load(reader: EntryReader, catalog: Catalog, sel: Selection, symbols: Sequence[str] | None,
           as_known_at: int | None) -> tuple[pl.DataFrame, list[str]]:
     entries = catalog.feature_entries(sel.feature_set, sel.version, symbols, as_known_at)
     cols = ["symbol", "ts", *sel.columns]
-    rows = read_entries(root, [e.path for e in entries], cols)
+    rows = reader.read([e.path for e in entries], cols)
     if rows is None:
         rows = pl.DataFrame(schema={"symbol": pl.String, "ts": pl.Datetime("us", "UTC"),
                                     **dict.fromkeys(sel.columns, pl.Float64)})
@@ -100,7 +99,7 @@ def _spine(entities: Any) -> pl.DataFrame:
     ).with_row_index(ORDER)
 
 
-def get_historical(root: Path, catalog: Catalog, registry: Registry, entities: Any,
+def get_historical(reader: EntryReader, catalog: Catalog, registry: Registry, entities: Any,
                    features: str | Sequence[str], as_known_at: datetime | None) -> pl.DataFrame:
     """One output row per entity row, in input order: entity columns, features as of each ts, status."""
     spine = _spine(entities)
@@ -109,7 +108,7 @@ def get_historical(root: Path, catalog: Catalog, registry: Registry, entities: A
     result = spine
     statuses = []
     for i, sel in enumerate(select(registry, features)):
-        rows, present = _load(root, catalog, sel, symbols, known)
+        rows, present = _load(reader, catalog, sel, symbols, known)
         status = f"__status{i}"
         joined = asof_join(spine, rows.rename(dict(zip(sel.columns, sel.names, strict=True))), sel.names,
                            known_symbols=present, availability_lag=sel.availability_lag, ttl=sel.ttl,
@@ -121,14 +120,14 @@ def get_historical(root: Path, catalog: Catalog, registry: Registry, entities: A
     )
 
 
-def read_range(root: Path, catalog: Catalog, registry: Registry, features: str | Sequence[str],
+def read_range(reader: EntryReader, catalog: Catalog, registry: Registry, features: str | Sequence[str],
                symbols: Sequence[str] | None, start: datetime | None, end: datetime | None,
                as_known_at: datetime | None) -> pl.DataFrame:
     """Stored rows with ``start <= ts <= end`` for the given symbols, joined across feature sets."""
     known = _known_at(as_known_at)
     out: pl.DataFrame | None = None
     for sel in select(registry, features):
-        rows, _ = _load(root, catalog, sel, symbols, known)
+        rows, _ = _load(reader, catalog, sel, symbols, known)
         if start is not None:
             rows = rows.filter(pl.col("ts") >= start)
         if end is not None:

@@ -18,6 +18,7 @@ from pitstore.errors import InvalidInputError
 from pitstore.features.base import FeatureSet
 from pitstore.features.registry import FeatureRef, Registry, VersionInfo
 from pitstore.frames import FrameKind, frame_kind, from_polars
+from pitstore.offline import EntryReader
 
 __all__ = ["Store"]
 
@@ -36,6 +37,7 @@ class Store:
         self.settings = settings
         self.catalog = SqliteCatalog(settings.catalog_path, timeout=settings.lock_timeout)
         self.registry = Registry(self.catalog)
+        self.reader = EntryReader(settings.root)
 
     @classmethod
     def open(cls, path: str | os.PathLike[str] | None = None, **settings: Any) -> Store:
@@ -101,7 +103,7 @@ class Store:
         Extra entity columns pass through; ``status`` says ``ok``, ``stale``, ``no_data_yet`` or
         ``unknown_symbol``. ``as_known_at`` replays what the store knew then (before later restatements).
         """
-        out = reads.get_historical(self.root, self.catalog, self.registry, entities, features, as_known_at)
+        out = reads.get_historical(self.reader, self.catalog, self.registry, entities, features, as_known_at)
         return from_polars(out, output or frame_kind(entities))
 
     def read(
@@ -115,7 +117,7 @@ class Store:
         output: FrameKind = "polars",
     ) -> Any:
         """The stored feature rows in ``[start, end]``; identical whatever ``start`` is (no warm-up effects)."""
-        out = reads.read_range(self.root, self.catalog, self.registry, features, _symbols(symbols),
+        out = reads.read_range(self.reader, self.catalog, self.registry, features, _symbols(symbols),
                                _aware(start, "start"), _aware(end, "end"), as_known_at)
         return from_polars(out, output)
 

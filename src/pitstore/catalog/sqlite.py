@@ -80,7 +80,16 @@ class SqliteCatalog:
             self._conn = sqlite3.connect(
                 self.path, timeout=timeout, isolation_level=None, check_same_thread=False
             )
-            self._conn.execute("PRAGMA journal_mode=WAL")
+            # Switching to WAL needs a lock that busy_timeout does not wait for: switch only when needed and
+            # retry while another process is creating the same store.
+            deadline = time.monotonic() + timeout
+            while self._conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                try:
+                    self._conn.execute("PRAGMA journal_mode=WAL")
+                except sqlite3.OperationalError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.01)  # back-off between attempts to take the lock, not synchronisation
             self._conn.execute("PRAGMA synchronous=NORMAL")
             self._conn.executescript(_SCHEMA)
         except sqlite3.Error as exc:

@@ -1,0 +1,495 @@
+"""Benchmark: the offline tier, as-of reads (get_historical) and backfill, against bare polars and pandas.
+
+Targets (from the issue), on the 2-core reference machine:
+
+* ``Store.get_historical`` for 1M look-ups over 500 symbols x 2,520 daily bars of the seven standard
+  features runs within 1.5x of a bare polars ``join_asof`` on the same feature rows already in memory
+  (both frames sorted by ts, then ``join_asof(on="ts", by="symbol")``), with a peak RSS under 2 GB for the
+  process doing it.
+* ``Store.backfill`` of 4.9M one-minute bars (50 symbols x 98,280) runs at >= 3 M bars/s end to end:
+  catalog queries, reading the bar snapshots, computing, writing zstd Parquet entries (fsynced), commits.
+* a no-change re-backfill of the same data takes < 1 s.
+
+What is timed:
+
+* get_historical runs in worker processes (this script with ``--worker``), one per cold run: the worker
+  imports pitstore, builds the look-ups, opens the store, then times the first call (cold: catalog and
+  Parquet reads from a just-opened store, OS page cache warm, since the files were just written) and
+  ``--runs`` repeated calls (warm; the store caches nothing, so each call reads the entries again). Its
+  peak RSS is its VmHWM (see ``peak_rss_mb``), i.e. the whole process: interpreter, imports, look-ups,
+  Arrow memory. Best and median over calls.
+* bare polars: ``spine.sort("ts").join_asof(rows.sort("ts"), on="ts", by="symbol")`` on the stored rows
+  read into memory beforehand (not timed); best and median of ``--runs`` after one warm-up. pandas:
+  ``merge_asof`` of the two frames sorted by ts (the sorts timed too), for reference.
+* backfill: bars are ingested first (timed, reported, no target). Each run backfills the same stored bars
+  under a new feature-set name (same seven features, so a full backfill each time). Best and median of
+  ``--backfill-runs`` after one warm-up; then ``--noop-runs`` re-backfills of the last one with nothing to
+  do. Each full backfill writes ~260 MB of new files: on a VM whose memory is backed lazily by the host,
+  page-cache writes into never-touched memory are slow and vary from run to run (see the encode stage).
+* one more backfill and one more get_historical call run instrumented: pitstore's stage functions are
+  wrapped with timers (catalog calls, Parquet reads, compute, Parquet encode, fsync, commits) to show
+  where the time goes. The instrumented runs are not the timed ones.
+
+Results are checked before they are reported: get_historical's values equal the polars join's, pandas'
+equal polars', and the backfilled rows equal ``pitstore.compute`` on all bars.
+
+Usage::
+
+    .venv/bin/python bench/bench_offline.py            # full run, writes bench/results/bench_offline.txt
+    .venv/bin/python bench/bench_offline.py --quick    # small smoke run, writes a file only with --out
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import polars as pl
+import pyarrow as pa
+from bench_compute import cpu_model, git_commit, nproc
+
+import pitstore
+from pitstore import Store, standard_features
+from pitstore import backfill as backfill_module
+from pitstore import reads as reads_module
+from pitstore.catalog.sqlite import SqliteCatalog
+from pitstore.testing import synthetic_bars
+
+BENCH_DIR = Path(__file__).resolve().parent
+DEFAULT_OUT = BENCH_DIR / "results" / "bench_offline.txt"
+
+SEED = 42
+HIST_SYMBOLS, HIST_BARS, LOOKUPS = 500, 2_520, 1_000_000
+BF_SYMBOLS, BF_BARS = 50, 98_280
+QUICK_HIST_SYMBOLS, QUICK_LOOKUPS, QUICK_BF_SYMBOLS = 20, 50_000, 5
+START = datetime(2015, 1, 2, tzinfo=UTC)  # synthetic_bars' default start
+FS = "daily_core"
+FEATURES = ["ret_5d", "ret_20d", "ret_60d", "vol_20d", "vol_60d", "mom_20d", "mom_60d"]
+
+TARGET_RATIO = 1.5
+TARGET_RSS_MB = 2_000.0  # 2 GB, decimal
+TARGET_M_BARS_PER_S = 3.0
+TARGET_NOOP_S = 1.0
+
+
+def lookups(n_symbols: int, n_bars: int, n: int) -> pl.DataFrame:
+    """``n`` seeded look-ups: uniform symbols, uniform times (µs) from 30 days before the first bar to 30 days
+    after the last, so a few fall before any data."""
+    rng = np.random.default_rng(SEED + 1)
+    names = np.array([f"S{i:04d}" for i in range(n_symbols)])
+    lo = int((START - timedelta(days=30)).timestamp() * 1e6)
+    hi = int((START + timedelta(days=n_bars - 1 + 30)).timestamp() * 1e6)
+    return pl.DataFrame({
+        "symbol": names[rng.integers(0, n_symbols, n)],
+        "ts": pl.Series(rng.integers(lo, hi, n), dtype=pl.Int64).cast(pl.Datetime("us", "UTC")),
+    })
+
+
+def best_median(xs: Sequence[float]) -> tuple[float, float]:
+    return min(xs), statistics.median(xs)
+
+
+def timed(fn: Callable[[], Any], runs: int, *, warmup: bool = True) -> list[float]:
+    if warmup:
+        fn()
+    out = []
+    for _ in range(runs):
+        gc.collect()
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+# --- the get_historical worker --------------------------------------------------------------------------
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set (VmHWM), in MB.
+
+    Not ``ru_maxrss``: on Linux a child's ru_maxrss (RUSAGE_SELF in the child, RUSAGE_CHILDREN or wait4 in
+    the parent) starts from the parent's RSS at fork time, so a big parent inflates it. VmHWM belongs to the
+    address space the child got at exec and counts only its own pages (Arrow's allocations included).
+    """
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024 / 1e6
+    raise SystemExit("no VmHWM in /proc/self/status: peak RSS needs Linux")
+
+
+def worker(root: str, n_symbols: int, n_bars: int, n_lookups: int, runs: int) -> None:
+    """Runs in its own process: a cold call right after Store.open, then ``runs`` warm calls; prints JSON."""
+    spine = lookups(n_symbols, n_bars, n_lookups)
+    rss_before = peak_rss_mb()
+    t0 = time.perf_counter()
+    store = Store.open(root)
+    open_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    out = store.get_historical(spine, FS)
+    cold = time.perf_counter() - t0
+    assert out.height == n_lookups
+    del out
+    warm = timed(lambda: store.get_historical(spine, FS), runs, warmup=False)
+    store.close()
+    print(json.dumps({"open": open_s, "cold": cold, "warm": warm, "rss_before": rss_before, "peak": peak_rss_mb()}),
+          flush=True)
+
+
+@dataclass
+class WorkerResult:
+    open_s: float
+    cold: float
+    warm: list[float]
+    rss_before_mb: float
+    peak_rss_mb: float
+
+
+def run_worker(root: Path, n_symbols: int, n_lookups: int, runs: int) -> WorkerResult:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", str(root), str(n_symbols), str(HIST_BARS),
+           str(n_lookups), str(runs)]
+    res = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)
+    if res.returncode != 0:
+        raise SystemExit(f"get_historical worker failed with exit code {res.returncode}")
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    return WorkerResult(out["open"], out["cold"], out["warm"], out["rss_before"], out["peak"])
+
+
+# --- stage timing ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Stages:
+    """Wall time and call count of wrapped functions, while installed."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+    calls: dict[str, int] = field(default_factory=dict)
+
+    @contextlib.contextmanager
+    def wrap(self, targets: Sequence[tuple[str, Any, str]]) -> Iterator[Stages]:
+        saved = []
+        for label, owner, name in targets:
+            original = getattr(owner, name)
+            saved.append((owner, name, original))
+            setattr(owner, name, self._timer(label, original))
+        try:
+            yield self
+        finally:
+            for owner, name, original in reversed(saved):
+                setattr(owner, name, original)
+
+    def _timer(self, label: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def timed_call(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.seconds[label] = self.seconds.get(label, 0.0) + time.perf_counter() - t0
+                self.calls[label] = self.calls.get(label, 0) + 1
+        return timed_call
+
+
+def stage_lines(stages: Stages, total: float, order: Sequence[tuple[str, bool]], other: str) -> list[str]:
+    """One line per stage (``nested`` ones are part of the stage above and not added to ``other``)."""
+    w = 50
+    lines = [f"  {'stage':<{w}} {'calls':>6} {'s':>7} {'% wall':>7}"]
+    top = 0.0
+    for label, nested in order:
+        s = stages.seconds.get(label, 0.0)
+        if not nested:
+            top += s
+        name = ("    " if nested else "") + label
+        lines.append(f"  {name:<{w}} {stages.calls.get(label, 0):>6} {s:>7.3f} {100 * s / total:>6.1f}%")
+    rest = total - top
+    lines.append(f"  {other:<{w}} {'':>6} {rest:>7.3f} {100 * rest / total:>6.1f}%")
+    lines.append(f"  {'total (wall)':<{w}} {'':>6} {total:>7.3f} {100.0:>6.1f}%")
+    return lines
+
+
+# --- checks ---------------------------------------------------------------------------------------------
+
+
+def same_values(a: pl.DataFrame, b: pd.DataFrame | pl.DataFrame, columns: Sequence[str]) -> bool:
+    for c in columns:
+        x = a[c].to_numpy().astype(np.float64)
+        y = b[c].to_numpy(np.float64, na_value=np.nan) if isinstance(b, pd.DataFrame) else b[c].to_numpy()
+        if not np.array_equal(x, np.asarray(y, dtype=np.float64), equal_nan=True):
+            return False
+    return True
+
+
+# --- main -----------------------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--runs", type=int, default=5, help="warm get_historical and polars runs (default 5)")
+    parser.add_argument("--cold-runs", type=int, default=3, help="worker processes, one cold call each (default 3)")
+    parser.add_argument("--pandas-runs", type=int, default=2, help="timed pandas merge_asof runs (default 2)")
+    parser.add_argument("--backfill-runs", type=int, default=5, help="timed full backfills (default 5)")
+    parser.add_argument("--noop-runs", type=int, default=5, help="timed no-change re-backfills (default 5)")
+    parser.add_argument("--dir", type=Path, default=None, help="where to build the stores (default: a temp dir)")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"smoke test: {QUICK_HIST_SYMBOLS} symbols and {QUICK_LOOKUPS:_} look-ups, "
+                             f"{QUICK_BF_SYMBOLS} minute-bar symbols, at most 2 runs each; writes a file only "
+                             "with --out")
+    parser.add_argument("--out", type=Path, default=None,
+                        help=f"also write the report here (default for a full run: {DEFAULT_OUT})")
+    parser.add_argument("--worker", nargs=5, metavar=("ROOT", "SYMBOLS", "BARS", "LOOKUPS", "RUNS"),
+                        help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        root, *nums = args.worker
+        worker(root, *(int(n) for n in nums))
+        return 0
+    if min(args.runs, args.cold_runs, args.pandas_runs, args.backfill_runs, args.noop_runs) < 1:
+        parser.error("run counts must be at least 1")
+    q = args.quick
+    hist_symbols = QUICK_HIST_SYMBOLS if q else HIST_SYMBOLS
+    n_lookups = QUICK_LOOKUPS if q else LOOKUPS
+    bf_symbols = QUICK_BF_SYMBOLS if q else BF_SYMBOLS
+    runs = min(args.runs, 2) if q else args.runs
+    cold_runs = 1 if q else args.cold_runs
+    pandas_runs = 1 if q else args.pandas_runs
+    bf_runs = min(args.backfill_runs, 2) if q else args.backfill_runs
+    noop_runs = min(args.noop_runs, 2) if q else args.noop_runs
+    out_path: Path | None = args.out if args.out is not None else (None if q else DEFAULT_OUT)
+
+    lines: list[str] = []
+
+    def emit(line: str = "") -> None:
+        lines.append(line)
+        print(line, flush=True)
+
+    with contextlib.ExitStack() as stack:
+        base = args.dir if args.dir is not None else Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        base.mkdir(parents=True, exist_ok=True)
+        quick_note = "  [QUICK: smoke test, not the benchmark configuration]" if q else ""
+        emit(f"pitstore offline-tier benchmark{quick_note}")
+        emit(f"date:      {datetime.now(UTC).isoformat(timespec='seconds')}")
+        emit(f"versions:  python {platform.python_version()}, pitstore {pitstore.__version__} ({git_commit()}), "
+             f"polars {pl.__version__}, pyarrow {pa.__version__}, numpy {np.__version__}, pandas {pd.__version__}")
+        load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+        emit(f"machine:   nproc {nproc()}, {cpu_model()}, {platform.system()} {platform.machine()}, "
+             f"polars threads {pl.thread_pool_size()}, load average at start {load}")
+        emit(f"stores:    {base} (zstd Parquet entries, fsynced; SQLite catalog in WAL mode)")
+        emit()
+        verdicts = historical(emit, base / "daily", hist_symbols, n_lookups, runs, cold_runs, pandas_runs)
+        emit()
+        verdicts += backfill(emit, base / "minute", bf_symbols, bf_runs, noop_runs)
+        emit()
+        emit(f"load average at end: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
+        emit("summary:")
+        for v in verdicts:
+            emit(f"  {v}{' (quick run: not the benchmark configuration)' if q else ''}")
+    _write(out_path, lines)
+    if out_path is not None:
+        print(f"wrote {out_path}")
+    return 0
+
+
+def historical(emit: Callable[[str], None], root: Path, n_symbols: int, n_lookups: int, runs: int,
+               cold_runs: int, pandas_runs: int) -> list[str]:
+    bars = synthetic_bars(n_symbols, HIST_BARS, seed=SEED)
+    t0 = time.perf_counter()
+    with Store.open(root) as store:
+        store.ingest(bars)
+        ingest_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        store.backfill(standard_features())
+        backfill_s = time.perf_counter() - t0
+        rows = store.read(FS)  # the baselines' input, in memory (not timed)
+        spine = lookups(n_symbols, HIST_BARS, n_lookups)
+        ours = store.get_historical(spine, FS)
+        stages = Stages()
+        reads = reads_module
+        with stages.wrap([
+            ("entities: checks, casts, row index", reads, "_spine"),
+            ("registry: resolve feature refs", reads, "select"),
+            ("catalog: feature_entries", SqliteCatalog, "feature_entries"),
+            ("parquet read: read_entries", reads, "read_entries"),
+            ("as-of join: pit.asof_join (sorts, join, status)", reads, "asof_join"),
+        ]):
+            t0 = time.perf_counter()
+            store.get_historical(spine, FS)
+            instrumented = time.perf_counter() - t0
+    emit(f"get_historical: {n_lookups:,} look-ups, {n_symbols} symbols x {HIST_BARS:,} daily bars "
+         f"(synthetic_bars(seed={SEED})), {rows.height:,} stored rows of {FS} ({len(FEATURES)} features)")
+    emit(f"  setup (not timed against targets): ingest {ingest_s:.2f} s, backfill {backfill_s:.2f} s")
+
+    # --- correctness: pitstore vs polars vs pandas, on the same look-ups
+    def polars_join() -> pl.DataFrame:
+        return spine.sort("ts").join_asof(rows.sort("ts"), on="ts", by="symbol", check_sortedness=False)
+
+    indexed = spine.with_row_index("i")
+
+    def polars_join_in_order() -> pl.DataFrame:
+        return indexed.sort("ts").join_asof(rows.sort("ts"), on="ts", by="symbol", check_sortedness=False).sort("i")
+
+    left_pd = indexed.to_pandas()
+    right_pd = rows.to_pandas()
+
+    def pandas_join() -> pd.DataFrame:
+        return pd.merge_asof(left_pd.sort_values("ts", kind="stable"), right_pd.sort_values("ts", kind="stable"),
+                             on="ts", by="symbol")
+
+    ref = polars_join_in_order()
+    pd_ref = pandas_join().sort_values("i")
+    ok_polars = same_values(ours, ref, FEATURES)
+    ok_pandas = same_values(ref, pd_ref, FEATURES)
+    statuses = dict(ours["status"].value_counts().iter_rows())
+    emit(f"  check: get_historical == polars join_asof: {'yes' if ok_polars else 'NO'}; "
+         f"pandas merge_asof == polars: {'yes' if ok_pandas else 'NO'}; statuses {statuses}")
+    if not (ok_polars and ok_pandas):
+        raise SystemExit("ABORT: the implementations disagree, the timings would not compare like with like")
+    del ours, ref, pd_ref
+    gc.collect()
+
+    # --- timings
+    workers = [run_worker(root, n_symbols, n_lookups, runs) for _ in range(cold_runs)]
+    cold = [w.cold for w in workers]
+    warm = [t for w in workers for t in w.warm]
+    peak = max(w.peak_rss_mb for w in workers)
+    pl_runs = timed(polars_join, runs)
+    pl_order_runs = timed(polars_join_in_order, runs)
+    pd_runs = timed(pandas_join, pandas_runs, warmup=False)
+    pl_best, pl_med = best_median(pl_runs)
+    rows_out = [
+        ("pitstore cold", cold, "first call after Store.open, one per worker process"),
+        ("pitstore warm", warm, "repeated calls (each reads the entries again)"),
+        ("polars join_asof", pl_runs, "sort both by ts + join_asof by symbol, rows in memory"),
+        ("polars, input order", pl_order_runs, "the same + sort back to input order, as get_historical returns"),
+        ("pandas merge_asof", pd_runs, "sort_values both + merge_asof by symbol, rows in memory"),
+    ]
+    emit(f"  {'method':<19} {'N':>2} {'best s':>7} {'vs polars':>9} {'median s':>9} {'vs polars':>9}  what")
+    for name, ts, what in rows_out:
+        b, m = best_median(ts)
+        emit(f"  {name:<19} {len(ts):>2} {b:>7.3f} {b / pl_best:>8.2f}x {m:>9.3f} {m / pl_med:>8.2f}x  {what}")
+    emit(f"  Store.open: {statistics.median(w.open_s for w in workers) * 1e3:.1f} ms (median, not in the timings)")
+    emit(f"  peak RSS (VmHWM) of the get_historical process: {peak:,.0f} MB (max of {len(workers)} workers; "
+         f"{max(w.rss_before_mb for w in workers):,.0f} MB before Store.open: interpreter, imports, look-ups)")
+    for name, ts, _ in rows_out:
+        emit(f"  {name} runs (s): " + ", ".join(f"{t:.3f}" for t in ts))
+    emit(f"  stages of one instrumented warm call ({instrumented:.3f} s; wrappers add a little):")
+    for line in stage_lines(stages, instrumented, [
+        ("entities: checks, casts, row index", False), ("registry: resolve feature refs", False),
+        ("catalog: feature_entries", False), ("parquet read: read_entries", False),
+        ("as-of join: pit.asof_join (sorts, join, status)", False),
+    ], "other: joined columns onto entities, worst status"):
+        emit("  " + line)
+
+    verdicts = []
+    for name, ts in (("warm", warm), ("cold", cold)):
+        ratio = min(ts) / pl_best
+        verdicts.append(
+            f"get_historical {name} within {TARGET_RATIO}x of bare polars (best vs best): {ratio:.2f}x -> "
+            f"{'PASS' if ratio <= TARGET_RATIO else 'FAIL'} (median vs median: {statistics.median(ts) / pl_med:.2f}x)"
+        )
+    return [
+        *verdicts,
+        f"get_historical peak RSS < {TARGET_RSS_MB:,.0f} MB: {peak:,.0f} MB -> "
+        f"{'PASS' if peak < TARGET_RSS_MB else 'FAIL'}",
+    ]
+
+
+def backfill(emit: Callable[[str], None], root: Path, n_symbols: int, runs: int, noop_runs: int) -> list[str]:
+    bars = synthetic_bars(n_symbols, BF_BARS, timeframe="1m", seed=SEED)
+    n = bars.height
+    emit(f"backfill: {n:,} one-minute bars, {n_symbols} symbols x {BF_BARS:,} "
+         f"(synthetic_bars(timeframe='1m', seed={SEED})), the seven standard features")
+    with Store.open(root) as store:
+        t0 = time.perf_counter()
+        store.ingest(bars)
+        emit(f"  setup (not timed against targets): ingest {time.perf_counter() - t0:.2f} s")
+        store.backfill(standard_features("bench_warmup", timeframe="1m"))  # warm-up, not timed
+        times: list[float] = []
+        for i in range(runs):
+            fs = standard_features(f"bench_{i}", timeframe="1m")
+            gc.collect()
+            t0 = time.perf_counter()
+            report = store.backfill(fs)
+            times.append(time.perf_counter() - t0)
+            assert len(report.full) == n_symbols and report.written_rows == n, report
+        got = store.read("bench_0")
+        ok = got.equals(pitstore.compute(standard_features(timeframe="1m"), bars))
+        del got
+        emit(f"  check: stored rows == pitstore.compute on all bars: {'yes' if ok else 'NO'}")
+        if not ok:
+            raise SystemExit("ABORT: backfilled rows differ from pitstore.compute")
+        noop: list[float] = []
+        for _ in range(noop_runs):
+            t0 = time.perf_counter()
+            report = store.backfill(fs)
+            noop.append(time.perf_counter() - t0)
+            assert report.nothing_to_do and len(report.up_to_date) == n_symbols, report
+        stages = Stages()
+        bf = backfill_module
+        with stages.wrap([
+            ("catalog: register_version", SqliteCatalog, "register_version"),
+            ("catalog: feature_entries + live_bars", SqliteCatalog, "feature_entries"),
+            ("catalog: feature_entries + live_bars", SqliteCatalog, "live_bars"),
+            ("catalog: bar_history", SqliteCatalog, "bar_history"),
+            ("parquet read: read_entries (bars)", bf, "read_entries"),
+            ("compute: compute_frame", bf, "compute_frame"),
+            ("partition_by symbol", pl.DataFrame, "partition_by"),
+            ("parquet write: write_entry", bf, "write_entry"),
+            ("encode: DataFrame.write_parquet", pl.DataFrame, "write_parquet"),
+            ("fsync (file + directory)", os, "fsync"),
+            ("commit: commit_features", SqliteCatalog, "commit_features"),
+        ]):
+            t0 = time.perf_counter()
+            store.backfill(standard_features("bench_instrumented", timeframe="1m"))
+            instrumented = time.perf_counter() - t0
+        stored = store.stats()["bytes_on_disk"]
+    best, med = best_median(times)
+    emit(f"  {'run':<22} {'N':>2} {'best s':>7} {'M bars/s':>9} {'median s':>9} {'M bars/s':>9}")
+    emit(f"  {'full backfill':<22} {len(times):>2} {best:>7.3f} {n / best / 1e6:>9.2f} {med:>9.3f}"
+         f" {n / med / 1e6:>9.2f}")
+    nb, nm = best_median(noop)
+    emit(f"  {'no-change re-backfill':<22} {len(noop):>2} {nb:>7.4f} {'':>9} {nm:>9.4f} {'':>9}  "
+         f"(worst {max(noop):.4f} s)")
+    emit("  full backfill runs (s): " + ", ".join(f"{t:.3f}" for t in times))
+    emit("  no-change runs (s): " + ", ".join(f"{t:.4f}" for t in noop))
+    emit(f"  bytes on disk after {runs + 2} feature sets: {stored / 1e6:,.0f} MB")
+    emit(f"  stages of one instrumented full backfill ({instrumented:.3f} s, {n / instrumented / 1e6:.2f} M bars/s):")
+    for line in stage_lines(stages, instrumented, [
+        ("catalog: register_version", False), ("catalog: feature_entries + live_bars", False),
+        ("catalog: bar_history", False), ("parquet read: read_entries (bars)", False),
+        ("compute: compute_frame", False), ("partition_by symbol", False),
+        ("parquet write: write_entry", False), ("encode: DataFrame.write_parquet", True),
+        ("fsync (file + directory)", True), ("commit: commit_features", False),
+    ], "other: python glue, per-symbol filters"):
+        emit("  " + line)
+    rate = n / best / 1e6
+    return [
+        f"backfill >= {TARGET_M_BARS_PER_S:g} M bars/s (best of {len(times)}): {rate:.2f} M bars/s -> "
+        f"{'PASS' if rate >= TARGET_M_BARS_PER_S else 'FAIL'} (median {n / med / 1e6:.2f} M bars/s)",
+        f"no-change re-backfill < {TARGET_NOOP_S:g} s (worst of {len(noop)}): {max(noop) * 1e3:.1f} ms -> "
+        f"{'PASS' if max(noop) < TARGET_NOOP_S else 'FAIL'}",
+    ]
+
+
+def _write(path: Path | None, lines: Sequence[str]) -> None:
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
