@@ -76,7 +76,8 @@ def read_entries(root: Path, paths: Sequence[str], columns: Sequence[str] | None
     lf = pl.scan_parquet([str(root / p) for p in paths])
     if columns is not None:
         lf = lf.select(columns)
-    return lf.collect()
+    # One chunk per column: sorts and gathers over 500 small chunks are twice as slow.
+    return lf.collect().rechunk()
 
 
 class EntryReader:

@@ -36,7 +36,7 @@ def asof_join(
     ttl: timedelta | None = None,
     status_name: str = "status",
 ) -> pl.DataFrame:
-    """Join ``rows`` (symbol, ts, columns) onto ``spine`` (ORDER, symbol, ts) as of each spine ts.
+    """Join ``rows`` (symbol, ts, columns; ts ascending within each symbol) onto ``spine`` (ORDER, symbol, ts).
 
     Returns ORDER, the ``columns`` and ``status_name``, one row per spine row, sorted by ORDER (the spine's
     ORDER must be 0..n-1).
@@ -48,7 +48,7 @@ def asof_join(
         pl.col("symbol"),
         (pl.col("ts") + availability_lag).alias(_AVAILABLE),
         pl.col("ts").alias(_FEATURE_TS),
-    ).with_row_index(_ROW).sort(_AVAILABLE)
+    ).with_row_index(_ROW)  # no global sort: the by-symbol join needs ts order within each symbol only
     left = spine.select(ORDER, "symbol", "ts").sort("ts")
     joined = left.join_asof(
         right, left_on="ts", right_on=_AVAILABLE, by="symbol", strategy="backward", check_sortedness=False
