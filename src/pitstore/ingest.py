@@ -40,6 +40,8 @@ def load_bars_source(source: Any) -> Any:
         return pl.read_parquet(path)
     if suffix in (".csv", ".txt"):
         df = pl.read_csv(path, try_parse_dates=False, schema_overrides={"symbol": pl.String, "ts": pl.String})
+        if "ts" not in df.columns:
+            return df  # validation names the missing column
         try:
             ts = df["ts"].str.to_datetime(time_unit="us")
         except pl.exceptions.PolarsError as exc:

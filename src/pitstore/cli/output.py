@@ -18,7 +18,8 @@ from rich.text import Text
 
 from pitstore.backfill import BackfillReport
 from pitstore.errors import InvalidInputError
-from pitstore.ingest import IngestReport
+from pitstore.frames import to_polars
+from pitstore.ingest import IngestReport, load_bars_source
 
 __all__ = [
     "backfill_dict",
@@ -151,22 +152,11 @@ def backfill_line(report: BackfillReport, seconds: float) -> str:
 
 def read_entities(path: Path) -> pl.DataFrame:
     """Look-ups from Parquet, or from CSV whose ``ts`` strings carry an offset or ``Z``; extra columns kept."""
-    if not path.is_file():
-        raise InvalidInputError(f"no such file: {path}")
-    suffix = path.suffix.lower()
-    if suffix in _PARQUET:
-        return pl.read_parquet(path)
-    if suffix in _CSV:
-        df = pl.read_csv(path, schema_overrides={"symbol": pl.String, "ts": pl.String})
-        for col in ("symbol", "ts"):
-            if col not in df.columns:
-                raise InvalidInputError(f"{path}: entities need a {col!r} column", column=col)
-        try:
-            ts = df["ts"].str.to_datetime(time_unit="us")
-        except pl.exceptions.PolarsError as exc:
-            raise InvalidInputError(f"{path}: cannot parse ts as timestamps: {exc}", column="ts") from exc
-        return df.with_columns(ts)
-    raise InvalidInputError(f"unsupported file type {path.suffix!r} for {path}: use .parquet or .csv")
+    df = to_polars(load_bars_source(path))  # the same file rules as bars
+    for col in ("symbol", "ts"):
+        if col not in df.columns:
+            raise InvalidInputError(f"{path}: entities need a {col!r} column", column=col)
+    return df
 
 
 def check_out_path(path: Path) -> None:
