@@ -50,6 +50,7 @@ import numpy.typing as npt
 import pandas as pd
 import polars as pl
 import talib
+from _results import write_results  # bench/ is sys.path[0] when a script runs
 
 import pitstore
 
@@ -347,7 +348,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     emit()
     if not all(d.close for d in [*pandas_diffs, *talib_diffs]):
         emit("ABORT: the implementations disagree, the timings would not compare like with like")
-        _write(out_path, lines)
+        write_results(out_path, lines)
         return 1
     del ours, theirs, ref
     gc.collect()
@@ -394,17 +395,10 @@ def main(argv: Sequence[str] | None = None) -> int:
          f"(best of {len(pit.runs)}, validation included)")
     emit(f"result:    {best_rate:.1f} M bars/s best, {median_rate:.1f} M bars/s median -> {verdict}")
     emit(f"context:   {talib_best / pit.best:.2f}x TA-Lib's throughput (issue's expectation: about 0.5x)")
-    _write(out_path, lines)
+    write_results(out_path, lines)
     if out_path is not None:
         print(f"wrote {out_path}")
     return 0
-
-
-def _write(path: Path | None, lines: Sequence[str]) -> None:
-    if path is None:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -62,6 +62,7 @@ import numpy as np
 import pandas as pd
 import polars as pl
 import pyarrow as pa
+from _results import write_results  # bench/ is sys.path[0] when a script runs
 from bench_compute import cpu_model, git_commit, nproc
 
 import pitstore
@@ -298,7 +299,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         emit("summary:")
         for v in verdicts:
             emit(f"  {v}{' (quick run: not the benchmark configuration)' if q else ''}")
-    _write(out_path, lines)
+    write_results(out_path, lines)
     if out_path is not None:
         print(f"wrote {out_path}")
     return 0
@@ -482,13 +483,6 @@ def backfill(emit: Callable[[str], None], root: Path, n_symbols: int, runs: int,
         f"no-change re-backfill < {TARGET_NOOP_S:g} s (worst of {len(noop)}): {max(noop) * 1e3:.1f} ms -> "
         f"{'PASS' if max(noop) < TARGET_NOOP_S else 'FAIL'}",
     ]
-
-
-def _write(path: Path | None, lines: Sequence[str]) -> None:
-    if path is None:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
