@@ -16,6 +16,7 @@ $(STAMP): $(PY) pyproject.toml
 
 ## test: install the package with its test extras and run the whole suite (lint, types, tests)
 test: $(STAMP)
+	./scripts/services.sh
 	$(PY) -m ruff check src tests bench
 	$(PY) -m mypy src
 	$(PY) -m pytest -q --doctest-modules src tests
