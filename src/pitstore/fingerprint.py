@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import datetime as dt
+import dis
 import functools
 import hashlib
 import inspect
@@ -137,6 +138,15 @@ def _names(code: types.CodeType) -> set[str]:
     return names
 
 
+def _stored_globals(code: types.CodeType) -> set[str]:
+    """Globals the code assigns (``global n; n += 1``): state such as call counters, not constants."""
+    names = {i.argval for i in dis.get_instructions(code) if i.opname in ("STORE_GLOBAL", "DELETE_GLOBAL")}
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _stored_globals(const)
+    return names
+
+
 def _value_part(value: Any) -> Any:
     try:
         return canonical(value)
@@ -173,7 +183,7 @@ def code_fingerprint(fn: Callable[..., Any]) -> str:
                 visit(value, f"{key}.closure{i}")
             else:
                 parts[f"{key}.closure{i}"] = _value_part(value)
-        for name in sorted(_names(f.__code__)):
+        for name in sorted(_names(f.__code__) - _stored_globals(f.__code__)):
             if name not in f.__globals__:
                 continue
             value = f.__globals__[name]

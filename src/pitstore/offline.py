@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 import uuid
 from collections import OrderedDict
@@ -11,8 +10,9 @@ from pathlib import Path
 from urllib.parse import quote
 
 import polars as pl
-import pyarrow as pa
-import xxhash
+
+from pitstore.atomic import publish
+from pitstore.datahash import table_hash
 
 __all__ = ["EntryReader", "content_hash", "encode_symbol", "read_entries", "write_entry"]
 
@@ -26,46 +26,19 @@ def encode_symbol(symbol: str) -> str:
 
 
 def content_hash(df: pl.DataFrame) -> str:
-    """xxh3-128 over the content of every column of ``df`` (all bytes, no sampling), as hex.
-
-    Depends on the values only, not on how they sit in memory: a zero-copy slice is compacted first, since
-    its buffers also hold the rows around it.
-    """
-    h = xxhash.xxh3_128()
-    table = df.to_arrow().combine_chunks()
-    for name, column in zip(table.column_names, table.columns, strict=True):
-        h.update(f"{name}:{column.type}:{len(column)};".encode())
-        for chunk in column.chunks:
-            array = pa.concat_arrays([chunk]) if chunk.offset else chunk
-            for buf in array.buffers():
-                if buf is not None:
-                    h.update(memoryview(buf))
-    return h.hexdigest()
+    """xxh3-128 over the content of every column of ``df`` (all bytes, no sampling), as hex."""
+    return table_hash(df.to_arrow()).hex
 
 
 def write_entry(root: Path, relative_dir: str, df: pl.DataFrame) -> str:
     """Write ``df`` as a new Parquet entry under ``root/relative_dir``; returns its path relative to root.
 
-    Publish is atomic: a temporary file in the same directory is written, fsynced and renamed, then the
-    directory is fsynced. A crash leaves either no file or a complete one, never a partial file under the
-    final name; an orphan (renamed but never committed to the catalog) is never listed.
+    Published atomically (see :mod:`pitstore.atomic`); an orphan (published but never committed to the
+    catalog) is never listed, since reads go through the catalog.
     """
-    directory = root / relative_dir
-    directory.mkdir(parents=True, exist_ok=True)
     name = f"{uuid.uuid4().hex}.parquet"
-    tmp = directory / f".{name}.tmp"
-    df.write_parquet(tmp, compression="zstd", compression_level=_COMPRESSION_LEVEL, statistics=True)
-    fd = os.open(tmp, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(tmp, directory / name)
-    dfd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    publish(root / relative_dir, name, lambda tmp: df.write_parquet(
+        tmp, compression="zstd", compression_level=_COMPRESSION_LEVEL, statistics=True))
     return f"{relative_dir}/{name}"
 
 

@@ -9,16 +9,19 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import polars as pl
+
 from pitstore import backfill as _backfill
+from pitstore import housekeeping, reads
 from pitstore import ingest as _ingest
-from pitstore import reads
+from pitstore.cache import ComputeCache, WarmReport
 from pitstore.catalog.sqlite import SqliteCatalog
 from pitstore.config import Settings
-from pitstore.errors import InvalidInputError
+from pitstore.errors import InvalidInputError, NotFoundError
 from pitstore.features.base import FeatureSet
 from pitstore.features.registry import FeatureRef, Registry, VersionInfo
 from pitstore.frames import FrameKind, frame_kind, from_polars
-from pitstore.offline import EntryReader
+from pitstore.offline import EntryReader, read_entries
 
 __all__ = ["Store"]
 
@@ -38,6 +41,7 @@ class Store:
         self.catalog = SqliteCatalog(settings.catalog_path, timeout=settings.lock_timeout)
         self.registry = Registry(self.catalog)
         self.reader = EntryReader(settings.root)
+        self.cache = ComputeCache(settings.root, self.catalog)
 
     @classmethod
     def open(cls, path: str | os.PathLike[str] | None = None, **settings: Any) -> Store:
@@ -121,15 +125,81 @@ class Store:
                                _aware(start, "start"), _aware(end, "end"), as_known_at)
         return from_polars(out, output)
 
+    # --- compute cache --------------------------------------------------------------------------------
+
+    def get_or_compute(
+        self, symbol: str, raw: Any, config: Any, compute: Callable[[Any, Any], Any], *,
+        wait_timeout: float | None = None,
+    ) -> Any:
+        """``compute(raw, config)``, computed once and afterwards read from the store, by any process.
+
+        The key covers the symbol, raw's first and last timestamp and full content (xxh3-128 of every byte),
+        the canonical ``config`` and the code of ``compute`` with the helpers it calls: change any of them and
+        it is a new computation, never a stale result. Concurrent callers of one key wait for one compute.
+        """
+        return self.cache.get_or_compute(symbol, raw, config, compute, wait_timeout=wait_timeout)
+
+    def cached(self, fn: Callable[[Any, Any], Any]) -> Callable[..., Any]:
+        """Decorator: ``fn(raw, config)`` goes through :meth:`get_or_compute`; call it as
+        ``fn(raw, config, symbol=...)`` (``symbol`` defaults to raw's single ``symbol`` value)."""
+        return self.cache.cached(fn)
+
+    def warm_cache(
+        self, symbols: Sequence[str] | str | None, configs: Sequence[Any], compute: Callable[[Any, Any], Any], *,
+        load: Callable[[str], Any] | None = None, progress: Callable[[int], None] | None = None,
+    ) -> WarmReport:
+        """Precompute ``compute(raw, config)`` for each symbol (all stored ones when None) and config.
+
+        ``load(symbol)`` gives the raw frame; by default the symbol's stored bars (a polars frame).
+        Already stored keys are skipped, so an interrupted nightly run resumes where it stopped.
+        """
+        chosen = _symbols(symbols) or (self.symbols() if symbols is None else [])
+        return self.cache.warm(chosen, load or self.bars, configs, compute, progress=progress)
+
+    def clear(self, symbol: str | None = None) -> int:
+        """Delete cached results of ``symbol`` (all when None); returns how many were deleted."""
+        return self.cache.clear(symbol)
+
+    def cleanup_old_entries(self, days_old: float) -> int:
+        """Delete cached results not accessed within ``days_old`` days; returns how many."""
+        return self.cache.cleanup_old_entries(days_old)
+
+    def gc(
+        self, *, retention_weeks: float | None = None, max_versions: int | None = None, dry_run: bool = False,
+        orphan_grace_seconds: float = housekeeping.ORPHAN_GRACE_SECONDS,
+    ) -> housekeeping.GcReport:
+        """Garbage-collect: cache entries not accessed within ``retention_weeks``, files no catalog row refers
+        to, rows whose file is gone, feature-set versions beyond the newest ``max_versions``; then VACUUM.
+        Safe while other processes use the store. ``dry_run`` reports what it would do and changes nothing."""
+        return housekeeping.gc(self.root, self.catalog, self.cache, retention_weeks=retention_weeks,
+                               max_versions=max_versions, dry_run=dry_run, orphan_grace_seconds=orphan_grace_seconds)
+
+    def verify(self) -> housekeeping.VerifyReport:
+        """Check every entry's file against the catalog (exists, size, hash); ``report.ok`` when all pass."""
+        return housekeeping.verify(self.root, self.catalog, self.cache)
+
+    # --- bars and statistics -------------------------------------------------------------------------
+
+    def bars(self, symbol: str) -> pl.DataFrame:
+        """The stored bars of ``symbol`` (polars), oldest first."""
+        live = self.catalog.live_bars([symbol])
+        if not live:
+            raise NotFoundError(f"no bars stored for symbol {symbol!r}")
+        df = read_entries(self.root, [live[0].path])
+        assert df is not None
+        return df
+
     def symbols(self) -> list[str]:
         """Symbols with stored bars."""
         return [e.symbol for e in self.catalog.live_bars()]
 
     def stats(self) -> dict[str, Any]:
-        """Counts of symbols, bars, entries and bytes on disk."""
+        """Counts of symbols, bars, entries and bytes on disk; ``cache``: the compute cache's entries, bytes,
+        hits, misses, hit rate, compute seconds spent and saved and hashing, in total and ``per_symbol``."""
         counts = self.catalog.counts()
         size = sum(p.stat().st_size for p in self.root.rglob("*.parquet"))
-        return {"root": str(self.root), "feature_sets": self.registry.names(), **counts, "bytes_on_disk": size}
+        return {"root": str(self.root), "feature_sets": self.registry.names(), **counts, "bytes_on_disk": size,
+                "cache": self.cache.stats()}
 
     def close(self) -> None:
         self.catalog.close()

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
-__all__ = ["BarEntry", "Catalog", "FeatureEntry", "VersionRow"]
+__all__ = ["BarEntry", "CacheEntry", "CacheStatsRow", "Catalog", "FeatureEntry", "VersionRow"]
 
 
 class BarEntry(NamedTuple):
@@ -39,6 +39,37 @@ class FeatureEntry(NamedTuple):
     bars_entry_id: int  # the bar snapshot it was computed from
     recorded_at: int
     superseded_at: int | None
+
+
+class CacheEntry(NamedTuple):
+    """One stored result of ``get_or_compute``: a Parquet file whose size and xxh3-128 the catalog records."""
+
+    key: str  # sha256 hex over symbol, raw range, raw content hash, config and compute fingerprint
+    symbol: str
+    path: str  # relative to the store root
+    size: int  # bytes of the file
+    file_hash: str  # xxh3-128 of the file's bytes
+    kind: str  # frame family the compute returned: polars, pandas or arrow
+    n_rows: int
+    first_ts: int | None  # first and last timestamp of the raw input (µs UTC), when it had one
+    last_ts: int | None
+    compute_seconds: float
+    created_at: int  # µs UTC
+    last_access: int
+    hits: int
+
+
+class CacheStatsRow(NamedTuple):
+    """Counters of the compute cache for one symbol, since the store was created."""
+
+    symbol: str
+    hits: int
+    misses: int
+    compute_seconds: float  # spent computing misses
+    saved_seconds: float  # compute time that hits did not spend
+    hash_seconds: float  # spent hashing raw inputs for keys
+    hash_bytes: int
+    corruptions: int  # entries found broken on read, dropped and recomputed
 
 
 @dataclass(frozen=True)
@@ -87,6 +118,52 @@ class Catalog(Protocol):
 
     def commit_features(self, entry: FeatureEntry, *, supersede: Sequence[int], expected_live: Sequence[int]) -> bool:
         """Publish a feature entry unless the symbol's live entries changed meanwhile (then False)."""
+        ...
+
+    # --- compute cache ---------------------------------------------------------------------------------
+
+    def cache_get(self, key: str) -> CacheEntry | None:
+        """The entry stored for ``key``, if any."""
+        ...
+
+    def cache_put(self, entry: CacheEntry) -> None:
+        """Record (or replace) the entry of ``entry.key``."""
+        ...
+
+    def cache_drop(self, keys: Sequence[str]) -> int:
+        """Delete the rows of ``keys``; returns how many existed."""
+        ...
+
+    def cache_entries(self, symbol: str | None = None, accessed_before: int | None = None) -> list[CacheEntry]:
+        """Entries of ``symbol`` (all when None), optionally only those last accessed before a time."""
+        ...
+
+    def cache_record(self, symbol: str, *, hit_key: str | None = None, hits: int = 0, misses: int = 0,
+                     compute_seconds: float = 0.0, saved_seconds: float = 0.0, hash_seconds: float = 0.0,
+                     hash_bytes: int = 0, corruptions: int = 0) -> None:
+        """Add to the symbol's counters; ``hit_key`` also marks that entry as accessed now."""
+        ...
+
+    def cache_stats(self) -> list[CacheStatsRow]:
+        """Counters per symbol."""
+        ...
+
+    # --- housekeeping ----------------------------------------------------------------------------------
+
+    def referenced_paths(self) -> set[str]:
+        """Every file path any catalog row refers to (bars, features, cache; live or superseded)."""
+        ...
+
+    def drop_rows(self, table: str, ids: Sequence[int]) -> int:
+        """Delete rows of ``bar_entries`` or ``feature_entries`` by id (their files are gone or retired)."""
+        ...
+
+    def all_bar_entries(self) -> list[BarEntry]: ...
+
+    def all_feature_entries(self) -> list[FeatureEntry]: ...
+
+    def vacuum(self) -> None:
+        """Reclaim space and refresh the query planner's statistics."""
         ...
 
     def close(self) -> None: ...

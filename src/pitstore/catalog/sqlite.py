@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-from pitstore.catalog.base import BarEntry, FeatureEntry, VersionRow
+from pitstore.catalog.base import BarEntry, CacheEntry, CacheStatsRow, FeatureEntry, VersionRow
 from pitstore.errors import BackendError, ConflictError
 
 __all__ = ["SqliteCatalog"]
@@ -55,12 +55,41 @@ CREATE TABLE IF NOT EXISTS feature_entries (
     superseded_at INTEGER
 );
 CREATE INDEX IF NOT EXISTS feature_entries_live ON feature_entries (feature_set, version, symbol, superseded_at);
+CREATE TABLE IF NOT EXISTS cache_entries (
+    key             TEXT    PRIMARY KEY,
+    symbol          TEXT    NOT NULL,
+    path            TEXT    NOT NULL,
+    size            INTEGER NOT NULL,
+    file_hash       TEXT    NOT NULL,
+    kind            TEXT    NOT NULL,
+    n_rows          INTEGER NOT NULL,
+    first_ts        INTEGER,
+    last_ts         INTEGER,
+    compute_seconds REAL    NOT NULL,
+    created_at      INTEGER NOT NULL,
+    last_access     INTEGER NOT NULL,
+    hits            INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS cache_entries_symbol ON cache_entries (symbol);
+CREATE INDEX IF NOT EXISTS cache_entries_access ON cache_entries (last_access);
+CREATE TABLE IF NOT EXISTS cache_stats (
+    symbol          TEXT    PRIMARY KEY,
+    hits            INTEGER NOT NULL DEFAULT 0,
+    misses          INTEGER NOT NULL DEFAULT 0,
+    compute_seconds REAL    NOT NULL DEFAULT 0,
+    saved_seconds   REAL    NOT NULL DEFAULT 0,
+    hash_seconds    REAL    NOT NULL DEFAULT 0,
+    hash_bytes      INTEGER NOT NULL DEFAULT 0,
+    corruptions     INTEGER NOT NULL DEFAULT 0
+);
 """
 
 _BAR_COLS = ("id, symbol, path, n_rows, first_ts, last_ts, content_hash, appended_only, restated_rows, "
              "recorded_at, superseded_at")
 _FEATURE_COLS = ("id, feature_set, version, symbol, path, n_rows, first_ts, last_ts, bars_entry_id, "
                  "recorded_at, superseded_at")
+_CACHE_COLS = ("key, symbol, path, size, file_hash, kind, n_rows, first_ts, last_ts, compute_seconds, created_at,"
+               " last_access, hits")
 _VISIBLE = "recorded_at <= :t AND (superseded_at IS NULL OR superseded_at > :t)"
 _FAR_FUTURE = 2**62
 
@@ -235,6 +264,84 @@ class SqliteCatalog:
         with self._lock:
             rows = self._conn.execute("SELECT DISTINCT name FROM feature_set_versions ORDER BY name").fetchall()
         return [r[0] for r in rows]
+
+    # --- compute cache ---------------------------------------------------------------------------------
+
+    def _read(self, sql: str, params: Sequence[object] | dict[str, object] = ()) -> list[tuple[object, ...]]:
+        with self._lock:
+            try:
+                return self._conn.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise BackendError(f"catalog {self.path}: cannot read: {exc}") from exc
+
+    def cache_get(self, key: str) -> CacheEntry | None:
+        rows = self._read(f"SELECT {_CACHE_COLS} FROM cache_entries WHERE key = ?", (key,))
+        return CacheEntry(*rows[0]) if rows else None  # type: ignore[arg-type]
+
+    def cache_put(self, entry: CacheEntry) -> None:
+        with self._write(f"record cache entry of {entry.symbol!r}") as cur:
+            cur.execute(f"INSERT OR REPLACE INTO cache_entries ({_CACHE_COLS}) VALUES ({', '.join('?' * 13)})",
+                        tuple(entry))
+
+    def cache_drop(self, keys: Sequence[str]) -> int:
+        with self._write("drop cache entries") as cur:
+            cur.executemany("DELETE FROM cache_entries WHERE key = ?", [(k,) for k in keys])
+            return cur.rowcount  # summed over the statements by sqlite3
+
+    def cache_entries(self, symbol: str | None = None, accessed_before: int | None = None) -> list[CacheEntry]:
+        sql = f"SELECT {_CACHE_COLS} FROM cache_entries WHERE (:s IS NULL OR symbol = :s)" \
+              " AND (:t IS NULL OR last_access < :t) ORDER BY symbol, created_at"
+        return [CacheEntry(*r) for r in self._read(sql, {"s": symbol, "t": accessed_before})]  # type: ignore[arg-type]
+
+    def cache_record(self, symbol: str, *, hit_key: str | None = None, hits: int = 0, misses: int = 0,
+                     compute_seconds: float = 0.0, saved_seconds: float = 0.0, hash_seconds: float = 0.0,
+                     hash_bytes: int = 0, corruptions: int = 0) -> None:
+        with self._write(f"record cache statistics of {symbol!r}") as cur:
+            cur.execute(
+                "INSERT INTO cache_stats VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (symbol) DO UPDATE SET"
+                " hits = hits + excluded.hits, misses = misses + excluded.misses,"
+                " compute_seconds = compute_seconds + excluded.compute_seconds,"
+                " saved_seconds = saved_seconds + excluded.saved_seconds,"
+                " hash_seconds = hash_seconds + excluded.hash_seconds, hash_bytes = hash_bytes + excluded.hash_bytes,"
+                " corruptions = corruptions + excluded.corruptions",
+                (symbol, hits, misses, compute_seconds, saved_seconds, hash_seconds, hash_bytes, corruptions),
+            )
+            if hit_key is not None:
+                cur.execute("UPDATE cache_entries SET last_access = ?, hits = hits + 1 WHERE key = ?",
+                            (now_us(), hit_key))
+
+    def cache_stats(self) -> list[CacheStatsRow]:
+        return [CacheStatsRow(*r) for r in self._read("SELECT * FROM cache_stats ORDER BY symbol")]  # type: ignore[arg-type]
+
+    # --- housekeeping ----------------------------------------------------------------------------------
+
+    def referenced_paths(self) -> set[str]:
+        rows = self._read("SELECT path FROM bar_entries UNION ALL SELECT path FROM feature_entries"
+                          " UNION ALL SELECT path FROM cache_entries")
+        return {str(r[0]) for r in rows}
+
+    def drop_rows(self, table: str, ids: Sequence[int]) -> int:
+        if table not in ("bar_entries", "feature_entries"):
+            raise ValueError(f"not an entry table: {table!r}")
+        with self._write(f"delete rows of {table}") as cur:
+            cur.executemany(f"DELETE FROM {table} WHERE id = ?", [(i,) for i in ids])
+        return len(ids)
+
+    def all_bar_entries(self) -> list[BarEntry]:
+        return [BarEntry(*r) for r in self._read(f"SELECT {_BAR_COLS} FROM bar_entries ORDER BY id")]  # type: ignore[arg-type]
+
+    def all_feature_entries(self) -> list[FeatureEntry]:
+        rows = self._read(f"SELECT {_FEATURE_COLS} FROM feature_entries ORDER BY id")
+        return [FeatureEntry(*r) for r in rows]  # type: ignore[arg-type]
+
+    def vacuum(self) -> None:
+        with self._lock:
+            try:
+                self._conn.execute("VACUUM")
+                self._conn.execute("ANALYZE")
+                self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            except sqlite3.Error as exc:
+                raise BackendError(f"catalog {self.path}: cannot vacuum: {exc}") from exc
 
     def close(self) -> None:
         with self._lock:

@@ -1,0 +1,250 @@
+"""The compute cache: ``get_or_compute`` with single flight, atomic publish and verified reads."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pyarrow as pa
+
+from pitstore.atomic import publish_bytes
+from pitstore.cache import codec
+from pitstore.cache.keys import CacheKey, cache_key
+from pitstore.cache.lock import KeyLocks
+from pitstore.catalog.base import CacheEntry, Catalog
+from pitstore.catalog.sqlite import now_us
+from pitstore.datahash import HASH_METHOD, file_hash
+from pitstore.errors import CacheCorruptionError, InvalidInputError
+from pitstore.offline import encode_symbol
+
+__all__ = ["CACHE_DIR", "ComputeCache", "WarmReport"]
+
+log = logging.getLogger("pitstore.cache")
+
+CACHE_DIR = "cache"  # under the store root: <symbol>/<key>.parquet entries and .locks/<key>.lock
+LOCK_DIR = ".locks"
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass
+class WarmReport:
+    """What ``warm_cache`` did: computed and already-stored keys, and the symbols whose compute failed."""
+
+    computed: int = 0
+    hits: int = 0
+    failed: dict[str, str] = field(default_factory=dict)  # symbol -> error message
+    seconds: float = 0.0
+
+
+class ComputeCache:
+    """Content-addressed results of ``compute(raw, config)``, shared by every process using the store root."""
+
+    def __init__(self, root: Path, catalog: Catalog) -> None:
+        self.root = root
+        self.catalog = catalog
+        self.locks = KeyLocks(root / CACHE_DIR / LOCK_DIR)
+
+    # --- the one entry point -------------------------------------------------------------------------
+
+    def get_or_compute(
+        self, symbol: str, raw: Any, config: Any, compute: Callable[[Any, Any], Any], *,
+        wait_timeout: float | None = None,
+    ) -> Any:
+        """The stored result of ``compute(raw, config)`` for ``symbol``, computing and storing it when missing.
+
+        Concurrent callers of one key (threads or processes) wait for a single computation. A waiter whose
+        computing peer dies takes over at once (the kernel releases a dead process's lock); with
+        ``wait_timeout`` it also computes itself after that many seconds if the peer is alive but stuck.
+        A corrupted or truncated entry is detected (size and xxh3-128), dropped and recomputed.
+        """
+        return self._get(cache_key(symbol, raw, config, compute), raw, config, compute, wait_timeout)
+
+    def cached(self, fn: F) -> F:
+        """Decorator form: ``fn(raw, config)`` becomes cached; call it as ``fn(raw, config, symbol=...)``
+        (``symbol`` may be left out when raw has a ``symbol`` column holding one value)."""
+
+        @functools.wraps(fn)
+        def wrapper(raw: Any, config: Any, symbol: str | None = None) -> Any:
+            return self.get_or_compute(symbol if symbol is not None else _only_symbol(raw), raw, config, fn)
+
+        return wrapper  # type: ignore[return-value]
+
+    # --- internals -------------------------------------------------------------------------------------
+
+    def _get(self, k: CacheKey, raw: Any, config: Any, compute: Callable[[Any, Any], Any],
+             wait_timeout: float | None) -> Any:
+        found = self._read_verified(k.key)
+        if found is not None:
+            return self._hit(k, *found)
+        with self.locks.hold(k.key, timeout=wait_timeout) as holding:
+            # Another process may have published while we waited; a broken entry is dropped under the lock.
+            entry = self.catalog.cache_get(k.key)
+            corrupt = 0
+            if entry is not None:
+                try:
+                    return self._hit(k, entry, self._load(entry))
+                except CacheCorruptionError as exc:
+                    log.warning("%s; recomputing", exc)
+                    if holding:
+                        self._drop(entry)
+                    corrupt = 1
+            if not holding:
+                log.warning("key %s of %r still busy after %.1f s: computing it here too", k.key[:12], k.symbol,
+                            wait_timeout)
+            return self._compute(k, raw, config, compute, corrupt)
+
+    def _read_verified(self, key: str) -> tuple[CacheEntry, Any] | None:
+        entry = self.catalog.cache_get(key)
+        if entry is None:
+            return None
+        try:
+            return entry, self._load(entry)
+        except CacheCorruptionError:
+            return None  # handled under the key's lock
+
+    def _load(self, entry: CacheEntry) -> Any:
+        data = self.check(entry)
+        try:
+            return codec.decode(data, entry.kind)
+        except (pa.ArrowException, OSError) as exc:  # same bytes as written, so this is unexpected
+            raise CacheCorruptionError(f"cache entry {entry.path} of {entry.symbol!r} cannot be decoded: {exc}") \
+                from exc
+
+    def check(self, entry: CacheEntry) -> pa.Buffer:
+        """An entry's bytes, checked complete and unchanged (size, then xxh3-128 of every byte)."""
+        path = self.root / entry.path
+        try:
+            data = pa.memory_map(str(path)).read_buffer()
+        except (FileNotFoundError, pa.ArrowException, OSError) as exc:
+            raise CacheCorruptionError(f"cache entry {entry.path} of {entry.symbol!r} is unreadable: {exc}") from exc
+        if data.size != entry.size:
+            raise CacheCorruptionError(
+                f"cache entry {entry.path} of {entry.symbol!r} has {data.size} bytes, the catalog says {entry.size}")
+        if file_hash(data) != entry.file_hash:
+            raise CacheCorruptionError(f"cache entry {entry.path} of {entry.symbol!r} does not match its hash")
+        return data
+
+    def _hit(self, k: CacheKey, entry: CacheEntry, result: Any) -> Any:
+        self.catalog.cache_record(k.symbol, hit_key=k.key, hits=1, saved_seconds=entry.compute_seconds,
+                                  hash_seconds=k.data.seconds, hash_bytes=k.data.nbytes)
+        return result
+
+    def _drop(self, entry: CacheEntry) -> None:
+        self.catalog.cache_drop([entry.key])
+        (self.root / entry.path).unlink(missing_ok=True)
+
+    def _compute(self, k: CacheKey, raw: Any, config: Any, compute: Callable[[Any, Any], Any], corrupt: int) -> Any:
+        t0 = time.perf_counter()
+        result = compute(raw, config)
+        seconds = time.perf_counter() - t0
+        table, kind = codec.to_arrow(result, "the result of compute")
+        data = codec.encode(table)
+        relative = f"{CACHE_DIR}/{encode_symbol(k.symbol)}"
+        publish_bytes(self.root / relative, f"{k.key}.parquet", data)
+        t = now_us()
+        self.catalog.cache_put(CacheEntry(
+            k.key, k.symbol, f"{relative}/{k.key}.parquet", len(data), file_hash(data), kind, table.num_rows,
+            k.first_ts, k.last_ts, seconds, t, t, 0,
+        ))
+        self.catalog.cache_record(k.symbol, misses=1, compute_seconds=seconds, hash_seconds=k.data.seconds,
+                                  hash_bytes=k.data.nbytes, corruptions=corrupt)
+        # Return what every later hit returns (decoded from the stored bytes), so all callers see the same frame.
+        return codec.decode(data, kind)
+
+    # --- warming, housekeeping and statistics ---------------------------------------------------------
+
+    def warm(
+        self, symbols: Iterable[str], load: Callable[[str], Any], configs: Sequence[Any],
+        compute: Callable[[Any, Any], Any], *, progress: Callable[[int], None] | None = None,
+    ) -> WarmReport:
+        """Precompute ``compute(load(symbol), config)`` for every symbol and config (a nightly job).
+
+        One symbol's raw data is in memory at a time; stored keys are skipped cheaply; a failing symbol is
+        reported and does not stop the others; re-running after an interruption resumes where it stopped.
+        """
+        report = WarmReport()
+        t0 = time.perf_counter()
+        for symbol in symbols:
+            try:
+                raw = load(symbol)
+                for config in configs:
+                    k = cache_key(symbol, raw, config, compute)
+                    if self.catalog.cache_get(k.key) is not None:
+                        report.hits += 1  # stored: no need to read it back
+                    else:
+                        self._get(k, raw, config, compute, None)
+                        report.computed += 1
+            except Exception as exc:  # a nightly job reports a bad symbol and goes on
+                report.failed[symbol] = f"{type(exc).__name__}: {exc}"
+            if progress is not None:
+                progress(1)
+        report.seconds = time.perf_counter() - t0
+        return report
+
+    def clear(self, symbol: str | None = None) -> int:
+        """Delete the cached results of ``symbol`` (all when None); returns how many. Entries a process is
+        computing right now are left alone."""
+        return self._delete(self.catalog.cache_entries(symbol))
+
+    def cleanup_old_entries(self, days_old: float) -> int:
+        """Delete entries not accessed within ``days_old`` days; returns how many."""
+        if days_old < 0:
+            raise InvalidInputError(f"days_old must be >= 0, got {days_old}")
+        return self._delete(self.catalog.cache_entries(accessed_before=now_us() - int(days_old * 86_400e6)))
+
+    def _delete(self, entries: Sequence[CacheEntry]) -> int:
+        done = 0
+        for entry in entries:
+            with self.locks.hold(entry.key, blocking=False) as holding:
+                if holding and self.catalog.cache_get(entry.key) == entry:
+                    self._drop(entry)
+                    done += 1
+        return done
+
+    def stats(self) -> dict[str, Any]:
+        """Entries, bytes, hits, misses, hit rate, compute seconds spent and saved, hashing; total and per symbol."""
+        per: dict[str, dict[str, Any]] = {}
+        for e in self.catalog.cache_entries():
+            s = per.setdefault(e.symbol, _empty())
+            s["entries"] += 1
+            s["bytes"] += e.size
+        for r in self.catalog.cache_stats():
+            s = per.setdefault(r.symbol, _empty())
+            for name in ("hits", "misses", "compute_seconds", "saved_seconds", "hash_seconds", "hash_bytes",
+                         "corruptions"):
+                s[name] += getattr(r, name)
+        total = _empty()
+        for s in per.values():
+            for name in total:
+                total[name] += s[name]
+            _rates(s)
+        _rates(total)
+        return {**total, "hash_method": HASH_METHOD, "per_symbol": per}
+
+
+def _empty() -> dict[str, Any]:
+    return {"entries": 0, "bytes": 0, "hits": 0, "misses": 0, "compute_seconds": 0.0, "saved_seconds": 0.0,
+            "hash_seconds": 0.0, "hash_bytes": 0, "corruptions": 0}
+
+
+def _rates(s: dict[str, Any]) -> None:
+    calls = s["hits"] + s["misses"]
+    s["hit_rate"] = s["hits"] / calls if calls else 0.0
+    s["hash_gb_per_s"] = s["hash_bytes"] / s["hash_seconds"] / 1e9 if s["hash_seconds"] else None
+
+
+def _only_symbol(raw: Any) -> str:
+    from pitstore.cache.keys import raw_table
+
+    table = raw_table(raw)
+    if "symbol" in table.column_names:
+        values = table.column("symbol").unique().to_pylist()
+        if len(values) == 1 and isinstance(values[0], str):
+            return values[0]
+    raise InvalidInputError("pass symbol=...: raw has no 'symbol' column holding a single value")
