@@ -10,7 +10,7 @@ import typer
 
 import pitstore
 from pitstore.cli import demo as _demo
-from pitstore.cli import output
+from pitstore.cli import maintenance, output
 from pitstore.cli.common import (
     USER_ERRORS,
     JsonOption,
@@ -224,7 +224,8 @@ def get(
 @app.command()
 @clean_errors
 def stats(ctx: typer.Context, json_out: JsonOption = False, root: RootOption = None) -> None:
-    """Counts of symbols, bars, feature entries and bytes on disk."""
+    """Counts of symbols, bars, feature entries and bytes on disk, and the compute cache's hits, misses, hit
+    rate, compute seconds spent and saved and hashing, per symbol and in total."""
     with open_store(ctx, root, create=False) as store:
         data = store.stats()
         data = {"root": str(Path(data.pop("root")).resolve()), "symbols": len(store.symbols()), **data}
@@ -232,6 +233,7 @@ def stats(ctx: typer.Context, json_out: JsonOption = False, root: RootOption = N
         output.echo_json(data)
     else:
         out_console.print(output.stats_table(data))
+        out_console.print(output.cache_table(data["cache"]))
 
 
 @app.command()
@@ -256,3 +258,8 @@ def demo(
         ok = _demo.run(store, n_symbols=n_symbols, years=years, n_lookups=lookups, seed=seed, console=out_console)
     if not ok:
         fail("the second pass over identical bars was not a no-op (see above): a pitstore bug")
+
+
+app.command()(maintenance.gc)
+app.command()(maintenance.verify)
+app.add_typer(maintenance.cache_app, name="cache")

@@ -32,6 +32,7 @@ __all__ = [
     "err_console",
     "fail",
     "load_feature_set",
+    "load_object",
     "open_store",
     "out_console",
     "parse_symbols",
@@ -140,19 +141,11 @@ def parse_symbols(value: str | None) -> list[str] | None:
     return symbols
 
 
-def load_feature_set(spec: str | None) -> FeatureSet:
-    """The feature set named by ``module:attribute`` (a FeatureSet, or a function returning one).
-
-    None means ``pitstore.standard_features()``. The working directory is importable, as for ``python -m``.
-
-    >>> load_feature_set("pitstore:standard_features").name
-    'daily_core'
-    """
-    if spec is None:
-        return standard_features()
+def load_object(spec: str, option: str) -> Any:
+    """The object named by ``module:attribute`` (the working directory is importable, as for ``python -m``)."""
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
-        raise ConfigError(f"--features {spec!r}: expected module:attribute, e.g. mypkg.defs:daily")
+        raise ConfigError(f"{option} {spec!r}: expected module:attribute, e.g. mypkg.defs:daily")
     cwd = os.getcwd()
     added = cwd not in sys.path
     if added:
@@ -160,15 +153,29 @@ def load_feature_set(spec: str | None) -> FeatureSet:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ConfigError(f"--features {spec!r}: cannot import {module_name!r}: {exc}") from exc
+        raise ConfigError(f"{option} {spec!r}: cannot import {module_name!r}: {exc}") from exc
     finally:
         if added:
             sys.path.remove(cwd)
     obj: Any = module
     for part in attr.split("."):
         if not hasattr(obj, part):
-            raise ConfigError(f"--features {spec!r}: {module_name!r} has no attribute {attr!r}")
+            raise ConfigError(f"{option} {spec!r}: {module_name!r} has no attribute {attr!r}")
         obj = getattr(obj, part)
+    return obj
+
+
+def load_feature_set(spec: str | None) -> FeatureSet:
+    """The feature set named by ``module:attribute`` (a FeatureSet, or a function returning one).
+
+    None means ``pitstore.standard_features()``.
+
+    >>> load_feature_set("pitstore:standard_features").name
+    'daily_core'
+    """
+    if spec is None:
+        return standard_features()
+    obj = load_object(spec, "--features")
     if callable(obj) and not isinstance(obj, FeatureSet):
         obj = obj()
     if not isinstance(obj, FeatureSet):

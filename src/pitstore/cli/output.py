@@ -211,6 +211,8 @@ def stats_table(stats: dict[str, Any]) -> Table:
     table.add_column(style="bold")
     table.add_column()
     for key, value in stats.items():
+        if isinstance(value, dict):
+            continue  # nested sections (the cache) have tables of their own
         if key == "bytes_on_disk":
             shown = f"{human_bytes(int(value))} ({int(value):,} bytes)"
         elif isinstance(value, list):
@@ -220,4 +222,26 @@ def stats_table(stats: dict[str, Any]) -> Table:
         else:
             shown = str(value)
         table.add_row(key, shown)
+    return table
+
+
+def cache_table(cache: dict[str, Any], limit: int = 20) -> Table:
+    """The compute cache section of ``Store.stats()``: totals, then the busiest symbols."""
+    table = Table(title="compute cache", title_justify="left", box=None, pad_edge=False)
+    for name in ("symbol", "entries", "bytes", "hits", "misses", "hit rate", "compute s", "saved s", "hash GB/s"):
+        table.add_column(name, justify="left" if name == "symbol" else "right")
+
+    def row(name: str, s: dict[str, Any], style: str | None = None) -> None:
+        rate = s.get("hash_gb_per_s")
+        table.add_row(name, f"{s['entries']:,}", human_bytes(int(s["bytes"])), f"{s['hits']:,}", f"{s['misses']:,}",
+                      f"{s['hit_rate']:.1%}", f"{s['compute_seconds']:.2f}", f"{s['saved_seconds']:.2f}",
+                      f"{rate:.1f}" if rate else "-", style=style)
+
+    per = cache["per_symbol"]
+    for symbol in sorted(per, key=lambda k: -(per[k]["hits"] + per[k]["misses"]))[:limit]:
+        row(symbol, per[symbol])
+    row("total", cache, style="bold")
+    table.caption = (f"{len(per):,} symbols; hashed {cache['hash_bytes'] / 1e9:.2f} GB with {cache['hash_method']} in "
+                     f"{cache['hash_seconds']:.2f} s; {cache['corruptions']:,} corrupted entries recomputed")
+    table.caption_justify = "left"
     return table
