@@ -25,7 +25,9 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 
+from pitstore.datahash import table_hash
 from pitstore.errors import DefinitionError
 
 __all__ = ["canonical", "canonical_json", "code_fingerprint", "library_versions", "sha256_hex"]
@@ -46,15 +48,15 @@ def canonical(obj: Any) -> Any:
         return obj
     if isinstance(obj, np.generic):
         return canonical(obj.item())
-    if isinstance(obj, int | float | Decimal):
+    if isinstance(obj, int):
+        return obj  # exact at any size (a float would overflow or round)
+    if isinstance(obj, float | Decimal):
         f = float(obj)
         if math.isnan(f):
             return {"$float": "nan"}
         if math.isinf(f):
             return {"$float": "inf" if f > 0 else "-inf"}
-        if isinstance(obj, int) or f.is_integer():
-            return int(obj) if isinstance(obj, int) else int(f)
-        return f
+        return int(f) if f.is_integer() else f
     if isinstance(obj, Mapping):
         return {"$map": sorted(([canonical(k), canonical(v)] for k, v in obj.items()), key=json.dumps)}
     if isinstance(obj, list | tuple):
@@ -75,6 +77,17 @@ def canonical(obj: Any) -> Any:
         return {"$bytes": obj.hex()}
     if isinstance(obj, pl.Expr):
         return {"$expr": obj.meta.serialize(format="json")}
+    if isinstance(obj, pl.DataFrame | pl.Series | pa.Table | pa.ChunkedArray | pa.Array):
+        table = obj.to_frame() if isinstance(obj, pl.Series) else obj
+        if isinstance(table, pa.ChunkedArray | pa.Array):
+            table = pa.table({"": table})
+        return {"$table": table_hash(table.to_arrow() if isinstance(table, pl.DataFrame) else table).hex}
+    if type(obj).__module__.startswith("pandas") and hasattr(obj, "to_frame" if hasattr(obj, "name") else "columns"):
+        frame = obj.to_frame() if hasattr(obj, "to_frame") else obj
+        try:
+            return {"$table": table_hash(pa.Table.from_pandas(frame, preserve_index=True)).hex}
+        except (pa.ArrowException, TypeError, ValueError) as exc:
+            raise DefinitionError(f"cannot encode a pandas {type(obj).__name__} canonically: {exc}") from exc
     if isinstance(obj, np.ndarray):
         return {"$array": [str(obj.dtype), list(obj.shape), hashlib.sha256(obj.tobytes()).hexdigest()]}
     raise DefinitionError(f"cannot encode a {type(obj).__name__} canonically: {obj!r}")
@@ -147,33 +160,77 @@ def _stored_globals(code: types.CodeType) -> set[str]:
     return names
 
 
-def _value_part(value: Any) -> Any:
+_CONSTANT_TYPES = (bool, int, float, str, bytes, tuple, frozenset, list, dict, set, type(None))
+
+
+def _is_library_module(module: types.ModuleType) -> bool:
+    path = getattr(module, "__file__", None)
+    return path is None or str(Path(path).resolve()).startswith(_LIBRARY_ROOTS)
+
+
+def _class_part(cls: type) -> str:
+    """A class by name, and by its source when it is the user's (its methods can change results)."""
+    name = f"{cls.__module__}.{cls.__qualname__}"
     try:
-        return canonical(value)
-    except DefinitionError:
-        return None
+        return name + "|" + ast.dump(ast.parse(textwrap.dedent(inspect.getsource(cls))))
+    except (OSError, TypeError, SyntaxError):
+        return name
 
 
-def code_fingerprint(fn: Callable[..., Any]) -> str:
-    """sha256 over a function's normalised code, the code of the module-level helpers it calls (transitively),
-    the module-level constants it reads, its defaults and its closure values."""
+def _code_bytes(code: types.CodeType) -> str:
+    """Bytecode and constants (nested code included, without memory addresses): tells apart two lambdas
+    whose source is the same line."""
+    consts = [_code_bytes(c) if isinstance(c, types.CodeType) else repr(c) for c in code.co_consts]
+    return f"{code.co_code.hex()}|{consts}|{code.co_names}"
+
+
+def code_fingerprint(fn: Callable[..., Any], *, strict: bool = False) -> str:
+    """sha256 over a function's normalised code, the code of the helpers it calls (module-level functions,
+    also through a user module's attributes, transitively), the module-level constants it reads, its
+    defaults, its closure values and the state of a bound object or callable instance.
+
+    With ``strict``, a value that cannot be encoded canonically raises DefinitionError instead of being
+    left out (the compute cache must never give two different computations one key).
+    """
     parts: dict[str, Any] = {}
+
+    def value_part(value: Any, what: str) -> Any:
+        try:
+            return canonical(value)
+        except DefinitionError as exc:
+            if strict:
+                raise DefinitionError(f"cannot fingerprint {what}: {exc}") from None
+            return None
+
+    def state(obj: Any, key: str) -> None:
+        if isinstance(obj, types.ModuleType | type):
+            parts[key] = getattr(obj, "__qualname__", obj.__name__)
+        else:
+            parts[key] = value_part(getattr(obj, "__dict__", None), f"the state of {type(obj).__name__}")
 
     def visit(f: Any, key: str) -> None:
         f = inspect.unwrap(f)
         if isinstance(f, functools.partial):
             visit(f.func, key + ".func")
-            parts[key + ".args"] = _value_part((f.args, f.keywords))
+            parts[key + ".args"] = value_part((f.args, f.keywords), "partial arguments")
             return
         if isinstance(f, types.MethodType):
+            state(f.__self__, key + ".self")
             f = f.__func__
         if not isinstance(f, types.FunctionType):
-            parts[key] = f"{type(f).__module__}.{getattr(f, '__qualname__', type(f).__qualname__)}"
+            call = type(f).__dict__.get("__call__") if callable(f) else None
+            if isinstance(call, types.FunctionType) and not _is_library(call):
+                state(f, key + ".self")  # a callable instance: its class's __call__ and its state
+                visit(call, key + ".call")
+            else:
+                parts[key] = f"{type(f).__module__}.{getattr(f, '__qualname__', type(f).__qualname__)}"
             return
         if key in parts:
             return
         parts[key] = _source_of(f)
-        parts[key + ".defaults"] = _value_part((f.__defaults__, f.__kwdefaults__))
+        if f.__name__ == "<lambda>":
+            parts[key + ".code"] = _code_bytes(f.__code__)
+        parts[key + ".defaults"] = value_part((f.__defaults__, f.__kwdefaults__), f"defaults of {f.__qualname__}")
         for i, cell in enumerate(f.__closure__ or ()):
             try:
                 value = cell.cell_contents
@@ -181,17 +238,28 @@ def code_fingerprint(fn: Callable[..., Any]) -> str:
                 continue
             if isinstance(value, types.FunctionType) and not _is_library(value):
                 visit(value, f"{key}.closure{i}")
+            elif isinstance(value, type):
+                parts[f"{key}.closure{i}"] = _class_part(value)
             else:
-                parts[f"{key}.closure{i}"] = _value_part(value)
-        for name in sorted(_names(f.__code__) - _stored_globals(f.__code__)):
+                parts[f"{key}.closure{i}"] = value_part(value, f"a value {f.__qualname__} closes over")
+        names = _names(f.__code__)
+        for name in sorted(names - _stored_globals(f.__code__)):
             if name not in f.__globals__:
                 continue
             value = f.__globals__[name]
             if isinstance(value, types.FunctionType):
                 if not _is_library(value):
                     visit(value, f"{value.__module__}.{value.__qualname__}")
-            elif isinstance(value, bool | int | float | str | bytes | tuple | frozenset | type(None)):
-                parts[f"{key}.global.{name}"] = _value_part(value)
+            elif isinstance(value, types.ModuleType) and not _is_library_module(value):
+                # helpers reached as module.attribute: the attribute names are among the code's names
+                for attr in sorted(names):
+                    member = getattr(value, attr, None)
+                    if isinstance(member, types.FunctionType):
+                        visit(member, f"{value.__name__}.{attr}")
+                    elif isinstance(member, _CONSTANT_TYPES):
+                        parts[f"{key}.global.{name}.{attr}"] = value_part(member, f"{value.__name__}.{attr}")
+            elif isinstance(value, _CONSTANT_TYPES):
+                parts[f"{key}.global.{name}"] = value_part(value, f"the global {name}")
 
     visit(fn, "fn")
     return sha256_hex(json.dumps(parts, sort_keys=True))

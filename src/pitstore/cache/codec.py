@@ -21,6 +21,8 @@ def to_arrow(frame: Any, what: str) -> tuple[pa.Table, FrameKind]:
     """``frame`` as an Arrow table (pandas keeps its index in the schema metadata) and its family."""
     try:
         kind = frame_kind(frame)
+        if kind == "pandas" and not hasattr(frame, "columns"):  # a Series is not a frame
+            raise InvalidInputError("not a DataFrame")
     except InvalidInputError:
         raise InvalidInputError(f"{what} must be a pandas, polars or Arrow frame, got {type(frame).__name__}") from None
     try:

@@ -37,7 +37,7 @@ def raw_table(raw: Any) -> pa.Table:
         raw = raw.collect()
     if isinstance(raw, pl.DataFrame):
         return raw.to_arrow()
-    if type(raw).__module__.startswith("pandas"):
+    if type(raw).__module__.startswith("pandas") and hasattr(raw, "columns"):
         try:
             return pa.Table.from_pandas(raw, preserve_index=True)
         except (pa.ArrowException, TypeError, ValueError) as exc:
@@ -53,8 +53,9 @@ def _time_bounds(table: pa.Table) -> tuple[int | None, int | None]:
         col = table.column(name)
         if not pa.types.is_timestamp(col.type) or len(col) == 0:
             continue
-        us = col.cast(pa.timestamp("us", col.type.tz))
-        first, last = us[0].value, us[-1].value
+        per_us = {"s": 1e-6, "ms": 1e-3, "us": 1, "ns": 1000}[col.type.unit]
+        ends = col.cast(pa.int64()).take([0, len(col) - 1]).to_pylist()
+        first, last = (None if v is None else int(v // per_us) for v in ends)
         return first, last
     return None, None
 
@@ -71,10 +72,14 @@ def cache_key(symbol: str, raw: Any, config: Any, compute: Any) -> CacheKey:
         config_text = canonical_json(config)
     except DefinitionError as exc:
         raise InvalidInputError(f"config: {exc}") from exc
+    try:
+        code = code_fingerprint(compute, strict=True)
+    except DefinitionError as exc:
+        raise InvalidInputError(f"compute: {exc}") from exc
     first, last = _time_bounds(table)
     data = table_hash(table)
     recipe = "\x1f".join([
         f"pitstore-cache-{KEY_FORMAT}", symbol, str(first), str(last), data.hex, config_text,
-        code_fingerprint(compute), canonical_json(library_versions()),
+        code, canonical_json(library_versions()),
     ])
     return CacheKey(hashlib.sha256(recipe.encode()).hexdigest(), symbol, first, last, data)
