@@ -1,0 +1,566 @@
+"""The history tier in PostgreSQL: recent feature rows, bitemporal, one index seek per as-of lookup.
+
+Layout (schema ``pitstore`` by default; timestamps are bigint microseconds since 1970-01-01 UTC, exactly
+the integers of the Python API, so nothing is converted or rounded on the way)::
+
+    schema_version (component, version, applied_at)          this module's rows have component 'history'
+    history_tables (table_key, table_id, columns, created_at) one row per "feature_set@version"
+    history_rows   (table_key, symbol, ts, recorded_at, vals) PRIMARY KEY in that order; vals is float8[]
+    index history_rows_table_ts (table_key, ts)               window_start, delete_before, time-bounded scans
+    view  history_view                                        the same rows with timestamptz, for SQL tools
+
+As-of rule (DESIGN section 2): at time ``t`` the row of the symbol with the greatest ``ts`` such that
+``ts + lag <= t``; with ``as_known_at=T`` only versions recorded at or before ``T`` exist, and the latest
+of those wins. Both are one backward scan of the primary key from ``(table_key, symbol, t - lag)`` with
+``recorded_at <= T`` checked inside the index, stopped after the first hit (``LIMIT 1``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+import os
+import threading
+from collections.abc import Callable, Sequence
+from types import TracebackType
+from typing import Any, NamedTuple, TypeVar
+
+import psycopg
+import pyarrow as pa
+from psycopg import errors as pg_errors
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.types.numeric import Int4, Int8
+
+from pitstore.bars import validate_symbol
+from pitstore.errors import (
+    BackendError,
+    BackendUnavailableError,
+    ConfigError,
+    ConflictError,
+    InvalidInputError,
+    SchemaMismatchError,
+)
+from pitstore.history._rows import INT8_MAX, INT8_MIN, check_columns, decode_scan, encode_rows, micros
+
+__all__ = ["SCHEMA_VERSION", "AsofRow", "PostgresHistory"]
+
+AsofRow = tuple[int, tuple[float | None, ...]]
+"""``(ts, values)`` of one stored row, values in the table's column order."""
+
+SCHEMA_VERSION = 1
+_COMPONENT = "history"
+_T = TypeVar("_T")
+_Conn = psycopg.Connection[Any]
+
+# Each migration is a list of statements, applied in one transaction with its schema_version row.
+_MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
+    (1, (
+        """CREATE TABLE {s}.history_tables (
+            table_key  integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            table_id   text NOT NULL UNIQUE,
+            columns    text[] NOT NULL,
+            created_at timestamptz NOT NULL DEFAULT now()
+        )""",
+        # No foreign key to history_tables: it would add a trigger call per inserted row to bulk writes,
+        # and table_key only ever comes from history_tables.
+        """CREATE TABLE {s}.history_rows (
+            table_key   integer NOT NULL,
+            symbol      text COLLATE "C" NOT NULL,
+            ts          bigint NOT NULL,
+            recorded_at bigint NOT NULL,
+            vals        float8[] NOT NULL,
+            PRIMARY KEY (table_key, symbol, ts, recorded_at)
+        )""",
+        "COMMENT ON COLUMN {s}.history_rows.ts IS 'microseconds since 1970-01-01 UTC'",
+        "COMMENT ON COLUMN {s}.history_rows.recorded_at IS 'microseconds since 1970-01-01 UTC'",
+        "COMMENT ON COLUMN {s}.history_rows.vals IS 'feature values in the order of history_tables.columns'",
+        "CREATE INDEX history_rows_table_ts ON {s}.history_rows (table_key, ts)",
+        """CREATE VIEW {s}.history_view AS
+            SELECT t.table_id, t.columns, r.symbol,
+                   timestamptz 'epoch' + r.ts * interval '1 microsecond' AS ts,
+                   timestamptz 'epoch' + r.recorded_at * interval '1 microsecond' AS recorded_at,
+                   r.vals
+            FROM {s}.history_rows r JOIN {s}.history_tables t USING (table_key)""",
+    )),
+)
+
+_ASOF = (
+    "SELECT ts, vals FROM {s}.history_rows"
+    " WHERE table_key = {0} AND symbol = {1}::text AND ts <= {2} AND recorded_at <= {3}"
+    " ORDER BY ts DESC, recorded_at DESC LIMIT 1"
+)
+_ASOF_MANY = (
+    "SELECT q.i, r.ts, r.vals FROM unnest(%s::text[], %s::int8[]) WITH ORDINALITY AS q(symbol, bound, i)"
+    " JOIN LATERAL (SELECT h.ts, h.vals FROM {s}.history_rows h"
+    "   WHERE h.table_key = %s AND h.symbol = q.symbol AND h.ts <= q.bound AND h.recorded_at <= %s"
+    "   ORDER BY h.ts DESC, h.recorded_at DESC LIMIT 1) r ON true"
+)
+_STAGE = "pitstore_history_stage"
+_INHERITED: list[object] = []  # connections opened by a parent process before fork() (see _connection)
+_EXPLAINED = "pitstore_history_explained_asof"
+
+
+class _Table(NamedTuple):
+    key: int
+    columns: tuple[str, ...]
+
+
+class _Queries:
+    """Every fixed statement, rendered once for the schema (identifiers quoted by psycopg.sql): composing
+    a statement per call would cost about as much as the index seek itself."""
+
+    def __init__(self, schema: str) -> None:
+        s = self.schema = sql.Identifier(schema)
+        stage = sql.Identifier(_STAGE)
+
+        def q(text: str, *args: sql.Composable) -> bytes:
+            return sql.SQL(text).format(*args, s=s, stage=stage).as_bytes(None)
+
+        self.asof = q(_ASOF, *(sql.Placeholder() for _ in range(4)))
+        self.prepare_asof = sql.SQL("PREPARE {} (integer, text, bigint, bigint) AS ").format(
+            sql.Identifier(_EXPLAINED)).as_bytes(None) + q(_ASOF, *(sql.SQL(f"${i}") for i in range(1, 5)))
+        # EXECUTE's arguments of a utility statement get no parameter types: they are rendered as literals.
+        self.explain_prepared = sql.SQL("EXPLAIN (FORMAT JSON) EXECUTE {} ({}, {}, {}, {})")
+        self.deallocate = sql.SQL("DEALLOCATE {}").format(sql.Identifier(_EXPLAINED)).as_bytes(None)
+        self.asof_many = q(_ASOF_MANY)
+        self.create_version_table = q(
+            "CREATE TABLE IF NOT EXISTS {s}.schema_version (component text NOT NULL, version integer NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (component, version))"
+        )
+        self.current_version = q("SELECT coalesce(max(version), 0) FROM {s}.schema_version WHERE component = %s")
+        self.add_version = q("INSERT INTO {s}.schema_version (component, version) VALUES (%s, %s)")
+        self.migrations = [(v, [q(stmt) for stmt in stmts]) for v, stmts in _MIGRATIONS]
+        self.get_table = q("SELECT table_key, columns FROM {s}.history_tables WHERE table_id = %s")
+        self.add_table = q(
+            "INSERT INTO {s}.history_tables (table_id, columns) VALUES (%s, %s) ON CONFLICT (table_id) DO NOTHING"
+        )
+        self.create_stage = q(
+            'CREATE TEMP TABLE IF NOT EXISTS {stage} (symbol text COLLATE "C" NOT NULL, ts bigint NOT NULL,'
+            " vals float8[] NOT NULL) ON COMMIT DELETE ROWS"
+        )
+        self.copy_stage = q("COPY pg_temp.{stage} (symbol, ts, vals) FROM STDIN (FORMAT csv)")
+        # recorded_at: the caller's, else the server clock at the start of the write's transaction (now() is
+        # the same value in both statements of one write).
+        rec = "coalesce(%s::int8, (extract(epoch FROM now()) * 1000000)::int8)"
+        self.insert = q(
+            "INSERT INTO {s}.history_rows (table_key, symbol, ts, recorded_at, vals)"
+            f" SELECT %s, symbol, ts, {rec}, vals FROM pg_temp.{{stage}} ORDER BY symbol, ts ON CONFLICT DO NOTHING"
+        )
+        self.clash = q(
+            "SELECT g.symbol, g.ts, r.recorded_at FROM pg_temp.{stage} g JOIN {s}.history_rows r"
+            f" ON r.table_key = %s AND r.symbol = g.symbol AND r.ts = g.ts AND r.recorded_at = {rec}"
+            " WHERE r.vals IS DISTINCT FROM g.vals LIMIT 1"
+        )
+        self.window_start = q("SELECT min(ts) FROM {s}.history_rows WHERE table_key = %s")
+        self.delete_before = q("DELETE FROM {s}.history_rows WHERE table_key = %s AND ts < %s")
+
+
+class PostgresHistory:
+    """Recent feature rows of many tables ("feature_set@version") in one PostgreSQL schema.
+
+    One connection per instance, shared by threads under a lock, opened lazily, in autocommit mode (writes
+    use explicit transactions); a forked child process opens its own. A connection lost since the last
+    call (server restart, failover) is replaced and the call retried once, transparently: every call is
+    idempotent. When the server cannot be reached, :class:`BackendUnavailableError` names it and the cause;
+    any other server error raises :class:`BackendError`. Timestamps are integer microseconds since
+    1970-01-01 UTC, in and out.
+
+    ``connect_timeout`` follows libpq: whole seconds, at least 2 (smaller values are raised to 2). A server
+    that stops answering mid-query is only detected by TCP: add e.g. ``tcp_user_timeout=5000`` to the URL.
+    """
+
+    def __init__(self, url: str, *, schema: str = "pitstore", connect_timeout: float = 2.0) -> None:
+        try:
+            info = conninfo_to_dict(url)
+        except psycopg.Error as exc:
+            raise ConfigError(f"invalid PostgreSQL URL: {_cause(exc)}") from None
+        if not isinstance(schema, str) or not schema or len(schema.encode()) > 63 or "\x00" in schema:
+            raise ConfigError(f"invalid PostgreSQL schema name {schema!r}: 1 to 63 bytes")
+        self._url = url
+        self._schema = schema
+        self._timeout = max(2, math.ceil(connect_timeout))
+        # Never the password: this text goes into error messages and logs.
+        self._where = "PostgreSQL at {}:{}/{}".format(
+            info.get("host") or info.get("hostaddr") or "localhost", info.get("port") or 5432,
+            info.get("dbname") or info.get("user") or "postgres",
+        )
+        self._q = _Queries(schema)
+        self._lock = threading.Lock()
+        self._conn: _Conn | None = None
+        self._staged_on: _Conn | None = None
+        self._tables: dict[str, _Table] = {}  # column lists are write-once: a cached entry never goes stale
+        self._closed = False
+        self._pid = os.getpid()
+
+    def __repr__(self) -> str:
+        return f"PostgresHistory({self._where}, schema={self._schema!r})"
+
+    def __enter__(self) -> PostgresHistory:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    # --- schema ---------------------------------------------------------------------------------------
+
+    def migrate(self) -> None:
+        """Create or upgrade the schema, tables and indexes; idempotent and safe to run concurrently.
+
+        Runs in one transaction under an advisory lock keyed by the schema name, so concurrent callers
+        (threads or processes) apply each step exactly once. A database migrated by a newer pitstore is an
+        error, not a downgrade.
+        """
+        lock_key = int.from_bytes(hashlib.blake2b(f"pitstore:migrate:{self._schema}".encode(), digest_size=8)
+                                  .digest(), "big", signed=True)
+
+        def op(conn: _Conn) -> None:
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (Int8(lock_key),))
+                # CREATE SCHEMA IF NOT EXISTS needs the CREATE privilege even when the schema exists.
+                if conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (self._schema,)).fetchone() is None:
+                    conn.execute(sql.SQL("CREATE SCHEMA {}").format(self._q.schema))
+                conn.execute(self._q.create_version_table)
+                current = _one(conn.execute(self._q.current_version, (_COMPONENT,)))[0]
+                if current > SCHEMA_VERSION:
+                    raise BackendError(
+                        f"{self._where}: schema {self._schema!r} has history version {current}, newer than this"
+                        f" pitstore's {SCHEMA_VERSION}; upgrade pitstore"
+                    )
+                for version, statements in self._q.migrations:
+                    if version > current:
+                        for statement in statements:
+                            conn.execute(statement)
+                        conn.execute(self._q.add_version, (_COMPONENT, version))
+
+        self._run("migrate", op)
+
+    def columns(self, table_id: str) -> tuple[str, ...] | None:
+        """The fixed feature column list of ``table_id``; None when it was never written."""
+        _check_table_id(table_id)
+        table = self._run("columns", lambda conn: self._table(conn, table_id))
+        return None if table is None else table.columns
+
+    # --- writes ---------------------------------------------------------------------------------------
+
+    def write(self, table_id: str, columns: Sequence[str], rows: pa.Table, *, recorded_at: int | None = None) -> int:
+        """Store ``rows`` (columns ``symbol``, ``ts`` and ``columns``) as versions recorded at ``recorded_at``.
+
+        ``ts`` is timestamp[tz=UTC] or int64 µs; feature columns are numeric, null stays null and NaN stays
+        NaN (NaN payload bits are not kept). ``recorded_at`` defaults to the server's clock at the start of the
+        write's transaction, one value for the whole call. Bulk path: COPY into a temporary table, then one
+        INSERT in (symbol, ts) order. All or nothing.
+
+        Idempotent: a (symbol, ts, recorded_at) already stored with the same values is skipped; with
+        different values it raises :class:`ConflictError` (what was known at a time never changes; a
+        restatement is a new version with a later ``recorded_at``). The first write of ``table_id`` fixes
+        its column list; another list raises :class:`SchemaMismatchError`. Returns the rows newly stored.
+        """
+        _check_table_id(table_id)
+        cols = check_columns(columns)
+        payload, n = encode_rows(rows, cols)
+        rec = None if recorded_at is None else micros(recorded_at, "recorded_at")
+
+        def op(conn: _Conn) -> int:
+            table = self._register(conn, table_id, cols)
+            if n == 0:
+                return 0
+            if self._staged_on is not conn:
+                conn.execute(self._q.create_stage)  # per session, outside the write so a rollback keeps it
+                self._staged_on = conn
+            at = None if rec is None else Int8(rec)
+            with conn.transaction():
+                with conn.cursor().copy(self._q.copy_stage) as copy:
+                    copy.write(payload)
+                inserted = conn.execute(self._q.insert, (Int4(table.key), at)).rowcount
+                if inserted < n:
+                    clash = conn.execute(self._q.clash, (Int4(table.key), at)).fetchone()
+                    if clash is not None:
+                        raise ConflictError(
+                            f"{table_id!r}: ({clash[0]!r}, ts={clash[1]}) recorded at {clash[2]} is already stored"
+                            " with other values; a restatement needs a later recorded_at"
+                        )
+            return inserted
+
+        return self._run(f"write to {table_id!r}", op)
+
+    def delete_before(self, table_id: str, ts: int) -> int:
+        """Delete every version of the rows of ``table_id`` with ``ts`` strictly before ``ts``; returns the count."""
+        _check_table_id(table_id)
+        cutoff = micros(ts, "ts")
+
+        def op(conn: _Conn) -> int:
+            table = self._table(conn, table_id)
+            if table is None:
+                return 0
+            return conn.execute(self._q.delete_before, (Int4(table.key), Int8(cutoff))).rowcount
+
+        return self._run(f"delete_before in {table_id!r}", op)
+
+    # --- reads ----------------------------------------------------------------------------------------
+
+    def asof(self, table_id: str, symbol: str, t: int, *, lag: int = 0,
+             as_known_at: int | None = None) -> AsofRow | None:
+        """The row of ``symbol`` with the greatest ``ts`` such that ``ts + lag <= t``, as known at
+        ``as_known_at`` (default: latest versions); None when there is none. One prepared index seek.
+        """
+        _check_table_id(table_id)
+        validate_symbol(symbol)
+        bound, known = _bound(t, lag), _known(as_known_at)
+
+        def op(conn: _Conn) -> AsofRow | None:
+            table = self._table(conn, table_id)
+            if table is None:
+                return None
+            cur = conn.cursor(binary=True)
+            cur.execute(self._q.asof, (Int4(table.key), symbol, Int8(bound), Int8(known)), prepare=True)
+            row = cur.fetchone()
+            return None if row is None else (row[0], tuple(row[1]))
+
+        return self._run(f"asof in {table_id!r}", op)
+
+    def explain_asof(self, table_id: str, symbol: str, t: int, *, lag: int = 0, as_known_at: int | None = None,
+                     generic: bool = False) -> dict[str, Any]:
+        """The plan of :meth:`asof`'s statement for these arguments (``EXPLAIN (FORMAT JSON)``, its root node).
+
+        ``generic=True`` shows the generic plan, which a prepared statement may switch to after a few runs.
+        For operators and tests: the plan must be a LIMIT over one backward primary-key index scan.
+        """
+        _check_table_id(table_id)
+        validate_symbol(symbol)
+        bound, known = _bound(t, lag), _known(as_known_at)
+
+        def op(conn: _Conn) -> dict[str, Any]:
+            table = self._table(conn, table_id)
+            params = (Int4(-1 if table is None else table.key), symbol, Int8(bound), Int8(known))
+            if not generic:
+                # Executed as asof() executes it (binary parameters), so the plan is the one it gets.
+                cur = conn.cursor(binary=True)
+                plan = _one(cur.execute(b"EXPLAIN (FORMAT JSON) " + self._q.asof, params))[0]
+            else:
+                conn.execute(self._q.prepare_asof)
+                try:
+                    with conn.transaction():
+                        conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+                        explain = self._q.explain_prepared.format(sql.Identifier(_EXPLAINED),
+                                                                  *(sql.Literal(p) for p in params))
+                        plan = _one(conn.execute(explain))[0]
+                finally:
+                    if not conn.closed:
+                        conn.execute(self._q.deallocate)
+            root: dict[str, Any] = plan[0]["Plan"]
+            return root
+
+        return self._run(f"explain asof in {table_id!r}", op)
+
+    def asof_many(self, table_id: str, symbols: Sequence[str], ts: Sequence[int], *, lag: int = 0,
+                  as_known_at: int | None = None) -> list[AsofRow | None]:
+        """:meth:`asof` for each ``(symbols[i], ts[i])``, in input order, in one round trip."""
+        _check_table_id(table_id)
+        names = _symbols(symbols)
+        if isinstance(ts, str | bytes) or len(ts) != len(names):
+            raise InvalidInputError(f"asof_many needs as many timestamps as symbols ({len(names)})", column="ts")
+        return self._lookup(table_id, names, [_bound(t, lag) for t in ts], _known(as_known_at))
+
+    def latest(self, table_id: str, symbols: Sequence[str]) -> list[AsofRow | None]:
+        """The latest row (greatest ts, latest version) of each symbol, in input order."""
+        _check_table_id(table_id)
+        names = _symbols(symbols)
+        return self._lookup(table_id, names, [INT8_MAX] * len(names), INT8_MAX)
+
+    def scan(self, table_id: str, *, symbols: Sequence[str] | None = None, start: int | None = None,
+             end: int | None = None, as_known_at: int | None = None) -> pa.Table:
+        """Rows with ``start <= ts <= end`` (bounds optional), the latest version of each (symbol, ts)
+        visible at ``as_known_at``, sorted by symbol (code point order) then ts.
+
+        Columns: ``symbol``, ``ts`` and ``recorded_at`` (timestamp[us, tz=UTC]) and the feature columns
+        (float64). An unknown ``table_id`` gives an empty table of the three key columns.
+        """
+        _check_table_id(table_id)
+        names = None if symbols is None else _symbols(symbols)
+        conds = [sql.SQL("table_key = %s")]
+        params: list[Any] = []
+        if as_known_at is not None:
+            conds.append(sql.SQL("recorded_at <= %s"))
+            params.append(micros(as_known_at, "as_known_at"))
+        if names is not None:
+            conds.append(sql.SQL("symbol = ANY(%s::text[])"))
+            params.append(names)
+        if start is not None:
+            conds.append(sql.SQL("ts >= %s"))
+            params.append(micros(start, "start"))
+        if end is not None:
+            conds.append(sql.SQL("ts <= %s"))
+            params.append(micros(end, "end"))
+
+        def op(conn: _Conn) -> pa.Table:
+            table = self._table(conn, table_id)
+            if table is None or names == []:
+                return decode_scan(b"", () if table is None else table.columns)
+            values = sql.SQL(", ").join(sql.SQL(f"vals[{i}]") for i in range(1, len(table.columns) + 1))
+            # Primary-key order streams from the index with no sort (DISTINCT ON would need one, spilling to
+            # disk for large scans); decode_scan keeps the last, i.e. latest visible, version of each key.
+            query = sql.SQL(
+                "COPY (SELECT symbol, ts, recorded_at, {values} FROM {s}.history_rows WHERE {conds}"
+                " ORDER BY symbol, ts, recorded_at) TO STDOUT (FORMAT csv)"
+            ).format(values=values, s=self._q.schema, conds=sql.SQL(" AND ").join(conds))
+            buf = io.BytesIO()
+            with conn.cursor().copy(query, (table.key, *params)) as copy:
+                for chunk in copy:
+                    buf.write(chunk)
+            return decode_scan(buf.getvalue(), table.columns)
+
+        return self._run(f"scan of {table_id!r}", op)
+
+    def window_start(self, table_id: str) -> int | None:
+        """The smallest ts held for ``table_id`` (None when empty): older rows live in the offline tier."""
+        _check_table_id(table_id)
+
+        def op(conn: _Conn) -> int | None:
+            table = self._table(conn, table_id)
+            if table is None:
+                return None
+            value: int | None = _one(conn.execute(self._q.window_start, (Int4(table.key),)))[0]
+            return value
+
+        return self._run(f"window_start of {table_id!r}", op)
+
+    # --- connection -----------------------------------------------------------------------------------
+
+    def ping(self) -> None:
+        """Round trip to the server; raises :class:`BackendUnavailableError` when it cannot be reached."""
+        self._run("ping", lambda conn: conn.execute("SELECT 1"))
+
+    def close(self) -> None:
+        """Close the connection; later calls raise :class:`BackendError`. Idempotent."""
+        with self._lock:
+            self._closed = True
+            self._discard()
+
+    def _lookup(self, table_id: str, names: list[str], bounds: list[int], known: int) -> list[AsofRow | None]:
+        if not names:
+            return []
+
+        def op(conn: _Conn) -> list[AsofRow | None]:
+            out: list[AsofRow | None] = [None] * len(names)
+            table = self._table(conn, table_id)
+            if table is None:
+                return out
+            cur = conn.cursor(binary=True)
+            cur.execute(self._q.asof_many, (names, bounds, Int4(table.key), Int8(known)), prepare=True)
+            for i, ts, vals in cur:
+                out[i - 1] = (ts, tuple(vals))
+            return out
+
+        return self._run(f"asof_many in {table_id!r}", op)
+
+    def _table(self, conn: _Conn, table_id: str) -> _Table | None:
+        table = self._tables.get(table_id)
+        if table is None:
+            row = conn.execute(self._q.get_table, (table_id,)).fetchone()
+            if row is None:
+                return None  # not cached: another process may create it at any time
+            table = self._tables[table_id] = _Table(row[0], tuple(row[1]))
+        return table
+
+    def _register(self, conn: _Conn, table_id: str, columns: tuple[str, ...]) -> _Table:
+        table = self._table(conn, table_id)
+        if table is None:
+            # Autocommit, before the write: a rolled-back write must not leave a cached key behind. Two
+            # statements, since a concurrent creator's row is invisible to the INSERT's own snapshot.
+            conn.execute(self._q.add_table, (table_id, list(columns)))
+            table = self._table(conn, table_id)
+            assert table is not None
+        if table.columns != columns:
+            raise SchemaMismatchError(
+                f"history table {table_id!r} has columns {list(table.columns)}, the write has {list(columns)}"
+            )
+        return table
+
+    def _connection(self) -> _Conn:
+        if self._closed:
+            raise BackendError(f"{self!r} is closed")
+        if self._pid != os.getpid():
+            # A forked child must not touch the parent's socket, nor close it: libpq would send the server a
+            # Terminate message and end the parent's session. The inherited object is kept, unused, for good.
+            if self._conn is not None:
+                _INHERITED.append(self._conn)
+            self._conn = self._staged_on = None
+            self._pid = os.getpid()
+        if self._conn is None or self._conn.closed:
+            try:
+                conn = psycopg.connect(self._url, autocommit=True, connect_timeout=self._timeout,
+                                       client_encoding="utf8")
+            except psycopg.Error as exc:
+                raise BackendUnavailableError(f"{self._where} is unavailable: {_cause(exc)}") from exc
+            try:
+                # Shortest exact float text (the default since PostgreSQL 12, unless a server overrides it).
+                conn.execute("SET extra_float_digits = 3")
+            except psycopg.Error as exc:
+                conn.close()
+                raise BackendUnavailableError(f"{self._where} is unavailable: {_cause(exc)}") from exc
+            self._conn = conn
+        return self._conn
+
+    def _discard(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+        self._conn = self._staged_on = None
+
+    def _run(self, what: str, op: Callable[[_Conn], _T]) -> _T:
+        """``op`` on the connection under the lock, mapping psycopg errors; one retry on a lost connection."""
+        with self._lock:
+            for attempt in (1, 2):
+                conn = self._connection()
+                try:
+                    return op(conn)
+                except psycopg.Error as exc:
+                    if not conn.closed:
+                        raise self._error(what, exc) from exc
+                    self._discard()
+                    if attempt == 2:
+                        raise BackendUnavailableError(
+                            f"{self._where}: connection lost during {what}: {_cause(exc)}") from exc
+            raise AssertionError("unreachable")
+
+    def _error(self, what: str, exc: psycopg.Error) -> BackendError:
+        if isinstance(exc, pg_errors.UndefinedTable | pg_errors.InvalidSchemaName):
+            return BackendError(f"{self._where}: schema {self._schema!r} is not set up for the history tier"
+                                f" (call migrate()): {_cause(exc)}")
+        state = f" [{exc.sqlstate}]" if exc.sqlstate else ""
+        return BackendError(f"{self._where}: {what} failed{state}: {_cause(exc)}")
+
+
+def _cause(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:500] or type(exc).__name__
+
+
+def _one(cur: psycopg.Cursor[Any]) -> Any:
+    row = cur.fetchone()
+    assert row is not None
+    return row
+
+
+def _check_table_id(table_id: str) -> None:
+    if not isinstance(table_id, str) or not table_id or not table_id.isprintable() or len(table_id) > 200:
+        raise InvalidInputError("table_id must be a printable string of 1 to 200 characters", value=table_id)
+
+
+def _symbols(symbols: Sequence[str]) -> list[str]:
+    if isinstance(symbols, str):
+        raise InvalidInputError("symbols must be a sequence of symbols, not one string", value=symbols)
+    return [validate_symbol(s) for s in symbols]
+
+
+def _bound(t: int, lag: int) -> int:
+    """Greatest visible ts, ``t - lag``, clamped into bigint (the rule ``ts + lag <= t`` on integers)."""
+    at, by = micros(t, "t"), micros(lag, "lag")
+    if by < 0:
+        raise InvalidInputError("lag must be >= 0: a negative lag would serve rows before they exist", value=lag)
+    return max(at - by, INT8_MIN)
+
+
+def _known(as_known_at: int | None) -> int:
+    return INT8_MAX if as_known_at is None else micros(as_known_at, "as_known_at")

@@ -1,0 +1,625 @@
+"""The PostgreSQL history tier against real servers: the shared one on 5432 and a private one these tests
+start, stop and restart themselves (never the shared one)."""
+
+from __future__ import annotations
+
+import glob
+import itertools
+import math
+import multiprocessing
+import os
+import pwd
+import shutil
+import socket
+import struct
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import psycopg
+import pyarrow as pa
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from psycopg import sql
+
+from pitstore.errors import (
+    BackendError,
+    BackendUnavailableError,
+    ConfigError,
+    ConflictError,
+    DefinitionError,
+    InvalidInputError,
+    SchemaMismatchError,
+)
+from pitstore.history import SCHEMA_VERSION, PostgresHistory
+
+TS = pa.timestamp("us", tz="UTC")
+DAY = 86_400_000_000
+T0 = 1_700_000_000_000_000  # 2023-11-14, µs
+
+
+def _skip_or_fail(reason: str) -> None:
+    if os.environ.get("CI") == "true":
+        pytest.fail(reason + " (CI=true: required)")
+    pytest.skip(reason)
+
+
+def _drop_schema(url: str, schema: str) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+
+
+def _sql(url: str, query: str, schema: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Run ``query`` with ``{s}`` standing for the schema; its rows (none for a statement)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        cur = conn.execute(sql.SQL(query).format(s=sql.Identifier(schema)), params)
+        return cur.fetchall() if cur.description else []
+
+
+def _rows(symbols: list[str], ts: list[int], **cols: Sequence[float | None]) -> pa.Table:
+    return pa.table({"symbol": pa.array(symbols, pa.string()), "ts": pa.array(ts, pa.int64()),
+                     **{k: pa.array(v, pa.float64()) for k, v in cols.items()}})
+
+
+def _bits(value: float | None) -> object:
+    """Comparable form of a float that tells NaN from null and -0.0 from 0.0 (NaN payloads are not kept)."""
+    if value is None:
+        return None
+    return "nan" if math.isnan(value) else struct.pack("<d", value)
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal as (ts, values) results, NaN equal to NaN."""
+    if a is None or b is None:
+        return a is b
+    return bool(a[0] == b[0] and [_bits(v) for v in a[1]] == [_bits(v) for v in b[1]])
+
+
+@pytest.fixture
+def history(postgres_url: str, namespace: str) -> Iterator[PostgresHistory]:
+    h = PostgresHistory(postgres_url, schema=namespace)
+    h.migrate()
+    yield h
+    h.close()
+    _drop_schema(postgres_url, namespace)
+
+
+# --- schema -----------------------------------------------------------------------------------------------
+
+
+def test_migrate_twice_keeps_one_version(history: PostgresHistory, postgres_url: str, namespace: str) -> None:
+    history.migrate()
+    assert _sql(postgres_url, "SELECT component, version FROM {s}.schema_version", namespace) == [
+        ("history", SCHEMA_VERSION)]
+    tables = _sql(postgres_url, "SELECT tablename FROM pg_tables WHERE schemaname = %s", namespace, (namespace,))
+    assert {t[0] for t in tables} == {"schema_version", "history_tables", "history_rows"}
+
+
+def _migrate_worker(url: str, schema: str, barrier: Any, results: Any) -> None:
+    try:
+        h = PostgresHistory(url, schema=schema)
+        h.ping()  # connect first, so the barrier lines up the migrations themselves
+        barrier.wait(timeout=60)
+        h.migrate()
+        h.close()
+        results.put("ok")
+    except Exception as exc:
+        results.put(f"{type(exc).__name__}: {exc}")
+
+
+def _run_processes(target: Callable[..., None], args: list[tuple[Any, ...]]) -> list[Any]:
+    """Run ``target(*a, barrier, results)`` in one spawned process per ``a``; returns what they put."""
+    ctx = multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(len(args)), ctx.Queue()
+    procs = [ctx.Process(target=target, args=(*a, barrier, results)) for a in args]
+    try:
+        for p in procs:
+            p.start()
+        out = [results.get(timeout=120) for _ in procs]
+        for p in procs:
+            p.join(timeout=60)
+            assert p.exitcode == 0
+        return out
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+
+
+@pytest.mark.slow
+def test_migrate_concurrently_from_four_processes(postgres_url: str, namespace: str) -> None:
+    try:
+        out = _run_processes(_migrate_worker, [(postgres_url, namespace)] * 4)
+        assert out == ["ok"] * 4
+        assert _sql(postgres_url, "SELECT component, version FROM {s}.schema_version", namespace) == [
+            ("history", SCHEMA_VERSION)]
+    finally:
+        _drop_schema(postgres_url, namespace)
+
+
+def test_not_migrated_and_bad_arguments_raise_pitstore_errors(postgres_url: str, namespace: str) -> None:
+    h = PostgresHistory(postgres_url, schema=namespace)
+    with pytest.raises(BackendError, match=r"migrate\(\)"):
+        h.asof("fs@1", "A", 0)
+    with pytest.raises(ConfigError):
+        PostgresHistory("postgresql://host:notaport:x/db?nonsense=1")
+    with pytest.raises(ConfigError):
+        PostgresHistory(postgres_url, schema="")
+    h.close()
+    with pytest.raises(BackendError, match="closed"):
+        h.ping()
+
+
+# --- writes -----------------------------------------------------------------------------------------------
+
+
+def test_round_trip_keeps_null_nan_inf_and_exact_bits(history: PostgresHistory) -> None:
+    values: list[float | None] = [None, math.nan, math.inf, -math.inf, -0.0, 5e-324, 1.7976931348623157e308, 0.1 + 0.2]
+    n = len(values)
+    rows = pa.table({
+        "symbol": ["A"] * n,
+        "ts": pa.array([T0 + i for i in range(n)], pa.int64()).cast(TS),  # timestamp input
+        "x": pa.array(values, pa.float64()),
+        "k": pa.array(range(n), pa.int32()),  # integer features are stored as float
+    })
+    assert history.write("fs@1", ["x", "k"], rows, recorded_at=T0) == n
+    for i, v in enumerate(values):
+        assert _same(history.asof("fs@1", "A", T0 + i), (T0 + i, (v, float(i))))
+    got = history.asof_many("fs@1", ["A"] * n, [T0 + i for i in range(n)])
+    assert all(_same(g, (T0 + i, (v, float(i)))) for i, (g, v) in enumerate(zip(got, values, strict=True)))
+    scanned = history.scan("fs@1")
+    assert scanned.schema == pa.schema([("symbol", pa.string()), ("ts", TS), ("recorded_at", TS),
+                                        ("x", pa.float64()), ("k", pa.float64())])
+    assert [_bits(v) for v in scanned["x"].to_pylist()] == [_bits(v) for v in values]
+    assert scanned["ts"].cast(pa.int64()).to_pylist() == [T0 + i for i in range(n)]
+    assert set(scanned["recorded_at"].cast(pa.int64()).to_pylist()) == {T0}
+
+
+def test_write_is_idempotent_and_restatements_are_versions(history: PostgresHistory) -> None:
+    rows = _rows(["A", "A", "B"], [10, 20, 10], x=[1.0, 2.0, 3.0])
+    assert history.write("fs@1", ["x"], rows, recorded_at=100) == 3
+    assert history.write("fs@1", ["x"], rows, recorded_at=100) == 0  # replay: nothing new
+    assert history.scan("fs@1").num_rows == 3
+    with pytest.raises(ConflictError, match="later recorded_at"):
+        history.write("fs@1", ["x"], _rows(["A", "C"], [10, 10], x=[9.0, 9.0]), recorded_at=100)
+    assert history.asof("fs@1", "C", 10) is None  # the failed write stored nothing
+    assert history.write("fs@1", ["x"], _rows(["A"], [10], x=[1.5]), recorded_at=200) == 1  # restatement
+    assert history.asof("fs@1", "A", 15) == (10, (1.5,))
+    assert history.asof("fs@1", "A", 15, as_known_at=199) == (10, (1.0,))
+    # Default recorded_at: the server's clock at each write, so a later write is a later version.
+    before = time.time_ns() // 1000
+    history.write("fs@1", ["x"], _rows(["A"], [10], x=[1.7]))
+    history.write("fs@1", ["x"], _rows(["A"], [10], x=[1.8]))
+    a10 = history.scan("fs@1", symbols=["A"], end=10)
+    assert a10["x"].to_pylist() == [1.8]
+    second = a10["recorded_at"].cast(pa.int64())[0].as_py()
+    assert abs(second - before) < 60_000_000
+    assert history.asof("fs@1", "A", 10) == (10, (1.8,))
+    assert history.asof("fs@1", "A", 10, as_known_at=second - 1) == (10, (1.7,))
+
+
+def test_write_rejects_bad_rows(history: PostgresHistory) -> None:
+    ok = _rows(["A"], [1], x=[1.0])
+    with pytest.raises(InvalidInputError, match="duplicate"):
+        history.write("fs@1", ["x"], _rows(["A", "A"], [1, 1], x=[1.0, 2.0]))
+    with pytest.raises(InvalidInputError, match="naive"):
+        history.write("fs@1", ["x"], ok.set_column(1, "ts", pa.array([1], pa.timestamp("us"))))
+    with pytest.raises(InvalidInputError, match="missing column"):
+        history.write("fs@1", ["x", "y"], ok)
+    with pytest.raises(InvalidInputError, match="numeric"):
+        history.write("fs@1", ["x"], ok.set_column(2, "x", pa.array(["1.0"])))
+    with pytest.raises(InvalidInputError, match="symbol"):
+        history.write("fs@1", ["x"], _rows(["a\nb"], [1], x=[1.0]))
+    with pytest.raises(InvalidInputError, match="null"):
+        history.write("fs@1", ["x"], pa.table({"symbol": ["A"], "ts": pa.array([None], pa.int64()), "x": [1.0]}))
+    with pytest.raises(DefinitionError):
+        history.write("fs@1", ["x", "x"], ok)
+    with pytest.raises(DefinitionError):
+        history.write("fs@1", ["ts"], ok)
+    assert history.columns("fs@1") is None  # nothing above registered the table
+
+
+def test_schema_mismatch(history: PostgresHistory, postgres_url: str, namespace: str) -> None:
+    assert history.columns("fs@1") is None
+    history.write("fs@1", ["a", "b"], _rows(["A"], [1], a=[1.0], b=[2.0]))
+    assert history.columns("fs@1") == ("a", "b")
+    for cols in (["a", "c"], ["b", "a"], ["a"]):
+        with pytest.raises(SchemaMismatchError):
+            history.write("fs@1", cols, _rows(["A"], [2], a=[1.0], b=[2.0], c=[3.0]))
+    history.write("fs@2", ["a"], _rows(["A"], [1], a=[1.0]))  # another version, another column list
+    assert history.columns("fs@2") == ("a",)
+    # A second instance sees the same fixed list.
+    other = PostgresHistory(postgres_url, schema=namespace)
+    with pytest.raises(SchemaMismatchError):
+        other.write("fs@1", ["z"], _rows(["A"], [1], z=[1.0]))
+    other.close()
+
+
+# --- reads ------------------------------------------------------------------------------------------------
+
+
+def test_asof_edges(history: PostgresHistory) -> None:
+    history.write("fs@1", ["x"], _rows(["A", "A", "A", "B"], [100, 200, 300, 150], x=[1.0, 2.0, 3.0, 4.0]))
+    assert history.asof("fs@1", "A", 200) == (200, (2.0,))  # equality counts
+    assert history.asof("fs@1", "A", 199) == (100, (1.0,))
+    assert history.asof("fs@1", "A", 99) is None  # before the first row
+    assert history.asof("fs@1", "A", 10**15) == (300, (3.0,))
+    assert history.asof("fs@1", "A", 250, lag=50) == (200, (2.0,))  # 200 + 50 <= 250
+    assert history.asof("fs@1", "A", 249, lag=50) == (100, (1.0,))
+    assert history.asof("fs@1", "A", 149, lag=50) is None
+    assert history.asof("fs@1", "Z", 10**15) is None  # unknown symbol
+    assert history.asof("nope@1", "A", 10**15) is None  # unknown table
+    assert history.asof("fs@1", "A", 300, as_known_at=0) is None  # nothing was known at 0
+    assert history.asof("fs@1", "A", -(2**63), lag=2**63 - 1) is None  # the bound clamps, no overflow
+    assert history.asof_many("fs@1", ["B", "A", "Z", "A"], [150, 99, 500, 300], lag=0) == [
+        (150, (4.0,)), None, None, (300, (3.0,))]
+    assert history.asof_many("fs@1", [], []) == []
+    assert history.latest("fs@1", ["A", "Z", "B"]) == [(300, (3.0,)), None, (150, (4.0,))]
+    assert history.latest("nope@1", ["A"]) == [None]
+    with pytest.raises(InvalidInputError, match="lag"):
+        history.asof("fs@1", "A", 300, lag=-1)
+    with pytest.raises(InvalidInputError):
+        history.asof("fs@1", "A", 300.0)  # type: ignore[arg-type]
+    with pytest.raises(InvalidInputError):
+        history.asof_many("fs@1", ["A", "B"], [1])
+    with pytest.raises(InvalidInputError):
+        history.latest("fs@1", "AB")
+
+
+def _plan_nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield node
+    for child in node.get("Plans", []):
+        yield from _plan_nodes(child)
+
+
+def test_explain_asof_is_one_backward_index_seek(history: PostgresHistory, postgres_url: str,
+                                                  namespace: str) -> None:
+    syms = [f"S{i:03d}" for i in range(50)]
+    history.write("fs@1", ["x", "y"], _rows([s for s in syms for _ in range(100)], [i * 60 for _ in syms
+                                                                                      for i in range(100)],
+                                              x=[1.0] * 5000, y=[2.0] * 5000), recorded_at=1)
+    history.write("other@1", ["x"], _rows(syms, [0] * 50, x=[0.0] * 50), recorded_at=1)
+    for analyzed in (False, True):
+        if analyzed:  # the plan must hold on a fresh table and after statistics exist
+            _sql(postgres_url, "ANALYZE {s}.history_rows", namespace)
+        for generic in (False, True):
+            for known in (None, 10):
+                root = history.explain_asof("fs@1", "S007", 3000, lag=60, as_known_at=known, generic=generic)
+                nodes = list(_plan_nodes(root))
+                assert [n["Node Type"] for n in nodes] == ["Limit", "Index Scan"], nodes
+                assert nodes[1]["Index Name"] == "history_rows_pkey"
+                assert nodes[1]["Scan Direction"] == "Backward"
+                assert "Filter" not in nodes[1]  # every condition is checked inside the index
+                assert root["Plan Rows"] == 1
+
+
+def test_scan_bounds_symbols_and_as_known_at(history: PostgresHistory) -> None:
+    syms = ["b", "B", "é", "a"]
+    history.write("fs@1", ["x", "y"], _rows([s for s in syms for _ in range(3)], [10, 20, 30] * 4,
+                                             x=[float(i) for i in range(12)], y=[None] * 12), recorded_at=100)
+    history.write("fs@1", ["x", "y"], _rows(["a", "b"], [20, 30], x=[-1.0, -2.0], y=[7.0, 8.0]), recorded_at=200)
+    full = history.scan("fs@1")
+    assert full.column_names == ["symbol", "ts", "recorded_at", "x", "y"]
+    keys = list(zip(full["symbol"].to_pylist(), full["ts"].cast(pa.int64()).to_pylist(), strict=True))
+    assert keys == sorted((s, t) for s in syms for t in (10, 20, 30))  # code point order, one row per key
+    latest = {k: (r, x) for k, r, x in zip(keys, full["recorded_at"].cast(pa.int64()).to_pylist(),
+                                           full["x"].to_pylist(), strict=True)}
+    assert latest[("a", 20)] == (200, -1.0) and latest[("b", 30)] == (200, -2.0) and latest[("a", 10)][0] == 100
+    old = history.scan("fs@1", as_known_at=199)
+    assert old.num_rows == 12 and set(old["recorded_at"].cast(pa.int64()).to_pylist()) == {100}
+    assert history.scan("fs@1", as_known_at=99).num_rows == 0
+    part = history.scan("fs@1", symbols=["a", "é", "zz"], start=20, end=30)  # bounds inclusive
+    assert list(zip(part["symbol"].to_pylist(), part["ts"].cast(pa.int64()).to_pylist(), strict=True)) == [
+        ("a", 20), ("a", 30), ("é", 20), ("é", 30)]
+    assert part["y"].to_pylist() == [7.0, None, None, None]
+    empty = history.scan("fs@1", symbols=[])
+    assert empty.num_rows == 0 and empty.column_names == full.column_names
+    assert history.scan("nope@1").column_names == ["symbol", "ts", "recorded_at"]
+
+
+def test_delete_before_and_window_start(history: PostgresHistory) -> None:
+    assert history.window_start("fs@1") is None
+    history.write("fs@1", ["x"], _rows(["A", "A", "B", "B"], [T0, T0 + DAY, T0 - DAY, T0 + 2 * DAY], x=[1.0] * 4),
+                  recorded_at=1)
+    history.write("fs@1", ["x"], _rows(["A"], [T0], x=[2.0]), recorded_at=2)  # a second version of A@T0
+    history.write("fs@2", ["x"], _rows(["A"], [T0 - 5 * DAY], x=[1.0]), recorded_at=1)
+    assert history.window_start("fs@1") == T0 - DAY
+    assert history.delete_before("fs@1", T0 + DAY) == 3  # B@T0-1d and both versions of A@T0; ts is exclusive
+    assert history.window_start("fs@1") == T0 + DAY
+    assert history.asof("fs@1", "A", T0) is None
+    assert history.asof("fs@1", "A", T0 + DAY) == (T0 + DAY, (1.0,))
+    assert history.window_start("fs@2") == T0 - 5 * DAY  # other tables untouched
+    assert history.delete_before("nope@1", T0) == 0
+    assert history.delete_before("fs@1", 0) == 0
+
+
+WEIRD_SYMBOLS = ["EUR/USD", "a'b", "é", "x" * 64, 'quo"te', " sp ", "ES=F", "back\\slash", "comma,sym", "NULL",
+                 "\\.", "../..", "日本", "%s", "{1}"]
+
+
+def test_weird_symbols_round_trip(history: PostgresHistory) -> None:
+    n = len(WEIRD_SYMBOLS)
+    history.write("fs@1", ["x"], _rows(WEIRD_SYMBOLS, [5] * n, x=[float(i) for i in range(n)]))
+    assert history.latest("fs@1", WEIRD_SYMBOLS) == [(5, (float(i),)) for i in range(n)]
+    assert history.asof_many("fs@1", WEIRD_SYMBOLS, [5] * n) == [(5, (float(i),)) for i in range(n)]
+    for i, s in enumerate(WEIRD_SYMBOLS):
+        assert history.asof("fs@1", s, 5) == (5, (float(i),))
+    scanned = history.scan("fs@1", symbols=WEIRD_SYMBOLS)
+    assert scanned["symbol"].to_pylist() == sorted(WEIRD_SYMBOLS)
+    assert history.scan("fs@1", symbols=["a'b"])["x"].to_pylist() == [1.0]
+    for bad in ("", "x" * 65, "tab\there"):
+        with pytest.raises(InvalidInputError):
+            history.asof("fs@1", bad, 5)
+
+
+# --- the as-of rule, against a brute-force reading of DESIGN section 2 ------------------------------------
+
+
+class Version(NamedTuple):
+    symbol: str
+    ts: int
+    recorded_at: int
+    value: float | None
+
+
+def _expected(versions: list[Version], symbol: str, t: int, lag: int, known: int | None) -> Any:
+    visible = [v for v in versions
+               if v.symbol == symbol and v.ts + lag <= t and (known is None or v.recorded_at <= known)]
+    if not visible:
+        return None
+    best = max(visible, key=lambda v: (v.ts, v.recorded_at))
+    return (best.ts, (best.value,))
+
+
+_versions = st.lists(
+    st.builds(Version, st.sampled_from(["A", "B", "é"]), st.integers(0, 12), st.integers(1, 4),
+              st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True, width=64))),
+    max_size=25, unique_by=lambda v: (v.symbol, v.ts, v.recorded_at),
+)
+_queries = st.lists(
+    st.tuples(st.sampled_from(["A", "B", "é", "Z"]), st.integers(-2, 16), st.integers(0, 4),
+              st.one_of(st.none(), st.integers(0, 5))),
+    min_size=1, max_size=12,
+)
+_table_ids = itertools.count()
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(versions=_versions, queries=_queries, base=st.sampled_from([0, T0, -T0]), scan_known=st.integers(0, 5))
+def test_asof_matches_brute_force(history: PostgresHistory, versions: list[Version],
+                                  queries: list[tuple[str, int, int, int | None]], base: int,
+                                  scan_known: int) -> None:
+    table_id = f"prop@{next(_table_ids)}"  # one schema for all examples: a fresh table each
+    versions = [v._replace(ts=base + v.ts, recorded_at=base + v.recorded_at) for v in versions]
+    assert history.write(table_id, ["x"], _rows([], [], x=[])) == 0  # registers the table
+    for rec in sorted({v.recorded_at for v in versions}, reverse=True):  # restatements written out of order
+        batch = [v for v in versions if v.recorded_at == rec]
+        history.write(table_id, ["x"], _rows([v.symbol for v in batch], [v.ts for v in batch],
+                                             x=[v.value for v in batch]), recorded_at=rec)
+    queries = [(s, base + t, lag, None if k is None else base + k) for s, t, lag, k in queries]
+    for s, t, lag, known in queries:
+        assert _same(history.asof(table_id, s, t, lag=lag, as_known_at=known), _expected(versions, s, t, lag, known))
+    for known in {q[3] for q in queries}:
+        lags = {q[2] for q in queries}
+        for lag in lags:
+            got = history.asof_many(table_id, [q[0] for q in queries], [q[1] for q in queries], lag=lag,
+                                    as_known_at=known)
+            want = [_expected(versions, q[0], q[1], lag, known) for q in queries]
+            assert all(_same(g, w) for g, w in zip(got, want, strict=True))
+    known = base + scan_known
+    scanned = history.scan(table_id, as_known_at=known)
+    visible = {}
+    for v in sorted(versions, key=lambda v: v.recorded_at):
+        if v.recorded_at <= known:
+            visible[(v.symbol, v.ts)] = v
+    want_rows = [visible[k] for k in sorted(visible)]
+    assert scanned["symbol"].to_pylist() == [v.symbol for v in want_rows]
+    assert scanned["ts"].cast(pa.int64()).to_pylist() == [v.ts for v in want_rows]
+    assert scanned["recorded_at"].cast(pa.int64()).to_pylist() == [v.recorded_at for v in want_rows]
+    assert [_bits(x) for x in scanned["x"].to_pylist()] == [_bits(v.value) for v in want_rows]
+
+
+# --- concurrency ------------------------------------------------------------------------------------------
+
+WRITERS, BATCHES, OWN_SYMBOLS, PER_SYMBOL = 3, 12, 5, 10
+
+
+def _writer(url: str, schema: str, p: int, barrier: Any, results: Any) -> None:
+    """Writes its own symbols (server clock) and a shared set that every writer writes identically."""
+    try:
+        h = PostgresHistory(url, schema=schema)
+        h.ping()
+        barrier.wait(timeout=60)
+        shared = 0
+        for b in range(BATCHES):
+            ts = [b * PER_SYMBOL + k for k in range(PER_SYMBOL)]
+            own = [f"P{p}S{j}" for j in range(OWN_SYMBOLS)]
+            h.write("fs@1", ["x"], _rows([s for s in own for _ in ts], ts * OWN_SYMBOLS,
+                                         x=[float(p)] * len(ts) * OWN_SYMBOLS))
+            common = [f"SH{j}" for j in range(OWN_SYMBOLS)]
+            shared += h.write("fs@1", ["x"], _rows([s for s in common for _ in ts], ts * OWN_SYMBOLS,
+                                                   x=[float(t) for _ in common for t in ts]), recorded_at=42)
+        h.close()
+        results.put(shared)
+    except Exception as exc:
+        results.put(f"{type(exc).__name__}: {exc}")
+
+
+@pytest.mark.slow
+def test_concurrent_writers_from_processes(history: PostgresHistory, postgres_url: str, namespace: str) -> None:
+    history.write("fs@1", ["x"], _rows(["SEED"], [0], x=[0.0]))  # registered up front, as a deployment would
+    out = _run_processes(_writer, [(postgres_url, namespace, p) for p in range(WRITERS)])
+    assert all(isinstance(o, int) for o in out), out
+    per_writer = BATCHES * OWN_SYMBOLS * PER_SYMBOL
+    assert sum(out) == per_writer  # each shared row stored exactly once, by whichever writer came first
+    count, distinct = _sql(postgres_url, "SELECT count(*), count(DISTINCT (symbol, ts, recorded_at))"
+                                         " FROM {s}.history_rows", namespace)[0]
+    assert count == distinct == 1 + WRITERS * per_writer + per_writer
+    scanned = history.scan("fs@1")
+    assert scanned.num_rows == 1 + WRITERS * per_writer + per_writer
+    assert history.latest("fs@1", ["P2S4", "SH0"]) == [(BATCHES * PER_SYMBOL - 1, (2.0,)),
+                                                       (BATCHES * PER_SYMBOL - 1, (BATCHES * PER_SYMBOL - 1.0,))]
+
+
+def _backend_pid(h: PostgresHistory) -> int:
+    """The server process serving ``h`` (white-box: there is no public handle on the connection)."""
+    assert h._conn is not None
+    return h._conn.info.backend_pid
+
+
+def _forked_lookup(h: PostgresHistory, results: Any) -> None:
+    try:
+        results.put((h.asof("fs@1", "A", 10), _backend_pid(h)))
+    except Exception as exc:
+        results.put(f"{type(exc).__name__}: {exc}")
+
+
+def test_forked_child_gets_its_own_connection(history: PostgresHistory) -> None:
+    history.write("fs@1", ["x"], _rows(["A"], [10], x=[1.0]))  # the parent's connection is open
+    parent = _backend_pid(history)
+    ctx = multiprocessing.get_context("fork")
+    results = ctx.Queue()
+    child = ctx.Process(target=_forked_lookup, args=(history, results))
+    child.start()
+    try:
+        row, child_pid = results.get(timeout=60)
+        child.join(timeout=60)
+    finally:
+        if child.is_alive():
+            child.kill()
+    assert child.exitcode == 0 and row == (10, (1.0,))
+    assert child_pid != parent  # its own session, not the parent's socket
+    assert history.asof("fs@1", "A", 10) == (10, (1.0,))
+    assert _backend_pid(history) == parent  # the parent's session survived the child
+
+
+# --- failures: a private server that the test stops and starts --------------------------------------------
+
+
+@dataclass
+class PrivatePostgres:
+    bindir: Path
+    root: Path
+    port: int
+    prefix: list[str]
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _pg_ctl(self, *args: str) -> None:
+        subprocess.run([*self.prefix, str(self.bindir / "pg_ctl"), "-D", str(self.root / "data"), *args],
+                       check=True, capture_output=True, timeout=60)
+
+    def start(self) -> None:
+        opts = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._pg_ctl("-l", str(self.root / "log"), "-w", "-t", "30", "-o", opts, "start")
+
+    def stop(self) -> None:
+        self._pg_ctl("-m", "immediate", "-w", "stop")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="module")
+def private_pg() -> Iterator[PrivatePostgres]:
+    """A throwaway PostgreSQL cluster on a free port, owned by the ``postgres`` OS user when we are root."""
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parts[-3]))
+    if not found:
+        _skip_or_fail("no initdb under /usr/lib/postgresql/*/bin: cannot start a private PostgreSQL")
+    prefix: list[str] = []
+    root = Path(tempfile.mkdtemp(prefix="pitstore-pg-"))
+    if os.geteuid() == 0:  # postgres refuses to run as root
+        try:
+            user = pwd.getpwnam("postgres")
+        except KeyError:
+            user = None
+        if user is None or shutil.which("runuser") is None:
+            shutil.rmtree(root)
+            _skip_or_fail("running as root without a 'postgres' user or runuser: cannot start a private PostgreSQL")
+        assert user is not None
+        os.chown(root, user.pw_uid, user.pw_gid)
+        prefix = ["runuser", "-u", "postgres", "--"]
+    bindir = Path(found[-1]).parent
+    subprocess.run([*prefix, str(bindir / "initdb"), "-D", str(root / "data"), "-A", "trust", "-U", "postgres",
+                    "-N", "-E", "UTF8", "--locale=C"], check=True, capture_output=True, timeout=120)
+    server = PrivatePostgres(bindir, root, _free_port(), prefix)
+    server.start()
+    try:
+        yield server
+    finally:
+        subprocess.run([*prefix, str(bindir / "pg_ctl"), "-D", str(root / "data"), "-m", "immediate", "stop"],
+                       capture_output=True, timeout=60, check=False)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _poll(fn: Callable[[], object], seconds: float) -> None:
+    """Call ``fn`` until it stops raising BackendUnavailableError, for at most ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            fn()
+            return
+        except BackendUnavailableError:
+            if time.monotonic() > deadline:
+                raise
+
+
+@pytest.mark.slow
+def test_server_down_raises_unavailable_fast_and_the_same_instance_recovers(private_pg: PrivatePostgres) -> None:
+    timeout = 2.0
+    h = PostgresHistory(private_pg.url, connect_timeout=timeout)
+    idle = PostgresHistory(private_pg.url, connect_timeout=timeout)  # holds a connection across the restart
+    h.migrate()
+    h.write("fs@1", ["x"], _rows(["A"], [10], x=[1.0]), recorded_at=1)
+    assert idle.asof("fs@1", "A", 10) == (10, (1.0,))
+
+    private_pg.stop()
+    calls: list[Callable[[], object]] = [
+        lambda: h.asof("fs@1", "A", 10),  # the stale connection fails, the reconnect is refused
+        h.ping,
+        lambda: h.write("fs@1", ["x"], _rows(["A"], [20], x=[2.0])),
+        lambda: h.scan("fs@1"),
+        PostgresHistory(private_pg.url, connect_timeout=timeout).ping,  # never connected
+    ]
+    for call in calls:
+        t0 = time.monotonic()
+        with pytest.raises(BackendUnavailableError) as info:
+            call()
+        assert time.monotonic() - t0 < timeout + 1.0
+        assert not isinstance(info.value, psycopg.Error)
+        message = str(info.value)
+        assert f"127.0.0.1:{private_pg.port}" in message and "refused" in message.lower(), message
+
+    private_pg.start()
+    _poll(h.ping, 30)
+    assert h.asof("fs@1", "A", 10) == (10, (1.0,))  # the same object, not recreated
+    assert h.write("fs@1", ["x"], _rows(["A"], [20], x=[2.0]), recorded_at=2) == 1
+    assert idle.asof("fs@1", "A", 30) == (20, (2.0,))  # a connection lost while idle is replaced silently
+    h.close()
+    idle.close()
+
+
+def test_connect_timeout_against_a_silent_server() -> None:
+    """A server that accepts TCP but never answers: BackendUnavailableError after connect_timeout."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        h = PostgresHistory(f"postgresql://postgres@127.0.0.1:{port}/db?sslmode=disable", connect_timeout=2)
+        t0 = time.monotonic()
+        with pytest.raises(BackendUnavailableError, match=f"127.0.0.1:{port}") as info:
+            h.ping()
+        elapsed = time.monotonic() - t0
+        assert 1.5 < elapsed < 3.5, elapsed
+        assert "timeout" in str(info.value).lower()
