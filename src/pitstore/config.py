@@ -15,6 +15,7 @@ __all__ = ["Settings"]
 # Defaults live here, one comment each.
 _DEFAULT_ROOT = "./pitstore-data"  # embedded store root, relative to the working directory
 _DEFAULT_LOCK_TIMEOUT = 30.0  # seconds a writer waits for the SQLite catalog lock before failing
+_DEFAULT_ONLINE_URL = "sqlite://"  # the online tier: online.sqlite under the root (no server needed)
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,8 @@ class Settings:
 
     root: Path = Path(_DEFAULT_ROOT)
     lock_timeout: float = _DEFAULT_LOCK_TIMEOUT
+    online_url: str = _DEFAULT_ONLINE_URL
+    online_namespace: str = "pitstore"  # Redis key prefix: stores sharing one Redis keep apart by it
     redis_url: str | None = None
     postgres_url: str | None = None
 
@@ -58,7 +61,7 @@ class Settings:
         env_root = os.environ.get("PITSTORE_ROOT") or os.environ.get("FEATURE_STORE_PATH")
         if env_root:
             values["root"] = env_root
-        for key in ("redis_url", "postgres_url", "lock_timeout"):
+        for key in ("online_url", "online_namespace", "redis_url", "postgres_url", "lock_timeout"):
             env = os.environ.get(f"PITSTORE_{key.upper()}")
             if env:
                 values[key] = env

@@ -22,6 +22,7 @@ from pitstore.features.base import FeatureSet
 from pitstore.features.registry import FeatureRef, Registry, VersionInfo
 from pitstore.frames import FrameKind, frame_kind, from_polars
 from pitstore.offline import EntryReader, read_entries
+from pitstore.serving import FeatureVector, Serving
 
 __all__ = ["Store"]
 
@@ -42,6 +43,7 @@ class Store:
         self.registry = Registry(self.catalog)
         self.reader = EntryReader(settings.root)
         self.cache = ComputeCache(settings.root, self.catalog)
+        self._serving: Serving | None = None
 
     @classmethod
     def open(cls, path: str | os.PathLike[str] | None = None, **settings: Any) -> Store:
@@ -178,6 +180,70 @@ class Store:
         """Check every entry's file against the catalog (exists, size, hash); ``report.ok`` when all pass."""
         return housekeeping.verify(self.root, self.catalog, self.cache)
 
+    # --- serving -------------------------------------------------------------------------------------
+
+    @property
+    def serving(self) -> Serving:
+        """The online tier and the reads through it (opened on first use)."""
+        if self._serving is None:
+            self._serving = Serving(self.settings, self.catalog, self.registry, self.reader)
+        return self._serving
+
+    def materialize(self, feature_set: FeatureSet | str, symbols: Sequence[str] | str | None = None) -> int:
+        """Write the latest stored row of each symbol (all when None) of a feature set (a FeatureSet, or a
+        reference such as ``"daily_core"`` or ``"daily_core@2"``) to the online tier; returns rows written."""
+        if isinstance(feature_set, FeatureSet):
+            name, version = feature_set.name, self.register(feature_set)
+        else:
+            ref = self.resolve(feature_set)
+            name, version = ref.feature_set, ref.version
+        return self.serving.materialize(name, version, _symbols(symbols))
+
+    def get_online(
+        self, symbols: Sequence[str] | str, features: str | Sequence[str], *, output: FrameKind | None = None
+    ) -> Any:
+        """The latest feature vector of each symbol from the online tier, in one round trip.
+
+        Returns a list of :class:`FeatureVector` (symbol, ts, status, values) in input order, or a frame when
+        ``output`` is given. ``status``: ``ok``; ``stale`` when older than the feature set's TTL (values are
+        null, never served as fresh); ``missing``; ``fallback`` when the online tier is unreachable and the
+        offline tier answered.
+        """
+        vectors = self.serving.get_online(_symbols(symbols) or [], features)
+        if output is None:
+            return vectors
+        df = pl.DataFrame(
+            [{"symbol": v.symbol, "ts": v.ts, **v.values, "status": v.status} for v in vectors],
+            schema_overrides={"ts": pl.Datetime("us", "UTC")},
+        )
+        return from_polars(df, output)
+
+    def get_features(self, symbol: str, as_of: datetime, names: str | Sequence[str]) -> FeatureVector:
+        """The features of ``symbol`` as of ``as_of`` (DESIGN section 2): one point-in-time look-up, the shape a
+        backtest calls in a loop. Served online when ``as_of`` is at or after the newest stored row, else
+        from the offline tier; the answer is the same either way."""
+        return self.serving.get_features(symbol, as_of, names)
+
+    def warm(self, symbols: Sequence[str] | str | None = None, *, top: int | None = None) -> int:
+        """Load the latest vectors of ``symbols`` (or of the ``top`` most requested ones, or all) of every
+        feature set's latest version into the online tier, e.g. at market open; returns rows written."""
+        if symbols is None and top is not None:
+            self._flush_requests()
+            chosen: list[str] | None = self.catalog.top_requested(top)
+        else:
+            chosen = _symbols(symbols)
+        done = 0
+        for name in self.registry.names():
+            latest = self.registry.get(name)
+            if self.catalog.feature_entries(name, latest.version, chosen):
+                done += self.serving.materialize(name, latest.version, chosen)
+        return done
+
+    def _flush_requests(self) -> None:
+        if self._serving is not None and self._serving.requests:
+            self.catalog.add_requests(dict(self._serving.requests))
+            self._serving.requests.clear()
+
     # --- bars and statistics -------------------------------------------------------------------------
 
     def bars(self, symbol: str) -> pl.DataFrame:
@@ -202,6 +268,9 @@ class Store:
                 "cache": self.cache.stats()}
 
     def close(self) -> None:
+        if self._serving is not None:
+            self._flush_requests()
+            self._serving.close()
         self.catalog.close()
 
     def __enter__(self) -> Store:

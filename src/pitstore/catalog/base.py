@@ -148,6 +148,16 @@ class Catalog(Protocol):
         """Counters per symbol."""
         ...
 
+    # --- online requests -------------------------------------------------------------------------------
+
+    def add_requests(self, counts: dict[str, int]) -> None:
+        """Add to the count of online reads per symbol."""
+        ...
+
+    def top_requested(self, n: int) -> list[str]:
+        """The ``n`` symbols read online most often."""
+        ...
+
     # --- housekeeping ----------------------------------------------------------------------------------
 
     def referenced_paths(self) -> set[str]:

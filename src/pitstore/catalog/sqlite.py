@@ -82,6 +82,10 @@ CREATE TABLE IF NOT EXISTS cache_stats (
     hash_bytes      INTEGER NOT NULL DEFAULT 0,
     corruptions     INTEGER NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS online_requests (  -- how often each symbol was read online: warm(top=N)
+    symbol   TEXT    PRIMARY KEY,
+    requests INTEGER NOT NULL
+);
 """
 
 _BAR_COLS = ("id, symbol, path, n_rows, first_ts, last_ts, content_hash, appended_only, restated_rows, "
@@ -312,6 +316,17 @@ class SqliteCatalog:
 
     def cache_stats(self) -> list[CacheStatsRow]:
         return [CacheStatsRow(*r) for r in self._read("SELECT * FROM cache_stats ORDER BY symbol")]  # type: ignore[arg-type]
+
+    # --- online requests -------------------------------------------------------------------------------
+
+    def add_requests(self, counts: dict[str, int]) -> None:
+        with self._write("record online requests") as cur:
+            cur.executemany("INSERT INTO online_requests VALUES (?, ?) ON CONFLICT (symbol) DO UPDATE SET"
+                            " requests = requests + excluded.requests", list(counts.items()))
+
+    def top_requested(self, n: int) -> list[str]:
+        rows = self._read("SELECT symbol FROM online_requests ORDER BY requests DESC, symbol LIMIT ?", (n,))
+        return [str(r[0]) for r in rows]
 
     # --- housekeeping ----------------------------------------------------------------------------------
 

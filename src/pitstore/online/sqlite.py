@@ -1,0 +1,259 @@
+"""SQLite online store (WAL): the embedded, persistent default, shared by the processes of one machine."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+import weakref
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from pathlib import Path
+
+from pitstore.errors import BackendError, BackendUnavailableError, ConfigError, InvalidInputError
+from pitstore.online.base import InputRow, OnlineRow, check_put, schema_mismatch, validate_table_id
+from pitstore.online.codec import decode, decode_columns, encode, encode_columns
+
+__all__ = ["SqliteOnlineStore"]
+
+_SCHEMA = """
+BEGIN IMMEDIATE;
+CREATE TABLE IF NOT EXISTS online_columns (table_id TEXT PRIMARY KEY, columns TEXT NOT NULL) WITHOUT ROWID;
+-- row: the codec's bytes (ts included); ts is repeated as a column for the conditional upsert.
+-- accessed: a logical clock, MAX(accessed) + 1 per write transaction. Writers serialise on SQLite's lock, so it
+-- orders accesses exactly across processes without trusting wall clocks; it drives the LRU eviction.
+CREATE TABLE IF NOT EXISTS online (
+    table_id TEXT    NOT NULL,
+    symbol   TEXT    NOT NULL,
+    ts       INTEGER NOT NULL,
+    row      BLOB    NOT NULL,
+    accessed INTEGER NOT NULL,
+    PRIMARY KEY (table_id, symbol)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS online_accessed ON online (accessed);
+-- The row count, kept by triggers: COUNT(*) would scan the whole table on every write.
+CREATE TABLE IF NOT EXISTS online_count (id INTEGER PRIMARY KEY CHECK (id = 0), n INTEGER NOT NULL);
+INSERT OR IGNORE INTO online_count VALUES (0, 0);
+CREATE TRIGGER IF NOT EXISTS online_inserted AFTER INSERT ON online BEGIN UPDATE online_count SET n = n + 1; END;
+CREATE TRIGGER IF NOT EXISTS online_deleted AFTER DELETE ON online BEGIN UPDATE online_count SET n = n - 1; END;
+COMMIT;
+"""
+
+_UPSERT = (
+    "INSERT INTO online (table_id, symbol, ts, row, accessed) VALUES (?, ?, ?, ?, ?)"
+    " ON CONFLICT (table_id, symbol) DO UPDATE SET ts = excluded.ts, row = excluded.row, accessed = excluded.accessed"
+    " WHERE excluded.ts >= online.ts"
+)
+_GET_ONE = "SELECT row FROM online WHERE table_id = ? AND symbol = ?"
+_MAX_BATCH = 512  # symbols per SELECT; batches are padded to a power of two so few statements get prepared
+_GET_MANY = {
+    n: f"SELECT symbol, row FROM online WHERE table_id = ? AND symbol IN ({', '.join('?' * n)})"
+    for n in (2**i for i in range(1, _MAX_BATCH.bit_length()))
+}
+_ACCESS_FLUSH_SECONDS = 1.0  # reads record accesses in memory; a background thread writes them this often
+
+
+class SqliteOnlineStore:
+    """Online rows in one SQLite file. At most ``max_rows`` rows across tables: a write that goes over the bound
+    evicts the least recently accessed rows. Approximately: a read only notes the row in memory, and a background
+    thread (started by the first read) writes the noted rows about once per second, so no read ever writes or
+    waits for a writer. ``expire_seconds`` is accepted and ignored: the bound already limits the file size."""
+
+    def __init__(self, path: str | Path, *, max_rows: int = 1_000_000, busy_timeout: float = 5.0) -> None:
+        if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1:
+            raise ConfigError(f"max_rows must be a positive integer, got {max_rows!r}")
+        if not isinstance(busy_timeout, int | float) or busy_timeout <= 0:
+            raise ConfigError(f"busy_timeout must be a positive number of seconds, got {busy_timeout!r}")
+        self.path = Path(path)
+        self._max_rows = max_rows
+        # Two connections: WAL lets reads go on while a write transaction is open on the other one.
+        self._read_lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self._touched: set[tuple[str, str]] = set()  # read since the last access flush
+        self._flusher: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._closed = False
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._writer = self._connect(busy_timeout)
+            self._switch_to_wal(busy_timeout)
+            self._writer.executescript(_SCHEMA)
+            self._reader = self._connect(busy_timeout)
+        except (OSError, sqlite3.Error) as exc:
+            raise BackendUnavailableError(f"cannot open online store {self.path}: {exc}") from exc
+        self._cursor = self._reader.cursor()
+
+    def _connect(self, busy_timeout: float) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable at checkpoints, no fsync per commit
+        return conn
+
+    def _switch_to_wal(self, busy_timeout: float) -> None:
+        # Switching to WAL needs a lock that busy_timeout does not wait for: retry while another process creates
+        # the same file.
+        deadline = time.monotonic() + busy_timeout
+        while self._writer.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+            try:
+                self._writer.execute("PRAGMA journal_mode=WAL")
+            except sqlite3.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)  # back-off between attempts to take the lock, not synchronisation
+
+    @contextmanager
+    def _transaction(self, what: str) -> Iterator[sqlite3.Cursor]:
+        """A write transaction on the writer; IMMEDIATE takes the write lock first, so read-then-write is atomic
+        across processes."""
+        with self._write_lock:
+            try:
+                cur = self._writer.cursor()
+                cur.execute("BEGIN IMMEDIATE")
+                try:
+                    yield cur
+                    cur.execute("COMMIT")
+                except BaseException:
+                    cur.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise BackendError(f"online store {self.path}: cannot {what}: {exc}") from exc
+
+    def put_latest(
+        self,
+        table_id: str,
+        columns: Sequence[str],
+        rows: Sequence[InputRow],
+        *,
+        expire_seconds: float | None = None,
+    ) -> int:
+        cols, latest = check_put(table_id, columns, rows, expire_seconds)
+        encoded = [(symbol, ts, encode(ts, values, symbol)) for symbol, ts, values in latest]
+        text = encode_columns(cols)
+        with self._transaction(f"write {len(encoded)} rows of {table_id!r}") as cur:
+            stored = cur.execute("SELECT columns FROM online_columns WHERE table_id = ?", (table_id,)).fetchone()
+            if stored is None:
+                cur.execute("INSERT INTO online_columns VALUES (?, ?)", (table_id, text))
+            elif stored[0] != text:
+                raise schema_mismatch(table_id, decode_columns(stored[0]), cols)
+            clock = self._record_access(cur)
+            cur.executemany(_UPSERT, [(table_id, symbol, ts, row, clock) for symbol, ts, row in encoded])
+            written = cur.rowcount
+            (count,) = cur.execute("SELECT n FROM online_count").fetchone()
+            if count > self._max_rows:
+                cur.execute(
+                    "DELETE FROM online WHERE (table_id, symbol) IN"
+                    " (SELECT table_id, symbol FROM online ORDER BY accessed LIMIT ?)",
+                    (count - self._max_rows,),
+                )
+        return written
+
+    def _record_access(self, cur: sqlite3.Cursor) -> int:
+        """Inside a write transaction: advance the clock and stamp the rows read since the last flush with it."""
+        (clock,) = cur.execute("SELECT COALESCE(MAX(accessed), 0) + 1 FROM online").fetchone()
+        with self._read_lock:
+            touched, self._touched = self._touched, set()
+        if touched:
+            cur.executemany(
+                "UPDATE online SET accessed = ? WHERE table_id = ? AND symbol = ?",
+                [(clock, table_id, symbol) for table_id, symbol in touched],
+            )
+        return int(clock)
+
+    def get_latest(self, table_id: str, symbols: Sequence[str]) -> list[OnlineRow | None]:
+        with self._read_lock:
+            try:
+                if len(symbols) == 1:
+                    hit = self._cursor.execute(_GET_ONE, (table_id, symbols[0])).fetchone()
+                    if hit is None:
+                        return [None]
+                    self._touched.add((table_id, symbols[0]))
+                    out: list[OnlineRow | None] = [decode(hit[0])]
+                else:
+                    found = self._select_many(table_id, symbols)
+                    self._touched.update((table_id, s) for s in found)
+                    out = [None if (row := found.get(s)) is None else decode(row) for s in symbols]
+                if self._flusher is None:
+                    self._start_flusher()
+            except sqlite3.Error as exc:
+                raise BackendError(f"online store {self.path}: cannot read {table_id!r}: {exc}") from exc
+            except UnicodeEncodeError as exc:  # a symbol no write could have stored
+                raise InvalidInputError(f"symbol is not valid unicode ({exc})", column="symbol") from exc
+        return out
+
+    def _select_many(self, table_id: str, symbols: Sequence[str]) -> dict[str, bytes]:
+        found: dict[str, bytes] = {}
+        for start in range(0, len(symbols), _MAX_BATCH):
+            chunk = symbols[start:start + _MAX_BATCH]
+            size = 1 << max(1, (len(chunk) - 1).bit_length())
+            padding = (chunk[-1],) * (size - len(chunk))  # repeated symbols in IN (...) change nothing
+            found.update(self._cursor.execute(_GET_MANY[size], (table_id, *chunk, *padding)))
+        return found
+
+    def _start_flusher(self) -> None:
+        # The thread holds only a weak reference: a store dropped without close() is still collected.
+        self._flusher = threading.Thread(
+            target=_flush_accesses, args=(weakref.ref(self), self._stop), name="pitstore-online-access", daemon=True
+        )
+        self._flusher.start()
+
+    def _flush_access(self) -> None:
+        """Write the rows read since the last flush (a write transaction of its own)."""
+        if self._touched:
+            with self._transaction("record read accesses") as cur:
+                self._record_access(cur)
+
+    def columns(self, table_id: str) -> tuple[str, ...] | None:
+        with self._read_lock:
+            try:
+                hit = self._cursor.execute("SELECT columns FROM online_columns WHERE table_id = ?", (table_id,))
+                row = hit.fetchone()
+            except sqlite3.Error as exc:
+                raise BackendError(f"online store {self.path}: cannot read columns of {table_id!r}: {exc}") from exc
+        return None if row is None else decode_columns(row[0])
+
+    def delete(self, table_id: str, symbols: Sequence[str] | None = None) -> int:
+        validate_table_id(table_id)
+        with self._transaction(f"delete rows of {table_id!r}") as cur:
+            if symbols is None:
+                cur.execute("DELETE FROM online WHERE table_id = ?", (table_id,))
+                deleted = cur.rowcount
+                cur.execute("DELETE FROM online_columns WHERE table_id = ?", (table_id,))
+            else:
+                cur.executemany(
+                    "DELETE FROM online WHERE table_id = ? AND symbol = ?", [(table_id, s) for s in set(symbols)]
+                )
+                deleted = cur.rowcount
+        return deleted
+
+    def ping(self) -> None:
+        with self._read_lock:
+            try:
+                self._cursor.execute("SELECT n FROM online_count").fetchone()
+            except sqlite3.Error as exc:
+                raise BackendUnavailableError(f"online store {self.path} is not usable: {exc}") from exc
+
+    def close(self) -> None:
+        """Stop the access flusher, write the last accesses, close both connections. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        if self._flusher is not None:
+            self._flusher.join()
+        try:
+            self._flush_access()
+        finally:
+            with self._write_lock, self._read_lock:
+                self._reader.close()
+                self._writer.close()
+
+
+def _flush_accesses(ref: weakref.ReferenceType[SqliteOnlineStore], stop: threading.Event) -> None:
+    """The access flusher's loop: until stopped or the store is gone."""
+    while not stop.wait(_ACCESS_FLUSH_SECONDS):
+        store = ref()
+        if store is None:
+            return
+        # A failed round (the lock stayed busy) loses that second's access records: they only order evictions.
+        with suppress(BackendError):
+            store._flush_access()
+        del store
