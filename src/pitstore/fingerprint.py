@@ -139,8 +139,7 @@ def _source_of(fn: types.FunctionType) -> str:
         return ast.dump(tree, annotate_fields=False, include_attributes=False)
     except (OSError, TypeError, SyntaxError, IndentationError):
         # No source (REPL, exec): fall back to the bytecode and its constants.
-        code = fn.__code__
-        return f"{code.co_code.hex()}|{code.co_consts!r}|{code.co_names!r}"
+        return _code_bytes(fn.__code__)
 
 
 def _names(code: types.CodeType) -> set[str]:
@@ -180,8 +179,17 @@ def _class_part(cls: type) -> str:
 def _code_bytes(code: types.CodeType) -> str:
     """Bytecode and constants (nested code included, without memory addresses): tells apart two lambdas
     whose source is the same line."""
-    consts = [_code_bytes(c) if isinstance(c, types.CodeType) else repr(c) for c in code.co_consts]
+    consts = [_code_bytes(c) if isinstance(c, types.CodeType) else _const_text(c) for c in code.co_consts]
     return f"{code.co_code.hex()}|{consts}|{code.co_names}"
+
+
+def _const_text(value: Any) -> str:
+    """A code constant as text that is the same in every process (set order follows the hash seed)."""
+    if isinstance(value, frozenset | set):
+        return "{" + ",".join(sorted(_const_text(v) for v in value)) + "}"
+    if isinstance(value, tuple):
+        return "(" + ",".join(_const_text(v) for v in value) + ")"
+    return repr(value)
 
 
 def code_fingerprint(fn: Callable[..., Any], *, strict: bool = False) -> str:

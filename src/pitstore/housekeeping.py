@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -90,6 +91,10 @@ def gc(
     t0 = time.perf_counter()
     report = GcReport(dry_run)
 
+    def hold(key: str) -> AbstractContextManager[bool]:
+        # A dry run deletes nothing, so it needs no lock (and must not create lock files).
+        return nullcontext(True) if dry_run else cache.locks.hold(key, blocking=False)
+
     def delete_file(path: Path, bucket: list[str]) -> None:
         bucket.append(str(path.relative_to(root)))
         report.bytes_freed += _size(path)
@@ -104,7 +109,7 @@ def gc(
         stale = stale_before is not None and entry.last_access < stale_before
         if not (missing or stale):
             continue
-        with cache.locks.hold(entry.key, blocking=False) as holding:
+        with hold(entry.key) as holding:
             if not holding or catalog.cache_get(entry.key) != entry:
                 report.busy.append(entry.path)
                 continue
@@ -148,7 +153,7 @@ def gc(
                     continue
                 if top == CACHE_DIR:
                     key = name.lstrip(".").split(".", 1)[0]
-                    with cache.locks.hold(key, blocking=False) as holding:
+                    with hold(key) as holding:
                         if holding and str(path.relative_to(root)) not in catalog.referenced_paths():
                             delete_file(path, report.orphan_files)
                         elif not holding:

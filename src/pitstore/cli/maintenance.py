@@ -94,7 +94,7 @@ def verify(ctx: typer.Context, json_file: JsonFileOption = None, root: RootOptio
     if not _write_json(json_file, report.to_dict()):
         for p in report.problems:
             err_console.print(f"[red]broken[/red] {p['kind']} {p['path']}: {p['problem']}", markup=True,
-                              highlight=False)
+                              highlight=False, soft_wrap=True)
         state = "ok" if report.ok else f"{len(report.problems):,} broken"
         out_console.print(f"verify: {report.checked:,} entries checked, {state}")
     if not report.ok:
