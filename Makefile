@@ -15,9 +15,8 @@ $(STAMP): $(PY) pyproject.toml
 	touch $(STAMP)
 
 ## test: install the package with its test extras and run the whole suite (lint, types, tests)
-test: $(STAMP)
-	./scripts/services.sh
-	$(PY) -m ruff check src tests bench
+test: $(STAMP) services
+	$(PY) -m ruff check src tests bench examples
 	$(PY) -m mypy src
 	$(PY) -m pytest -q --doctest-modules src tests
 
@@ -28,14 +27,21 @@ typecheck: $(STAMP)
 	$(PY) -m mypy src
 
 ## bench: run the benchmarks and write their results under bench/results/
-bench: $(STAMP)
+bench: $(STAMP) services
 	$(PY) bench/bench_compute.py
 	$(PY) bench/bench_offline.py
+	$(PY) bench/bench_cache.py
+	$(PY) bench/bench_online_backends.py
+	$(PY) bench/bench_history.py
 
 ## demo: create .venv, install pitstore and run `pitstore demo` on the embedded store (no server):
 ##       synthetic bars, ingest, backfill, 100,000 point-in-time look-ups, then a second pass that computes nothing
 demo: $(STAMP)
 	$(VENV)/bin/pitstore demo
+
+## services: start the local Redis and PostgreSQL the tests and benchmarks talk to, if installed but stopped
+services:
+	./scripts/services.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache pitstore-data
