@@ -53,6 +53,7 @@ class _Table:
     sel: Selection
     table_id: str
     ttl: timedelta  # online TTL
+    index: tuple[int, ...]  # positions of sel.columns in the stored row (all columns of the version, in order)
 
 
 def _us(t: datetime) -> int:
@@ -76,7 +77,6 @@ class Serving:
         self.reader = reader
         self.requests: Counter[str] = Counter()  # symbols asked for, for warm(top=N)
         self._resolved: dict[Any, tuple[float, list[_Table]]] = {}
-        self._stored: dict[str, tuple[str, ...]] = {}  # table_id -> stored column order (fixed once written)
 
     # --- resolution ----------------------------------------------------------------------------------
 
@@ -92,7 +92,8 @@ class Serving:
             info = self.registry.get(sel.feature_set, sel.version)
             step = parse_timeframe(info.definition["timeframe"])
             ttl = sel.ttl or (_DAILY_TTL if step >= timedelta(days=1) else _INTRADAY_TTL)
-            out.append(_Table(sel, f"{sel.feature_set}@{sel.version}", ttl))
+            index = tuple(info.columns.index(c) for c in sel.columns)
+            out.append(_Table(sel, f"{sel.feature_set}@{sel.version}", ttl, index))
         self._resolved[key] = (now + _RESOLVE_SECONDS, out)
         return out
 
@@ -104,7 +105,7 @@ class Serving:
         latest = self.latest_offline(table, symbols)
         if latest.is_empty():
             return 0
-        cols = list(table.sel.columns)
+        cols = list(self.registry.get(name, version).columns)  # the whole version, in order: see _Table.index
         ts = latest["ts"].dt.epoch("us").to_list()
         values = latest.select(cols).rows()
         rows = list(zip(latest["symbol"].to_list(), ts, values, strict=True))
@@ -141,20 +142,8 @@ class Serving:
         assert merged is not None
         return merged
 
-    def _columns(self, table_id: str) -> tuple[str, ...] | None:
-        cols = self._stored.get(table_id)
-        if cols is None:
-            cols = self.online.columns(table_id)
-            if cols is not None:
-                self._stored[table_id] = cols
-        return cols
-
     def _from_online(self, table: _Table, symbols: Sequence[str], now: int) -> list[FeatureVector]:
-        stored = self._columns(table.table_id)
         names = table.sel.names
-        if stored is None:
-            return [FeatureVector(s, None, "missing", dict.fromkeys(names)) for s in symbols]
-        index = [stored.index(c) for c in table.sel.columns]
         out = []
         for symbol, row in zip(symbols, self.online.get_latest(table.table_id, symbols), strict=True):
             if row is None:
@@ -163,7 +152,7 @@ class Serving:
                 out.append(FeatureVector(symbol, _dt(row.ts), "stale", dict.fromkeys(names)))
             else:
                 out.append(FeatureVector(symbol, _dt(row.ts), "ok",
-                                         {n: row.values[i] for n, i in zip(names, index, strict=True)}))
+                                         {n: row.values[i] for n, i in zip(names, table.index, strict=True)}))
         return out
 
     def _from_offline(self, table: _Table, symbols: Sequence[str], now: int) -> list[FeatureVector]:
@@ -202,8 +191,7 @@ class Serving:
     def _online_asof(self, table: _Table, symbol: str, t: int) -> FeatureVector | None:
         """The online row when it is the answer: available at ``t`` and as new as anything stored offline."""
         try:
-            stored = self._columns(table.table_id)
-            row = self.online.get_latest(table.table_id, [symbol])[0] if stored is not None else None
+            row = self.online.get_latest(table.table_id, [symbol])[0]
         except BackendUnavailableError:
             return None
         if row is None or not is_available(row.ts, t, table.sel.availability_lag):
@@ -214,9 +202,8 @@ class Serving:
         names = table.sel.names
         if is_stale(row.ts, t, table.sel.ttl):
             return FeatureVector(symbol, _dt(row.ts), "stale", dict.fromkeys(names))
-        assert stored is not None
         return FeatureVector(symbol, _dt(row.ts), "ok",
-                             {n: row.values[stored.index(c)] for n, c in zip(names, table.sel.columns, strict=True)})
+                             {n: row.values[i] for n, i in zip(names, table.index, strict=True)})
 
     def _offline_asof(self, table: _Table, symbol: str, as_of: datetime) -> FeatureVector:
         """The as-of rule over the symbol's stored rows (see :mod:`pitstore.pit`)."""
