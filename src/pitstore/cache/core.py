@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import polars as pl
 import pyarrow as pa
 
 from pitstore.atomic import publish_bytes
@@ -111,8 +112,9 @@ class ComputeCache:
     def _load(self, entry: CacheEntry) -> Any:
         data = self.check(entry)
         try:
-            return codec.decode(data, entry.kind)
-        except (pa.ArrowException, OSError) as exc:  # same bytes as written, so this is unexpected
+            # The file was just checked byte for byte and entries are immutable, so it may be decoded by path.
+            return codec.decode(data, entry.kind, self.root / entry.path)
+        except (pa.ArrowException, pl.exceptions.PolarsError, OSError) as exc:  # unexpected: the bytes were checked
             raise CacheCorruptionError(f"cache entry {entry.path} of {entry.symbol!r} cannot be decoded: {exc}") \
                 from exc
 
