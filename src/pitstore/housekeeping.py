@@ -154,7 +154,9 @@ def gc(
                 if top == CACHE_DIR:
                     key = name.lstrip(".").split(".", 1)[0]
                     with hold(key) as holding:
-                        if holding and str(path.relative_to(root)) not in catalog.referenced_paths():
+                        # Re-checked under the key's lock: a writer may have committed it since the listing.
+                        row = catalog.cache_get(key)
+                        if holding and (row is None or row.path != str(path.relative_to(root))):
                             delete_file(path, report.orphan_files)
                         elif not holding:
                             report.busy.append(str(path.relative_to(root)))

@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from pitstore.atomic import publish_bytes
 from pitstore.cache import codec
-from pitstore.cache.keys import CacheKey, cache_key
+from pitstore.cache.keys import CacheKey, cache_key, raw_table
 from pitstore.cache.lock import KeyLocks
 from pitstore.catalog.base import CacheEntry, Catalog
 from pitstore.catalog.sqlite import now_us
@@ -242,8 +242,6 @@ def _rates(s: dict[str, Any]) -> None:
 
 
 def _only_symbol(raw: Any) -> str:
-    from pitstore.cache.keys import raw_table
-
     table = raw_table(raw)
     if "symbol" in table.column_names:
         values = table.column("symbol").unique().to_pylist()

@@ -5,13 +5,14 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from pathlib import Path
 
 from pitstore.catalog.base import BarEntry, CacheEntry, CacheStatsRow, FeatureEntry, VersionRow
 from pitstore.errors import BackendError, ConflictError
+from pitstore.sqlite_wal import immediate, switch_to_wal
 
 __all__ = ["SqliteCatalog"]
 
@@ -113,37 +114,15 @@ class SqliteCatalog:
             self._conn = sqlite3.connect(
                 self.path, timeout=timeout, isolation_level=None, check_same_thread=False
             )
-            # Switching to WAL needs a lock that busy_timeout does not wait for: switch only when needed and
-            # retry while another process is creating the same store.
-            deadline = time.monotonic() + timeout
-            while self._conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
-                try:
-                    self._conn.execute("PRAGMA journal_mode=WAL")
-                except sqlite3.OperationalError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.01)  # back-off between attempts to take the lock, not synchronisation
+            switch_to_wal(self._conn, timeout)
             self._conn.execute("PRAGMA synchronous=NORMAL")
             self._conn.executescript(_SCHEMA)
         except sqlite3.Error as exc:
             raise BackendError(f"cannot open catalog {self.path}: {exc}") from exc
 
-    @contextmanager
-    def _write(self, what: str) -> Iterator[sqlite3.Cursor]:
-        """A write transaction. IMMEDIATE takes the write lock first, so read-then-write is atomic across
-        processes."""
-        with self._lock:
-            try:
-                cur = self._conn.cursor()
-                cur.execute("BEGIN IMMEDIATE")
-                try:
-                    yield cur
-                    cur.execute("COMMIT")
-                except BaseException:
-                    cur.execute("ROLLBACK")
-                    raise
-            except sqlite3.Error as exc:
-                raise BackendError(f"catalog {self.path}: cannot {what}: {exc}") from exc
+    def _write(self, what: str) -> AbstractContextManager[sqlite3.Cursor]:
+        """A write transaction (``BEGIN IMMEDIATE``: read-then-write is atomic across processes)."""
+        return immediate(self._conn, self._lock, f"catalog {self.path}: cannot {what}")
 
     def register_version(self, name: str, fingerprint: str, definition: str) -> VersionRow:
         with self._write(f"register {name!r}") as cur:

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-import time
 import weakref
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Sequence
+from contextlib import AbstractContextManager, suppress
 from pathlib import Path
 
 from pitstore.errors import BackendError, BackendUnavailableError, ConfigError, InvalidInputError
 from pitstore.online.base import InputRow, OnlineRow, check_put, schema_mismatch, validate_table_id
 from pitstore.online.codec import decode, decode_columns, encode, encode_columns
+from pitstore.sqlite_wal import immediate, switch_to_wal
 
 __all__ = ["SqliteOnlineStore"]
 
@@ -76,7 +76,7 @@ class SqliteOnlineStore:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._writer = self._connect(busy_timeout)
-            self._switch_to_wal(busy_timeout)
+            switch_to_wal(self._writer, busy_timeout)
             self._writer.executescript(_SCHEMA)
             self._reader = self._connect(busy_timeout)
         except (OSError, sqlite3.Error) as exc:
@@ -88,34 +88,9 @@ class SqliteOnlineStore:
         conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable at checkpoints, no fsync per commit
         return conn
 
-    def _switch_to_wal(self, busy_timeout: float) -> None:
-        # Switching to WAL needs a lock that busy_timeout does not wait for: retry while another process creates
-        # the same file.
-        deadline = time.monotonic() + busy_timeout
-        while self._writer.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
-            try:
-                self._writer.execute("PRAGMA journal_mode=WAL")
-            except sqlite3.OperationalError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.01)  # back-off between attempts to take the lock, not synchronisation
-
-    @contextmanager
-    def _transaction(self, what: str) -> Iterator[sqlite3.Cursor]:
-        """A write transaction on the writer; IMMEDIATE takes the write lock first, so read-then-write is atomic
-        across processes."""
-        with self._write_lock:
-            try:
-                cur = self._writer.cursor()
-                cur.execute("BEGIN IMMEDIATE")
-                try:
-                    yield cur
-                    cur.execute("COMMIT")
-                except BaseException:
-                    cur.execute("ROLLBACK")
-                    raise
-            except sqlite3.Error as exc:
-                raise BackendError(f"online store {self.path}: cannot {what}: {exc}") from exc
+    def _transaction(self, what: str) -> AbstractContextManager[sqlite3.Cursor]:
+        """A write transaction on the writer (``BEGIN IMMEDIATE``: read-then-write is atomic across processes)."""
+        return immediate(self._writer, self._write_lock, f"online store {self.path}: cannot {what}")
 
     def put_latest(
         self,
