@@ -22,7 +22,7 @@ from pitstore.frames import FrameKind, frame_kind, from_polars
 __all__ = ["ENGINE_VERSION", "compute", "compute_frame", "flatten_features"]
 
 # Bump when a built-in kernel or the engine's rules change numbers: it is part of every fingerprint.
-ENGINE_VERSION = "1"
+ENGINE_VERSION = "2"  # 2: vwap and zscore sum each window on its own (start-independent)
 
 FeatureLike = Feature | FeatureSet | Iterable["Feature | FeatureSet"]
 

@@ -1,6 +1,6 @@
 """The built-in feature library: parameterised, vectorised per-symbol kernels.
 
-Conventions (TA-Lib's, so that numbers match TA-Lib to the last bits where TA-Lib has the function):
+Conventions (TA-Lib's, so that numbers match TA-Lib where TA-Lib has the function):
 
 * ``sma(n)``: simple mean of the last n closes; first value at bar n-1.
 * ``ema(n)``: smoothing 2/(n+1), seeded with the SMA of the first n closes (TA-Lib's default seeding,
@@ -14,8 +14,14 @@ Conventions (TA-Lib's, so that numbers match TA-Lib to the last bits where TA-Li
 * ``atr(n)``: Wilder-smoothed true range, seeded with the SMA of the first n true ranges (the first
   true range needs a previous close); first value at bar n.
 
-pitstore follows TA-Lib everywhere it has the function; the definitions it adds (ret, log_ret, vol,
-mom, vwap, zscore) are written in each docstring.
+pitstore follows TA-Lib's definitions everywhere it has the function; the definitions it adds (ret,
+log_ret, vol, mom, vwap, zscore) are written in each docstring.
+
+Exactness: the recursive features (ema, rsi, macd, atr) are TA-Lib's own code, bit for bit. The window
+features (sma, vol, mom, bollinger, vwap, zscore) sum each window on its own, in the fixed order of
+:mod:`pitstore.features.windows`, where TA-Lib keeps a running total from the first bar: they equal TA-Lib to
+about 1e-12 relative, and a value depends only on its window, never on where the computation started, which
+is what lets a live update (:mod:`pitstore.live`) equal a batch backfill bit for bit.
 """
 
 from __future__ import annotations
@@ -27,12 +33,11 @@ from functools import partial
 from typing import Any
 
 import numpy as np
-import polars as pl
 import talib as _ta
-from talib._ta_lib import MA_Type
 
 from pitstore.errors import DefinitionError
 from pitstore.features.base import Feature, FeatureSet, make_feature, param_suffix
+from pitstore.features.windows import window_moments, window_sum
 
 __all__ = [
     "BUILTINS",
@@ -156,10 +161,8 @@ def _vol(a: Arrays, *, n: int, periods_per_year: int) -> Sequence[np.ndarray]:
     c = a["close"]
     out = _nan(len(c))
     if len(c) > n:
-        lr = np.log(c[1:] / c[:-1])
-        # TA-Lib's VAR is population variance; rescale to ddof=1. Rounding can make it a hair below 0.
-        var = _ta.VAR(lr, timeperiod=n, nbdev=1.0) * (n / (n - 1))
-        out[1:] = np.sqrt(np.maximum(var, 0.0)) * math.sqrt(periods_per_year)
+        _, m2 = window_moments(np.log(c[1:] / c[:-1]), n)
+        out[1:] = np.sqrt(m2 / (n - 1)) * math.sqrt(periods_per_year)
     return [out]
 
 
@@ -167,13 +170,13 @@ def _vol(a: Arrays, *, n: int, periods_per_year: int) -> Sequence[np.ndarray]:
            description="momentum: close_t / mean(close over the last n bars) - 1")
 def _mom(a: Arrays, *, n: int) -> Sequence[np.ndarray]:
     c = a["close"]
-    return [c / _ta.SMA(c, timeperiod=n) - 1.0]
+    return [c / (window_sum(c, n) / n) - 1.0]
 
 
 @_register("sma", params={"n": 20}, lookback=lambda n: n - 1,
-           description="simple moving average of close over n bars (TA-Lib SMA)")
+           description="simple moving average of close over n bars (TA-Lib SMA's definition)")
 def _sma(a: Arrays, *, n: int) -> Sequence[np.ndarray]:
-    return [_ta.SMA(a["close"], timeperiod=n)]
+    return [window_sum(a["close"], n) / n]
 
 
 @_register("ema", params={"n": 20}, lookback=lambda n: n - 1, recursive=True,
@@ -199,10 +202,11 @@ def _macd(a: Arrays, *, fast: int, slow: int, signal: int) -> Sequence[np.ndarra
 
 @_register("bollinger", params={"n": 20, "k": 2.0}, suffixes=("upper", "middle", "lower"),
            lookback=lambda n, k: n - 1, minimums={"n": 2, "k": 0.0},
-           description="Bollinger bands: SMA(n) ± k population std of close (TA-Lib BBANDS)")
+           description="Bollinger bands: SMA(n) ± k population std of close (TA-Lib BBANDS' definition)")
 def _bollinger(a: Arrays, *, n: int, k: float) -> Sequence[np.ndarray]:
-    upper, middle, lower = _ta.BBANDS(a["close"], timeperiod=n, nbdevup=k, nbdevdn=k, matype=MA_Type.SMA)
-    return [upper, middle, lower]
+    middle, m2 = window_moments(a["close"], n)
+    dev = np.sqrt(m2 / n) * k
+    return [middle + dev, middle, middle - dev]
 
 
 @_register("atr", params={"n": 14}, inputs=("high", "low", "close"), lookback=lambda n: n,
@@ -216,10 +220,8 @@ def _atr(a: Arrays, *, n: int) -> Sequence[np.ndarray]:
                        "null while the window has no volume")
 def _vwap(a: Arrays, *, n: int) -> Sequence[np.ndarray]:
     typical = (a["high"] + a["low"] + a["close"]) / 3.0
-    pv = pl.Series(typical * a["volume"]).rolling_sum(n).to_numpy()
-    v = pl.Series(a["volume"]).rolling_sum(n).to_numpy()
     with np.errstate(divide="ignore", invalid="ignore"):
-        out = pv / v
+        out = window_sum(typical * a["volume"], n) / window_sum(a["volume"], n)
     out[~np.isfinite(out)] = np.nan
     return [out]
 
@@ -227,12 +229,9 @@ def _vwap(a: Arrays, *, n: int) -> Sequence[np.ndarray]:
 @_register("zscore", params={"n": 20}, lookback=lambda n: n - 1, minimums={"n": 2},
            description="z-score of close against its last n bars: (close - mean) / std (ddof=1)")
 def _zscore(a: Arrays, *, n: int) -> Sequence[np.ndarray]:
-    # polars' rolling variance is numerically stable on price levels, unlike a sum-of-squares window.
-    s = pl.Series(a["close"])
-    mean = s.rolling_mean(n).to_numpy()
-    std = s.rolling_std(n, ddof=1).to_numpy()
+    mean, m2 = window_moments(a["close"], n)
     with np.errstate(divide="ignore", invalid="ignore"):
-        out = (a["close"] - mean) / std
+        out = (a["close"] - mean) / np.sqrt(m2 / (n - 1))
     out[~np.isfinite(out)] = np.nan
     return [out]
 
