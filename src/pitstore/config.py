@@ -31,7 +31,9 @@ class Settings:
     online_url: str = _DEFAULT_ONLINE_URL
     online_namespace: str = "pitstore"  # Redis key prefix: stores sharing one Redis keep apart by it
     redis_url: str | None = None
-    postgres_url: str | None = None
+    postgres_url: str | None = None  # the history tier (optional): postgresql://...
+    history_days: float = 30.0  # days of rows materialize keeps in the history tier
+    live_flush_bars: int = 50_000  # pushed bars buffered before they are written to the offline tier
 
     @property
     def catalog_path(self) -> Path:
@@ -61,7 +63,8 @@ class Settings:
         env_root = os.environ.get("PITSTORE_ROOT") or os.environ.get("FEATURE_STORE_PATH")
         if env_root:
             values["root"] = env_root
-        for key in ("online_url", "online_namespace", "redis_url", "postgres_url", "lock_timeout"):
+        for key in ("online_url", "online_namespace", "redis_url", "postgres_url", "lock_timeout", "history_days",
+                    "live_flush_bars"):
             env = os.environ.get(f"PITSTORE_{key.upper()}")
             if env:
                 values[key] = env
@@ -76,4 +79,12 @@ class Settings:
             raise ConfigError(f"lock_timeout must be a number, got {self.lock_timeout!r}") from exc
         if lock_timeout <= 0:
             raise ConfigError(f"lock_timeout must be positive, got {lock_timeout}")
-        return replace(self, root=Path(self.root).expanduser(), lock_timeout=lock_timeout)
+        try:
+            history_days, flush = float(self.history_days), int(self.live_flush_bars)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"history_days and live_flush_bars must be numbers: {exc}") from exc
+        if not history_days > 0 or flush < 1:
+            raise ConfigError(f"history_days must be positive and live_flush_bars at least 1, got {history_days}"
+                              f" and {flush}")
+        return replace(self, root=Path(self.root).expanduser(), lock_timeout=lock_timeout,
+                       history_days=history_days, live_flush_bars=flush)

@@ -1,29 +1,38 @@
 """Serving: the latest feature vector per symbol from the online tier, and single point-in-time look-ups.
 
-The online tier holds, per feature-set version (``table_id`` = ``name@version``) and symbol, the latest row.
-Status and staleness follow the rules of :mod:`pitstore.pit`; the online TTL is the feature set's TTL, by
-default 5 minutes for intraday timeframes and 24 hours for daily and longer ones. When the online tier
-cannot be reached, reads are answered from the offline tier with status ``fallback``.
+The online tier holds, per feature-set version (``table_id`` = ``name@version``) and symbol, the latest row;
+the optional history tier (PostgreSQL) the last N days of rows; the offline tier everything. Status and
+staleness follow the rules of :mod:`pitstore.pit`; the online TTL is the feature set's TTL, by default 5
+minutes for intraday timeframes and 24 hours for daily and longer ones. When the online tier cannot be
+reached, reads are answered from the history tier, then the offline tier, with status ``fallback``; when the
+history tier cannot be reached, from the offline tier. A tier answers a look-up only when it holds every
+row that could be the answer, so the answer is the same whichever tier gives it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections import Counter
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import polars as pl
 
-from pitstore.catalog.base import Catalog
+from pitstore.cache.core import LOCK_DIR
+from pitstore.cache.lock import KeyLocks
+from pitstore.catalog.base import Catalog, FeatureEntry
 from pitstore.config import Settings
 from pitstore.errors import BackendUnavailableError, InvalidInputError
 from pitstore.features.registry import Registry
+from pitstore.history.recent import HistoryTier
 from pitstore.offline import EntryReader
 from pitstore.online import OnlineStore, open_online
+from pitstore.online.base import OnlineRow
 from pitstore.pit import is_available, is_stale
 from pitstore.reads import Selection, read_range, select
 from pitstore.timeutil import parse_timeframe
@@ -36,6 +45,8 @@ _RESOLVE_SECONDS = 1.0  # how long "set" (= latest version) stays resolved in a 
 _INTRADAY_TTL = timedelta(minutes=5)
 _DAILY_TTL = timedelta(hours=24)
 _MIN_EXPIRY = 7 * 86_400.0  # online keys expire (a memory bound only) no sooner than this, in seconds
+_FILL_LOCK_SECONDS = 30.0  # the longest one process may hold the lock that fills an online miss
+_NO_FILL_SECONDS = 1.0  # a symbol no tier has is not looked up again for this long
 
 
 class FeatureVector(NamedTuple):
@@ -54,6 +65,7 @@ class _Table:
     table_id: str
     ttl: timedelta  # online TTL
     index: tuple[int, ...]  # positions of sel.columns in the stored row (all columns of the version, in order)
+    columns: tuple[str, ...]  # all columns of the version, in order: what the online and history tiers store
 
 
 def _us(t: datetime) -> int:
@@ -67,16 +79,25 @@ def _dt(us: int) -> datetime:
 
 
 class Serving:
-    """The online tier of one store, and the reads that go through it."""
+    """The online and history tiers of one store, and the reads that go through them."""
 
     def __init__(self, settings: Settings, catalog: Catalog, registry: Registry, reader: EntryReader) -> None:
         options = {"namespace": settings.online_namespace} if settings.online_url.startswith("redis") else {}
         self.online: OnlineStore = open_online(settings.online_url, root=settings.root, **options)
+        self.history: HistoryTier | None = (
+            HistoryTier(settings.postgres_url, settings.history_days) if settings.postgres_url else None
+        )
         self.catalog = catalog
         self.registry = registry
         self.reader = reader
         self.requests: Counter[str] = Counter()  # symbols asked for, for warm(top=N)
+        self.fills = 0  # online misses filled from a lower tier (by this process)
         self._resolved: dict[Any, tuple[float, list[_Table]]] = {}
+        self._locks = KeyLocks(settings.root / LOCK_DIR / "online")
+        self._synced: dict[tuple[str, int], int] = {}  # (table, entry id) -> first ts in the history tier
+        self._no_fill: dict[tuple[str, str], float] = {}  # (table, symbol) -> monotonic time to retry a fill
+        # Live rows pushed in this process and not yet in the offline tier: table_id -> symbol -> [(ts, row)].
+        self.pending: dict[str, dict[str, list[tuple[int, tuple[float | None, ...]]]]] = {}
 
     # --- resolution ----------------------------------------------------------------------------------
 
@@ -93,32 +114,60 @@ class Serving:
             step = parse_timeframe(info.definition["timeframe"])
             ttl = sel.ttl or (_DAILY_TTL if step >= timedelta(days=1) else _INTRADAY_TTL)
             index = tuple(info.columns.index(c) for c in sel.columns)
-            out.append(_Table(sel, f"{sel.feature_set}@{sel.version}", ttl, index))
+            out.append(_Table(sel, f"{sel.feature_set}@{sel.version}", ttl, index, info.columns))
         self._resolved[key] = (now + _RESOLVE_SECONDS, out)
         return out
 
     # --- writes --------------------------------------------------------------------------------------
 
     def materialize(self, name: str, version: int, symbols: Sequence[str] | None) -> int:
-        """Copy the latest stored row of each symbol of ``name@version`` into the online tier."""
+        """Copy the latest stored row of each symbol of ``name@version`` into the online tier, and the
+        last ``history_days`` of rows into the history tier when one is configured."""
         table = self.tables(f"{name}@{version}")[0]
-        latest = self.latest_offline(table, symbols)
+        latest = self.latest_offline(table, symbols, all_columns=True)
         if latest.is_empty():
             return 0
-        cols = list(self.registry.get(name, version).columns)  # the whole version, in order: see _Table.index
-        ts = latest["ts"].dt.epoch("us").to_list()
-        values = latest.select(cols).rows()
-        rows = list(zip(latest["symbol"].to_list(), ts, values, strict=True))
-        expire = max(_MIN_EXPIRY, 4 * table.ttl.total_seconds())
-        return self.online.put_latest(table.table_id, cols, rows, expire_seconds=expire)
+        written = self.put_online(table, latest)
+        if self.history is not None:
+            self.history.sync(table.table_id, table.columns, self.catalog, self.reader, symbols)
+        return written
 
-    def latest_offline(self, table: _Table, symbols: Sequence[str] | None) -> pl.DataFrame:
+    def refresh(self, name: str, version: int, symbols: Sequence[str]) -> None:
+        """After ``symbols`` were recomputed (a restatement): rewrite their online rows, where there are some,
+        with the recomputed ones, and bring the history tier up to date."""
+        table = self.tables(f"{name}@{version}")[0]
+        try:
+            rows = self.online.get_latest(table.table_id, symbols)
+            present = [s for s, r in zip(symbols, rows, strict=True) if r is not None]
+            if present:
+                self.put_online(table, self.latest_offline(table, present, all_columns=True))
+        except BackendUnavailableError as exc:
+            log.warning("online tier unavailable (%s): rows of %s restated in %s not rewritten", exc, symbols,
+                        table.table_id)
+        if self.history is not None:
+            self.history.sync(table.table_id, table.columns, self.catalog, self.reader, symbols)
+
+    def expiry(self, table: _Table) -> float:
+        """Online keys expire (a memory bound only) after 4 TTLs, and no sooner than a week."""
+        return max(_MIN_EXPIRY, 4 * table.ttl.total_seconds())
+
+    def put_online(self, table: _Table, rows: pl.DataFrame) -> int:
+        """Write rows (symbol, ts, every column of the version) to the online tier; the newest per symbol wins."""
+        cols = list(table.columns)
+        ts = rows["ts"].dt.epoch("us").to_list()
+        values = rows.select(cols).rows()
+        triples = list(zip(rows["symbol"].to_list(), ts, values, strict=True))
+        return self.online.put_latest(table.table_id, cols, triples, expire_seconds=self.expiry(table))
+
+    def latest_offline(self, table: _Table, symbols: Sequence[str] | None, *,
+                       all_columns: bool = False) -> pl.DataFrame:
         """The last stored row per symbol (symbol, ts, columns), from the newest entry of each symbol."""
         entries = self.catalog.feature_entries(table.sel.feature_set, table.sel.version, symbols)
         last: dict[str, str] = {}
         for e in entries:  # ordered by symbol, then time: the last one of a symbol holds its newest row
             last[e.symbol] = e.path
-        df = self.reader.read(list(last.values()), ["symbol", "ts", *table.sel.columns])
+        cols = table.columns if all_columns else table.sel.columns
+        df = self.reader.read(list(last.values()), ["symbol", "ts", *cols])
         if df is None:
             return pl.DataFrame()
         return df.group_by("symbol", maintain_order=True).last()
@@ -134,61 +183,107 @@ class Serving:
         merged: list[FeatureVector] | None = None
         for table in tables:
             try:
-                got = self._from_online(table, symbols, now)
+                rows = self.online.get_latest(table.table_id, symbols)
+                if None in rows:
+                    rows = self._fill(table, symbols, rows)
+                got = [self._online_vector(table, s, r, now) for s, r in zip(symbols, rows, strict=True)]
             except BackendUnavailableError as exc:
-                log.warning("online tier unavailable (%s): serving %s from the offline tier", exc, table.table_id)
-                got = self._from_offline(table, symbols, now)
+                log.warning("online tier unavailable (%s): serving %s from lower tiers", exc, table.table_id)
+                got = self._fallback(table, symbols, now)
             merged = got if merged is None else [_merge(a, b) for a, b in zip(merged, got, strict=True)]
         assert merged is not None
         return merged
 
-    def _from_online(self, table: _Table, symbols: Sequence[str], now: int) -> list[FeatureVector]:
+    def _online_vector(self, table: _Table, symbol: str, row: OnlineRow | None, now: int,
+                       status: str = "ok") -> FeatureVector:
         names = table.sel.names
-        out = []
-        for symbol, row in zip(symbols, self.online.get_latest(table.table_id, symbols), strict=True):
-            if row is None:
-                out.append(FeatureVector(symbol, None, "missing", dict.fromkeys(names)))
-            elif is_stale(row.ts, now, table.ttl) or not is_available(row.ts, now, table.sel.availability_lag):
-                out.append(FeatureVector(symbol, _dt(row.ts), "stale", dict.fromkeys(names)))
-            else:
-                out.append(FeatureVector(symbol, _dt(row.ts), "ok",
-                                         {n: row.values[i] for n, i in zip(names, table.index, strict=True)}))
-        return out
+        if row is None:
+            return FeatureVector(symbol, None, "missing", dict.fromkeys(names))
+        if is_stale(row.ts, now, table.ttl) or not is_available(row.ts, now, table.sel.availability_lag):
+            return FeatureVector(symbol, _dt(row.ts), "stale", dict.fromkeys(names))
+        return FeatureVector(symbol, _dt(row.ts), status,
+                             {n: row.values[i] for n, i in zip(names, table.index, strict=True)})
 
-    def _from_offline(self, table: _Table, symbols: Sequence[str], now: int) -> list[FeatureVector]:
-        """As of now from the offline tier, with the as-of rule and the online TTL."""
-        latest = self.latest_offline(table, symbols)
-        by_symbol = {r["symbol"]: r for r in latest.iter_rows(named=True)} if not latest.is_empty() else {}
-        out = []
-        for symbol in symbols:
-            r = by_symbol.get(symbol)
-            if r is None:
-                out.append(FeatureVector(symbol, None, "missing", dict.fromkeys(table.sel.names)))
-                continue
-            ts = _us(r["ts"])
-            if is_stale(ts, now, table.ttl):
-                out.append(FeatureVector(symbol, r["ts"], "stale", dict.fromkeys(table.sel.names)))
-            else:
-                values = {n: r[c] for n, c in zip(table.sel.names, table.sel.columns, strict=True)}
-                out.append(FeatureVector(symbol, r["ts"], "fallback", values))
-        return out
+    def _fill(self, table: _Table, symbols: Sequence[str], rows: list[OnlineRow | None]) -> list[OnlineRow | None]:
+        """Online misses: load the symbols' latest rows from the lower tiers into the online tier, once across
+        processes (a Redis lock with Redis, a file lock otherwise); a symbol no tier has is retried after 1 s."""
+        now = time.monotonic()
+        wanted = [s for s, r in zip(symbols, rows, strict=True)
+                  if r is None and self._no_fill.get((table.table_id, s), 0.0) <= now]
+        if not wanted:
+            return rows
+        with self._lock(f"fill:{table.table_id}:{','.join(sorted(set(wanted)))}"):
+            again = dict(zip(wanted, self.online.get_latest(table.table_id, wanted), strict=True))
+            todo = [s for s, r in again.items() if r is None]
+            if todo:
+                latest = self.latest_offline(table, todo, all_columns=True)
+                if not latest.is_empty():
+                    self.fills += self.put_online(table, latest)
+                    again.update(zip(todo, self.online.get_latest(table.table_id, todo), strict=True))
+            for s in todo:
+                if again[s] is None:
+                    self._no_fill[(table.table_id, s)] = now + _NO_FILL_SECONDS
+        return [again.get(s, r) if r is None else r for s, r in zip(symbols, rows, strict=True)]
 
-    def get_features(self, symbol: str, as_of: datetime, features: str | Sequence[str]) -> FeatureVector:
+    def _lock(self, name: str) -> AbstractContextManager[Any]:
+        lock = getattr(self.online, "lock", None)
+        if lock is not None:  # a server-side lock: every process sharing this Redis
+            return cast(AbstractContextManager[Any], lock(name, timeout=_FILL_LOCK_SECONDS))
+        return self._locks.hold(hashlib.sha256(name.encode()).hexdigest()[:32], timeout=_FILL_LOCK_SECONDS)
+
+    def _fallback(self, table: _Table, symbols: Sequence[str], now: int) -> list[FeatureVector]:
+        """The online tier is unreachable: the history tier, then the offline tier, status ``fallback``."""
+        found: dict[str, OnlineRow] = {}
+        if self.history is not None:
+            try:
+                for s, h in zip(symbols, self.history.latest(table.table_id, symbols), strict=True):
+                    if h is not None:
+                        found[s] = OnlineRow(h[0], h[1])
+            except BackendUnavailableError as exc:
+                log.warning("history tier unavailable too (%s): serving %s from the offline tier", exc,
+                            table.table_id)
+        rest = [s for s in symbols if s not in found]
+        if rest:
+            latest = self.latest_offline(table, rest, all_columns=True)
+            cols = list(table.columns)
+            for r in latest.iter_rows(named=True) if not latest.is_empty() else []:
+                found[r["symbol"]] = OnlineRow(_us(r["ts"]), tuple(r[c] for c in cols))
+        for s in symbols:
+            for ts, values in self.pending.get(table.table_id, {}).get(s, [])[-1:]:
+                if s not in found or found[s].ts < ts:
+                    found[s] = OnlineRow(ts, values)
+        return [self._online_vector(table, s, found.get(s), now, "fallback") for s in symbols]
+
+    def get_features(self, symbol: str, as_of: datetime, features: str | Sequence[str], *,
+                     as_known_at: datetime | None = None) -> FeatureVector:
         """Features of ``symbol`` as of ``as_of`` (the as-of rule of DESIGN section 2, with the feature set's
-        own TTL): from the online tier when ``as_of`` is at or after the newest stored row, else offline."""
+        own TTL): from the online tier when ``as_of`` is at or after the newest stored row, from the history
+        tier inside its window, else from the offline tier. ``as_known_at`` replays what the store knew then
+        (the offline tier, which keeps every version)."""
         t = _us(as_of)
         self.requests[symbol] += 1
-        tables = self.tables(features)
         vectors = []
-        for table in tables:
-            vec = self._online_asof(table, symbol, t)
-            vectors.append(vec if vec is not None else self._offline_asof(table, symbol, as_of))
+        for table in self.tables(features):
+            vec = None
+            if as_known_at is None:
+                entries = self.catalog.feature_entries(table.sel.feature_set, table.sel.version, [symbol])
+                vec = self._online_asof(table, symbol, t, entries)
+                if vec is None:
+                    vec = self._history_asof(table, symbol, t, entries)
+            vectors.append(vec if vec is not None else self._offline_asof(table, symbol, as_of, as_known_at))
         out = vectors[0]
         for v in vectors[1:]:
             out = _merge(out, v)
         return out
 
-    def _online_asof(self, table: _Table, symbol: str, t: int) -> FeatureVector | None:
+    def _vector(self, table: _Table, symbol: str, ts: int, values: Sequence[float | None], t: int) -> FeatureVector:
+        names = table.sel.names
+        if is_stale(ts, t, table.sel.ttl):
+            return FeatureVector(symbol, _dt(ts), "stale", dict.fromkeys(names))
+        return FeatureVector(symbol, _dt(ts), "ok", {n: values[i] for n, i in zip(names, table.index, strict=True)})
+
+    def _online_asof(self, table: _Table, symbol: str, t: int,
+                     entries: Sequence[FeatureEntry]) -> FeatureVector | None:
         """The online row when it is the answer: available at ``t`` and as new as anything stored offline."""
         try:
             row = self.online.get_latest(table.table_id, [symbol])[0]
@@ -196,20 +291,50 @@ class Serving:
             return None
         if row is None or not is_available(row.ts, t, table.sel.availability_lag):
             return None
-        entries = self.catalog.feature_entries(table.sel.feature_set, table.sel.version, [symbol])
         if entries and entries[-1].last_ts > row.ts:
-            return None  # the online row is older than stored rows: not the latest, ask the offline tier
-        names = table.sel.names
-        if is_stale(row.ts, t, table.sel.ttl):
-            return FeatureVector(symbol, _dt(row.ts), "stale", dict.fromkeys(names))
-        return FeatureVector(symbol, _dt(row.ts), "ok",
-                             {n: row.values[i] for n, i in zip(names, table.index, strict=True)})
+            return None  # the online row is older than stored rows: not the latest, ask the lower tiers
+        return self._vector(table, symbol, row.ts, row.values, t)
 
-    def _offline_asof(self, table: _Table, symbol: str, as_of: datetime) -> FeatureVector:
-        """The as-of rule over the symbol's stored rows (see :mod:`pitstore.pit`)."""
+    def _history_asof(self, table: _Table, symbol: str, t: int,
+                      entries: Sequence[FeatureEntry]) -> FeatureVector | None:
+        """The history tier's answer when it holds every row that could be it: nothing stored offline after
+        the row it found and up to ``t`` (it may have missed a backfill that ran after its last sync)."""
+        if self.history is None:
+            return None
+        lag = table.sel.availability_lag // timedelta(microseconds=1)
+        try:
+            row = self.history.asof(table.table_id, symbol, t, lag)
+        except BackendUnavailableError as exc:
+            log.warning("history tier unavailable (%s): serving %s from the offline tier", exc, table.table_id)
+            return None
+        if row is None:
+            return None
+        if not self._history_complete(table.table_id, entries, row[0], t - lag):
+            return None
+        return self._vector(table, symbol, row[0], row[1], t)
+
+    def _history_complete(self, table_id: str, entries: Sequence[FeatureEntry], found: int, bound: int) -> bool:
+        """Whether every stored row in (found, bound] is in the history tier: each offline entry with rows
+        there was synced from a ts no later than its first row there."""
+        overlapping = [e for e in entries if e.last_ts > found and e.first_ts <= bound]
+        unknown = [e.id for e in overlapping if (table_id, e.id) not in self._synced]
+        if unknown:
+            for i, from_ts in self.catalog.history_synced(table_id, unknown).items():
+                self._synced[(table_id, i)] = from_ts  # entries are immutable: a mark never goes stale
+        return all(self._synced.get((table_id, e.id), e.last_ts + 1) <= max(found + 1, e.first_ts)
+                   for e in overlapping)
+
+    def _offline_asof(self, table: _Table, symbol: str, as_of: datetime,
+                      as_known_at: datetime | None = None) -> FeatureVector:
+        """The as-of rule over the symbol's stored rows (see :mod:`pitstore.pit`), and live rows not yet stored."""
         names = table.sel.names
-        rows = read_range(self.reader, self.catalog, self.registry, table.table_id, [symbol], None,
-                          as_of - table.sel.availability_lag, None)
+        bound = as_of - table.sel.availability_lag
+        if as_known_at is None:
+            live = [r for r in self.pending.get(table.table_id, {}).get(symbol, []) if r[0] <= _us(bound)]
+            if live:
+                return self._vector(table, symbol, live[-1][0], live[-1][1], _us(as_of))
+        rows = read_range(self.reader, self.catalog, self.registry, table.table_id, [symbol], None, bound,
+                          as_known_at)
         if rows.is_empty():
             return FeatureVector(symbol, None, "missing", dict.fromkeys(names))
         last = rows.row(-1, named=True)
@@ -219,6 +344,8 @@ class Serving:
 
     def close(self) -> None:
         self.online.close()
+        if self.history is not None:
+            self.history.close()
 
 
 _RANK = {"ok": 0, "fallback": 1, "stale": 2, "missing": 3}

@@ -21,6 +21,7 @@ from pitstore.errors import InvalidInputError, NotFoundError
 from pitstore.features.base import FeatureSet
 from pitstore.features.registry import FeatureRef, Registry, VersionInfo
 from pitstore.frames import FrameKind, frame_kind, from_polars
+from pitstore.live.engine import LiveEngine, PushReport
 from pitstore.offline import EntryReader, read_entries
 from pitstore.serving import FeatureVector, Serving
 
@@ -44,6 +45,8 @@ class Store:
         self.reader = EntryReader(settings.root)
         self.cache = ComputeCache(settings.root, self.catalog)
         self._serving: Serving | None = None
+        self._live: LiveEngine | None = None
+        self._defined: dict[str, tuple[FeatureSet, int]] = {}  # feature sets registered by this process
 
     @classmethod
     def open(cls, path: str | os.PathLike[str] | None = None, **settings: Any) -> Store:
@@ -58,7 +61,9 @@ class Store:
 
     def register(self, feature_set: FeatureSet) -> int:
         """Register a feature set; returns its version (unchanged when the definition is already known)."""
-        return self.registry.register(feature_set)
+        version = self.registry.register(feature_set)
+        self._defined[feature_set.name] = (feature_set, version)
+        return version
 
     def versions(self, name: str) -> list[VersionInfo]:
         """Every registered version of a feature set, oldest first."""
@@ -91,10 +96,14 @@ class Store:
         (values are still computed from the full history). ``progress`` is called with 1 per symbol done.
         """
         version = self.register(feature_set)
-        return _backfill.backfill(
+        report = _backfill.backfill(
             self.root, self.catalog, feature_set, version, symbols=_symbols(symbols),
             start=_aware(start, "start"), end=_aware(end, "end"), progress=progress,
         )
+        if report.full and (self._serving is not None or self.settings.postgres_url):
+            # Recomputed symbols (restatements): the serving tiers must not keep serving the old values.
+            self.serving.refresh(feature_set.name, version, report.full)
+        return report
 
     def get_historical(
         self,
@@ -218,11 +227,46 @@ class Store:
         )
         return from_polars(df, output)
 
-    def get_features(self, symbol: str, as_of: datetime, names: str | Sequence[str]) -> FeatureVector:
+    def get_features(self, symbol: str, as_of: datetime, names: str | Sequence[str], *,
+                     as_known_at: datetime | None = None) -> FeatureVector:
         """The features of ``symbol`` as of ``as_of`` (DESIGN section 2): one point-in-time look-up, the shape a
-        backtest calls in a loop. Served online when ``as_of`` is at or after the newest stored row, else
-        from the offline tier; the answer is the same either way."""
-        return self.serving.get_features(symbol, as_of, names)
+        backtest calls in a loop. Served online when ``as_of`` is at or after the newest stored row, from the
+        history tier (PostgreSQL) inside its window, else from the offline tier; the answer is the same
+        whichever tier gives it. ``as_known_at`` replays what the store knew then."""
+        return self.serving.get_features(symbol, _aware(as_of, "as_of") or as_of, names,
+                                         as_known_at=_aware(as_known_at, "as_known_at"))
+
+    # --- live ----------------------------------------------------------------------------------------
+
+    @property
+    def live(self) -> LiveEngine:
+        if self._live is None:
+            self._live = LiveEngine(self.root, self.catalog, self.serving, self.settings.live_flush_bars)
+        return self._live
+
+    def push(self, bars: Any, feature_sets: FeatureSet | Sequence[FeatureSet] | None = None) -> PushReport:
+        """Live bars (one or more, any symbols): validated, their feature rows computed incrementally (equal to
+        a batch backfill of the same bars, bit for bit), written to the online and history tiers at once and
+        to the offline tier in batches (see :meth:`flush`); ``report.rows`` has them per ``name@version``.
+
+        ``feature_sets``: the sets to compute, from now on (default: every set this process registered or
+        backfilled). A bar at or before the latest of its symbol is a restatement, recomputed through the
+        offline tier, never overwriting newer online values; one identical to the latest is skipped.
+        """
+        chosen = [feature_sets] if isinstance(feature_sets, FeatureSet) else list(feature_sets or [])
+        for fs in chosen:
+            self.register(fs)
+        sets = [self._defined[fs.name] for fs in chosen] if chosen else list(self._defined.values())
+        if not sets:
+            raise InvalidInputError("push needs feature sets: pass feature_sets= or register() them in this process"
+                                    " (definitions with Python code cannot be rebuilt from the catalog)")
+        for fs, version in sets:
+            self.live.add(fs, version)
+        return self.live.push(bars)
+
+    def flush(self) -> int:
+        """Write pushed bars still buffered to the offline tier now (also done by :meth:`close`)."""
+        return self._live.flush() if self._live is not None else 0
 
     def warm(self, symbols: Sequence[str] | str | None = None, *, top: int | None = None) -> int:
         """Load the latest vectors of ``symbols`` (or of the ``top`` most requested ones, or all) of every
@@ -268,6 +312,8 @@ class Store:
                 "cache": self.cache.stats()}
 
     def close(self) -> None:
+        if self._live is not None:
+            self._live.flush()
         if self._serving is not None:
             self._flush_requests()
             self._serving.close()

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
-__all__ = ["BarEntry", "CacheEntry", "CacheStatsRow", "Catalog", "FeatureEntry", "VersionRow"]
+__all__ = ["BarEntry", "CacheEntry", "CacheStatsRow", "Catalog", "FeatureEntry", "HistoryArchive", "VersionRow"]
 
 
 class BarEntry(NamedTuple):
@@ -57,6 +57,22 @@ class CacheEntry(NamedTuple):
     created_at: int  # µs UTC
     last_access: int
     hits: int
+
+
+class HistoryArchive(NamedTuple):
+    """Rows moved out of the PostgreSQL history tier by one tiering run, for one table: one immutable Parquet file
+    of every version (symbol, ts, recorded_at, values) with ``ts < cutoff`` that was not archived before."""
+
+    id: int
+    table_id: str  # "feature_set@version" of the history tier
+    path: str  # relative to the store root
+    n_rows: int
+    first_ts: int  # smallest and greatest ts in the file, µs UTC
+    last_ts: int
+    cutoff: int  # the run archived rows with ts < cutoff
+    size: int  # bytes of the file
+    file_hash: str  # xxh3-128 of the file's bytes
+    recorded_at: int  # when the catalog row was committed, µs UTC
 
 
 class CacheStatsRow(NamedTuple):
@@ -148,7 +164,25 @@ class Catalog(Protocol):
         """Counters per symbol."""
         ...
 
+    # --- history archives ------------------------------------------------------------------------------
+
+    def commit_history_archive(self, entry: HistoryArchive) -> HistoryArchive:
+        """Record an archive file (already published); returns it with its id and ``recorded_at`` set."""
+        ...
+
+    def history_archives(self, table_id: str | None = None) -> list[HistoryArchive]:
+        """Archives of ``table_id`` (all when None), by table, then first_ts, then id."""
+        ...
+
     # --- online requests -------------------------------------------------------------------------------
+
+    def history_synced(self, table_id: str, entry_ids: Sequence[int]) -> dict[int, int]:
+        """Of ``entry_ids``, those whose rows are in the history tier: entry id -> first ts synced."""
+        ...
+
+    def mark_history_synced(self, table_id: str, marks: dict[int, int]) -> None:
+        """Record entries (id -> first ts synced) as copied into the history tier."""
+        ...
 
     def add_requests(self, counts: dict[str, int]) -> None:
         """Add to the count of online reads per symbol."""
@@ -161,7 +195,8 @@ class Catalog(Protocol):
     # --- housekeeping ----------------------------------------------------------------------------------
 
     def referenced_paths(self) -> set[str]:
-        """Every file path any catalog row refers to (bars, features, cache; live or superseded)."""
+        """Every file path any catalog row refers to (bars, features, cache, history archives; live or
+        superseded)."""
         ...
 
     def drop_rows(self, table: str, ids: Sequence[int]) -> int:

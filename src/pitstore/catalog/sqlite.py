@@ -9,8 +9,9 @@ from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import cast
 
-from pitstore.catalog.base import BarEntry, CacheEntry, CacheStatsRow, FeatureEntry, VersionRow
+from pitstore.catalog.base import BarEntry, CacheEntry, CacheStatsRow, FeatureEntry, HistoryArchive, VersionRow
 from pitstore.errors import BackendError, ConflictError
 from pitstore.sqlite_wal import immediate, switch_to_wal
 
@@ -83,6 +84,28 @@ CREATE TABLE IF NOT EXISTS cache_stats (
     hash_bytes      INTEGER NOT NULL DEFAULT 0,
     corruptions     INTEGER NOT NULL DEFAULT 0
 );
+-- Files of rows moved out of the PostgreSQL history tier (pitstore.tiering); never superseded: each holds
+-- versions no other archive holds, so all of them together are the tiered history.
+CREATE TABLE IF NOT EXISTS history_archives (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    table_id    TEXT    NOT NULL,
+    path        TEXT    NOT NULL,
+    n_rows      INTEGER NOT NULL,
+    first_ts    INTEGER NOT NULL,
+    last_ts     INTEGER NOT NULL,
+    cutoff      INTEGER NOT NULL,
+    size        INTEGER NOT NULL,
+    file_hash   TEXT    NOT NULL,
+    recorded_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS history_archives_table ON history_archives (table_id, first_ts);
+-- Feature entries whose rows from from_ts on are in the PostgreSQL history tier (pitstore.history.recent).
+CREATE TABLE IF NOT EXISTS history_synced (
+    table_id TEXT    NOT NULL,
+    entry_id INTEGER NOT NULL,
+    from_ts  INTEGER NOT NULL,
+    PRIMARY KEY (table_id, entry_id)
+);
 CREATE TABLE IF NOT EXISTS online_requests (  -- how often each symbol was read online: warm(top=N)
     symbol   TEXT    PRIMARY KEY,
     requests INTEGER NOT NULL
@@ -95,6 +118,7 @@ _FEATURE_COLS = ("id, feature_set, version, symbol, path, n_rows, first_ts, last
                  "recorded_at, superseded_at")
 _CACHE_COLS = ("key, symbol, path, size, file_hash, kind, n_rows, first_ts, last_ts, compute_seconds, created_at,"
                " last_access, hits")
+_ARCHIVE_COLS = "id, table_id, path, n_rows, first_ts, last_ts, cutoff, size, file_hash, recorded_at"
 _VISIBLE = "recorded_at <= :t AND (superseded_at IS NULL OR superseded_at > :t)"
 _FAR_FUTURE = 2**62
 
@@ -296,6 +320,42 @@ class SqliteCatalog:
     def cache_stats(self) -> list[CacheStatsRow]:
         return [CacheStatsRow(*r) for r in self._read("SELECT * FROM cache_stats ORDER BY symbol")]  # type: ignore[arg-type]
 
+    # --- history archives ------------------------------------------------------------------------------
+
+    def commit_history_archive(self, entry: HistoryArchive) -> HistoryArchive:
+        t = now_us()
+        with self._write(f"record history archive of {entry.table_id!r}") as cur:
+            cur.execute(
+                "INSERT INTO history_archives (table_id, path, n_rows, first_ts, last_ts, cutoff, size, file_hash,"
+                " recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (entry.table_id, entry.path, entry.n_rows, entry.first_ts, entry.last_ts, entry.cutoff, entry.size,
+                 entry.file_hash, t),
+            )
+            new_id = cur.lastrowid
+        assert new_id is not None
+        return entry._replace(id=new_id, recorded_at=t)
+
+    def history_archives(self, table_id: str | None = None) -> list[HistoryArchive]:
+        rows = self._read(f"SELECT {_ARCHIVE_COLS} FROM history_archives WHERE (:t IS NULL OR table_id = :t)"
+                          " ORDER BY table_id, first_ts, id", {"t": table_id})
+        return [HistoryArchive(*r) for r in rows]  # type: ignore[arg-type]
+
+    # --- history tier sync markers -------------------------------------------------------------------
+
+    def history_synced(self, table_id: str, entry_ids: Sequence[int]) -> dict[int, int]:
+        if not entry_ids:
+            return {}
+        marks = ",".join("?" * len(entry_ids))
+        rows = self._read(f"SELECT entry_id, from_ts FROM history_synced WHERE table_id = ? AND entry_id IN ({marks})",
+                          (table_id, *entry_ids))
+        return {int(cast(int, r[0])): int(cast(int, r[1])) for r in rows}
+
+    def mark_history_synced(self, table_id: str, marks: dict[int, int]) -> None:
+        with self._write(f"mark history sync of {table_id!r}") as cur:
+            cur.executemany("INSERT INTO history_synced (table_id, entry_id, from_ts) VALUES (?, ?, ?)"
+                            " ON CONFLICT (table_id, entry_id) DO UPDATE SET from_ts = min(from_ts, excluded.from_ts)",
+                            [(table_id, i, t) for i, t in marks.items()])
+
     # --- online requests -------------------------------------------------------------------------------
 
     def add_requests(self, counts: dict[str, int]) -> None:
@@ -311,7 +371,7 @@ class SqliteCatalog:
 
     def referenced_paths(self) -> set[str]:
         rows = self._read("SELECT path FROM bar_entries UNION ALL SELECT path FROM feature_entries"
-                          " UNION ALL SELECT path FROM cache_entries")
+                          " UNION ALL SELECT path FROM cache_entries UNION ALL SELECT path FROM history_archives")
         return {str(r[0]) for r in rows}
 
     def drop_rows(self, table: str, ids: Sequence[int]) -> int:

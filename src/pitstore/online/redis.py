@@ -16,12 +16,14 @@ import re
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import TypeVar, cast
 
 import redis
 from redis.backoff import NoBackoff
+from redis.exceptions import LockError
 from redis.retry import Retry
 
 from pitstore.errors import (
@@ -323,6 +325,24 @@ class RedisOnlineStore:
             return deleted
 
         return self._run(f"delete rows of {table_id!r}", run, for_read=False)  # queued writes go first, or fail
+
+    @contextmanager
+    def lock(self, name: str, *, timeout: float) -> Iterator[None]:
+        """Hold a lock shared by every process using this Redis (redis-py's token lock, expiring after
+        ``timeout`` seconds so a killed holder cannot block the others for longer)."""
+        key = f"{self._namespace}:lock:{name}"
+        lock = self._client.lock(key, timeout=timeout, blocking_timeout=timeout, sleep=0.005)
+        try:
+            acquired = lock.acquire()
+        except redis.RedisError as exc:
+            raise self._trip(exc) from exc
+        if not acquired:
+            raise BackendUnavailableError(f"{self._where}: lock {name!r} not acquired within {timeout} s")
+        try:
+            yield
+        finally:
+            with suppress(redis.RedisError, LockError):  # expired or Redis gone: the key expires on its own
+                lock.release()
 
     def ping(self) -> None:
         """Reach Redis (even while the breaker is open) and flush queued writes."""

@@ -1,0 +1,121 @@
+"""The history tier as the store uses it: the last N days of feature rows in PostgreSQL, kept in step with the
+offline tier, and never a reason for a request to fail.
+
+* ``sync`` copies the rows of the offline entries inside the window, each entry with its catalog
+  ``recorded_at`` as the version's ``recorded_at``: re-syncing is idempotent and a restated entry becomes a
+  new version, as in the offline tier. Entries synced are marked in the catalog, which is how a reader knows
+  the history tier holds every row that could answer a look-up.
+* Writes while PostgreSQL is unreachable are queued (bounded) and replayed, in order, by the next call.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Sequence
+from datetime import timedelta
+
+import polars as pl
+
+from pitstore.catalog.base import Catalog
+from pitstore.errors import BackendUnavailableError
+from pitstore.history.postgres import AsofRow, PostgresHistory
+from pitstore.offline import EntryReader
+
+__all__ = ["HistoryTier"]
+
+log = logging.getLogger("pitstore.history")
+
+_MAX_QUEUED_ROWS = 1_000_000  # rows kept for replay while PostgreSQL is down; beyond, writes raise
+
+
+class HistoryTier:
+    """Recent feature rows per table (``feature_set@version``) in PostgreSQL."""
+
+    def __init__(self, url: str, days: float, *, schema: str = "pitstore") -> None:
+        self.db = PostgresHistory(url, schema=schema)
+        self.window = timedelta(days=days)
+        self._migrated = False
+        self._lock = threading.Lock()
+        self._queue: deque[tuple[str, tuple[str, ...], pl.DataFrame, int | None, dict[int, int]]] = deque()
+        self._queued_rows = 0
+        self.dropped = 0  # rows a full queue refused: until a re-sync, some rows may be missing here
+
+    def _ready(self) -> PostgresHistory:
+        if not self._migrated:
+            self.db.migrate()
+            self._migrated = True
+        return self.db
+
+    # --- writes -------------------------------------------------------------------------------------------
+
+    def write(self, table_id: str, columns: Sequence[str], rows: pl.DataFrame, *, recorded_at: int | None = None,
+              catalog: Catalog | None = None, marks: dict[int, int] | None = None) -> int:
+        """Store ``rows`` (symbol, ts, columns) as versions recorded at ``recorded_at`` (default: now); when
+        PostgreSQL is unreachable they are queued and written by a later call. ``marks`` (entry id -> first ts)
+        are recorded in ``catalog`` as synced once written. Returns the rows written now."""
+        with self._lock:
+            self._queue.append((table_id, tuple(columns), rows, recorded_at, dict(marks or {})))
+            self._queued_rows += rows.height
+            return self._drain(catalog)
+
+    def _drain(self, catalog: Catalog | None) -> int:
+        written = 0
+        try:
+            db = self._ready()
+            while self._queue:
+                table_id, cols, rows, recorded_at, synced = self._queue[0]
+                written += db.write(table_id, cols, rows, recorded_at=recorded_at)
+                self._queue.popleft()
+                self._queued_rows -= rows.height
+                if synced and catalog is not None:
+                    catalog.mark_history_synced(table_id, synced)
+        except BackendUnavailableError as exc:
+            if self._queued_rows > _MAX_QUEUED_ROWS:
+                dropped = self._queue.pop()
+                self._queued_rows -= dropped[2].height
+                self.dropped += dropped[2].height
+                raise BackendUnavailableError(
+                    f"{exc}; the history write queue is full ({_MAX_QUEUED_ROWS} rows): {dropped[2].height} rows"
+                    " of the latest write were not accepted"
+                ) from exc
+            log.warning("history tier unavailable (%s): %d rows queued for retry", exc, self._queued_rows)
+        return written
+
+    def pending(self) -> int:
+        """Rows queued for a retry."""
+        return self._queued_rows
+
+    def sync(self, table_id: str, columns: Sequence[str], catalog: Catalog, reader: EntryReader,
+             symbols: Sequence[str] | None) -> int:
+        """Copy the rows inside the window of every offline entry not yet synced; returns rows written."""
+        name, _, version = table_id.rpartition("@")
+        entries = catalog.feature_entries(name, int(version), symbols)
+        if not entries:
+            return 0
+        cutoff = max(e.last_ts for e in entries) - self.window // timedelta(microseconds=1)
+        todo = [e for e in entries if e.last_ts >= cutoff]
+        done = catalog.history_synced(table_id, [e.id for e in todo])
+        written = 0
+        for e in todo:
+            if done.get(e.id, e.last_ts + 1) <= max(cutoff, e.first_ts):
+                continue
+            df = reader.read([e.path], ["symbol", "ts", *columns])
+            if df is None:
+                continue
+            df = df.filter(pl.col("ts").dt.epoch("us") >= cutoff)
+            written += self.write(table_id, columns, df, recorded_at=e.recorded_at, catalog=catalog,
+                                  marks={e.id: max(cutoff, e.first_ts)})
+        return written
+
+    # --- reads --------------------------------------------------------------------------------------------
+
+    def asof(self, table_id: str, symbol: str, t: int, lag: int) -> AsofRow | None:
+        return self._ready().asof(table_id, symbol, t, lag=lag)
+
+    def latest(self, table_id: str, symbols: Sequence[str]) -> list[AsofRow | None]:
+        return self._ready().latest(table_id, symbols)
+
+    def close(self) -> None:
+        self.db.close()

@@ -1,0 +1,236 @@
+"""Live bars: ``push`` computes the new feature rows incrementally and serves them at once.
+
+Per symbol and feature set, steppers (:mod:`pitstore.live.steppers`) are primed once from the stored bars and
+then fed each pushed bar: the rows equal a batch backfill of the same bars bit for bit. New rows go to the
+online tier and the history tier at once; the bars go to the offline tier in batches (``flush``: ingest, then
+an incremental backfill, which computes the same values). Until then this process answers look-ups of those
+rows from memory.
+
+A bar dated at or before the latest known bar of its symbol is a duplicate when it is identical to it, else
+a restatement: buffered bars are flushed, the restated bars are ingested (recorded as a restatement), the
+symbol is recomputed by the offline tier, and its steppers are primed again. The online row is rewritten
+only with the recomputed row of the same (latest) ts, never with an older one.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from pitstore import backfill as _backfill
+from pitstore import ingest as _ingest
+from pitstore.bars import BAR_COLUMNS, symbol_runs, validate_bars
+from pitstore.catalog.base import Catalog
+from pitstore.errors import BackendUnavailableError
+from pitstore.features.base import FeatureSet
+from pitstore.live.steppers import Stepper, stepper_for
+from pitstore.offline import read_entries
+from pitstore.reads import read_range
+from pitstore.serving import Serving
+
+__all__ = ["LiveEngine", "PushReport"]
+
+log = logging.getLogger("pitstore.live")
+
+Row = tuple[str, int, tuple[float | None, ...]]
+
+
+@dataclass
+class PushReport:
+    """What a push did. ``rows``: per table (``name@version``) the new or recomputed feature rows."""
+
+    rows: dict[str, pl.DataFrame] = field(default_factory=dict)
+    bars: int = 0  # new bars computed
+    duplicates: int = 0  # bars identical to the latest known one of their symbol, skipped
+    restated: dict[str, int] = field(default_factory=dict)  # symbol -> bars changed (recomputed offline)
+    pending_offline: int = 0  # pushed bars not yet written to the offline tier
+
+
+@dataclass
+class _Symbol:
+    last_ts: int | None
+    last_bar: tuple[Any, ...] | None
+    steppers: dict[str, list[Stepper]]
+
+
+class LiveEngine:
+    """The live state of one store in one process."""
+
+    def __init__(self, root: Path, catalog: Catalog, serving: Serving, flush_bars: int) -> None:
+        self.root = root
+        self.catalog = catalog
+        self.serving = serving
+        self.flush_bars = flush_bars
+        self.sets: dict[str, tuple[FeatureSet, int]] = {}  # table_id -> (feature set, version)
+        self._symbols: dict[str, _Symbol] = {}
+        self._buffer: list[pl.DataFrame] = []
+        self._buffered = 0
+
+    def add(self, feature_set: FeatureSet, version: int) -> None:
+        """Compute ``feature_set`` (registered as ``version``) on pushes from now on."""
+        table_id = f"{feature_set.name}@{version}"
+        if table_id in self.sets:
+            return
+        self.flush()
+        self.sets = {k: v for k, v in self.sets.items() if v[0].name != feature_set.name}
+        self.sets[table_id] = (feature_set, version)
+        self._symbols.clear()  # primed again, with the new set's steppers
+
+    # --- push ---------------------------------------------------------------------------------------------
+
+    def push(self, bars: Any) -> PushReport:
+        df = validate_bars(bars).select(BAR_COLUMNS)
+        report = PushReport()
+        if df.height == 0:
+            return report
+        names, starts, ends = symbol_runs(df["symbol"])
+        self._prime([s for s in names if s not in self._symbols])
+        rows: dict[str, list[Row]] = {t: [] for t in self.sets}
+        accepted: list[pl.DataFrame] = []
+        restated: list[pl.DataFrame] = []
+        for symbol, a, b in zip(names, starts.tolist(), ends.tolist(), strict=True):
+            part = df.slice(a, b - a)
+            state = self._symbols[symbol]
+            if state.last_ts is not None and part["ts"].dt.epoch("us")[0] <= state.last_ts:
+                part = self._drop_duplicate(part, state, report)
+                if part.height and part["ts"].dt.epoch("us")[0] <= state.last_ts:
+                    restated.append(part)
+                    continue
+            if part.height:
+                self._step(symbol, part, state, rows)
+                accepted.append(part)
+                report.bars += part.height
+        if accepted:
+            self._serve(rows, report)
+            self._buffer.extend(accepted)
+            self._buffered += sum(p.height for p in accepted)
+        if restated:
+            self._restate(pl.concat(restated), report)
+        if self._buffered >= self.flush_bars:
+            self.flush()
+        report.pending_offline = self._buffered
+        return report
+
+    def _drop_duplicate(self, part: pl.DataFrame, state: _Symbol, report: PushReport) -> pl.DataFrame:
+        """Drop a leading bar identical to the latest known one (a feed re-sending it)."""
+        first = part.row(0)
+        if part["ts"].dt.epoch("us")[0] == state.last_ts and first[1:] == state.last_bar:
+            report.duplicates += 1
+            return part.slice(1)
+        return part
+
+    def _step(self, symbol: str, part: pl.DataFrame, state: _Symbol, rows: dict[str, list[Row]]) -> None:
+        ts = part["ts"].dt.epoch("us").to_list()
+        for bar, t in zip(part.iter_rows(named=True), ts, strict=True):
+            for table_id, steppers in state.steppers.items():
+                values: list[float | None] = []
+                for s in steppers:
+                    values.extend(None if math.isnan(v) else v for v in s.step(bar))
+                rows[table_id].append((symbol, t, tuple(values)))
+        state.last_ts = ts[-1]
+        state.last_bar = part.row(-1)[1:]
+
+    def _serve(self, rows: dict[str, list[Row]], report: PushReport) -> None:
+        for table_id, new in rows.items():
+            if not new:
+                continue
+            table = self.serving.tables(table_id)[0]
+            frame = _frame(new, table.columns)
+            report.rows[table_id] = frame
+            self.serving.online.put_latest(table_id, list(table.columns), new,
+                                           expire_seconds=self.serving.expiry(table))
+            pending = self.serving.pending.setdefault(table_id, {})
+            for symbol, t, values in new:
+                pending.setdefault(symbol, []).append((t, values))
+            if self.serving.history is not None:
+                try:
+                    self.serving.history.write(table_id, table.columns, frame)
+                except BackendUnavailableError as exc:
+                    log.warning("history write of %s refused: %s", table_id, exc)
+
+    def _restate(self, bars: pl.DataFrame, report: PushReport) -> None:
+        """Restated bars: through the offline tier, as an ingest and a backfill would do it."""
+        self.flush()
+        ingested = _ingest.ingest(self.root, self.catalog, bars)
+        symbols = sorted(set(bars["symbol"].to_list()))
+        report.restated.update(ingested.restated)
+        for s in symbols:
+            self._symbols.pop(s, None)
+        first = bars.group_by("symbol").agg(pl.col("ts").min())
+        for table_id, (fs, version) in self.sets.items():
+            _backfill.backfill(self.root, self.catalog, fs, version, symbols=symbols)
+            self.serving.refresh(fs.name, version, symbols)
+            table = self.serving.tables(table_id)[0]
+            changed = read_range(self.serving.reader, self.catalog, self.serving.registry, table_id, symbols,
+                                 None, None, None)
+            changed = changed.join(first, on="symbol", suffix="_from").filter(pl.col("ts") >= pl.col("ts_from"))
+            frame = changed.select("symbol", "ts", *table.columns)
+            report.rows[table_id] = pl.concat([report.rows[table_id], frame]) if table_id in report.rows else frame
+
+    # --- state --------------------------------------------------------------------------------------------
+
+    def _prime(self, symbols: Sequence[str]) -> None:
+        """Steppers of ``symbols`` fed with their stored bars (one read for all of them)."""
+        if not symbols:
+            return
+        entries = self.catalog.live_bars(symbols)
+        stored = read_entries(self.root, [e.path for e in entries]) if entries else None
+        parts: dict[str, pl.DataFrame] = {}
+        if stored is not None and stored.height:
+            names, starts, ends = symbol_runs(stored["symbol"])
+            parts = {n: stored.slice(a, b - a) for n, a, b in zip(names, starts.tolist(), ends.tolist(), strict=True)}
+        for symbol in symbols:
+            history = parts.get(symbol)
+            steppers: dict[str, list[Stepper]] = {}
+            for table_id, (fs, _) in self.sets.items():
+                steppers[table_id] = [stepper_for(f) for f in fs.features]
+                if history is not None:
+                    for s in steppers[table_id]:
+                        s.prime(history)
+            if history is None or history.height == 0:
+                self._symbols[symbol] = _Symbol(None, None, steppers)
+            else:
+                last = history.select(BAR_COLUMNS).row(-1)
+                self._symbols[symbol] = _Symbol(int(history["ts"].dt.epoch("us")[-1]), last[1:], steppers)
+
+    # --- the offline tier ---------------------------------------------------------------------------------
+
+    def flush(self) -> int:
+        """Write buffered bars to the offline tier (ingest, then an incremental backfill of every live set);
+        returns the bars written."""
+        if not self._buffer:
+            return 0
+        bars = pl.concat(self._buffer)
+        symbols = sorted(set(bars["symbol"].to_list()))
+        _ingest.ingest(self.root, self.catalog, bars)
+        history = self.serving.history
+        for table_id, (fs, version) in self.sets.items():
+            before = {e.id for e in self.catalog.feature_entries(fs.name, version, symbols)}
+            _backfill.backfill(self.root, self.catalog, fs, version, symbols=symbols)
+            if history is not None and history.pending() == 0 and history.dropped == 0:
+                # The new entries hold the rows this process pushed, all of them written to the history tier.
+                new = {e.id: e.first_ts for e in self.catalog.feature_entries(fs.name, version, symbols)
+                       if e.id not in before}
+                if new:
+                    self.catalog.mark_history_synced(table_id, new)
+            pending = self.serving.pending.get(table_id, {})
+            for s in symbols:
+                pending.pop(s, None)
+        n = bars.height
+        self._buffer, self._buffered = [], 0
+        return n
+
+
+def _frame(rows: list[Row], columns: Sequence[str]) -> pl.DataFrame:
+    symbols, ts, values = zip(*rows, strict=True)
+    data: dict[str, Any] = {"symbol": list(symbols), "ts": list(ts)}
+    for i, c in enumerate(columns):
+        data[c] = [v[i] for v in values]
+    return pl.DataFrame(data, schema={"symbol": pl.String, "ts": pl.Int64, **dict.fromkeys(columns, pl.Float64)}
+                        ).with_columns(pl.col("ts").cast(pl.Datetime("us", "UTC")))
