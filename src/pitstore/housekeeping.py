@@ -24,12 +24,14 @@ from pitstore.atomic import TMP_SUFFIX
 from pitstore.cache.core import CACHE_DIR, LOCK_DIR, ComputeCache
 from pitstore.catalog.base import Catalog
 from pitstore.catalog.sqlite import now_us
+from pitstore.datahash import file_hash
 from pitstore.errors import CacheCorruptionError, InvalidInputError
 from pitstore.offline import content_hash
 
 __all__ = ["GcReport", "VerifyReport", "gc", "verify"]
 
-DATA_DIRS = ("bars", "features", CACHE_DIR)  # everything pitstore writes under the root, besides the catalog
+# Everything pitstore writes under the root, besides the catalog ("history": pitstore.tiering's archives).
+DATA_DIRS = ("bars", "features", CACHE_DIR, "history")
 ORPHAN_GRACE_SECONDS = 3600.0  # an unreferenced offline file younger than this may be one being committed
 
 
@@ -177,8 +179,8 @@ def gc(
 
 
 def verify(root: Path, catalog: Catalog, cache: ComputeCache) -> VerifyReport:
-    """Check every entry: its file exists and matches the catalog (cache: size and xxh3-128 of the bytes;
-    bar snapshots: row count and content hash; feature entries: row count)."""
+    """Check every entry: its file exists and matches the catalog (cache and history archives: size and
+    xxh3-128 of the bytes; bar snapshots: row count and content hash; feature entries: row count)."""
     report = VerifyReport()
 
     def problem(kind: str, path: str, what: str) -> None:
@@ -210,5 +212,21 @@ def verify(root: Path, catalog: Catalog, cache: ComputeCache) -> VerifyReport:
             continue
         if rows != feat.n_rows:
             problem("features", feat.path, f"{rows} rows, the catalog says {feat.n_rows}")
+    for archive in catalog.history_archives():
+        report.checked += 1
+        what = _check_bytes(root / archive.path, archive.size, archive.file_hash)
+        if what is not None:
+            problem("history", archive.path, what)
     return report
+
+
+def _check_bytes(path: Path, size: int, expected_hash: str) -> str | None:
+    """What is wrong with the file at ``path`` (None: it has ``size`` bytes hashing to ``expected_hash``)."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return f"unreadable: {exc}"
+    if len(data) != size:
+        return f"{len(data)} bytes, the catalog says {size}"
+    return None if file_hash(data) == expected_hash else "content does not match its hash"
 

@@ -12,12 +12,12 @@ from typing import Any
 import polars as pl
 
 from pitstore import backfill as _backfill
-from pitstore import housekeeping, reads
+from pitstore import housekeeping, reads, tiering
 from pitstore import ingest as _ingest
 from pitstore.cache import ComputeCache, WarmReport
 from pitstore.catalog.sqlite import SqliteCatalog
 from pitstore.config import Settings
-from pitstore.errors import InvalidInputError, NotFoundError
+from pitstore.errors import ConfigError, InvalidInputError, NotFoundError
 from pitstore.features.base import FeatureSet
 from pitstore.features.registry import FeatureRef, Registry, VersionInfo
 from pitstore.frames import FrameKind, frame_kind, from_polars
@@ -235,6 +235,15 @@ class Store:
         whichever tier gives it. ``as_known_at`` replays what the store knew then."""
         return self.serving.get_features(symbol, _aware(as_of, "as_of") or as_of, names,
                                          as_known_at=_aware(as_known_at, "as_known_at"))
+
+    def tier(self, *, window_days: float | None = None, dry_run: bool = False) -> tiering.TierReport:
+        """Move history-tier rows older than ``window_days`` (default: the ``history_days`` setting) into
+        Parquet archives; rows leave PostgreSQL only after their archive is committed."""
+        history = self.serving.history
+        if history is None:
+            raise ConfigError("no history tier: set postgres_url (PITSTORE_POSTGRES_URL) to tier its rows")
+        return tiering.tier(self.root, self.catalog, history.db, dry_run=dry_run,
+                            window_days=window_days if window_days is not None else self.settings.history_days)
 
     # --- live ----------------------------------------------------------------------------------------
 

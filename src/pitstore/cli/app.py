@@ -11,6 +11,7 @@ import typer
 import pitstore
 from pitstore.cli import demo as _demo
 from pitstore.cli import maintenance, output
+from pitstore.cli import tier as _tier
 from pitstore.cli.common import (
     USER_ERRORS,
     JsonOption,
@@ -262,4 +263,5 @@ def demo(
 
 app.command()(maintenance.gc)
 app.command()(maintenance.verify)
+app.command()(_tier.tier)
 app.add_typer(maintenance.cache_app, name="cache")

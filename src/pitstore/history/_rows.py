@@ -125,9 +125,10 @@ def _feature(df: pl.DataFrame, col: str) -> pl.Expr:
     raise InvalidInputError(f"feature columns must be numeric, got dtype {dtype}", column=col)
 
 
-def decode_scan(data: bytes, columns: tuple[str, ...]) -> pa.Table:
+def decode_scan(data: bytes, columns: tuple[str, ...], *, latest_only: bool = True) -> pa.Table:
     """Parse COPY ... (FORMAT csv) output of ``symbol, ts, recorded_at, vals[1..n]``, ordered by symbol, ts
-    and recorded_at, into the scan table: the last version of each (symbol, ts) only."""
+    and recorded_at, into the scan table: the last version of each (symbol, ts) only, unless not
+    ``latest_only``."""
     # Positional names: feature names are arbitrary strings, the output is renamed at the end.
     names = ["symbol", "ts", "recorded_at", *(f"c{i}" for i in range(len(columns)))]
     types = {"symbol": pa.string(), "ts": pa.int64(), "recorded_at": pa.int64()}
@@ -142,7 +143,7 @@ def decode_scan(data: bytes, columns: tuple[str, ...]) -> pa.Table:
         )
     else:
         table = pa.table({n: pa.array([], type=types[n]) for n in names})
-    if table.num_rows > 1:
+    if latest_only and table.num_rows > 1:
         symbol, ts = table["symbol"], table["ts"]
         last = pc.or_(pc.not_equal(symbol[:-1], symbol[1:]), pc.not_equal(ts[:-1], ts[1:]))
         table = table.filter(pa.chunked_array([*last.chunks, pa.array([True])]))

@@ -155,6 +155,12 @@ class _Queries:
         )
         self.window_start = q("SELECT min(ts) FROM {s}.history_rows WHERE table_key = %s")
         self.delete_before = q("DELETE FROM {s}.history_rows WHERE table_key = %s AND ts < %s")
+        # Nested loop of primary-key seeks: each named version is deleted exactly, whatever else arrived since.
+        self.delete_versions = q(
+            "DELETE FROM {s}.history_rows h USING unnest(%s::text[], %s::int8[], %s::int8[]) AS k(symbol, ts, rec)"
+            " WHERE h.table_key = %s AND h.symbol = k.symbol AND h.ts = k.ts AND h.recorded_at = k.rec"
+        )
+        self.tables = q("SELECT table_id FROM {s}.history_tables ORDER BY table_id")
 
 
 class PostgresHistory:
@@ -237,6 +243,10 @@ class PostgresHistory:
 
         self._run("migrate", op)
 
+    def tables(self) -> list[str]:
+        """Every table_id ever written ("feature_set@version"), sorted."""
+        return self._run("tables", lambda conn: [row[0] for row in conn.execute(self._q.tables)])
+
     def columns(self, table_id: str) -> tuple[str, ...] | None:
         """The fixed feature column list of ``table_id``; None when it was never written."""
         _check_table_id(table_id)
@@ -298,6 +308,22 @@ class PostgresHistory:
             return conn.execute(self._q.delete_before, (Int4(table.key), Int8(cutoff))).rowcount
 
         return self._run(f"delete_before in {table_id!r}", op)
+
+    def delete_versions(self, table_id: str, keys: pa.Table) -> int:
+        """Delete exactly the versions named by ``keys`` (columns ``symbol``, ``ts``, ``recorded_at``, as
+        :meth:`scan` returns them); returns the count. Unlike :meth:`delete_before`, a version written after
+        ``keys`` were read survives: what tiering deletes is only what it archived. One transaction."""
+        _check_table_id(table_id)
+        symbols, ts, recorded = _version_keys(keys)
+
+        def op(conn: _Conn) -> int:
+            table = self._table(conn, table_id)
+            if table is None or not symbols:
+                return 0
+            params = (symbols, ts, recorded, Int4(table.key))
+            return conn.execute(self._q.delete_versions, params).rowcount
+
+        return self._run(f"delete_versions in {table_id!r}", op)
 
     # --- reads ----------------------------------------------------------------------------------------
 
@@ -371,9 +397,10 @@ class PostgresHistory:
         return self._lookup(table_id, names, [INT8_MAX] * len(names), INT8_MAX)
 
     def scan(self, table_id: str, *, symbols: Sequence[str] | None = None, start: int | None = None,
-             end: int | None = None, as_known_at: int | None = None) -> pa.Table:
+             end: int | None = None, as_known_at: int | None = None, all_versions: bool = False) -> pa.Table:
         """Rows with ``start <= ts <= end`` (bounds optional), the latest version of each (symbol, ts)
-        visible at ``as_known_at``, sorted by symbol (code point order) then ts.
+        visible at ``as_known_at``, sorted by symbol (code point order) then ts. ``all_versions=True`` keeps
+        every visible version instead (restatements included), sorted by symbol, ts then recorded_at.
 
         Columns: ``symbol``, ``ts`` and ``recorded_at`` (timestamp[us, tz=UTC]) and the feature columns
         (float64). An unknown ``table_id`` gives an empty table of the three key columns.
@@ -410,7 +437,7 @@ class PostgresHistory:
             with conn.cursor().copy(query, (table.key, *params)) as copy:
                 for chunk in copy:
                     buf.write(chunk)
-            return decode_scan(buf.getvalue(), table.columns)
+            return decode_scan(buf.getvalue(), table.columns, latest_only=not all_versions)
 
         return self._run(f"scan of {table_id!r}", op)
 
@@ -552,6 +579,16 @@ def _symbols(symbols: Sequence[str]) -> list[str]:
     if isinstance(symbols, str):
         raise InvalidInputError("symbols must be a sequence of symbols, not one string", value=symbols)
     return [validate_symbol(s) for s in symbols]
+
+
+def _version_keys(keys: pa.Table) -> tuple[list[str], list[int], list[int]]:
+    """``symbol``, ``ts`` and ``recorded_at`` of ``keys`` as lists (times as integer µs)."""
+    missing = [c for c in ("symbol", "ts", "recorded_at") if c not in keys.column_names]
+    if missing:
+        raise InvalidInputError(f"missing column(s) {', '.join(missing)}", column=missing[0])
+    ints = [keys[c].cast(pa.int64()).to_pylist() for c in ("ts", "recorded_at")]
+    # Not validated one by one: a symbol that is not stored matches no row, and this may be millions of keys.
+    return keys["symbol"].cast(pa.string()).to_pylist(), ints[0], ints[1]
 
 
 def _bound(t: int, lag: int) -> int:
