@@ -10,7 +10,7 @@ import typer
 
 import pitstore
 from pitstore.cli import demo as _demo
-from pitstore.cli import maintenance, output
+from pitstore.cli import maintenance, output, serve
 from pitstore.cli import tier as _tier
 from pitstore.cli.common import (
     USER_ERRORS,
@@ -264,4 +264,6 @@ def demo(
 app.command()(maintenance.gc)
 app.command()(maintenance.verify)
 app.command()(_tier.tier)
+app.command()(serve.materialize)
+app.command()(serve.warm)
 app.add_typer(maintenance.cache_app, name="cache")
