@@ -39,6 +39,7 @@ __all__ = ["LiveEngine", "PushReport"]
 log = logging.getLogger("pitstore.live")
 
 Row = tuple[str, int, tuple[float | None, ...]]
+_VALUES = tuple(c for c in BAR_COLUMNS if c not in ("symbol", "ts"))  # what a stepper reads of a bar
 
 
 @dataclass
@@ -55,7 +56,7 @@ class PushReport:
 @dataclass
 class _Symbol:
     last_ts: int | None
-    last_bar: tuple[Any, ...] | None
+    last_bar: tuple[float, ...] | None  # its _VALUES
     steppers: dict[str, list[Stepper]]
 
 
@@ -91,50 +92,43 @@ class LiveEngine:
             return report
         names, starts, ends = symbol_runs(df["symbol"])
         self._prime([s for s in names if s not in self._symbols])
+        # Plain Python values once: per-bar work must not go through a DataFrame.
+        ts = df["ts"].dt.epoch("us").to_list()
+        values = list(zip(*(df[c].cast(pl.Float64).to_list() for c in _VALUES), strict=True))
         rows: dict[str, list[Row]] = {t: [] for t in self.sets}
-        accepted: list[pl.DataFrame] = []
-        restated: list[pl.DataFrame] = []
+        accepted: list[int] = []
+        restated: list[int] = []
         for symbol, a, b in zip(names, starts.tolist(), ends.tolist(), strict=True):
-            part = df.slice(a, b - a)
             state = self._symbols[symbol]
-            if state.last_ts is not None and part["ts"].dt.epoch("us")[0] <= state.last_ts:
-                part = self._drop_duplicate(part, state, report)
-                if part.height and part["ts"].dt.epoch("us")[0] <= state.last_ts:
-                    restated.append(part)
+            i = a
+            if state.last_ts is not None and ts[a] <= state.last_ts:
+                if ts[a] == state.last_ts and values[a] == state.last_bar:  # the latest bar, sent again
+                    report.duplicates += 1
+                    i += 1
+                if i < b and ts[i] <= state.last_ts:
+                    restated.extend(range(i, b))
                     continue
-            if part.height:
-                self._step(symbol, part, state, rows)
-                accepted.append(part)
-                report.bars += part.height
+            for j in range(i, b):
+                bar = dict(zip(_VALUES, values[j], strict=True))
+                for table_id, steppers in state.steppers.items():
+                    out: list[float | None] = []
+                    for stepper in steppers:
+                        out.extend(None if math.isnan(v) else v for v in stepper.step(bar))
+                    rows[table_id].append((symbol, ts[j], tuple(out)))
+            if i < b:
+                state.last_ts, state.last_bar = ts[b - 1], values[b - 1]
+                accepted.extend(range(i, b))
+        report.bars = len(accepted)
         if accepted:
             self._serve(rows, report)
-            self._buffer.extend(accepted)
-            self._buffered += sum(p.height for p in accepted)
+            self._buffer.append(df[accepted])
+            self._buffered += len(accepted)
         if restated:
-            self._restate(pl.concat(restated), report)
+            self._restate(df[restated], report)
         if self._buffered >= self.flush_bars:
             self.flush()
         report.pending_offline = self._buffered
         return report
-
-    def _drop_duplicate(self, part: pl.DataFrame, state: _Symbol, report: PushReport) -> pl.DataFrame:
-        """Drop a leading bar identical to the latest known one (a feed re-sending it)."""
-        first = part.row(0)
-        if part["ts"].dt.epoch("us")[0] == state.last_ts and first[1:] == state.last_bar:
-            report.duplicates += 1
-            return part.slice(1)
-        return part
-
-    def _step(self, symbol: str, part: pl.DataFrame, state: _Symbol, rows: dict[str, list[Row]]) -> None:
-        ts = part["ts"].dt.epoch("us").to_list()
-        for bar, t in zip(part.iter_rows(named=True), ts, strict=True):
-            for table_id, steppers in state.steppers.items():
-                values: list[float | None] = []
-                for s in steppers:
-                    values.extend(None if math.isnan(v) else v for v in s.step(bar))
-                rows[table_id].append((symbol, t, tuple(values)))
-        state.last_ts = ts[-1]
-        state.last_bar = part.row(-1)[1:]
 
     def _serve(self, rows: dict[str, list[Row]], report: PushReport) -> None:
         for table_id, new in rows.items():
@@ -196,8 +190,8 @@ class LiveEngine:
             if history is None or history.height == 0:
                 self._symbols[symbol] = _Symbol(None, None, steppers)
             else:
-                last = history.select(BAR_COLUMNS).row(-1)
-                self._symbols[symbol] = _Symbol(int(history["ts"].dt.epoch("us")[-1]), last[1:], steppers)
+                last = history.select(pl.col(_VALUES).cast(pl.Float64)).row(-1)
+                self._symbols[symbol] = _Symbol(int(history["ts"].dt.epoch("us")[-1]), last, steppers)
 
     # --- the offline tier ---------------------------------------------------------------------------------
 

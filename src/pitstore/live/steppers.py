@@ -16,6 +16,7 @@ history. Two ways keep it:
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
@@ -128,35 +129,36 @@ def _ratio(num: float, den: float) -> float:
 
 
 def _ret(n: int) -> Kernel:
-    w = _Window(n + 1)
+    w: deque[float] = deque(maxlen=n + 1)
 
     def k(bar: Bar) -> tuple[float, ...]:
-        w.push(bar["close"])
-        return (w.last(1)[0] / w.last(n + 1)[0] - 1.0,) if w.has(n + 1) else (NAN,)
+        w.append(bar["close"])
+        return (w[-1] / w[0] - 1.0,) if len(w) > n else (NAN,)
 
     return k
 
 
 def _log_ret(n: int) -> Kernel:
-    w = _Window(n + 1)
+    w: deque[float] = deque(maxlen=n + 1)
 
     def k(bar: Bar) -> tuple[float, ...]:
-        w.push(bar["close"])
-        return (_log(w.last(1)[0] / w.last(n + 1)[0]),) if w.has(n + 1) else (NAN,)
+        w.append(bar["close"])
+        return (_log(w[-1] / w[0]),) if len(w) > n else (NAN,)
 
     return k
 
 
 def _vol(n: int, periods_per_year: int) -> Kernel:
-    closes, returns = _Window(2), _Window(n)
+    returns = _Window(n)
     scale = math.sqrt(periods_per_year)
+    prev = [NAN]
 
     def k(bar: Bar) -> tuple[float, ...]:
-        closes.push(bar["close"])
-        if not closes.has(2):
+        c, p = bar["close"], prev[0]
+        prev[0] = c
+        if p != p:  # NaN: the first bar has no return
             return (NAN,)
-        prev, c = closes.last(2)
-        returns.push(_log(c / prev))
+        returns.push(_log(c / p))
         if not returns.has(n):
             return (NAN,)
         _, m2 = moments(returns.last(n))
@@ -253,7 +255,7 @@ class _WindowStepper:
         self.count += history.height
 
     def step(self, bar: Mapping[str, Any]) -> tuple[float, ...]:
-        out = self.kernel({c: float(bar[c]) for c in self.inputs})
+        out = self.kernel(bar)
         i = self.count
         self.count += 1
         return self.blank if i < self.lookback else out
