@@ -188,7 +188,8 @@ class Serving:
                     rows = self._fill(table, symbols, rows)
                 got = [self._online_vector(table, s, r, now) for s, r in zip(symbols, rows, strict=True)]
             except BackendUnavailableError as exc:
-                log.warning("online tier unavailable (%s): serving %s from lower tiers", exc, table.table_id)
+                _warn(f"online:{table.table_id}", "online tier unavailable (%s): serving %s from lower tiers", exc,
+                      table.table_id)
                 got = self._fallback(table, symbols, now)
             merged = got if merged is None else [_merge(a, b) for a, b in zip(merged, got, strict=True)]
         assert merged is not None
@@ -212,7 +213,9 @@ class Serving:
                   if r is None and self._no_fill.get((table.table_id, s), 0.0) <= now]
         if not wanted:
             return rows
-        with self._lock(f"fill:{table.table_id}:{','.join(sorted(set(wanted)))}"):
+        # One lock per table: the re-check under it narrows each fill to what is still missing, whatever
+        # symbols other processes asked for.
+        with self._lock(f"fill:{table.table_id}"):
             again = dict(zip(wanted, self.online.get_latest(table.table_id, wanted), strict=True))
             todo = [s for s, r in again.items() if r is None]
             if todo:
@@ -240,8 +243,13 @@ class Serving:
                     if h is not None:
                         found[s] = OnlineRow(h[0], h[1])
             except BackendUnavailableError as exc:
-                log.warning("history tier unavailable too (%s): serving %s from the offline tier", exc,
-                            table.table_id)
+                _warn(f"history:{table.table_id}", "history tier unavailable too (%s): serving %s from the offline"
+                      " tier", exc, table.table_id)
+        if found:  # a history row older than the newest stored row is not the latest (a backfill since its sync)
+            newest: dict[str, int] = {}
+            for e in self.catalog.feature_entries(table.sel.feature_set, table.sel.version, list(found)):
+                newest[e.symbol] = max(newest.get(e.symbol, e.last_ts), e.last_ts)
+            found = {s: r for s, r in found.items() if r.ts >= newest.get(s, r.ts)}
         rest = [s for s in symbols if s not in found]
         if rest:
             latest = self.latest_offline(table, rest, all_columns=True)
@@ -305,7 +313,8 @@ class Serving:
         try:
             row = self.history.asof(table.table_id, symbol, t, lag)
         except BackendUnavailableError as exc:
-            log.warning("history tier unavailable (%s): serving %s from the offline tier", exc, table.table_id)
+            _warn(f"history:{table.table_id}", "history tier unavailable (%s): serving %s from the offline tier", exc,
+                  table.table_id)
             return None
         if row is None:
             return None
@@ -340,12 +349,26 @@ class Serving:
         last = rows.row(-1, named=True)
         if is_stale(_us(last["ts"]), _us(as_of), table.sel.ttl):
             return FeatureVector(symbol, last["ts"], "stale", dict.fromkeys(names))
-        return FeatureVector(symbol, last["ts"], "ok", {n: last[n] for n in names})
+        return FeatureVector(symbol, last["ts"], "ok",
+                             {n: last[c] for n, c in zip(names, table.sel.columns, strict=True)})
 
     def close(self) -> None:
-        self.online.close()
-        if self.history is not None:
-            self.history.close()
+        try:
+            self.online.close()
+        finally:
+            if self.history is not None:
+                self.history.close()
+
+
+_WARN_SECONDS = 10.0  # an outage is logged once per this many seconds and kind, not once per request
+_warned: dict[str, float] = {}
+
+
+def _warn(kind: str, msg: str, *args: Any) -> None:
+    now = time.monotonic()
+    if _warned.get(kind, -_WARN_SECONDS) + _WARN_SECONDS <= now:
+        _warned[kind] = now
+        log.warning(msg, *args)
 
 
 _RANK = {"ok": 0, "fallback": 1, "stale": 2, "missing": 3}

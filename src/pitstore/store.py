@@ -321,12 +321,14 @@ class Store:
                 "cache": self.cache.stats()}
 
     def close(self) -> None:
-        if self._live is not None:
-            self._live.flush()
-        if self._serving is not None:
-            self._flush_requests()
-            self._serving.close()
-        self.catalog.close()
+        try:
+            if self._live is not None:
+                self._live.flush()
+            if self._serving is not None:
+                self._flush_requests()
+                self._serving.close()
+        finally:
+            self.catalog.close()
 
     def __enter__(self) -> Store:
         return self

@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
+from functools import partial
+from typing import TypeVar
 
 import polars as pl
 
@@ -26,8 +29,10 @@ from pitstore.offline import EntryReader
 __all__ = ["HistoryTier"]
 
 log = logging.getLogger("pitstore.history")
+_T = TypeVar("_T")
 
 _MAX_QUEUED_ROWS = 1_000_000  # rows kept for replay while PostgreSQL is down; beyond, writes raise
+_BREAKER_SECONDS = 1.0  # after a failure, calls fail at once for this long (a silent host costs one timeout)
 
 
 class HistoryTier:
@@ -41,12 +46,26 @@ class HistoryTier:
         self._queue: deque[tuple[str, tuple[str, ...], pl.DataFrame, int | None, dict[int, int]]] = deque()
         self._queued_rows = 0
         self.dropped = 0  # rows a full queue refused: until a re-sync, some rows may be missing here
+        self._retry_at = 0.0  # monotonic time before which calls fail at once
+        self._last_error = ""
 
     def _ready(self) -> PostgresHistory:
+        if time.monotonic() < self._retry_at:
+            raise BackendUnavailableError(f"{self.db!r} unavailable (retrying in under {_BREAKER_SECONDS} s): "
+                                          f"{self._last_error}")
         if not self._migrated:
-            self.db.migrate()
+            self._call(self.db.migrate)
             self._migrated = True
         return self.db
+
+    def _call(self, fn: Callable[[], _T]) -> _T:
+        """Run ``fn``; on unavailability open the breaker, so that callers don't each wait for a timeout."""
+        try:
+            return fn()
+        except BackendUnavailableError as exc:
+            self._last_error = str(exc)
+            self._retry_at = time.monotonic() + _BREAKER_SECONDS
+            raise
 
     # --- writes -------------------------------------------------------------------------------------------
 
@@ -66,7 +85,7 @@ class HistoryTier:
             db = self._ready()
             while self._queue:
                 table_id, cols, rows, recorded_at, synced = self._queue[0]
-                written += db.write(table_id, cols, rows, recorded_at=recorded_at)
+                written += self._call(partial(db.write, table_id, cols, rows, recorded_at=recorded_at))
                 self._queue.popleft()
                 self._queued_rows -= rows.height
                 if synced and catalog is not None:
@@ -82,6 +101,14 @@ class HistoryTier:
                 ) from exc
             log.warning("history tier unavailable (%s): %d rows queued for retry", exc, self._queued_rows)
         return written
+
+    def ping(self) -> None:
+        """Reach PostgreSQL now (even while the breaker is open) and write what is queued; raises
+        BackendUnavailableError when it cannot."""
+        with self._lock:
+            self._retry_at = 0.0
+            self._call(self._ready().ping)
+            self._drain(None)
 
     def pending(self) -> int:
         """Rows queued for a retry."""
@@ -112,10 +139,20 @@ class HistoryTier:
     # --- reads --------------------------------------------------------------------------------------------
 
     def asof(self, table_id: str, symbol: str, t: int, lag: int) -> AsofRow | None:
-        return self._ready().asof(table_id, symbol, t, lag=lag)
+        db = self._ready()
+        return self._call(lambda: db.asof(table_id, symbol, t, lag=lag))
 
     def latest(self, table_id: str, symbols: Sequence[str]) -> list[AsofRow | None]:
-        return self._ready().latest(table_id, symbols)
+        db = self._ready()
+        return self._call(lambda: db.latest(table_id, symbols))
 
     def close(self) -> None:
+        """Write what is queued if PostgreSQL answers; rows still queued are logged as not written (the offline
+        tier has them; a later materialize copies them)."""
+        with self._lock:
+            if self._queue:
+                self._retry_at = 0.0
+                self._drain(None)
+            if self._queued_rows:
+                log.warning("history tier closed with %d queued rows not written to %r", self._queued_rows, self.db)
         self.db.close()

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import numpy as np
 import polars as pl
 
+from pitstore.bars import BAR_COLUMNS
 from pitstore.features.base import Feature
 from pitstore.features.engine import compute_frame
 from pitstore.features.windows import moments, window_total
@@ -292,6 +293,7 @@ class _FrameRecompute:
         self.bars: pl.DataFrame | None = None
 
     def prime(self, history: pl.DataFrame) -> None:
+        history = history.select(BAR_COLUMNS)  # what a pushed bar has: extra stored columns can't be stepped
         self.bars = history if self.bars is None else pl.concat([self.bars, history])
 
     def step(self, bar: Mapping[str, Any]) -> tuple[float, ...]:
