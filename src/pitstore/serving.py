@@ -325,12 +325,13 @@ class Serving:
     def _history_complete(self, table_id: str, entries: Sequence[FeatureEntry], found: int, bound: int) -> bool:
         """Whether every stored row in (found, bound] is in the history tier: each offline entry with rows
         there was synced from a ts no later than its first row there."""
-        overlapping = [e for e in entries if e.last_ts > found and e.first_ts <= bound]
+        # An entry ending at the found row counts: it may be a restatement of that very row.
+        overlapping = [e for e in entries if e.last_ts >= found and e.first_ts <= bound]
         unknown = [e.id for e in overlapping if (table_id, e.id) not in self._synced]
         if unknown:
             for i, from_ts in self.catalog.history_synced(table_id, unknown).items():
                 self._synced[(table_id, i)] = from_ts  # entries are immutable: a mark never goes stale
-        return all(self._synced.get((table_id, e.id), e.last_ts + 1) <= max(found + 1, e.first_ts)
+        return all(self._synced.get((table_id, e.id), e.last_ts + 1) <= max(found, e.first_ts)
                    for e in overlapping)
 
     def _offline_asof(self, table: _Table, symbol: str, as_of: datetime,

@@ -100,7 +100,7 @@ class Store:
             self.root, self.catalog, feature_set, version, symbols=_symbols(symbols),
             start=_aware(start, "start"), end=_aware(end, "end"), progress=progress,
         )
-        if report.full and (self._serving is not None or self.settings.postgres_url):
+        if report.full:
             # Recomputed symbols (restatements): the serving tiers must not keep serving the old values.
             self.serving.refresh(feature_set.name, version, report.full)
         return report

@@ -151,7 +151,7 @@ class LiveEngine:
     def _restate(self, bars: pl.DataFrame, report: PushReport) -> None:
         """Restated bars: through the offline tier, as an ingest and a backfill would do it."""
         self.flush()
-        ingested = _ingest.ingest(self.root, self.catalog, bars)
+        ingested = _ingest.ingest(self.root, self.catalog, self._overlay(bars))
         symbols = sorted(set(bars["symbol"].to_list()))
         report.restated.update(ingested.restated)
         for s in symbols:
@@ -166,6 +166,20 @@ class LiveEngine:
             changed = changed.join(first, on="symbol", suffix="_from").filter(pl.col("ts") >= pl.col("ts_from"))
             frame = changed.select("symbol", "ts", *table.columns)
             report.rows[table_id] = pl.concat([report.rows[table_id], frame]) if table_id in report.rows else frame
+
+    def _overlay(self, bars: pl.DataFrame) -> pl.DataFrame:
+        """The stored bars in the span of each symbol's pushed bars, with the pushed ones laid over them: an
+        ingest replaces a span, and a push restates single bars, not everything between them."""
+        symbols = sorted(set(bars["symbol"].to_list()))
+        entries = self.catalog.live_bars(symbols)
+        stored = read_entries(self.root, [e.path for e in entries]) if entries else None
+        if stored is None or stored.height == 0:
+            return bars
+        span = bars.group_by("symbol").agg(pl.col("ts").min().alias("lo"), pl.col("ts").max().alias("hi"))
+        kept = (stored.select(BAR_COLUMNS).join(span, on="symbol")
+                .filter(pl.col("ts").is_between(pl.col("lo"), pl.col("hi")))
+                .join(bars, on=["symbol", "ts"], how="anti").select(BAR_COLUMNS))
+        return pl.concat([kept, bars], how="vertical_relaxed").sort("symbol", "ts")
 
     # --- state --------------------------------------------------------------------------------------------
 
@@ -207,18 +221,31 @@ class LiveEngine:
         for table_id, (fs, version) in self.sets.items():
             before = {e.id for e in self.catalog.feature_entries(fs.name, version, symbols)}
             _backfill.backfill(self.root, self.catalog, fs, version, symbols=symbols)
-            if history is not None and history.pending() == 0 and history.dropped == 0:
-                # The new entries hold the rows this process pushed, all of them written to the history tier.
-                new = {e.id: e.first_ts for e in self.catalog.feature_entries(fs.name, version, symbols)
-                       if e.id not in before}
-                if new:
-                    self.catalog.mark_history_synced(table_id, new)
             pending = self.serving.pending.get(table_id, {})
+            if history is not None and history.pending() == 0 and history.dropped == 0:
+                # The new entries hold the rows this process pushed and wrote to the history tier, unless
+                # another process restated bars meanwhile: mark them synced only when the values agree.
+                new = [e for e in self.catalog.feature_entries(fs.name, version, symbols) if e.id not in before]
+                same = [e for e in new if self._pushed_equal(e.path, pending.get(e.symbol, []))]
+                if same:
+                    self.catalog.mark_history_synced(table_id, {e.id: e.first_ts for e in same})
+                differ = sorted({e.symbol for e in new} - {e.symbol for e in same})
+                if differ:
+                    self.serving.refresh(fs.name, version, differ)
             for s in symbols:
                 pending.pop(s, None)
         n = bars.height
         self._buffer, self._buffered = [], 0
         return n
+
+
+    def _pushed_equal(self, path: str, pushed: list[tuple[int, tuple[float | None, ...]]]) -> bool:
+        stored = read_entries(self.root, [path])
+        if stored is None or stored.height != len(pushed):
+            return False
+        ts = stored["ts"].dt.epoch("us").to_list()
+        rows = stored.drop("symbol", "ts").rows()
+        return all(t == p[0] and r == p[1] for t, r, p in zip(ts, rows, pushed, strict=True))
 
 
 def _frame(rows: list[Row], columns: Sequence[str]) -> pl.DataFrame:
