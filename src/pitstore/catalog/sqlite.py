@@ -211,11 +211,16 @@ class SqliteCatalog:
     ) -> list[FeatureEntry]:
         """Feature entries visible at ``as_known_at`` (now when None), by symbol then time."""
         t = _FAR_FUTURE if as_known_at is None else as_known_at
+        params: dict[str, object] = {"fs": feature_set, "v": version, "t": t}
+        by_symbol = ""
+        if symbols is not None and len(symbols) == 1:
+            # One symbol (a point look-up): an index seek, not a scan of every symbol's entries.
+            by_symbol, params["s"] = " AND symbol = :s", symbols[0]
         with self._lock:
             rows = self._conn.execute(
                 f"SELECT {_FEATURE_COLS} FROM feature_entries WHERE feature_set = :fs AND version = :v AND {_VISIBLE}"
-                " ORDER BY symbol, first_ts",
-                {"fs": feature_set, "v": version, "t": t},
+                f"{by_symbol} ORDER BY symbol, first_ts",
+                params,
             ).fetchall()
         wanted = None if symbols is None else set(symbols)
         return [FeatureEntry(*r) for r in rows if wanted is None or r[3] in wanted]
