@@ -3,21 +3,13 @@ start, stop and restart themselves (never the shared one)."""
 
 from __future__ import annotations
 
-import glob
 import itertools
 import math
 import multiprocessing
-import os
-import pwd
-import shutil
 import socket
 import struct
-import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import psycopg
@@ -26,6 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg import sql
+from servers import PrivatePostgres, private_postgres
 
 from pitstore.errors import (
     BackendError,
@@ -41,12 +34,6 @@ from pitstore.history import SCHEMA_VERSION, PostgresHistory
 TS = pa.timestamp("us", tz="UTC")
 DAY = 86_400_000_000
 T0 = 1_700_000_000_000_000  # 2023-11-14, µs
-
-
-def _skip_or_fail(reason: str) -> None:
-    if os.environ.get("CI") == "true":
-        pytest.fail(reason + " (CI=true: required)")
-    pytest.skip(reason)
 
 
 def _drop_schema(url: str, schema: str) -> None:
@@ -501,66 +488,9 @@ def test_forked_child_gets_its_own_connection(history: PostgresHistory) -> None:
 # --- failures: a private server that the test stops and starts --------------------------------------------
 
 
-@dataclass
-class PrivatePostgres:
-    bindir: Path
-    root: Path
-    port: int
-    prefix: list[str]
-
-    @property
-    def url(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
-
-    def _pg_ctl(self, *args: str) -> None:
-        subprocess.run([*self.prefix, str(self.bindir / "pg_ctl"), "-D", str(self.root / "data"), *args],
-                       check=True, capture_output=True, timeout=60)
-
-    def start(self) -> None:
-        opts = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
-        self._pg_ctl("-l", str(self.root / "log"), "-w", "-t", "30", "-o", opts, "start")
-
-    def stop(self) -> None:
-        self._pg_ctl("-m", "immediate", "-w", "stop")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @pytest.fixture(scope="module")
 def private_pg() -> Iterator[PrivatePostgres]:
-    """A throwaway PostgreSQL cluster on a free port, owned by the ``postgres`` OS user when we are root."""
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parts[-3]))
-    if not found:
-        _skip_or_fail("no initdb under /usr/lib/postgresql/*/bin: cannot start a private PostgreSQL")
-    prefix: list[str] = []
-    root = Path(tempfile.mkdtemp(prefix="pitstore-pg-"))
-    if os.geteuid() == 0:  # postgres refuses to run as root
-        try:
-            user = pwd.getpwnam("postgres")
-        except KeyError:
-            user = None
-        if user is None or shutil.which("runuser") is None:
-            shutil.rmtree(root)
-            _skip_or_fail("running as root without a 'postgres' user or runuser: cannot start a private PostgreSQL")
-        assert user is not None
-        os.chown(root, user.pw_uid, user.pw_gid)
-        prefix = ["runuser", "-u", "postgres", "--"]
-    bindir = Path(found[-1]).parent
-    subprocess.run([*prefix, str(bindir / "initdb"), "-D", str(root / "data"), "-A", "trust", "-U", "postgres",
-                    "-N", "-E", "UTF8", "--locale=C"], check=True, capture_output=True, timeout=120)
-    server = PrivatePostgres(bindir, root, _free_port(), prefix)
-    server.start()
-    try:
-        yield server
-    finally:
-        subprocess.run([*prefix, str(bindir / "pg_ctl"), "-D", str(root / "data"), "-m", "immediate", "stop"],
-                       capture_output=True, timeout=60, check=False)
-        shutil.rmtree(root, ignore_errors=True)
+    yield from private_postgres()
 
 
 def _poll(fn: Callable[[], object], seconds: float) -> None:

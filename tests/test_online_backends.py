@@ -7,11 +7,7 @@ import math
 import multiprocessing as mp
 import os
 import random
-import shutil
-import signal
-import socket
 import sqlite3
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,6 +15,7 @@ from typing import Any
 
 import pytest
 import redis
+from servers import RedisServer, wait_for
 
 from pitstore.errors import BackendUnavailableError, ConfigError, InvalidInputError, SchemaMismatchError
 from pitstore.online import OnlineRow, OnlineStore, open_online
@@ -31,16 +28,6 @@ TS = 1_700_000_000_000_000  # 2023-11-14, microseconds
 WEIRD_SYMBOLS = ["EUR/USD", "../x", "a b", "é", "x" * 64, "ES=F", "a:b", "*", "[x]?", "日本", "BRK.B"]
 
 MakeStore = Callable[..., OnlineStore]
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> float:
-    """Poll ``condition`` until it holds; returns the seconds it took, fails after ``timeout``."""
-    t0 = time.monotonic()
-    while not condition():
-        if time.monotonic() - t0 > timeout:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.005)  # polling interval, not synchronisation
-    return time.monotonic() - t0
 
 
 def delete_namespace(url: str, namespace: str) -> None:
@@ -346,52 +333,8 @@ def test_redis_expiry(redis_url: str, namespace: str) -> None:
 # --- private redis-server processes -------------------------------------------------------------------------------
 
 
-class RedisServer:
-    """A redis-server subprocess on a free loopback port, that a test can kill, freeze and restart."""
-
-    def __init__(self, *extra: str) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.extra = extra
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--daemonize", "no", *self.extra],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        client = redis.Redis.from_url(self.url, socket_timeout=0.5)
-
-        def up() -> bool:
-            assert self.proc is not None and self.proc.poll() is None, "redis-server exited at start"
-            try:
-                return bool(client.ping())
-            except redis.RedisError:
-                return False
-
-        wait_for(up, 10.0, f"redis-server on port {self.port}")
-        client.close()
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGCONT)  # a frozen process must run to die cleanly
-        self.proc.kill()
-        self.proc.wait()
-
-    def freeze(self, frozen: bool) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGSTOP if frozen else signal.SIGCONT)
-
-
 @pytest.fixture
 def make_server() -> Iterator[Callable[..., RedisServer]]:
-    if shutil.which("redis-server") is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("redis-server is not installed (CI=true: the failure tests must run)")
-        pytest.skip("redis-server is not installed: the tests that start, kill and restart Redis cannot run")
     servers: list[RedisServer] = []
 
     def make(*extra: str) -> RedisServer:
@@ -402,7 +345,7 @@ def make_server() -> Iterator[Callable[..., RedisServer]]:
 
     yield make
     for server in servers:
-        if server.proc is not None and server.proc.poll() is None:
+        if server.alive():
             server.kill()
 
 

@@ -13,20 +13,10 @@ filled once across real processes.
 
 from __future__ import annotations
 
-import glob
 import math
 import multiprocessing
-import os
-import pwd
-import shutil
-import signal
-import socket
-import subprocess
-import tempfile
-import time
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -34,9 +24,9 @@ from typing import Any
 import polars as pl
 import psycopg
 import pytest
-import redis
 import serving_workers
 from psycopg import sql
+from servers import PrivatePostgres, RedisServer, private_postgres, wait_for
 
 from pitstore import FeatureSet, Store, standard_features
 from pitstore.errors import BackendUnavailableError
@@ -81,134 +71,18 @@ def _same(v: FeatureVector, row: dict[str, Any]) -> bool:
     return v.ts == row["ts"] and v.values.keys() == set(NAMES) and all(eq(v.values[n], row[n]) for n in NAMES)
 
 
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> float:
-    """Poll ``condition`` until it holds; returns the seconds it took, fails after ``timeout``."""
-    t0 = time.monotonic()
-    while not condition():
-        if time.monotonic() - t0 > timeout:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.005)  # polling interval, not synchronisation
-    return time.monotonic() - t0
-
-
-def _skip_or_fail(reason: str) -> None:
-    if os.environ.get("CI") == "true":
-        pytest.fail(reason + " (CI=true: the failure tests must run)")
-    pytest.skip(reason)
-
-
-# --- a private redis-server (as in test_online_backends) ------------------------------------------------------
-
-
-class RedisServer:
-    """A redis-server subprocess on a free loopback port that a test kills and restarts on the same port."""
-
-    def __init__(self) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        """Start it and return once it answers PING (it accepts connections)."""
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--daemonize", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        client = redis.Redis.from_url(self.url, socket_timeout=0.5)
-
-        def up() -> bool:
-            assert self.proc is not None and self.proc.poll() is None, "redis-server exited at start"
-            try:
-                return bool(client.ping())
-            except redis.RedisError:
-                return False
-
-        wait_for(up, 10.0, f"redis-server on port {self.port}")
-        client.close()
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
-
-
 @pytest.fixture
 def redis_server() -> Iterator[RedisServer]:
-    if shutil.which("redis-server") is None:
-        _skip_or_fail("redis-server is not installed: the tests that kill and restart Redis cannot run")
     server = RedisServer()
     server.start()
     yield server
-    if server.proc is not None and server.proc.poll() is None:
+    if server.alive():
         server.kill()
-
-
-# --- a private PostgreSQL cluster (as in test_history_postgres) -------------------------------------------------
-
-
-@dataclass
-class PrivatePostgres:
-    bindir: Path
-    root: Path
-    port: int
-    prefix: list[str]
-
-    @property
-    def url(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
-
-    def _pg_ctl(self, *args: str, check: bool = True) -> int:
-        done = subprocess.run([*self.prefix, str(self.bindir / "pg_ctl"), "-D", str(self.root / "data"), *args],
-                              check=check, capture_output=True, timeout=60)
-        return done.returncode
-
-    def running(self) -> bool:
-        return self._pg_ctl("status", check=False) == 0
-
-    def start(self) -> None:
-        """Start it; returns once it accepts connections (pg_ctl -w)."""
-        opts = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
-        self._pg_ctl("-l", str(self.root / "log"), "-w", "-t", "30", "-o", opts, "start")
-
-    def stop(self) -> None:
-        self._pg_ctl("-m", "immediate", "-w", "stop")
 
 
 @pytest.fixture(scope="module")
 def private_pg() -> Iterator[PrivatePostgres]:
-    """A throwaway PostgreSQL cluster on a free port, owned by the ``postgres`` OS user when we are root."""
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parts[-3]))
-    if not found:
-        _skip_or_fail("no initdb under /usr/lib/postgresql/*/bin: cannot start a private PostgreSQL")
-    prefix: list[str] = []
-    root = Path(tempfile.mkdtemp(prefix="pitstore-pg-"))
-    if os.geteuid() == 0:  # postgres refuses to run as root
-        try:
-            user = pwd.getpwnam("postgres")
-        except KeyError:
-            user = None
-        if user is None or shutil.which("runuser") is None:
-            shutil.rmtree(root)
-            _skip_or_fail("running as root without a 'postgres' user or runuser: cannot start a private PostgreSQL")
-        assert user is not None
-        os.chown(root, user.pw_uid, user.pw_gid)
-        prefix = ["runuser", "-u", "postgres", "--"]
-    bindir = Path(found[-1]).parent
-    subprocess.run([*prefix, str(bindir / "initdb"), "-D", str(root / "data"), "-A", "trust", "-U", "postgres",
-                    "-N", "-E", "UTF8", "--locale=C"], check=True, capture_output=True, timeout=120)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = PrivatePostgres(bindir, root, port, prefix)
-    server.start()
-    try:
-        yield server
-    finally:
-        server._pg_ctl("-m", "immediate", "stop", check=False)
-        shutil.rmtree(root, ignore_errors=True)
+    yield from private_postgres()
 
 
 @pytest.fixture
