@@ -35,6 +35,9 @@ FEATURES: list[Feature] = [
 
 
 def _fs(name: str = "live_all", **options: Any) -> FeatureSet:
+    # The data ends at NOW_MINUTE, fixed when the module loads: a TTL of hours keeps "ok" meaning "ok" however
+    # long the suite runs before these tests (the 5-minute default would turn them stale on a slow machine).
+    options.setdefault("ttl", timedelta(hours=12))
     return FeatureSet(name, FEATURES, timeframe="1m", **options)
 
 
