@@ -15,7 +15,7 @@ from typing import Literal
 import numpy as np
 import polars as pl
 
-__all__ = ["STATUSES", "Status", "asof_join", "is_available", "is_stale", "worst_status"]
+__all__ = ["STATUSES", "Status", "asof_join", "is_available", "is_stale", "micros", "worst_status"]
 
 Status = Literal["ok", "stale", "no_data_yet", "unknown_symbol"]
 # Ordered from best to worst: a row joined from several feature sets reports the worst.
@@ -82,11 +82,16 @@ def worst_status(statuses: Sequence[pl.Expr]) -> pl.Expr:
     return worst.replace_strict(dict(enumerate(STATUSES)), return_dtype=pl.String)
 
 
-def is_stale(row_ts_us: int, t_us: int, ttl: timedelta | None) -> bool:
+def micros(d: timedelta) -> int:
+    """A duration in integer microseconds, the unit of the single look-up rules below."""
+    return d // timedelta(microseconds=1)
+
+
+def is_stale(row_ts_us: int, t_us: int, ttl_us: int | None) -> bool:
     """The TTL rule for one look-up (integer µs): the row at ``row_ts_us`` is too old to serve at ``t_us``."""
-    return ttl is not None and row_ts_us < t_us - ttl // timedelta(microseconds=1)
+    return ttl_us is not None and row_ts_us < t_us - ttl_us
 
 
-def is_available(row_ts_us: int, t_us: int, availability_lag: timedelta) -> bool:
+def is_available(row_ts_us: int, t_us: int, lag_us: int) -> bool:
     """The as-of rule for one look-up (integer µs): the row at ``row_ts_us`` may be served at ``t_us``."""
-    return row_ts_us + availability_lag // timedelta(microseconds=1) <= t_us
+    return row_ts_us + lag_us <= t_us

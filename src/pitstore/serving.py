@@ -33,7 +33,7 @@ from pitstore.history.recent import HistoryTier
 from pitstore.offline import EntryReader
 from pitstore.online import OnlineStore, open_online
 from pitstore.online.base import OnlineRow
-from pitstore.pit import is_available, is_stale
+from pitstore.pit import is_available, is_stale, micros
 from pitstore.reads import Selection, read_range, select
 from pitstore.timeutil import parse_timeframe
 
@@ -59,23 +59,32 @@ class FeatureVector(NamedTuple):
     values: dict[str, float | None]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Table:
     sel: Selection
     table_id: str
     ttl: timedelta  # online TTL
-    index: tuple[int, ...]  # positions of sel.columns in the stored row (all columns of the version, in order)
     columns: tuple[str, ...]  # all columns of the version, in order: what the online and history tiers store
+    named: tuple[tuple[str, int], ...]  # (name, position in the stored row) of each selected column
+    online_ttl_us: int  # the rules in integer µs, computed once: they run on every read
+    ttl_us: int | None  # the feature set's own TTL (as-of reads), if any
+    lag_us: int
+
+    def values(self, row: Sequence[float | None]) -> dict[str, float | None]:
+        return {n: row[i] for n, i in self.named}
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _us(t: datetime) -> int:
     if t.tzinfo is None:
         raise InvalidInputError("time is timezone-naive; give a timezone-aware UTC datetime", value=t)
-    return (t - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+    return micros(t - _EPOCH)
 
 
 def _dt(us: int) -> datetime:
-    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=us)
+    return _EPOCH + timedelta(0, 0, us)
 
 
 class Serving:
@@ -113,8 +122,9 @@ class Serving:
             info = self.registry.get(sel.feature_set, sel.version)
             step = parse_timeframe(info.definition["timeframe"])
             ttl = sel.ttl or (_DAILY_TTL if step >= timedelta(days=1) else _INTRADAY_TTL)
-            index = tuple(info.columns.index(c) for c in sel.columns)
-            out.append(_Table(sel, f"{sel.feature_set}@{sel.version}", ttl, index, info.columns))
+            named = tuple((n, info.columns.index(c)) for n, c in zip(sel.names, sel.columns, strict=True))
+            out.append(_Table(sel, f"{sel.feature_set}@{sel.version}", ttl, tuple(info.columns), named, micros(ttl),
+                              None if sel.ttl is None else micros(sel.ttl), micros(sel.availability_lag)))
         self._resolved[key] = (now + _RESOLVE_SECONDS, out)
         return out
 
@@ -179,7 +189,10 @@ class Serving:
         """The latest vector of each symbol, in input order, in one round trip per feature set."""
         tables = self.tables(features)
         now = time.time_ns() // 1000 if now_us is None else now_us
-        self.requests.update(symbols)
+        if len(symbols) == 1:
+            self.requests[symbols[0]] += 1  # Counter.update costs microseconds more for one symbol
+        else:
+            self.requests.update(symbols)
         merged: list[FeatureVector] | None = None
         for table in tables:
             try:
@@ -197,13 +210,12 @@ class Serving:
 
     def _online_vector(self, table: _Table, symbol: str, row: OnlineRow | None, now: int,
                        status: str = "ok") -> FeatureVector:
-        names = table.sel.names
         if row is None:
-            return FeatureVector(symbol, None, "missing", dict.fromkeys(names))
-        if is_stale(row.ts, now, table.ttl) or not is_available(row.ts, now, table.sel.availability_lag):
-            return FeatureVector(symbol, _dt(row.ts), "stale", dict.fromkeys(names))
-        return FeatureVector(symbol, _dt(row.ts), status,
-                             {n: row.values[i] for n, i in zip(names, table.index, strict=True)})
+            return FeatureVector(symbol, None, "missing", dict.fromkeys(table.sel.names))
+        ts = row.ts
+        if is_stale(ts, now, table.online_ttl_us) or not is_available(ts, now, table.lag_us):
+            return FeatureVector(symbol, _dt(ts), "stale", dict.fromkeys(table.sel.names))
+        return FeatureVector(symbol, _dt(ts), status, table.values(row.values))
 
     def _fill(self, table: _Table, symbols: Sequence[str], rows: list[OnlineRow | None]) -> list[OnlineRow | None]:
         """Online misses: load the symbols' latest rows from the lower tiers into the online tier, once across
@@ -285,19 +297,20 @@ class Serving:
         return out
 
     def _vector(self, table: _Table, symbol: str, ts: int, values: Sequence[float | None], t: int) -> FeatureVector:
-        names = table.sel.names
-        if is_stale(ts, t, table.sel.ttl):
-            return FeatureVector(symbol, _dt(ts), "stale", dict.fromkeys(names))
-        return FeatureVector(symbol, _dt(ts), "ok", {n: values[i] for n, i in zip(names, table.index, strict=True)})
+        if is_stale(ts, t, table.ttl_us):
+            return FeatureVector(symbol, _dt(ts), "stale", dict.fromkeys(table.sel.names))
+        return FeatureVector(symbol, _dt(ts), "ok", table.values(values))
 
     def _online_asof(self, table: _Table, symbol: str, t: int,
                      entries: Sequence[FeatureEntry]) -> FeatureVector | None:
         """The online row when it is the answer: available at ``t`` and as new as anything stored offline."""
+        if entries and entries[-1].last_ts > t - table.lag_us:
+            return None  # a stored row is not available yet, so neither is the online row: skip the round trip
         try:
             row = self.online.get_latest(table.table_id, [symbol])[0]
         except BackendUnavailableError:
             return None
-        if row is None or not is_available(row.ts, t, table.sel.availability_lag):
+        if row is None or not is_available(row.ts, t, table.lag_us):
             return None
         if entries and entries[-1].last_ts > row.ts:
             return None  # the online row is older than stored rows: not the latest, ask the lower tiers
@@ -309,7 +322,7 @@ class Serving:
         the row it found and up to ``t`` (it may have missed a backfill that ran after its last sync)."""
         if self.history is None:
             return None
-        lag = table.sel.availability_lag // timedelta(microseconds=1)
+        lag = table.lag_us
         try:
             row = self.history.asof(table.table_id, symbol, t, lag)
         except BackendUnavailableError as exc:
@@ -348,7 +361,7 @@ class Serving:
         if rows.is_empty():
             return FeatureVector(symbol, None, "missing", dict.fromkeys(names))
         last = rows.row(-1, named=True)
-        if is_stale(_us(last["ts"]), _us(as_of), table.sel.ttl):
+        if is_stale(_us(last["ts"]), _us(as_of), table.ttl_us):
             return FeatureVector(symbol, last["ts"], "stale", dict.fromkeys(names))
         return FeatureVector(symbol, last["ts"], "ok",
                              {n: last[c] for n, c in zip(names, table.sel.columns, strict=True)})
