@@ -5,6 +5,7 @@ flushed, and rejects bad bars without changing anything."""
 from __future__ import annotations
 
 import random
+import threading
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -14,6 +15,8 @@ import polars as pl
 import pytest
 
 import pitstore
+import pitstore.ingest
+import pitstore.live.engine
 from pitstore import FeatureSet, InvalidInputError, Store
 from pitstore.features.base import Feature
 from pitstore.live.engine import PushReport
@@ -445,7 +448,8 @@ def test_chunks_of_bars_in_any_order(tmp_path: Path, flush_bars: int) -> None:
             if chunk.height:
                 reports.append(b.push(chunk.sample(fraction=1.0, shuffle=True, seed=rng.randrange(1000))))
                 assert reports[-1].bars == chunk.height
-                assert reports[-1].pending_offline < flush_bars
+                b.live.join()  # the background flush this push started, if any
+                assert b.live.pending < flush_bars
         assert _rows(reports, "live_all@1").equals(want.filter(pl.col("ts") >= cut))
         symbols = ["S0000", "S0001", "S0002", "S0003"]
         online = _online(b, "live_all@1", symbols)
@@ -457,6 +461,85 @@ def test_chunks_of_bars_in_any_order(tmp_path: Path, flush_bars: int) -> None:
         assert b.read(fs.name).equals(want)
         vectors = b.get_online(symbols, fs.name)
         assert [v.status for v in vectors] == ["ok"] * 4
+
+
+class _GatedIngest:
+    """The real ingest, but the flush thread's call waits for ``gate`` (or raises ``fail`` once): the test sees
+    what pushes do while a background flush is still writing."""
+
+    def __init__(self, fail: BaseException | None = None) -> None:
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+        self.fail = fail
+
+    def ingest(self, *args: Any, **kwargs: Any) -> Any:
+        if threading.current_thread().name == "pitstore-live-flush":
+            self.entered.set()
+            assert self.gate.wait(60), "the test never opened the gate"
+            if self.fail is not None:
+                fail, self.fail = self.fail, None
+                raise fail
+        return pitstore.ingest.ingest(*args, **kwargs)
+
+
+def test_a_full_buffer_is_written_in_the_background(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once ``live_flush_bars`` are buffered a push hands them to a flush thread and returns: while that thread
+    is held, later pushes return, are served online and by get_features from memory, and count as pending;
+    once it is let go, the offline tier equals a batch backfill and nothing stays in memory."""
+    fs = _fs()
+    bars = _minute_bars(4, 200, seed=12)
+    cut = NOW_MINUTE - 9 * MINUTE
+    want = _batch(tmp_path / "a", bars, fs)
+    gated = _GatedIngest()
+    monkeypatch.setattr(pitstore.live.engine, "_ingest", gated)
+    with Store.open(tmp_path / "b", online_url="memory://", live_flush_bars=8) as b:
+        b.ingest(bars.filter(pl.col("ts") < cut))
+        b.backfill(fs)
+        minutes = list(_by_minute(bars.filter(pl.col("ts") >= cut)))
+        assert [b.push(m).pending_offline for m in minutes[:2]] == [4, 8]  # the second one started the flush
+        assert gated.entered.wait(60)
+        reports = [b.push(m) for m in minutes[2:5]]  # the flush thread is held: these return all the same
+        assert not gated.gate.is_set()
+        assert [r.pending_offline for r in reports] == [12, 16, 20]
+        got = b.get_online(["S0002"], fs.name)[0]
+        assert (got.status, got.ts) == ("ok", minutes[4]["ts"][0])
+        at = minutes[1]["ts"][0]
+        assert b.get_features("S0002", at, fs.name).values == dict(
+            zip(fs.columns, want.filter((pl.col("symbol") == "S0002") & (pl.col("ts") == at)).drop(
+                "symbol", "ts").row(0), strict=True))
+        gated.gate.set()
+        b.live.join()
+        assert b.live.pending == 12  # the three pushes made while the thread was held
+        assert len(b.read(fs.name, symbols=["S0002"]).filter(pl.col("ts") >= cut)) == 2
+        for m in minutes[5:]:
+            b.push(m)
+        b.flush()
+        assert b.live.pending == 0
+        assert b.read(fs.name).equals(want)
+        assert not any(b.serving.pending.values())
+
+
+def test_a_failed_background_flush_loses_no_bar(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    """The flush thread's write fails: the error is logged, its bars go back to the buffer, and the next flush
+    writes every bar."""
+    fs = _fs()
+    bars = _minute_bars(3, 150, seed=13)
+    cut = NOW_MINUTE - 5 * MINUTE
+    want = _batch(tmp_path / "a", bars, fs)
+    gated = _GatedIngest(fail=OSError("disk full"))
+    gated.gate.set()
+    monkeypatch.setattr(pitstore.live.engine, "_ingest", gated)
+    with Store.open(tmp_path / "b", online_url="memory://", live_flush_bars=6) as b:
+        b.ingest(bars.filter(pl.col("ts") < cut))
+        b.backfill(fs)
+        for m in _by_minute(bars.filter(pl.col("ts") >= cut)):
+            b.push(m)
+        b.live.join()
+        assert "background flush of 6 pushed bars failed" in caplog.text
+        assert b.live.pending == 18
+        assert b.flush() == 18
+        assert b.read(fs.name).equals(want)
 
 
 def test_one_push_of_the_whole_day(tmp_path: Path) -> None:

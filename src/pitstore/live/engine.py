@@ -3,8 +3,9 @@
 Per symbol and feature set, steppers (:mod:`pitstore.live.steppers`) are primed once from the stored bars and
 then fed each pushed bar: the rows equal a batch backfill of the same bars bit for bit. New rows go to the
 online tier and the history tier at once; the bars go to the offline tier in batches (``flush``: ingest, then
-an incremental backfill, which computes the same values). Until then this process answers look-ups of those
-rows from memory.
+an incremental backfill, which computes the same values). A batch is written by a background thread once
+``flush_bars`` are buffered, so a push never waits seconds for it; until it is stored, this process answers
+look-ups of those rows from memory. Pushes come from one thread; the flush thread is the engine's own.
 
 A bar dated at or before the latest known bar of its symbol is a duplicate when it is identical to it, else
 a restatement: buffered bars are flushed, the restated bars are ingested (recorded as a restatement), the
@@ -16,6 +17,8 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +40,8 @@ from pitstore.serving import Serving
 __all__ = ["LiveEngine", "PushReport"]
 
 log = logging.getLogger("pitstore.live")
+
+_RETRY_SECONDS = 5.0  # after a failed background flush, the next one starts no sooner than this
 
 Row = tuple[str, int, tuple[float | None, ...]]
 _VALUES = tuple(c for c in BAR_COLUMNS if c not in ("symbol", "ts"))  # what a stepper reads of a bar
@@ -72,6 +77,10 @@ class LiveEngine:
         self._symbols: dict[str, _Symbol] = {}
         self._buffer: list[pl.DataFrame] = []
         self._buffered = 0
+        self._lock = threading.Lock()  # the buffer and serving.pending, shared with the flush thread
+        self._flushing: threading.Thread | None = None
+        self._in_flight = 0  # bars the flush thread is writing
+        self._retry_at = 0.0
 
     def add(self, feature_set: FeatureSet, version: int) -> None:
         """Compute ``feature_set`` (registered as ``version``) on pushes from now on."""
@@ -121,14 +130,20 @@ class LiveEngine:
         report.bars = len(accepted)
         if accepted:
             self._serve(rows, report)
-            self._buffer.append(df[accepted])
-            self._buffered += len(accepted)
+            with self._lock:
+                self._buffer.append(df[accepted])
+                self._buffered += len(accepted)
         if restated:
             self._restate(df[restated], report)
         if self._buffered >= self.flush_bars:
-            self.flush()
-        report.pending_offline = self._buffered
+            self._flush_in_background()
+        report.pending_offline = self.pending
         return report
+
+    @property
+    def pending(self) -> int:
+        """Pushed bars not yet in the offline tier (buffered, or being written by the flush thread)."""
+        return self._buffered + self._in_flight
 
     def _serve(self, rows: dict[str, list[Row]], report: PushReport) -> None:
         for table_id, new in rows.items():
@@ -139,9 +154,10 @@ class LiveEngine:
             report.rows[table_id] = frame
             self.serving.online.put_latest(table_id, list(table.columns), new,
                                            expire_seconds=self.serving.expiry(table))
-            pending = self.serving.pending.setdefault(table_id, {})
-            for symbol, t, values in new:
-                pending.setdefault(symbol, []).append((t, values))
+            with self._lock:
+                pending = self.serving.pending.setdefault(table_id, {})
+                for symbol, t, values in new:
+                    pending.setdefault(symbol, []).append((t, values))
             if self.serving.history is not None:
                 try:
                     self.serving.history.write(table_id, table.columns, frame)
@@ -210,34 +226,96 @@ class LiveEngine:
     # --- the offline tier ---------------------------------------------------------------------------------
 
     def flush(self) -> int:
-        """Write buffered bars to the offline tier (ingest, then an incremental backfill of every live set);
-        returns the bars written."""
-        if not self._buffer:
+        """Write every buffered bar to the offline tier now (after a background flush in progress); returns
+        the bars written by this call. Raises what the write raised; the bars stay buffered then."""
+        self.join()
+        bars = self._take()
+        if bars is None:
             return 0
-        bars = pl.concat(self._buffer)
-        symbols = sorted(set(bars["symbol"].to_list()))
+        try:
+            self._write_offline(bars)
+        except BaseException:
+            self._give_back(bars)
+            raise
+        return bars.height
+
+    def join(self) -> None:
+        """Wait for the background flush in progress, if any."""
+        if self._flushing is not None:
+            self._flushing.join()
+            self._flushing = None
+
+    def _flush_in_background(self) -> None:
+        if self._flushing is not None:
+            if self._flushing.is_alive():
+                if self._buffered < 2 * self.flush_bars:
+                    return
+                self._flushing.join()  # back pressure: the buffer stays bounded when writes are slower
+            self._flushing = None
+        if time.monotonic() < self._retry_at:
+            return
+        bars = self._take()
+        if bars is None:
+            return
+        self._in_flight = bars.height
+        self._flushing = threading.Thread(target=self._flush_thread, args=(bars,), name="pitstore-live-flush",
+                                          daemon=True)
+        self._flushing.start()
+
+    def _flush_thread(self, bars: pl.DataFrame) -> None:
+        try:
+            self._write_offline(bars)
+        except BaseException as exc:  # kept, not raised: a later flush retries the same bars
+            log.error("background flush of %d pushed bars failed (retried later): %s", bars.height, exc,
+                      exc_info=exc)
+            self._retry_at = time.monotonic() + _RETRY_SECONDS
+            self._give_back(bars)
+        finally:
+            self._in_flight = 0
+
+    def _take(self) -> pl.DataFrame | None:
+        with self._lock:
+            if not self._buffer:
+                return None
+            bars = pl.concat(self._buffer)
+            self._buffer, self._buffered = [], 0
+        return bars
+
+    def _give_back(self, bars: pl.DataFrame) -> None:
+        with self._lock:
+            self._buffer.insert(0, bars)
+            self._buffered += bars.height
+
+    def _write_offline(self, bars: pl.DataFrame) -> None:
+        """Ingest ``bars`` and backfill every live set incrementally; then the pushed rows of those bars are
+        no longer needed in memory."""
+        upto = dict(bars.group_by("symbol").agg(pl.col("ts").max().dt.epoch("us")).iter_rows())
+        symbols = sorted(upto)
         _ingest.ingest(self.root, self.catalog, bars)
         history = self.serving.history
         for table_id, (fs, version) in self.sets.items():
             before = {e.id for e in self.catalog.feature_entries(fs.name, version, symbols)}
             _backfill.backfill(self.root, self.catalog, fs, version, symbols=symbols)
             pending = self.serving.pending.get(table_id, {})
+            with self._lock:
+                flushed = {s: [r for r in pending.get(s, []) if r[0] <= t] for s, t in upto.items()}
             if history is not None and history.pending() == 0 and history.dropped == 0:
                 # The new entries hold the rows this process pushed and wrote to the history tier, unless
                 # another process restated bars meanwhile: mark them synced only when the values agree.
                 new = [e for e in self.catalog.feature_entries(fs.name, version, symbols) if e.id not in before]
-                same = [e for e in new if self._pushed_equal(e.path, pending.get(e.symbol, []))]
+                same = [e for e in new if self._pushed_equal(e.path, flushed.get(e.symbol, []))]
                 if same:
                     self.catalog.mark_history_synced(table_id, {e.id: e.first_ts for e in same})
                 differ = sorted({e.symbol for e in new} - {e.symbol for e in same})
                 if differ:
                     self.serving.refresh(fs.name, version, differ)
-            for s in symbols:
-                pending.pop(s, None)
-        n = bars.height
-        self._buffer, self._buffered = [], 0
-        return n
-
+            with self._lock:  # rows pushed since the bars were taken stay
+                for s, t in upto.items():
+                    rest = [r for r in pending.get(s, []) if r[0] > t]
+                    if rest:
+                        pending[s] = rest
+                    else:
+                        pending.pop(s, None)
 
     def _pushed_equal(self, path: str, pushed: list[tuple[int, tuple[float | None, ...]]]) -> bool:
         stored = read_entries(self.root, [path])
