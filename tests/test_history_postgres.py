@@ -10,7 +10,7 @@ import socket
 import struct
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import psycopg
 import pyarrow as pa
@@ -29,7 +29,8 @@ from pitstore.errors import (
     InvalidInputError,
     SchemaMismatchError,
 )
-from pitstore.history import SCHEMA_VERSION, PostgresHistory
+from pitstore.history import SCHEMA_VERSION, PostgresHistory, postgres
+from pitstore.history.postgres import _ASOF_ROWS as ASOF_ROWS
 
 TS = pa.timestamp("us", tz="UTC")
 DAY = 86_400_000_000
@@ -81,8 +82,8 @@ def history(postgres_url: str, namespace: str) -> Iterator[PostgresHistory]:
 
 def test_migrate_twice_keeps_one_version(history: PostgresHistory, postgres_url: str, namespace: str) -> None:
     history.migrate()
-    assert _sql(postgres_url, "SELECT component, version FROM {s}.schema_version", namespace) == [
-        ("history", SCHEMA_VERSION)]
+    assert _sql(postgres_url, "SELECT component, version FROM {s}.schema_version ORDER BY version", namespace) == [
+        ("history", v) for v in range(1, SCHEMA_VERSION + 1)]  # one row per step
     tables = _sql(postgres_url, "SELECT tablename FROM pg_tables WHERE schemaname = %s", namespace, (namespace,))
     assert {t[0] for t in tables} == {"schema_version", "history_tables", "history_rows"}
 
@@ -123,8 +124,8 @@ def test_migrate_concurrently_from_four_processes(postgres_url: str, namespace: 
     try:
         out = _run_processes(_migrate_worker, [(postgres_url, namespace)] * 4)
         assert out == ["ok"] * 4
-        assert _sql(postgres_url, "SELECT component, version FROM {s}.schema_version", namespace) == [
-            ("history", SCHEMA_VERSION)]
+        assert _sql(postgres_url, "SELECT component, version FROM {s}.schema_version ORDER BY version",
+                    namespace) == [("history", v) for v in range(1, SCHEMA_VERSION + 1)]
     finally:
         _drop_schema(postgres_url, namespace)
 
@@ -282,7 +283,20 @@ def test_explain_asof_is_one_backward_index_seek(history: PostgresHistory, postg
                 assert nodes[1]["Index Name"] == "history_rows_pkey"
                 assert nodes[1]["Scan Direction"] == "Backward"
                 assert "Filter" not in nodes[1]  # every condition is checked inside the index
-                assert root["Plan Rows"] == 1
+                assert root["Plan Rows"] <= ASOF_ROWS  # a few versions, to step over tombstones
+    # asof_many (and asof below a run of tombstones): DISTINCT ON streams the same backward scan, no sort.
+    key = _sql(postgres_url, "SELECT table_key FROM {s}.history_tables WHERE table_id = 'fs@1'", namespace)[0][0]
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        for mode in ("force_custom_plan", "force_generic_plan"):
+            conn.execute(sql.SQL("SET plan_cache_mode = {}").format(sql.Literal(mode)))
+            cur = conn.cursor(binary=True)
+            plan = cur.execute(b"EXPLAIN (FORMAT JSON) " + history._q.asof_many,
+                               (["S007", "S008"], [3000, 60], key, 2**63 - 1)).fetchone()[0]
+            nodes = list(_plan_nodes(plan[0]["Plan"]))
+            assert "Sort" not in [n["Node Type"] for n in nodes], nodes
+            scans = [n for n in nodes if n["Node Type"] == "Index Scan"]
+            assert [(n["Index Name"], n["Scan Direction"]) for n in scans] == [("history_rows_pkey", "Backward")]
+            assert [n["Node Type"] for n in nodes][-2:] == ["Unique", "Index Scan"]
 
 
 def test_scan_bounds_symbols_and_as_known_at(history: PostgresHistory) -> None:
@@ -325,6 +339,148 @@ def test_delete_before_and_window_start(history: PostgresHistory) -> None:
     assert history.delete_before("fs@1", 0) == 0
 
 
+# --- tombstones -------------------------------------------------------------------------------------------
+
+
+def _stored(history: PostgresHistory, table_id: str, symbol: str) -> list[tuple[int, int, bool, Any]]:
+    """Every stored version of ``symbol``: (ts, recorded_at, tombstone, x)."""
+    scanned = history.scan(table_id, symbols=[symbol], all_versions=True)
+    return list(zip(scanned["ts"].cast(pa.int64()).to_pylist(), scanned["recorded_at"].cast(pa.int64()).to_pylist(),
+                    scanned["tombstone"].to_pylist(), scanned["x"].to_pylist(), strict=True))
+
+
+def test_a_tombstone_hides_the_row_from_its_recorded_at_on(history: PostgresHistory) -> None:
+    history.write("fs@1", ["x"], _rows(["A", "A", "A", "A", "B"], [10, 20, 30, 40, 20], x=[1.0, 2.0, 3.0, 4.0, 9.0]),
+                  recorded_at=100)
+    # An entry restating A's span [15, 35] without ts 20 (and 30 unchanged): one tombstone, for A@20 only.
+    assert history.write("fs@1", ["x"], _rows(["A"], [30], x=[3.0]), recorded_at=200,
+                         replaces=[("A", 15, 35)]) == 2  # A@30 again, and the tombstone
+    assert _stored(history, "fs@1", "A") == [(10, 100, False, 1.0), (20, 100, False, 2.0), (20, 200, True, None),
+                                              (30, 100, False, 3.0), (30, 200, False, 3.0), (40, 100, False, 4.0)]
+    assert history.asof("fs@1", "A", 25) == (10, (1.0,))  # at now: gone
+    assert history.asof("fs@1", "A", 20, as_known_at=200) == (10, (1.0,))
+    assert history.asof("fs@1", "A", 25, as_known_at=199) == (20, (2.0,))  # known before the tombstone: there
+    assert history.asof("fs@1", "B", 25) == (20, (9.0,))  # another symbol's row at that ts is untouched
+    assert history.asof_many("fs@1", ["A", "A", "B"], [25, 25, 25], as_known_at=None) == [
+        (10, (1.0,)), (10, (1.0,)), (20, (9.0,))]
+    assert history.asof_many("fs@1", ["A"], [25], as_known_at=150) == [(20, (2.0,))]
+    scanned = history.scan("fs@1", symbols=["A"])
+    assert scanned["ts"].cast(pa.int64()).to_pylist() == [10, 30, 40] and "tombstone" not in scanned.column_names
+    assert history.scan("fs@1", symbols=["A"], as_known_at=199)["ts"].cast(pa.int64()).to_pylist() == [10, 20, 30, 40]
+    assert history.scan("fs@1", symbols=["A"], start=20, end=20).num_rows == 0
+    # Idempotent: the same write again stores nothing, the tombstone included.
+    assert history.write("fs@1", ["x"], _rows(["A"], [30], x=[3.0]), recorded_at=200, replaces=[("A", 15, 35)]) == 0
+    # What was known at 200 never changes: A@20 with values at 200, or A@40 absent from a span replaced at 100.
+    with pytest.raises(ConflictError):
+        history.write("fs@1", ["x"], _rows(["A"], [20], x=[2.0]), recorded_at=200)
+    with pytest.raises(ConflictError, match="absent"):
+        history.write("fs@1", ["x"], _rows(["A"], [10], x=[1.0]), recorded_at=100, replaces=[("A", 10, 40)])
+    assert len(_stored(history, "fs@1", "A")) == 6  # the failed writes stored nothing
+    # A later version brings the row back.
+    assert history.write("fs@1", ["x"], _rows(["A"], [20], x=[2.5]), recorded_at=300) == 1
+    assert history.asof("fs@1", "A", 25) == (20, (2.5,))
+    assert history.asof("fs@1", "A", 25, as_known_at=299) == (10, (1.0,))
+
+
+def test_replaces_touches_only_live_rows_inside_its_spans(history: PostgresHistory) -> None:
+    history.write("fs@1", ["x"], _rows(["A"] * 5, [10, 20, 30, 40, 50], x=[1.0, 2.0, 3.0, 4.0, 5.0]), recorded_at=100)
+    # An appended entry beyond every stored row: nothing to tombstone.
+    assert history.write("fs@1", ["x"], _rows(["A"], [60], x=[6.0]), recorded_at=200, replaces=[("A", 60, 60)]) == 1
+    # A span [20, 30] without any row: tombstones for 20 and 30, not for 10 or 40 (just outside), nor for B.
+    assert history.write("fs@1", ["x"], _rows(["B"], [25], x=[0.0]), recorded_at=300, replaces=[("A", 20, 30)]) == 3
+    assert [(t, r) for t, r, dead, _ in _stored(history, "fs@1", "A") if dead] == [(20, 300), (30, 300)]
+    # A tombstone is written only over a row live at its recorded_at: nothing at 250 knew of A@60's absence
+    # before 200... and the rows already dead at 400 get no second tombstone.
+    assert history.write("fs@1", ["x"], _rows([], [], x=[]), recorded_at=150, replaces=[("A", 55, 65)]) == 0
+    assert history.write("fs@1", ["x"], _rows([], [], x=[]), recorded_at=400, replaces=[("A", 15, 35)]) == 0
+    assert history.latest("fs@1", ["A"]) == [(60, (6.0,))]
+    with pytest.raises(InvalidInputError, match="empty span"):
+        history.write("fs@1", ["x"], _rows([], [], x=[]), recorded_at=500, replaces=[("A", 30, 20)])
+    with pytest.raises(InvalidInputError):
+        history.write("fs@1", ["x"], _rows([], [], x=[]), recorded_at=500, replaces=[("a\nb", 1, 2)])
+    with pytest.raises(DefinitionError, match="tombstone"):
+        history.write("fs@2", ["tombstone"], _rows(["A"], [1], tombstone=[1.0]))
+
+
+def test_asof_steps_over_more_tombstones_than_one_seek_reads(history: PostgresHistory) -> None:
+    """Runs of tombstones longer than the versions one seek fetches (some with older versions, which the walk
+    must skip too) take the slower look-up, with the same answer."""
+    n = 3 * ASOF_ROWS + 2
+    history.write("fs@1", ["x"], _rows(["A"] * (n + 2), list(range(n + 2)), x=[float(t) for t in range(n + 2)]),
+                  recorded_at=1)
+    history.write("fs@1", ["x"], _rows(["A"] * 3, [3, 4, 5], x=[-3.0, -4.0, -5.0]), recorded_at=2)  # restated
+    # A@1..n gone (n tombstones, and A@0 again): ts 0 and n + 1 stay.
+    assert history.write("fs@1", ["x"], _rows(["A"], [0], x=[0.0]), recorded_at=3, replaces=[("A", 0, n)]) == n + 1
+    for symbol, count in (("B", ASOF_ROWS), ("C", ASOF_ROWS - 1), ("D", 2 * ASOF_ROWS)):
+        # B: exactly one seek's worth of tombstones above its first row; C: one fewer; D: all of its rows.
+        keep = 0 if symbol == "D" else 1
+        history.write("fs@1", ["x"], _rows([symbol] * (count + keep), list(range(count + keep)),
+                                           x=[10.0] * (count + keep)), recorded_at=1)
+        history.write("fs@1", ["x"], _rows([], [], x=[]), recorded_at=3, replaces=[(symbol, keep, count + keep)])
+    assert history.asof("fs@1", "A", n + 1) == (n + 1, (n + 1.0,))
+    for t in (n, n - 1, 5, 3, 1):
+        assert history.asof("fs@1", "A", t) == (0, (0.0,)), t
+        assert history.asof("fs@1", "A", t, as_known_at=2) == (t, (-t if 3 <= t <= 5 else float(t),)), t
+    assert history.asof("fs@1", "A", n, as_known_at=1) == (n, (float(n),))
+    assert history.asof("fs@1", "B", 100) == (0, (10.0,))
+    assert history.asof("fs@1", "C", 100) == (0, (10.0,))
+    assert history.asof("fs@1", "D", 100) is None
+    assert history.asof("fs@1", "D", 100, as_known_at=2) == (2 * ASOF_ROWS - 1, (10.0,))
+    queries = [("A", n + 1), ("A", n), ("B", 100), ("D", 100), ("C", 100), ("A", 3), ("Z", 5)]
+    want = [(n + 1, (n + 1.0,)), (0, (0.0,)), (0, (10.0,)), None, (0, (10.0,)), (0, (0.0,)), None]
+    assert history.asof_many("fs@1", [q[0] for q in queries], [q[1] for q in queries]) == want
+    assert history.asof_many("fs@1", ["A", "D"], [n, 100], as_known_at=2) == [(n, (float(n),)),
+                                                                             (2 * ASOF_ROWS - 1, (10.0,))]
+    assert history.latest("fs@1", ["D", "B", "A", "C"]) == [None, (0, (10.0,)), (n + 1, (n + 1.0,)), (0, (10.0,))]
+    history.write("fs@1", ["x"], _rows([], [], x=[]), recorded_at=4, replaces=[("A", n + 1, n + 1)])
+    assert history.latest("fs@1", ["A"]) == [(0, (0.0,))]  # the latest row removed: the one before it
+
+
+def test_window_start_skips_tombstoned_rows(history: PostgresHistory) -> None:
+    history.write("fs@1", ["x"], _rows(["A", "B", "A"], [10, 10, 20], x=[1.0, 2.0, 3.0]), recorded_at=1)
+    history.write("fs@1", ["x"], _rows([], [], x=[]), recorded_at=2, replaces=[("A", 10, 10)])
+    assert history.window_start("fs@1") == 10  # B@10 is still there
+    history.write("fs@1", ["x"], _rows([], [], x=[]), recorded_at=2, replaces=[("B", 10, 10)])
+    assert history.window_start("fs@1") == 20
+    history.write("fs@1", ["x"], _rows(["B"], [10], x=[2.5]), recorded_at=3)  # back again
+    assert history.window_start("fs@1") == 10
+    history.write("fs@1", ["x"], _rows([], [], x=[]), recorded_at=4, replaces=[("A", 0, 100), ("B", 0, 100)])
+    assert history.window_start("fs@1") is None
+
+
+def test_migrating_a_schema_of_the_previous_version(postgres_url: str, namespace: str,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A schema made by the previous release (migration 1 only, vals NOT NULL, rows in it) is upgraded in place:
+    its rows stay, tombstones can be written, the view shows them."""
+    try:
+        with monkeypatch.context() as m:
+            m.setattr(postgres, "_MIGRATIONS", postgres._MIGRATIONS[:1])
+            m.setattr(postgres, "SCHEMA_VERSION", 1)
+            with PostgresHistory(postgres_url, schema=namespace) as old:
+                old.migrate()
+                old.write("fs@1", ["x"], _rows(["A", "A"], [10, 20], x=[1.0, None]), recorded_at=1)
+        nullable = ("SELECT is_nullable FROM information_schema.columns WHERE table_schema = %s"
+                    " AND table_name = 'history_rows' AND column_name = 'vals'")
+        assert _sql(postgres_url, nullable, namespace, (namespace,)) == [("NO",)]
+        assert _sql(postgres_url, "SELECT version FROM {s}.schema_version", namespace) == [(1,)]
+
+        with PostgresHistory(postgres_url, schema=namespace) as new:
+            new.migrate()
+            assert _sql(postgres_url, nullable, namespace, (namespace,)) == [("YES",)]
+            assert _sql(postgres_url, "SELECT version FROM {s}.schema_version ORDER BY version", namespace) == [
+                (v,) for v in range(1, SCHEMA_VERSION + 1)]
+            assert new.scan("fs@1")["x"].to_pylist() == [1.0, None]
+            assert new.write("fs@1", ["x"], _rows([], [], x=[]), recorded_at=2, replaces=[("A", 15, 25)]) == 1
+            assert new.latest("fs@1", ["A"]) == [(10, (1.0,))]
+            new.migrate()  # again: nothing to do
+        view = _sql(postgres_url, "SELECT extract(epoch FROM ts) * 1000000, vals, tombstone FROM {s}.history_view"
+                                  " ORDER BY ts, recorded_at", namespace)
+        assert [(int(t), v, dead) for t, v, dead in view] == [(10, [1.0], False), (20, [None], False),
+                                                               (20, None, True)]
+    finally:
+        _drop_schema(postgres_url, namespace)
+
+
 WEIRD_SYMBOLS = ["EUR/USD", "a'b", "é", "x" * 64, 'quo"te', " sp ", "ES=F", "back\\slash", "comma,sym", "NULL",
                  "\\.", "../..", "日本", "%s", "{1}"]
 
@@ -347,25 +503,49 @@ def test_weird_symbols_round_trip(history: PostgresHistory) -> None:
 # --- the as-of rule, against a brute-force reading of DESIGN section 2 ------------------------------------
 
 
+TOMB = "tombstone"  # the value of a Version that is a tombstone
+
+
 class Version(NamedTuple):
     symbol: str
     ts: int
     recorded_at: int
-    value: float | None
+    value: float | str | None  # TOMB: the (symbol, ts) no longer exists as of recorded_at
+
+
+def _visible(versions: list[Version], known: int | None) -> dict[tuple[str, int], Version]:
+    """The rows as known at ``known``: the latest version of each (symbol, ts) then, tombstones dropped."""
+    latest: dict[tuple[str, int], Version] = {}
+    for v in sorted(versions, key=lambda v: v.recorded_at):
+        if known is None or v.recorded_at <= known:
+            latest[(v.symbol, v.ts)] = v
+    return {k: v for k, v in latest.items() if v.value != TOMB}
 
 
 def _expected(versions: list[Version], symbol: str, t: int, lag: int, known: int | None) -> Any:
-    visible = [v for v in versions
-               if v.symbol == symbol and v.ts + lag <= t and (known is None or v.recorded_at <= known)]
-    if not visible:
+    rows = [v for (s, ts), v in _visible(versions, known).items() if s == symbol and ts + lag <= t]
+    if not rows:
         return None
-    best = max(visible, key=lambda v: (v.ts, v.recorded_at))
+    best = max(rows, key=lambda v: v.ts)
     return (best.ts, (best.value,))
+
+
+def _write_versions(history: PostgresHistory, table_id: str, versions: list[Version]) -> None:
+    """Store ``versions``: values by recorded_at, restatements out of order; then the tombstones in order (each is
+    written only over a row live at its time, so the rows it may hide must be there first)."""
+    values = [v for v in versions if v.value != TOMB]
+    for rec in sorted({v.recorded_at for v in values}, reverse=True):
+        batch = [v for v in values if v.recorded_at == rec]
+        history.write(table_id, ["x"], _rows([v.symbol for v in batch], [v.ts for v in batch],
+                                             x=[cast(float | None, v.value) for v in batch]), recorded_at=rec)
+    for v in sorted((v for v in versions if v.value == TOMB), key=lambda v: v.recorded_at):
+        history.write(table_id, ["x"], _rows([], [], x=[]), recorded_at=v.recorded_at,
+                      replaces=[(v.symbol, v.ts, v.ts)])
 
 
 _versions = st.lists(
     st.builds(Version, st.sampled_from(["A", "B", "é"]), st.integers(0, 12), st.integers(1, 4),
-              st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True, width=64))),
+              st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True, width=64), st.just(TOMB))),
     max_size=25, unique_by=lambda v: (v.symbol, v.ts, v.recorded_at),
 )
 _queries = st.lists(
@@ -384,10 +564,7 @@ def test_asof_matches_brute_force(history: PostgresHistory, versions: list[Versi
     table_id = f"prop@{next(_table_ids)}"  # one schema for all examples: a fresh table each
     versions = [v._replace(ts=base + v.ts, recorded_at=base + v.recorded_at) for v in versions]
     assert history.write(table_id, ["x"], _rows([], [], x=[])) == 0  # registers the table
-    for rec in sorted({v.recorded_at for v in versions}, reverse=True):  # restatements written out of order
-        batch = [v for v in versions if v.recorded_at == rec]
-        history.write(table_id, ["x"], _rows([v.symbol for v in batch], [v.ts for v in batch],
-                                             x=[v.value for v in batch]), recorded_at=rec)
+    _write_versions(history, table_id, versions)
     queries = [(s, base + t, lag, None if k is None else base + k) for s, t, lag, k in queries]
     for s, t, lag, known in queries:
         assert _same(history.asof(table_id, s, t, lag=lag, as_known_at=known), _expected(versions, s, t, lag, known))
@@ -400,10 +577,7 @@ def test_asof_matches_brute_force(history: PostgresHistory, versions: list[Versi
             assert all(_same(g, w) for g, w in zip(got, want, strict=True))
     known = base + scan_known
     scanned = history.scan(table_id, as_known_at=known)
-    visible = {}
-    for v in sorted(versions, key=lambda v: v.recorded_at):
-        if v.recorded_at <= known:
-            visible[(v.symbol, v.ts)] = v
+    visible = _visible(versions, known)
     want_rows = [visible[k] for k in sorted(visible)]
     assert scanned["symbol"].to_pylist() == [v.symbol for v in want_rows]
     assert scanned["ts"].cast(pa.int64()).to_pylist() == [v.ts for v in want_rows]

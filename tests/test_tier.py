@@ -26,7 +26,7 @@ from pitstore.catalog.sqlite import now_us
 from pitstore.cli import app
 from pitstore.errors import BackendError
 from pitstore.history import PostgresHistory
-from pitstore.tiering import CRASH_ENV, TierReport, archive_dir, read_archive, tier
+from pitstore.tiering import CRASH_ENV, TierReport, archive_dir, latest_versions, read_archive, tier
 
 DAY = 86_400_000_000
 NOW = 1_700_000_000_000_000  # 2023-11-14, µs: the clock of the in-process runs
@@ -181,16 +181,89 @@ def test_archives_answer_range_symbol_and_as_known_at_reads(history: PostgresHis
     tier(store.root, store.catalog, history, now_us=NOW)
 
     archived = read_archive(store.root, store.catalog, FS)
-    latest = archived.unique(["symbol", "ts"], keep="last", maintain_order=True)
-    assert canon(latest) == canon(expected_now)
-    then = archived.filter(pl.col("recorded_at").dt.epoch("us") <= known)
-    assert canon(then.unique(["symbol", "ts"], keep="last", maintain_order=True)) == canon(expected_then)
+    assert canon(latest_versions(archived)) == canon(expected_now)
+    assert canon(latest_versions(archived, as_known_at=known)) == canon(expected_then)
     ranged = read_archive(store.root, store.catalog, FS, symbols=["EUR/USD"], start=start, end=end)
     assert ranged.height == 3 + 3 and canon(ranged) == canon(expected_range)  # 3 days restated: 2 versions each
     assert read_archive(store.root, store.catalog, FS, symbols=[]).height == 0
-    assert read_archive(store.root, store.catalog, "never@1").columns == ["symbol", "ts", "recorded_at"]
+    assert read_archive(store.root, store.catalog, "never@1").columns == ["symbol", "ts", "recorded_at", "tombstone"]
     with pytest.raises(InvalidInputError):
         read_archive(store.root, store.catalog, FS, symbols="AAPL")
+
+
+def _day(d: int, now: int = NOW) -> int:
+    """ts of row ``d`` of a symbol in :func:`fill` (day 0 is the newest)."""
+    return now - d * DAY - DAY // 2
+
+
+def _asof_ts(history: PostgresHistory, symbol: str, t: int, as_known_at: int | None = None) -> int | None:
+    row = history.asof(FS, symbol, t, as_known_at=as_known_at)
+    return None if row is None else row[0]
+
+
+def test_tombstones_move_with_their_rows_and_keep_them_dead(history: PostgresHistory, store: Store) -> None:
+    """Rows removed by a restatement (tombstones recorded at REC3) on both sides of the cutoff: the old ones move
+    with their tombstones, and the archive gives the answers the history tier gave, now and as known before."""
+    fill(history, NOW)
+    rec3 = REC2 + 1
+    # AAPL days 47 (one version), 43 (restated, so two) and 4 (stays in PostgreSQL); EUR/USD day 31 removed and
+    # then given a new version (alive again); BND at cutoff - 1 µs, its only row.
+    for symbol, d in (("AAPL", 47), ("AAPL", 43), ("AAPL", 4), ("EUR/USD", 31)):
+        history.write(FS, ["a", "b"], _rows([], [], a=[], b=[]), recorded_at=rec3,
+                      replaces=[(symbol, _day(d), _day(d))])
+    history.write(FS, ["a", "b"], _rows(["EUR/USD"], [_day(31)], a=[31.5], b=[None]), recorded_at=rec3 + 1)
+    history.write(FS, ["a", "b"], _rows([], [], a=[], b=[]), recorded_at=rec3, replaces=[("BND", 0, CUTOFF - 1)])
+    before = pg_all(history, FS)
+    assert before.filter(pl.col("tombstone")).select("symbol", pl.col("ts").dt.epoch("us")).rows() == [
+        ("AAPL", _day(47)), ("AAPL", _day(43)), ("AAPL", _day(4)), ("BND", CUTOFF - 1), ("EUR/USD", _day(31))]
+    now_rows = pl.DataFrame(history.scan(FS, end=CUTOFF - 1))
+    then_rows = pl.DataFrame(history.scan(FS, end=CUTOFF - 1, as_known_at=REC2))
+    assert {("AAPL", _day(47)), ("AAPL", _day(43))} <= set(then_rows.select("symbol", pl.col("ts").dt.epoch("us"))
+                                                          .rows())
+    n_old = old(before, CUTOFF).height
+    assert n_old == 2 * 30 + 2 * 6 + 1 + 5  # fill's old versions, 4 tombstones and EUR/USD's new version
+
+    report = tier(store.root, store.catalog, history, now_us=NOW)
+
+    assert by_table(report)[FS] == counts(n_old, n_old, 0, n_old, 1)
+    archived = read_archive(store.root, store.catalog, FS)
+    assert canon(archived) == canon(old(before, CUTOFF))  # every version, tombstones flagged
+    assert archived.filter(pl.col("tombstone")).height == 4
+    assert canon(latest_versions(archived)) == canon(now_rows)
+    assert canon(latest_versions(archived, as_known_at=REC2)) == canon(then_rows)
+    gone = latest_versions(archived).filter(pl.col("symbol") == "AAPL")["ts"].dt.epoch("us").to_list()
+    assert _day(47) not in gone and _day(43) not in gone and _day(46) in gone
+    assert latest_versions(archived).filter(pl.col("symbol") == "EUR/USD", pl.col("ts").dt.epoch("us") == _day(31))[
+        "a"].to_list() == [31.5]
+    assert latest_versions(archived).filter(pl.col("symbol") == "BND").is_empty()
+    # The newer tombstone stays in PostgreSQL and still hides its row there.
+    assert canon(pg_all(history, FS)) == canon(new(before, CUTOFF))
+    assert _asof_ts(history, "AAPL", _day(4)) == _day(5)
+    assert _asof_ts(history, "AAPL", _day(4), as_known_at=REC2) == _day(4)
+    assert history.window_start(FS) == CUTOFF
+    assert tier(store.root, store.catalog, history, now_us=NOW).rows_archived == 0
+
+
+def test_archives_written_before_tombstones_read_as_live_versions(history: PostgresHistory, store: Store) -> None:
+    """An archive file without the tombstone column (written by the previous release) reads as versions that are
+    not tombstones, alone and together with a newer file that has tombstones."""
+    fill(history, NOW)
+    moved = old(pg_all(history, FS), CUTOFF)
+    tier(store.root, store.catalog, history, now_us=NOW)
+    path = store.root / store.catalog.history_archives(FS)[0].path
+    pl.read_parquet(path).drop("tombstone").write_parquet(path)  # as the previous release wrote it
+    legacy = read_archive(store.root, store.catalog, FS)
+    assert legacy.columns[:4] == ["symbol", "ts", "recorded_at", "tombstone"] and not legacy["tombstone"].any()
+    assert canon(legacy) == canon(moved)
+    # A late old row, then removed: the next run archives both versions, in a file with the column.
+    late = _day(50) + 1
+    history.write(FS, ["a", "b"], _rows(["AAPL"], [late], a=[1.0], b=[2.0]), recorded_at=REC2)
+    history.write(FS, ["a", "b"], _rows([], [], a=[], b=[]), recorded_at=NOW, replaces=[("AAPL", late, late)])
+    assert by_table(tier(store.root, store.catalog, history, now_us=NOW))[FS] == counts(2, 2, 0, 2, 1)
+    both = read_archive(store.root, store.catalog, FS)
+    assert both.height == moved.height + 2 and both["tombstone"].sum() == 1
+    assert canon(latest_versions(both)) == canon(latest_versions(legacy))  # the late row is dead
+    assert late in latest_versions(both, as_known_at=NOW - 1)["ts"].dt.epoch("us").to_list()
 
 
 def test_dry_run_reports_and_changes_nothing(history: PostgresHistory, store: Store) -> None:

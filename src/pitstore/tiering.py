@@ -2,7 +2,9 @@
 
 For each history table ("feature_set@version") one run does, in this order:
 
-1. scan every version (symbol, ts, recorded_at, values) with ``ts < cutoff`` (cutoff = now - window);
+1. scan every version (symbol, ts, recorded_at, tombstone, values) with ``ts < cutoff`` (cutoff = now - window),
+   tombstones included: an archive keeps them as versions flagged ``tombstone``, so that a row a restatement
+   removed does not come back to life once the tombstone has left PostgreSQL;
 2. drop the versions an earlier run already archived (same (symbol, ts, recorded_at): the history tier refuses
    other values for a stored key, so the key identifies the values);
 3. publish the rest as one Parquet file, ``history/<feature set>/v<version>/<uuid>.parquet`` (temporary file,
@@ -15,6 +17,8 @@ file without its row is an orphan that ``gc`` removes after its grace period); a
 archive, and possibly still in PostgreSQL too, until a re-run, whose step 2 then skips them and whose step 4
 deletes them. A reader that merges both tiers meanwhile sees such a version twice with identical values and
 keeps one (:func:`read_archive` likewise keeps one per key, should two concurrent runs ever archive the same).
+
+:func:`latest_versions` turns archived versions into the rows the history tier's scan gives for them.
 """
 
 from __future__ import annotations
@@ -44,8 +48,10 @@ from pitstore.catalog.sqlite import now_us as _clock_us
 from pitstore.datahash import file_hash
 from pitstore.errors import InvalidInputError
 from pitstore.history import PostgresHistory
+from pitstore.history.postgres import TOMBSTONE
 
-__all__ = ["ARCHIVE_DIR", "CRASH_ENV", "TableTier", "TierReport", "archive_dir", "read_archive", "tier"]
+__all__ = ["ARCHIVE_DIR", "CRASH_ENV", "TableTier", "TierReport", "archive_dir", "latest_versions", "read_archive",
+           "tier"]
 
 ARCHIVE_DIR = "history"  # under the store root
 CRASH_ENV = "PITSTORE_TIER_CRASH_AT"  # test hook: SIGKILL this process at the named step ("published", "committed")
@@ -61,7 +67,7 @@ class TableTier:
     """What one run did (with ``dry_run``: would do) to one history table."""
 
     table_id: str
-    rows_old: int = 0  # versions with ts < cutoff found in PostgreSQL
+    rows_old: int = 0  # versions with ts < cutoff found in PostgreSQL (tombstones included)
     rows_archived: int = 0  # of those, written to a new archive file
     rows_already_archived: int = 0  # of those, already in an archive (an interrupted earlier run)
     rows_deleted: int = 0  # deleted from PostgreSQL
@@ -113,14 +119,16 @@ def tier(root: Path, catalog: Catalog, history: PostgresHistory, *, window_days:
 def read_archive(root: Path, catalog: Catalog, table_id: str, *, symbols: Sequence[str] | None = None,
                  start: int | None = None, end: int | None = None) -> pl.DataFrame:
     """Archived rows of ``table_id`` with ``start <= ts <= end`` (µs UTC, bounds optional): every version,
-    columns ``symbol``, ``ts``, ``recorded_at`` (Datetime µs UTC) and the feature columns (Float64, NaN and
-    null kept apart), sorted by symbol, ts, recorded_at. For an as-known-at read keep ``recorded_at <= T``,
-    then the last row per (symbol, ts). No archive: an empty frame of the key columns."""
+    columns ``symbol``, ``ts``, ``recorded_at`` (Datetime µs UTC), ``tombstone`` (Boolean: the version says the
+    row no longer exists; its features are null) and the feature columns (Float64, NaN and null kept apart),
+    sorted by symbol, ts, recorded_at: as the history tier's ``scan(all_versions=True)`` gave them. For the
+    rows themselves, as known at a time or now, use :func:`latest_versions`. No archive: an empty frame of the
+    key columns and ``tombstone``."""
     wanted = None if symbols is None else _symbol_list(symbols)
     paths = [str(root / a.path) for a in catalog.history_archives(table_id) if _overlaps(a, start, end)]
     if not paths or wanted == []:
-        return pl.DataFrame(schema={"symbol": pl.String, "ts": _TS, "recorded_at": _TS})
-    lf = pl.scan_parquet(paths)
+        return pl.DataFrame(schema={"symbol": pl.String, "ts": _TS, "recorded_at": _TS, TOMBSTONE: pl.Boolean})
+    lf = pl.concat([_scan_archive(p) for p in paths])
     if wanted is not None:
         lf = lf.filter(pl.col("symbol").is_in(wanted))
     if start is not None:
@@ -129,6 +137,16 @@ def read_archive(root: Path, catalog: Catalog, table_id: str, *, symbols: Sequen
         lf = lf.filter(pl.col("ts") <= _datetime(end))
     # Two concurrent runs could archive one version twice, with identical values: keep one.
     return lf.sort(KEY).unique(KEY, keep="first", maintain_order=True).collect()
+
+
+def latest_versions(versions: pl.DataFrame, *, as_known_at: int | None = None) -> pl.DataFrame:
+    """The rows ``versions`` (as :func:`read_archive` returns them) hold as known at ``as_known_at`` (µs UTC;
+    default: everything recorded): per (symbol, ts) the last version recorded by then, none where that is a
+    tombstone, without the ``tombstone`` column; the history tier's ``scan`` answers the same."""
+    if as_known_at is not None:
+        versions = versions.filter(pl.col("recorded_at").dt.epoch("us") <= as_known_at)
+    latest = versions.sort(KEY).unique(["symbol", "ts"], keep="last", maintain_order=True)
+    return latest.filter(~pl.col(TOMBSTONE)).drop(TOMBSTONE)
 
 
 def archive_dir(table_id: str) -> str:
@@ -212,6 +230,15 @@ def _crash_point(step: str) -> None:
     # A real SIGKILL at a named step for the crash tests: no cleanup handler runs, as in a power cut.
     if os.environ.get(CRASH_ENV) == step:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _scan_archive(path: str) -> pl.LazyFrame:
+    """One archive file, with the ``tombstone`` column even when written before tombstones existed."""
+    lf = pl.scan_parquet(path)
+    names = lf.collect_schema().names()
+    if TOMBSTONE in names:
+        return lf
+    return lf.select(*KEY, pl.lit(False).alias(TOMBSTONE), *names[len(KEY):])
 
 
 def _overlaps(archive: HistoryArchive, start: int | None, end: int | None) -> bool:

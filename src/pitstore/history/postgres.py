@@ -9,10 +9,17 @@ the integers of the Python API, so nothing is converted or rounded on the way)::
     index history_rows_table_ts (table_key, ts)               window_start, delete_before, time-bounded scans
     view  history_view                                        the same rows with timestamptz, for SQL tools
 
+A version whose ``vals`` is NULL is a **tombstone**: the (symbol, ts) no longer exists as of its recorded_at
+(a restatement removed the bar). Versions recorded before it still answer ``as_known_at`` queries.
+
 As-of rule (DESIGN section 2): at time ``t`` the row of the symbol with the greatest ``ts`` such that
 ``ts + lag <= t``; with ``as_known_at=T`` only versions recorded at or before ``T`` exist, and the latest
-of those wins. Both are one backward scan of the primary key from ``(table_key, symbol, t - lag)`` with
-``recorded_at <= T`` checked inside the index, stopped after the first hit (``LIMIT 1``).
+of those wins; a ts whose winning version is a tombstone has no row. Both are one backward scan of the
+primary key from ``(table_key, symbol, t - lag)`` with ``recorded_at <= T`` checked inside the index, stopped
+after a few versions (``LIMIT 4``): the first version of each ts is its latest, and the first of those that is
+not a tombstone is the answer. Only when all of them are tombstones (or versions they hide) does a second
+statement look further down: the one ``asof_many`` and ``latest`` use, which skips tombstones in SQL (DISTINCT ON
+over the same backward scan, streaming, one index entry read when there is no tombstone).
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from typing import Any, NamedTuple, TypeVar
 
 import psycopg
 import pyarrow as pa
+import pyarrow.compute as pc
 from psycopg import errors as pg_errors
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
@@ -39,17 +47,28 @@ from pitstore.errors import (
     BackendUnavailableError,
     ConfigError,
     ConflictError,
+    DefinitionError,
     InvalidInputError,
     SchemaMismatchError,
 )
-from pitstore.history._rows import INT8_MAX, INT8_MIN, check_columns, decode_scan, encode_rows, micros
+from pitstore.history._rows import (
+    INT8_MAX,
+    INT8_MIN,
+    KEY_COLUMNS,
+    check_columns,
+    decode_scan,
+    encode_rows,
+    micros,
+)
 
-__all__ = ["SCHEMA_VERSION", "AsofRow", "PostgresHistory"]
+__all__ = ["SCHEMA_VERSION", "TOMBSTONE", "AsofRow", "PostgresHistory"]
 
 AsofRow = tuple[int, tuple[float | None, ...]]
 """``(ts, values)`` of one stored row, values in the table's column order."""
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+TOMBSTONE = "tombstone"
+"""The boolean column that marks tombstones in ``scan(all_versions=True)`` (and in tiering's archives)."""
 _COMPONENT = "history"
 _T = TypeVar("_T")
 _Conn = psycopg.Connection[Any]
@@ -84,18 +103,59 @@ _MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
                    r.vals
             FROM {s}.history_rows r JOIN {s}.history_tables t USING (table_key)""",
     )),
+    (2, (
+        # Tombstones. Dropping NOT NULL only changes the catalog: no table rewrite, no index rebuild.
+        "ALTER TABLE {s}.history_rows ALTER COLUMN vals DROP NOT NULL",
+        "COMMENT ON COLUMN {s}.history_rows.vals IS 'feature values in the order of history_tables.columns;"
+        " NULL: a tombstone, the (symbol, ts) no longer exists as of recorded_at'",
+        # The view keeps every version, tombstones included (a SQL reader picking the latest version must see
+        # them), and says which they are; a new column can only go last.
+        """CREATE OR REPLACE VIEW {s}.history_view AS
+            SELECT t.table_id, t.columns, r.symbol,
+                   timestamptz 'epoch' + r.ts * interval '1 microsecond' AS ts,
+                   timestamptz 'epoch' + r.recorded_at * interval '1 microsecond' AS recorded_at,
+                   r.vals, r.vals IS NULL AS tombstone
+            FROM {s}.history_rows r JOIN {s}.history_tables t USING (table_key)""",
+    )),
 )
 
+# Versions one as-of seek reads: enough for a tombstone with an older version or two above the answer. A
+# look-up costs its round trip: 1 or 8 versions read make no measurable difference.
+_ASOF_ROWS = 4
 _ASOF = (
     "SELECT ts, vals FROM {s}.history_rows"
     " WHERE table_key = {0} AND symbol = {1}::text AND ts <= {2} AND recorded_at <= {3}"
-    " ORDER BY ts DESC, recorded_at DESC LIMIT 1"
+    f" ORDER BY ts DESC, recorded_at DESC LIMIT {_ASOF_ROWS}"
 )
+# Any number of tombstones skipped in SQL: DISTINCT ON emits the latest version of each ts as the backward index
+# scan streams them (no sort, no read-ahead), and the scan stops at the first that is not a tombstone. Without
+# tombstones it reads one index entry, as LIMIT 1 did; asof() keeps the plainer plan above for explain_asof.
 _ASOF_MANY = (
     "SELECT q.i, r.ts, r.vals FROM unnest(%s::text[], %s::int8[]) WITH ORDINALITY AS q(symbol, bound, i)"
-    " JOIN LATERAL (SELECT h.ts, h.vals FROM {s}.history_rows h"
+    " JOIN LATERAL (SELECT v.ts, v.vals FROM (SELECT DISTINCT ON (h.ts) h.ts, h.vals FROM {s}.history_rows h"
     "   WHERE h.table_key = %s AND h.symbol = q.symbol AND h.ts <= q.bound AND h.recorded_at <= %s"
-    "   ORDER BY h.ts DESC, h.recorded_at DESC LIMIT 1) r ON true"
+    "   ORDER BY h.ts DESC, h.recorded_at DESC) v WHERE v.vals IS NOT NULL LIMIT 1) r ON true"
+)
+# recorded_at of a write: the caller's, else the server clock at the start of the write's transaction (now() is
+# the same value in every statement of one write).
+_REC = "coalesce({0}::int8, (extract(epoch FROM now()) * 1000000)::int8)"
+# Tombstones for a write that replaces spans (symbol, lo, hi): each (symbol, ts) in a span whose latest version
+# recorded at or before the write's is live and which the write does not contain. A live version recorded at
+# the write's own recorded_at is not replaced but reported: what was known at a time never changes. Nothing
+# stored in a span (an append beyond every stored row): one empty index range scan per span.
+_TOMBSTONES = (
+    "WITH gone AS (SELECT v.symbol, v.ts, v.recorded_at"
+    "  FROM unnest(%(symbols)s::text[], %(lo)s::int8[], %(hi)s::int8[]) AS p(symbol, lo, hi)"
+    "  CROSS JOIN LATERAL (SELECT DISTINCT ON (h.ts) h.symbol, h.ts, h.recorded_at, h.vals FROM {s}.history_rows h"
+    "    WHERE h.table_key = %(key)s AND h.symbol = p.symbol AND h.ts BETWEEN p.lo AND p.hi AND h.recorded_at <= {rec}"
+    "    ORDER BY h.ts DESC, h.recorded_at DESC) v"
+    "  WHERE v.vals IS NOT NULL"
+    "    AND NOT EXISTS (SELECT FROM pg_temp.{stage} g WHERE g.symbol = v.symbol AND g.ts = v.ts)"
+    "), added AS (INSERT INTO {s}.history_rows (table_key, symbol, ts, recorded_at, vals)"
+    "  SELECT %(key)s, symbol, ts, {rec}, NULL FROM gone WHERE recorded_at < {rec}"
+    "  ORDER BY symbol, ts ON CONFLICT DO NOTHING RETURNING 1)"
+    " SELECT (SELECT count(*) FROM added), c.symbol, c.ts FROM (VALUES (1)) AS one (x)"
+    "  LEFT JOIN (SELECT symbol, ts FROM gone WHERE recorded_at = {rec} LIMIT 1) c ON true"
 )
 _STAGE = "pitstore_history_stage"
 _INHERITED: list[object] = []  # connections opened by a parent process before fork() (see _connection)
@@ -115,8 +175,8 @@ class _Queries:
         s = self.schema = sql.Identifier(schema)
         stage = sql.Identifier(_STAGE)
 
-        def q(text: str, *args: sql.Composable) -> bytes:
-            return sql.SQL(text).format(*args, s=s, stage=stage).as_bytes(None)
+        def q(text: str, *args: sql.Composable, **kwargs: sql.Composable) -> bytes:
+            return sql.SQL(text).format(*args, s=s, stage=stage, **kwargs).as_bytes(None)
 
         self.asof = q(_ASOF, *(sql.Placeholder() for _ in range(4)))
         self.prepare_asof = sql.SQL("PREPARE {} (integer, text, bigint, bigint) AS ").format(
@@ -141,9 +201,7 @@ class _Queries:
             " vals float8[] NOT NULL) ON COMMIT DELETE ROWS"
         )
         self.copy_stage = q("COPY pg_temp.{stage} (symbol, ts, vals) FROM STDIN (FORMAT csv)")
-        # recorded_at: the caller's, else the server clock at the start of the write's transaction (now() is
-        # the same value in both statements of one write).
-        rec = "coalesce(%s::int8, (extract(epoch FROM now()) * 1000000)::int8)"
+        rec = _REC.format("%s")
         self.insert = q(
             "INSERT INTO {s}.history_rows (table_key, symbol, ts, recorded_at, vals)"
             f" SELECT %s, symbol, ts, {rec}, vals FROM pg_temp.{{stage}} ORDER BY symbol, ts ON CONFLICT DO NOTHING"
@@ -153,7 +211,14 @@ class _Queries:
             f" ON r.table_key = %s AND r.symbol = g.symbol AND r.ts = g.ts AND r.recorded_at = {rec}"
             " WHERE r.vals IS DISTINCT FROM g.vals LIMIT 1"
         )
-        self.window_start = q("SELECT min(ts) FROM {s}.history_rows WHERE table_key = %s")
+        self.tombstones = q(_TOMBSTONES, rec=sql.SQL(_REC.format("%(rec)s")))
+        # The first ts of a live row: a forward scan of (table_key, ts) that skips tombstones and the versions a
+        # later tombstone hides (a version is live at the latest if no tombstone was recorded after it).
+        self.window_start = q(
+            "SELECT h.ts FROM {s}.history_rows h WHERE h.table_key = %s AND h.vals IS NOT NULL AND NOT EXISTS"
+            " (SELECT FROM {s}.history_rows n WHERE n.table_key = h.table_key AND n.symbol = h.symbol"
+            "  AND n.ts = h.ts AND n.recorded_at > h.recorded_at AND n.vals IS NULL) ORDER BY h.ts LIMIT 1"
+        )
         self.delete_before = q("DELETE FROM {s}.history_rows WHERE table_key = %s AND ts < %s")
         # Nested loop of primary-key seeks: each named version is deleted exactly, whatever else arrived since.
         self.delete_versions = q(
@@ -255,7 +320,8 @@ class PostgresHistory:
 
     # --- writes ---------------------------------------------------------------------------------------
 
-    def write(self, table_id: str, columns: Sequence[str], rows: pa.Table, *, recorded_at: int | None = None) -> int:
+    def write(self, table_id: str, columns: Sequence[str], rows: pa.Table, *, recorded_at: int | None = None,
+              replaces: Sequence[tuple[str, int, int]] = ()) -> int:
         """Store ``rows`` (columns ``symbol``, ``ts`` and ``columns``) as versions recorded at ``recorded_at``.
 
         ``ts`` is timestamp[tz=UTC] or int64 µs; feature columns are numeric, null stays null and NaN stays
@@ -263,19 +329,28 @@ class PostgresHistory:
         write's transaction, one value for the whole call. Bulk path: COPY into a temporary table, then one
         INSERT in (symbol, ts) order. All or nothing.
 
+        ``replaces``: spans ``(symbol, first_ts, last_ts)`` (inclusive) that ``rows`` restate entirely, as a
+        recomputed offline entry does. Each (symbol, ts) in a span that is live as known at ``recorded_at``
+        (its latest version then is not a tombstone) and absent from ``rows`` gets a tombstone recorded at
+        ``recorded_at``, in the same transaction. Nothing outside the spans is touched.
+
         Idempotent: a (symbol, ts, recorded_at) already stored with the same values is skipped; with
-        different values it raises :class:`ConflictError` (what was known at a time never changes; a
-        restatement is a new version with a later ``recorded_at``). The first write of ``table_id`` fixes
-        its column list; another list raises :class:`SchemaMismatchError`. Returns the rows newly stored.
+        different values (or stored, but absent from a span replaced at that same time) it raises
+        :class:`ConflictError` (what was known at a time never changes; a restatement is a new version with a
+        later ``recorded_at``). The first write of ``table_id`` fixes its column list; another list raises
+        :class:`SchemaMismatchError`. Returns the versions newly stored, tombstones included.
         """
         _check_table_id(table_id)
         cols = check_columns(columns)
+        if TOMBSTONE in cols:
+            raise DefinitionError(f"feature column {TOMBSTONE!r} clashes with the marker of tombstones in scans")
         payload, n = encode_rows(rows, cols)
         rec = None if recorded_at is None else micros(recorded_at, "recorded_at")
+        spans = _spans(replaces)
 
         def op(conn: _Conn) -> int:
             table = self._register(conn, table_id, cols)
-            if n == 0:
+            if n == 0 and not spans["symbols"]:
                 return 0
             if self._staged_on is not conn:
                 conn.execute(self._q.create_stage)  # per session, outside the write so a rollback keeps it
@@ -292,6 +367,15 @@ class PostgresHistory:
                             f"{table_id!r}: ({clash[0]!r}, ts={clash[1]}) recorded at {clash[2]} is already stored"
                             " with other values; a restatement needs a later recorded_at"
                         )
+                if spans["symbols"]:
+                    added, symbol, ts = _one(conn.execute(self._q.tombstones,
+                                                          {**spans, "key": Int4(table.key), "rec": at}))
+                    if symbol is not None:
+                        raise ConflictError(
+                            f"{table_id!r}: ({symbol!r}, ts={ts}) is stored with this write's recorded_at but"
+                            " absent from it, in a span it replaces; a restatement needs a later recorded_at"
+                        )
+                    inserted += added
             return inserted
 
         return self._run(f"write to {table_id!r}", op)
@@ -330,7 +414,8 @@ class PostgresHistory:
     def asof(self, table_id: str, symbol: str, t: int, *, lag: int = 0,
              as_known_at: int | None = None) -> AsofRow | None:
         """The row of ``symbol`` with the greatest ``ts`` such that ``ts + lag <= t``, as known at
-        ``as_known_at`` (default: latest versions); None when there is none. One prepared index seek.
+        ``as_known_at`` (default: latest versions), skipping ts whose version then is a tombstone; None when
+        there is none. One prepared index seek (a second one below a run of tombstones).
         """
         _check_table_id(table_id)
         validate_symbol(symbol)
@@ -342,8 +427,10 @@ class PostgresHistory:
                 return None
             cur = conn.cursor(binary=True)
             cur.execute(self._q.asof, (Int4(table.key), symbol, Int8(bound), Int8(known)), prepare=True)
-            row = cur.fetchone()
-            return None if row is None else (row[0], tuple(row[1]))
+            row, below = _first_live(cur.fetchall())
+            if below is not None:
+                row = self._many(conn, table, [symbol], [below], known)[0]
+            return row
 
         return self._run(f"asof in {table_id!r}", op)
 
@@ -352,7 +439,8 @@ class PostgresHistory:
         """The plan of :meth:`asof`'s statement for these arguments (``EXPLAIN (FORMAT JSON)``, its root node).
 
         ``generic=True`` shows the generic plan, which a prepared statement may switch to after a few runs.
-        For operators and tests: the plan must be a LIMIT over one backward primary-key index scan.
+        For operators and tests: the plan must be a LIMIT over one backward primary-key index scan (the
+        statement that looks below a run of tombstones, rarely needed, is not shown).
         """
         _check_table_id(table_id)
         validate_symbol(symbol)
@@ -391,7 +479,7 @@ class PostgresHistory:
         return self._lookup(table_id, names, [_bound(t, lag) for t in ts], _known(as_known_at))
 
     def latest(self, table_id: str, symbols: Sequence[str]) -> list[AsofRow | None]:
-        """The latest row (greatest ts, latest version) of each symbol, in input order."""
+        """The latest row (greatest ts, latest version, tombstones skipped) of each symbol, in input order."""
         _check_table_id(table_id)
         names = _symbols(symbols)
         return self._lookup(table_id, names, [INT8_MAX] * len(names), INT8_MAX)
@@ -399,11 +487,14 @@ class PostgresHistory:
     def scan(self, table_id: str, *, symbols: Sequence[str] | None = None, start: int | None = None,
              end: int | None = None, as_known_at: int | None = None, all_versions: bool = False) -> pa.Table:
         """Rows with ``start <= ts <= end`` (bounds optional), the latest version of each (symbol, ts)
-        visible at ``as_known_at``, sorted by symbol (code point order) then ts. ``all_versions=True`` keeps
-        every visible version instead (restatements included), sorted by symbol, ts then recorded_at.
+        visible at ``as_known_at``, sorted by symbol (code point order) then ts; a (symbol, ts) whose latest
+        visible version is a tombstone has no row. ``all_versions=True`` keeps every visible version instead
+        (restatements and tombstones included), sorted by symbol, ts then recorded_at, with a boolean column
+        ``tombstone`` after ``recorded_at`` (a tombstone's features are null).
 
-        Columns: ``symbol``, ``ts`` and ``recorded_at`` (timestamp[us, tz=UTC]) and the feature columns
-        (float64). An unknown ``table_id`` gives an empty table of the three key columns.
+        Columns: ``symbol``, ``ts`` and ``recorded_at`` (timestamp[us, tz=UTC]), ``tombstone`` (bool, with
+        ``all_versions`` only) and the feature columns (float64). An unknown ``table_id`` gives an empty table
+        of those key columns.
         """
         _check_table_id(table_id)
         names = None if symbols is None else _symbols(symbols)
@@ -425,32 +516,36 @@ class PostgresHistory:
         def op(conn: _Conn) -> pa.Table:
             table = self._table(conn, table_id)
             if table is None or names == []:
-                return decode_scan(b"", () if table is None else table.columns)
+                columns = () if table is None else table.columns
+                return _tombstones(decode_scan(b"", (*columns, TOMBSTONE)), all_versions)
             values = sql.SQL(", ").join(sql.SQL(f"vals[{i}]") for i in range(1, len(table.columns) + 1))
             # Primary-key order streams from the index with no sort (DISTINCT ON would need one, spilling to
-            # disk for large scans); decode_scan keeps the last, i.e. latest visible, version of each key.
+            # disk for large scans); decode_scan keeps the last, i.e. latest visible, version of each key. A
+            # tombstone's vals[i] are all null, like a row of nulls: the last column tells them apart.
             query = sql.SQL(
-                "COPY (SELECT symbol, ts, recorded_at, {values} FROM {s}.history_rows WHERE {conds}"
-                " ORDER BY symbol, ts, recorded_at) TO STDOUT (FORMAT csv)"
+                "COPY (SELECT symbol, ts, recorded_at, {values}, (vals IS NULL)::int FROM {s}.history_rows"
+                " WHERE {conds} ORDER BY symbol, ts, recorded_at) TO STDOUT (FORMAT csv)"
             ).format(values=values, s=self._q.schema, conds=sql.SQL(" AND ").join(conds))
             buf = io.BytesIO()
             with conn.cursor().copy(query, (table.key, *params)) as copy:
                 for chunk in copy:
                     buf.write(chunk)
-            return decode_scan(buf.getvalue(), table.columns, latest_only=not all_versions)
+            scanned = decode_scan(buf.getvalue(), (*table.columns, TOMBSTONE), latest_only=not all_versions)
+            return _tombstones(scanned, all_versions)
 
         return self._run(f"scan of {table_id!r}", op)
 
     def window_start(self, table_id: str) -> int | None:
-        """The smallest ts held for ``table_id`` (None when empty): older rows live in the offline tier."""
+        """The smallest ts of a row held for ``table_id`` (None when empty), tombstoned rows not counted: older
+        rows live in the offline tier."""
         _check_table_id(table_id)
 
         def op(conn: _Conn) -> int | None:
             table = self._table(conn, table_id)
             if table is None:
                 return None
-            value: int | None = _one(conn.execute(self._q.window_start, (Int4(table.key),)))[0]
-            return value
+            row = conn.execute(self._q.window_start, (Int4(table.key),)).fetchone()
+            return None if row is None else int(row[0])
 
         return self._run(f"window_start of {table_id!r}", op)
 
@@ -471,17 +566,22 @@ class PostgresHistory:
             return []
 
         def op(conn: _Conn) -> list[AsofRow | None]:
-            out: list[AsofRow | None] = [None] * len(names)
             table = self._table(conn, table_id)
             if table is None:
-                return out
-            cur = conn.cursor(binary=True)
-            cur.execute(self._q.asof_many, (names, bounds, Int4(table.key), Int8(known)), prepare=True)
-            for i, ts, vals in cur:
-                out[i - 1] = (ts, tuple(vals))
-            return out
+                return [None] * len(names)
+            return self._many(conn, table, names, bounds, known)
 
         return self._run(f"asof_many in {table_id!r}", op)
+
+    def _many(self, conn: _Conn, table: _Table, names: list[str], bounds: list[int],
+              known: int) -> list[AsofRow | None]:
+        """As-of look-ups ``(names[i], bounds[i])`` in one statement, any number of tombstones skipped."""
+        out: list[AsofRow | None] = [None] * len(names)
+        cur = conn.cursor(binary=True)
+        cur.execute(self._q.asof_many, (names, bounds, Int4(table.key), Int8(known)), prepare=True)
+        for i, ts, vals in cur:
+            out[i - 1] = (ts, tuple(vals))
+        return out
 
     def _table(self, conn: _Conn, table_id: str) -> _Table | None:
         table = self._tables.get(table_id)
@@ -560,6 +660,33 @@ class PostgresHistory:
         return BackendError(f"{self._where}: {what} failed{state}: {_cause(exc)}")
 
 
+def _first_live(versions: Sequence[tuple[int, Any]]) -> tuple[AsofRow | None, int | None]:
+    """The as-of answer among ``versions`` ((ts, vals) ordered by ts then recorded_at, both descending: the first
+    version of a ts is its latest), as ``(row, None)``; or ``(None, bound)`` when all ``_ASOF_ROWS`` of them were
+    tombstones or versions they hide and the answer lies at or below ``bound``."""
+    dead = None  # the last ts seen: its latest version was a tombstone, its older ones are hidden
+    for ts, vals in versions:
+        if ts != dead:
+            if vals is not None:
+                return (ts, tuple(vals)), None
+            dead = ts
+    if len(versions) < _ASOF_ROWS or dead is None or dead == INT8_MIN:
+        return None, None  # every version up to the bound was read
+    return None, dead - 1
+
+
+def _tombstones(scanned: pa.Table, all_versions: bool) -> pa.Table:
+    """A scan decoded with the tombstone flag (1.0 or 0.0) as its last column: latest versions lose the
+    tombstoned keys and the flag; all versions get the flag as the boolean column ``tombstone`` after
+    ``recorded_at``."""
+    last = scanned.num_columns - 1
+    flag = pc.equal(scanned.column(last), 1.0)
+    scanned = scanned.remove_column(last)
+    if all_versions:
+        return scanned.add_column(len(KEY_COLUMNS), TOMBSTONE, flag)
+    return scanned.filter(pc.invert(flag))
+
+
 def _cause(exc: BaseException) -> str:
     return " ".join(str(exc).split())[:500] or type(exc).__name__
 
@@ -579,6 +706,21 @@ def _symbols(symbols: Sequence[str]) -> list[str]:
     if isinstance(symbols, str):
         raise InvalidInputError("symbols must be a sequence of symbols, not one string", value=symbols)
     return [validate_symbol(s) for s in symbols]
+
+
+def _spans(replaces: Sequence[tuple[str, int, int]]) -> dict[str, list[Any]]:
+    """``replaces`` as the array parameters of the tombstone statement, checked."""
+    if isinstance(replaces, str | bytes):
+        raise InvalidInputError("replaces must be a sequence of (symbol, first_ts, last_ts)", value=replaces)
+    out: dict[str, list[Any]] = {"symbols": [], "lo": [], "hi": []}
+    for symbol, first, last in replaces:
+        lo, hi = micros(first, "first_ts"), micros(last, "last_ts")
+        if lo > hi:
+            raise InvalidInputError(f"an empty span: first_ts {lo} > last_ts {hi}", symbol=symbol, value=first)
+        out["symbols"].append(validate_symbol(symbol))
+        out["lo"].append(lo)
+        out["hi"].append(hi)
+    return out
 
 
 def _version_keys(keys: pa.Table) -> tuple[list[str], list[int], list[int]]:

@@ -3,8 +3,9 @@ offline tier, and never a reason for a request to fail.
 
 * ``sync`` copies the rows of the offline entries inside the window, each entry with its catalog
   ``recorded_at`` as the version's ``recorded_at``: re-syncing is idempotent and a restated entry becomes a
-  new version, as in the offline tier. Entries synced are marked in the catalog, which is how a reader knows
-  the history tier holds every row that could answer a look-up.
+  new version, as in the offline tier. An entry replaces its span: a row stored there that the entry lacks (a
+  restatement removed its bar) gets a tombstone, in the same transaction. Entries synced are marked in the
+  catalog, which is how a reader knows the history tier holds every row that could answer a look-up.
 * Writes while PostgreSQL is unreachable are queued (bounded) and replayed, in order, by the next call.
 """
 
@@ -30,6 +31,9 @@ __all__ = ["HistoryTier"]
 
 log = logging.getLogger("pitstore.history")
 _T = TypeVar("_T")
+_Span = tuple[str, int, int]  # (symbol, first_ts, last_ts) a write replaces
+# A write waiting for PostgreSQL: table_id, columns, rows, recorded_at, catalog marks, spans replaced.
+_Queued = tuple[str, tuple[str, ...], pl.DataFrame, int | None, dict[int, int], tuple[_Span, ...]]
 
 _MAX_QUEUED_ROWS = 1_000_000  # rows kept for replay while PostgreSQL is down; beyond, writes raise
 _BREAKER_SECONDS = 1.0  # after a failure, calls fail at once for this long (a silent host costs one timeout)
@@ -43,7 +47,7 @@ class HistoryTier:
         self.window = timedelta(days=days)
         self._migrated = False
         self._lock = threading.Lock()
-        self._queue: deque[tuple[str, tuple[str, ...], pl.DataFrame, int | None, dict[int, int]]] = deque()
+        self._queue: deque[_Queued] = deque()
         self._queued_rows = 0
         self.dropped = 0  # rows a full queue refused: until a re-sync, some rows may be missing here
         self._retry_at = 0.0  # monotonic time before which calls fail at once
@@ -70,12 +74,15 @@ class HistoryTier:
     # --- writes -------------------------------------------------------------------------------------------
 
     def write(self, table_id: str, columns: Sequence[str], rows: pl.DataFrame, *, recorded_at: int | None = None,
-              catalog: Catalog | None = None, marks: dict[int, int] | None = None) -> int:
+              catalog: Catalog | None = None, marks: dict[int, int] | None = None,
+              replaces: Sequence[_Span] = ()) -> int:
         """Store ``rows`` (symbol, ts, columns) as versions recorded at ``recorded_at`` (default: now); when
-        PostgreSQL is unreachable they are queued and written by a later call. ``marks`` (entry id -> first ts)
-        are recorded in ``catalog`` as synced once written. Returns the rows written now."""
+        PostgreSQL is unreachable they are queued and written by a later call. ``replaces``: spans ``rows``
+        restate entirely (see :meth:`PostgresHistory.write`: rows stored there but absent from ``rows`` get a
+        tombstone). ``marks`` (entry id -> first ts) are recorded in ``catalog`` as synced once written.
+        Returns the versions written now."""
         with self._lock:
-            self._queue.append((table_id, tuple(columns), rows, recorded_at, dict(marks or {})))
+            self._queue.append((table_id, tuple(columns), rows, recorded_at, dict(marks or {}), tuple(replaces)))
             self._queued_rows += rows.height
             return self._drain(catalog)
 
@@ -84,8 +91,9 @@ class HistoryTier:
         try:
             db = self._ready()
             while self._queue:
-                table_id, cols, rows, recorded_at, synced = self._queue[0]
-                written += self._call(partial(db.write, table_id, cols, rows, recorded_at=recorded_at))
+                table_id, cols, rows, recorded_at, synced, replaces = self._queue[0]
+                written += self._call(partial(db.write, table_id, cols, rows, recorded_at=recorded_at,
+                                              replaces=replaces))
                 self._queue.popleft()
                 self._queued_rows -= rows.height
                 if synced and catalog is not None:
@@ -116,7 +124,8 @@ class HistoryTier:
 
     def sync(self, table_id: str, columns: Sequence[str], catalog: Catalog, reader: EntryReader,
              symbols: Sequence[str] | None) -> int:
-        """Copy the rows inside the window of every offline entry not yet synced; returns rows written."""
+        """Copy the rows inside the window of every offline entry not yet synced, each replacing its span
+        there (rows the entry lacks get a tombstone); returns the versions written."""
         name, _, version = table_id.rpartition("@")
         entries = catalog.feature_entries(name, int(version), symbols)
         if not entries:
@@ -131,9 +140,11 @@ class HistoryTier:
             df = reader.read([e.path], ["symbol", "ts", *columns])
             if df is None:
                 continue
-            df = df.filter(pl.col("ts").dt.epoch("us") >= cutoff)
+            start = max(cutoff, e.first_ts)
+            df = df.filter(pl.col("ts").dt.epoch("us") >= start)
+            # Only the entry's own span: rows pushed live after it are in PostgreSQL before any entry has them.
             written += self.write(table_id, columns, df, recorded_at=e.recorded_at, catalog=catalog,
-                                  marks={e.id: max(cutoff, e.first_ts)})
+                                  marks={e.id: start}, replaces=[(e.symbol, start, e.last_ts)])
         return written
 
     # --- reads --------------------------------------------------------------------------------------------
