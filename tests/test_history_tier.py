@@ -1,5 +1,5 @@
 """The history tier (real PostgreSQL) through the Store: materialize copies the last ``history_days`` of rows,
-every tier gives the same as-of answer, restatements never leave old values served, pushes reach it at once.
+every tier gives the same as-of answer, restatements never leave old values served, pushes reach it before any flush.
 
 The Store's history tier always uses the schema ``pitstore``: each test isolates itself by unique feature-set
 names (so unique ``table_id``s) and deletes its rows afterwards.
@@ -8,6 +8,7 @@ names (so unique ``table_id``s) and deletes its rows afterwards.
 from __future__ import annotations
 
 import random
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
@@ -316,9 +317,11 @@ def test_a_removed_bar_is_not_served_from_the_history_tier(open_store: Callable[
 # --- 4. live pushes -----------------------------------------------------------------------------------------
 
 
-def test_pushed_rows_reach_the_history_tier_at_once(open_store: Callable[..., Store], namespace: str) -> None:
-    """Rows pushed by one store are in PostgreSQL before any flush, and a second store (another process: empty
-    in-process online tier, no pushed rows in memory) answers look-ups in the pushed range from there."""
+def test_pushed_rows_reach_the_history_tier_before_any_flush(open_store: Callable[..., Store],
+                                                             namespace: str) -> None:
+    """Rows pushed by one store reach PostgreSQL (through the writer thread) before any flush, and a second store
+    (another process: empty in-process online tier, no pushed rows in memory) answers look-ups in the pushed
+    range from there."""
     core, lagged = _sets(namespace)
     bars = _bars(3, 24 * 20, seed=9)
     cut = NOW_HOUR - 10 * HOUR
@@ -331,6 +334,8 @@ def test_pushed_rows_reach_the_history_tier_at_once(open_store: Callable[..., St
         "ts", maintain_order=True)]
     pushed = pl.concat([r.rows[f"{core.name}@1"] for r in reports]).sort("symbol", "ts")
     assert pushed.height == bars.filter(pl.col("ts") >= cut).height
+    assert live.serving.history is not None and live.serving.history.wait_written(10.0)
+    assert live.live.pending == pushed["symbol"].len()  # not flushed: PostgreSQL has them from the pushes
     in_pg = _pg(live, f"{core.name}@1", start=_us(cut))
     assert in_pg.drop("recorded_at").equals(pushed)
 
@@ -351,6 +356,42 @@ def test_pushed_rows_reach_the_history_tier_at_once(open_store: Callable[..., St
                 want = batch.serving._offline_asof(batch.serving.tables(fs.name)[0], symbol, t)
                 assert live.get_features(symbol, t, fs.name) == want, (symbol, t, fs.name)
                 assert reader.get_features(symbol, t, fs.name) == want, (symbol, t, fs.name)
+
+
+def test_a_push_does_not_wait_for_postgresql(open_store: Callable[..., Store], namespace: str,
+                                             postgres_url: str) -> None:
+    """Another session holds a lock on the history table (a stalled PostgreSQL, for writers): pushes return and
+    are served all the same; their rows reach PostgreSQL once the lock goes."""
+    core, _ = _sets(namespace)
+    bars = _bars(3, 24 * 5, seed=15)
+    cut = NOW_HOUR - 3 * HOUR
+    store = open_store()
+    store.ingest(bars.filter(pl.col("ts") < cut))
+    store.backfill(core)
+    store.materialize(core)
+    history = store.serving.history
+    assert history is not None
+    hours = [part for _, part in bars.filter(pl.col("ts") >= cut).sort("ts", "symbol").group_by(
+        "ts", maintain_order=True)]
+    with psycopg.connect(postgres_url) as locker:  # one transaction until the block ends
+        locker.execute("LOCK TABLE pitstore.history_rows IN EXCLUSIVE MODE")
+        reports: list[Any] = []
+        pushing = threading.Thread(target=lambda: reports.extend(store.push(h) for h in hours))
+        pushing.start()
+        pushing.join(30.0)
+        assert not pushing.is_alive(), "a push waited for PostgreSQL"
+        assert history.pending() == sum(h.height for h in hours) > 0
+        assert not history.wait_written(0.5)
+        last = pl.concat(hours).group_by("symbol").agg(pl.col("ts").max()).sort("symbol")
+        vectors = store.get_online(last["symbol"].to_list(), core.name)
+        assert [v.ts for v in vectors] == last["ts"].to_list()  # served online (status: by the 5-minute TTL)
+        # A look-up inside the pushed range: PostgreSQL does not have those rows yet, this process does.
+        first = reports[0].rows[f"{core.name}@1"].row(0, named=True)
+        got = store.get_features(first["symbol"], first["ts"], core.name)
+        assert got.ts == first["ts"] and got.values == {c: first[c] for c in core.columns}
+    assert history.wait_written(30.0) and history.pending() == 0
+    pushed = pl.concat([r.rows[f"{core.name}@1"] for r in reports]).sort("symbol", "ts")
+    assert _pg(store, f"{core.name}@1", start=_us(cut)).drop("recorded_at").equals(pushed)
 
 
 def test_a_pushed_restatement_rewrites_the_history_tier(open_store: Callable[..., Store], namespace: str) -> None:

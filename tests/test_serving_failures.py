@@ -153,7 +153,8 @@ def test_redis_down_reads_fall_back_pushes_are_queued_and_replayed(
         if with_history:
             # Another process (no pushed rows in memory, not yet in the offline tier): only the history tier
             # has them, so this is where its fallback answers come from.
-            assert store.serving.history is not None and store.serving.history.pending() == 0
+            assert store.serving.history is not None and store.serving.history.wait_written(10.0)
+            assert store.serving.history.pending() == 0
             other = Store.open(tmp_path / "store", online_url=redis_server.url, online_namespace=namespace,
                                postgres_url=postgres_url)
             try:
@@ -232,7 +233,7 @@ def test_postgres_down_online_unaffected_lookups_fall_back_writes_queued(pg: Pri
         history.ping()  # calls fail fast for a second after a failure (the breaker); ping goes through at once
         assert history.pending() == 0
         second = store.push(_live_bars(symbols, t - timedelta(minutes=8), seed=2))
-        assert history.pending() == 0
+        assert history.wait_written(10.0) and history.pending() == 0  # by the writer thread, after the push
         got = _history_rows(pg.url, t - timedelta(minutes=9))
         want = pl.concat([first.rows[TABLE], second.rows[TABLE]]).sort("symbol", "ts")
         assert got.sort("symbol", "ts").equals(want)

@@ -14,11 +14,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from bisect import bisect_right
 from collections import Counter
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from operator import itemgetter
 from typing import Any, NamedTuple, cast
 
 import polars as pl
@@ -33,6 +35,7 @@ from pitstore.history.recent import HistoryTier
 from pitstore.offline import EntryReader
 from pitstore.online import OnlineStore, open_online
 from pitstore.online.base import OnlineRow
+from pitstore.outage import warn_outage
 from pitstore.pit import is_available, is_stale, micros
 from pitstore.reads import Selection, read_range, select
 from pitstore.timeutil import parse_timeframe
@@ -201,8 +204,8 @@ class Serving:
                     rows = self._fill(table, symbols, rows)
                 got = [self._online_vector(table, s, r, now) for s, r in zip(symbols, rows, strict=True)]
             except BackendUnavailableError as exc:
-                _warn(f"online:{table.table_id}", "online tier unavailable (%s): serving %s from lower tiers", exc,
-                      table.table_id)
+                warn_outage(log, f"online:{table.table_id}", "online tier unavailable (%s): serving %s from lower"
+                            " tiers", exc, table.table_id)
                 got = self._fallback(table, symbols, now)
             merged = got if merged is None else [_merge(a, b) for a, b in zip(merged, got, strict=True)]
         assert merged is not None
@@ -255,8 +258,8 @@ class Serving:
                     if h is not None:
                         found[s] = OnlineRow(h[0], h[1])
             except BackendUnavailableError as exc:
-                _warn(f"history:{table.table_id}", "history tier unavailable too (%s): serving %s from the offline"
-                      " tier", exc, table.table_id)
+                warn_outage(log, f"history:{table.table_id}", "history tier unavailable too (%s): serving %s from"
+                            " the offline tier", exc, table.table_id)
         if found:  # a history row older than the newest stored row is not the latest (a backfill since its sync)
             newest: dict[str, int] = {}
             for e in self.catalog.feature_entries(table.sel.feature_set, table.sel.version, list(found)):
@@ -286,10 +289,14 @@ class Serving:
         for table in self.tables(features):
             vec = None
             if as_known_at is None:
-                entries = self.catalog.feature_entries(table.sel.feature_set, table.sel.version, [symbol])
-                vec = self._online_asof(table, symbol, t, entries)
+                # Rows pushed here and not yet stored are newer than every stored row: when one is available
+                # it is the answer, whether or not the history tier has it yet.
+                vec = self._pending_asof(table, symbol, t)
                 if vec is None:
-                    vec = self._history_asof(table, symbol, t, entries)
+                    entries = self.catalog.feature_entries(table.sel.feature_set, table.sel.version, [symbol])
+                    vec = self._online_asof(table, symbol, t, entries)
+                    if vec is None:
+                        vec = self._history_asof(table, symbol, t, entries)
             vectors.append(vec if vec is not None else self._offline_asof(table, symbol, as_of, as_known_at))
         out = vectors[0]
         for v in vectors[1:]:
@@ -300,6 +307,14 @@ class Serving:
         if is_stale(ts, t, table.ttl_us):
             return FeatureVector(symbol, _dt(ts), "stale", dict.fromkeys(table.sel.names))
         return FeatureVector(symbol, _dt(ts), "ok", table.values(values))
+
+    def _pending_asof(self, table: _Table, symbol: str, t: int) -> FeatureVector | None:
+        """The newest row pushed by this process, not yet in the offline tier, available at ``t``."""
+        rows = self.pending.get(table.table_id, {}).get(symbol)
+        if not rows:
+            return None
+        i = bisect_right(rows, t - table.lag_us, key=itemgetter(0))  # rows are in ts order
+        return self._vector(table, symbol, rows[i - 1][0], rows[i - 1][1], t) if i else None
 
     def _online_asof(self, table: _Table, symbol: str, t: int,
                      entries: Sequence[FeatureEntry]) -> FeatureVector | None:
@@ -326,8 +341,8 @@ class Serving:
         try:
             row = self.history.asof(table.table_id, symbol, t, lag)
         except BackendUnavailableError as exc:
-            _warn(f"history:{table.table_id}", "history tier unavailable (%s): serving %s from the offline tier", exc,
-                  table.table_id)
+            warn_outage(log, f"history:{table.table_id}", "history tier unavailable (%s): serving %s from the"
+                        " offline tier", exc, table.table_id)
             return None
         if row is None:
             return None
@@ -352,10 +367,8 @@ class Serving:
         """The as-of rule over the symbol's stored rows (see :mod:`pitstore.pit`), and live rows not yet stored."""
         names = table.sel.names
         bound = as_of - table.sel.availability_lag
-        if as_known_at is None:
-            live = [r for r in self.pending.get(table.table_id, {}).get(symbol, []) if r[0] <= _us(bound)]
-            if live:
-                return self._vector(table, symbol, live[-1][0], live[-1][1], _us(as_of))
+        if as_known_at is None and (vec := self._pending_asof(table, symbol, _us(as_of))) is not None:
+            return vec
         rows = read_range(self.reader, self.catalog, self.registry, table.table_id, [symbol], None, bound,
                           as_known_at)
         if rows.is_empty():
@@ -372,17 +385,6 @@ class Serving:
         finally:
             if self.history is not None:
                 self.history.close()
-
-
-_WARN_SECONDS = 10.0  # an outage is logged once per this many seconds and kind, not once per request
-_warned: dict[str, float] = {}
-
-
-def _warn(kind: str, msg: str, *args: Any) -> None:
-    now = time.monotonic()
-    if _warned.get(kind, -_WARN_SECONDS) + _WARN_SECONDS <= now:
-        _warned[kind] = now
-        log.warning(msg, *args)
 
 
 _RANK = {"ok": 0, "fallback": 1, "stale": 2, "missing": 3}

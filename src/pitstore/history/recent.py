@@ -6,7 +6,9 @@ offline tier, and never a reason for a request to fail.
   new version, as in the offline tier. An entry replaces its span: a row stored there that the entry lacks (a
   restatement removed its bar) gets a tombstone, in the same transaction. Entries synced are marked in the
   catalog, which is how a reader knows the history tier holds every row that could answer a look-up.
-* Writes while PostgreSQL is unreachable are queued (bounded) and replayed, in order, by the next call.
+* Writes go through one bounded queue, written in order. ``write`` (syncs) writes at once; ``write_later``
+  (pushes) leaves it to a writer thread, so a push never waits for PostgreSQL. While PostgreSQL is unreachable
+  the queue keeps what it holds, and the writer retries once the breaker closes.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import partial
 from typing import TypeVar
@@ -26,14 +29,27 @@ from pitstore.catalog.base import Catalog
 from pitstore.errors import BackendUnavailableError
 from pitstore.history.postgres import AsofRow, PostgresHistory
 from pitstore.offline import EntryReader
+from pitstore.outage import warn_outage
 
 __all__ = ["HistoryTier"]
 
 log = logging.getLogger("pitstore.history")
 _T = TypeVar("_T")
 _Span = tuple[str, int, int]  # (symbol, first_ts, last_ts) a write replaces
-# A write waiting for PostgreSQL: table_id, columns, rows, recorded_at, catalog marks, spans replaced.
-_Queued = tuple[str, tuple[str, ...], pl.DataFrame, int | None, dict[int, int], tuple[_Span, ...]]
+
+
+@dataclass(frozen=True)
+class _Queued:
+    """A write waiting for PostgreSQL; ``marks`` (entry id -> first ts) go to ``catalog`` once it is written."""
+
+    table_id: str
+    columns: tuple[str, ...]
+    rows: pl.DataFrame
+    recorded_at: int | None = None
+    marks: dict[int, int] = field(default_factory=dict)
+    replaces: tuple[_Span, ...] = ()
+    catalog: Catalog | None = None
+
 
 _MAX_QUEUED_ROWS = 1_000_000  # rows kept for replay while PostgreSQL is down; beyond, writes raise
 _BREAKER_SECONDS = 1.0  # after a failure, calls fail at once for this long (a silent host costs one timeout)
@@ -46,9 +62,12 @@ class HistoryTier:
         self.db = PostgresHistory(url, schema=schema)
         self.window = timedelta(days=days)
         self._migrated = False
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()  # the queue; notified when it grows or shrinks, and on close
+        self._drain_lock = threading.Lock()  # one writer at a time: versions reach PostgreSQL in queue order
         self._queue: deque[_Queued] = deque()
         self._queued_rows = 0
+        self._writer: threading.Thread | None = None
+        self._closing = False
         self.dropped = 0  # rows a full queue refused: until a re-sync, some rows may be missing here
         self._retry_at = 0.0  # monotonic time before which calls fail at once
         self._last_error = ""
@@ -76,50 +95,107 @@ class HistoryTier:
     def write(self, table_id: str, columns: Sequence[str], rows: pl.DataFrame, *, recorded_at: int | None = None,
               catalog: Catalog | None = None, marks: dict[int, int] | None = None,
               replaces: Sequence[_Span] = ()) -> int:
-        """Store ``rows`` (symbol, ts, columns) as versions recorded at ``recorded_at`` (default: now); when
-        PostgreSQL is unreachable they are queued and written by a later call. ``replaces``: spans ``rows``
-        restate entirely (see :meth:`PostgresHistory.write`: rows stored there but absent from ``rows`` get a
-        tombstone). ``marks`` (entry id -> first ts) are recorded in ``catalog`` as synced once written.
-        Returns the versions written now."""
-        with self._lock:
-            self._queue.append((table_id, tuple(columns), rows, recorded_at, dict(marks or {}), tuple(replaces)))
-            self._queued_rows += rows.height
-            return self._drain(catalog)
+        """Store ``rows`` (symbol, ts, columns) as versions recorded at ``recorded_at`` (default: now), after
+        what is queued before them; when PostgreSQL is unreachable they stay queued for the writer thread.
+        ``replaces``: spans ``rows`` restate entirely (see :meth:`PostgresHistory.write`: rows stored there but
+        absent from ``rows`` get a tombstone). ``marks`` (entry id -> first ts) are recorded in ``catalog`` as
+        synced once written. Returns the versions written by this call."""
+        self._enqueue(_Queued(table_id, tuple(columns), rows, recorded_at, dict(marks or {}), tuple(replaces),
+                              catalog))
+        return self._drain()
 
-    def _drain(self, catalog: Catalog | None) -> int:
-        written = 0
-        try:
-            db = self._ready()
-            while self._queue:
-                table_id, cols, rows, recorded_at, synced, replaces = self._queue[0]
-                written += self._call(partial(db.write, table_id, cols, rows, recorded_at=recorded_at,
-                                              replaces=replaces))
-                self._queue.popleft()
-                self._queued_rows -= rows.height
-                if synced and catalog is not None:
-                    catalog.mark_history_synced(table_id, synced)
-        except BackendUnavailableError as exc:
-            if self._queued_rows > _MAX_QUEUED_ROWS:
-                dropped = self._queue.pop()
-                self._queued_rows -= dropped[2].height
-                self.dropped += dropped[2].height
+    def write_later(self, table_id: str, columns: Sequence[str], rows: pl.DataFrame) -> None:
+        """Queue ``rows`` (recorded at the time they are written) for the writer thread: the caller never
+        waits for PostgreSQL. Raises BackendUnavailableError when the queue is full (the rows are dropped)."""
+        self._enqueue(_Queued(table_id, tuple(columns), rows))
+        if self._writer is None:
+            self._writer = threading.Thread(target=self._write_queued, name="pitstore-history-writer", daemon=True)
+            self._writer.start()
+
+    def _enqueue(self, item: _Queued) -> None:
+        with self._lock:
+            if self._closing:
+                raise BackendUnavailableError(f"{self.db!r} is closed")
+            if self._queue and self._queued_rows + item.rows.height > _MAX_QUEUED_ROWS:
+                self.dropped += item.rows.height
                 raise BackendUnavailableError(
-                    f"{exc}; the history write queue is full ({_MAX_QUEUED_ROWS} rows): {dropped[2].height} rows"
-                    " of the latest write were not accepted"
-                ) from exc
-            log.warning("history tier unavailable (%s): %d rows queued for retry", exc, self._queued_rows)
-        return written
+                    f"{self.db!r}: the history write queue is full ({self._queued_rows} rows queued, at most"
+                    f" {_MAX_QUEUED_ROWS}): {item.rows.height} rows of {item.table_id!r} not accepted"
+                    f" ({self._last_error})")
+            self._queue.append(item)
+            self._queued_rows += item.rows.height
+            self._lock.notify_all()
+
+    def _drain(self) -> int:
+        """Write the queue in order until it is empty or PostgreSQL is unreachable; returns versions written."""
+        written = 0
+        with self._drain_lock:
+            while True:
+                with self._lock:
+                    if not self._queue:
+                        return written
+                    item = self._queue[0]
+                try:
+                    db = self._ready()
+                    written += self._call(partial(db.write, item.table_id, item.columns, item.rows,
+                                                  recorded_at=item.recorded_at, replaces=item.replaces))
+                except BackendUnavailableError as exc:
+                    warn_outage(log, "history:write", "history tier unavailable (%s): %d rows queued for retry", exc,
+                                self._queued_rows)
+                    return written
+                except Exception:
+                    self._pop(dropped=True)  # a write PostgreSQL refuses must not block every later one
+                    raise
+                self._pop()
+                if item.marks and item.catalog is not None:
+                    item.catalog.mark_history_synced(item.table_id, item.marks)
+
+    def _pop(self, *, dropped: bool = False) -> None:
+        with self._lock:
+            item = self._queue.popleft()
+            self._queued_rows -= item.rows.height
+            if dropped:
+                self.dropped += item.rows.height
+            self._lock.notify_all()
+
+    def _write_queued(self) -> None:
+        """The writer thread: drain whenever the queue has rows, after the breaker closes."""
+        while True:
+            with self._lock:
+                while not self._queue and not self._closing:
+                    self._lock.wait()
+                if self._closing:
+                    return
+                wait = self._retry_at - time.monotonic()
+                if wait > 0:
+                    self._lock.wait(wait)
+                    continue
+            try:
+                self._drain()
+            except Exception as exc:  # logged, the thread goes on: the next rows may well be written
+                log.error("history write failed, rows dropped: %s", exc, exc_info=exc)
+
+    def wait_written(self, timeout: float) -> bool:
+        """Wait until the queue is empty (True), for at most ``timeout`` seconds; False at once while
+        PostgreSQL is known to be unreachable."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while self._queue:
+                left = deadline - time.monotonic()
+                if left <= 0 or time.monotonic() < self._retry_at:
+                    return False
+                self._lock.wait(min(left, _BREAKER_SECONDS))
+            return True
 
     def ping(self) -> None:
         """Reach PostgreSQL now (even while the breaker is open) and write what is queued; raises
         BackendUnavailableError when it cannot."""
-        with self._lock:
-            self._retry_at = 0.0
-            self._call(self._ready().ping)
-            self._drain(None)
+        self._retry_at = 0.0
+        self._call(self._ready().ping)
+        self._drain()
 
     def pending(self) -> int:
-        """Rows queued for a retry."""
+        """Rows queued, not yet written."""
         return self._queued_rows
 
     def sync(self, table_id: str, columns: Sequence[str], catalog: Catalog, reader: EntryReader,
@@ -161,9 +237,13 @@ class HistoryTier:
         """Write what is queued if PostgreSQL answers; rows still queued are logged as not written (the offline
         tier has them; a later materialize copies them)."""
         with self._lock:
-            if self._queue:
-                self._retry_at = 0.0
-                self._drain(None)
-            if self._queued_rows:
-                log.warning("history tier closed with %d queued rows not written to %r", self._queued_rows, self.db)
+            self._closing = True
+            self._lock.notify_all()
+        if self._writer is not None:
+            self._writer.join()
+        if self._queue:
+            self._retry_at = 0.0
+            self._drain()
+        if self._queued_rows:
+            log.warning("history tier closed with %d queued rows not written to %r", self._queued_rows, self.db)
         self.db.close()

@@ -2,10 +2,11 @@
 
 Per symbol and feature set, steppers (:mod:`pitstore.live.steppers`) are primed once from the stored bars and
 then fed each pushed bar: the rows equal a batch backfill of the same bars bit for bit. New rows go to the
-online tier and the history tier at once; the bars go to the offline tier in batches (``flush``: ingest, then
-an incremental backfill, which computes the same values). A batch is written by a background thread once
-``flush_bars`` are buffered, so a push never waits seconds for it; until it is stored, this process answers
-look-ups of those rows from memory. Pushes come from one thread; the flush thread is the engine's own.
+online tier at once and to the history tier through its writer thread (a push never waits for PostgreSQL);
+the bars go to the offline tier in batches (``flush``: ingest, then an incremental backfill, which computes
+the same values). A batch is written by a background thread once ``flush_bars`` are buffered, so a push never
+waits seconds for it; until it is stored, this process answers look-ups of those rows from memory. Pushes
+come from one thread; the flush thread is the engine's own.
 
 A bar dated at or before the latest known bar of its symbol is a duplicate when it is identical to it, else
 a restatement: buffered bars are flushed, the restated bars are ingested (recorded as a restatement), the
@@ -42,6 +43,7 @@ __all__ = ["LiveEngine", "PushReport"]
 log = logging.getLogger("pitstore.live")
 
 _RETRY_SECONDS = 5.0  # after a failed background flush, the next one starts no sooner than this
+_HISTORY_WAIT_SECONDS = 10.0  # a flush waits this long for pushed rows to reach PostgreSQL before marking
 
 Row = tuple[str, int, tuple[float | None, ...]]
 _VALUES = tuple(c for c in BAR_COLUMNS if c not in ("symbol", "ts"))  # what a stepper reads of a bar
@@ -160,7 +162,7 @@ class LiveEngine:
                     pending.setdefault(symbol, []).append((t, values))
             if self.serving.history is not None:
                 try:
-                    self.serving.history.write(table_id, table.columns, frame)
+                    self.serving.history.write_later(table_id, table.columns, frame)
                 except BackendUnavailableError as exc:
                     log.warning("history write of %s refused: %s", table_id, exc)
 
@@ -299,7 +301,7 @@ class LiveEngine:
             pending = self.serving.pending.get(table_id, {})
             with self._lock:
                 flushed = {s: [r for r in pending.get(s, []) if r[0] <= t] for s, t in upto.items()}
-            if history is not None and history.pending() == 0 and history.dropped == 0:
+            if history is not None and history.wait_written(_HISTORY_WAIT_SECONDS) and history.dropped == 0:
                 # The new entries hold the rows this process pushed and wrote to the history tier, unless
                 # another process restated bars meanwhile: mark them synced only when the values agree.
                 new = [e for e in self.catalog.feature_entries(fs.name, version, symbols) if e.id not in before]
