@@ -11,6 +11,9 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+from servers import drop_schema
+
+from pitstore.history import PostgresHistory
 
 REDIS_URL = os.environ.get("PITSTORE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 POSTGRES_URL = os.environ.get("PITSTORE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -45,6 +48,16 @@ def postgres_url() -> str:
     except Exception as exc:
         _unavailable("PostgreSQL", exc)
     return POSTGRES_URL
+
+
+@pytest.fixture
+def history(postgres_url: str, namespace: str) -> Iterator[PostgresHistory]:
+    """A PostgreSQL history tier in a schema of its own, dropped afterwards."""
+    h = PostgresHistory(postgres_url, schema=namespace)
+    h.migrate()
+    yield h
+    h.close()
+    drop_schema(postgres_url, namespace)
 
 
 @pytest.fixture

@@ -16,8 +16,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import psycopg
 import pytest
 import redis
+from psycopg import sql
 
 
 def skip_or_fail(reason: str) -> None:
@@ -145,3 +147,9 @@ def private_postgres() -> Iterator[PrivatePostgres]:
     finally:
         server._pg_ctl("-m", "immediate", "stop", check=False)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def drop_schema(url: str, schema: str) -> None:
+    """Drop a PostgreSQL schema and everything in it (a test's own namespace)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))

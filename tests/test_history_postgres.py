@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg import sql
-from servers import PrivatePostgres, private_postgres
+from servers import PrivatePostgres, drop_schema, private_postgres
 
 from pitstore.errors import (
     BackendError,
@@ -35,11 +35,6 @@ from pitstore.history.postgres import _ASOF_ROWS as ASOF_ROWS
 TS = pa.timestamp("us", tz="UTC")
 DAY = 86_400_000_000
 T0 = 1_700_000_000_000_000  # 2023-11-14, µs
-
-
-def _drop_schema(url: str, schema: str) -> None:
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
 
 
 def _sql(url: str, query: str, schema: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
@@ -66,15 +61,6 @@ def _same(a: Any, b: Any) -> bool:
     if a is None or b is None:
         return a is b
     return bool(a[0] == b[0] and [_bits(v) for v in a[1]] == [_bits(v) for v in b[1]])
-
-
-@pytest.fixture
-def history(postgres_url: str, namespace: str) -> Iterator[PostgresHistory]:
-    h = PostgresHistory(postgres_url, schema=namespace)
-    h.migrate()
-    yield h
-    h.close()
-    _drop_schema(postgres_url, namespace)
 
 
 # --- schema -----------------------------------------------------------------------------------------------
@@ -127,7 +113,7 @@ def test_migrate_concurrently_from_four_processes(postgres_url: str, namespace: 
         assert _sql(postgres_url, "SELECT component, version FROM {s}.schema_version ORDER BY version",
                     namespace) == [("history", v) for v in range(1, SCHEMA_VERSION + 1)]
     finally:
-        _drop_schema(postgres_url, namespace)
+        drop_schema(postgres_url, namespace)
 
 
 def test_not_migrated_and_bad_arguments_raise_pitstore_errors(postgres_url: str, namespace: str) -> None:
@@ -478,7 +464,7 @@ def test_migrating_a_schema_of_the_previous_version(postgres_url: str, namespace
         assert [(int(t), v, dead) for t, v, dead in view] == [(10, [1.0], False), (20, [None], False),
                                                                (20, None, True)]
     finally:
-        _drop_schema(postgres_url, namespace)
+        drop_schema(postgres_url, namespace)
 
 
 WEIRD_SYMBOLS = ["EUR/USD", "a'b", "é", "x" * 64, 'quo"te', " sp ", "ES=F", "back\\slash", "comma,sym", "NULL",

@@ -15,10 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-import psycopg
 import pyarrow as pa
 import pytest
-from psycopg import sql
 from typer.testing import CliRunner
 
 from pitstore import InvalidInputError, Store
@@ -36,15 +34,6 @@ FS, WEIRD, EMPTY = "fs@1", "we/ird..@3", "empty@1"
 SPECIAL = [math.nan, None, -0.0, 0.0, math.inf, -math.inf, 5e-324, 1 / 3, -1e308, 2.5]
 runner = CliRunner()
 
-
-@pytest.fixture
-def history(postgres_url: str, namespace: str) -> Iterator[PostgresHistory]:
-    h = PostgresHistory(postgres_url, schema=namespace)
-    h.migrate()
-    yield h
-    h.close()
-    with psycopg.connect(postgres_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(namespace)))
 
 
 @pytest.fixture
