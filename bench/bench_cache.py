@@ -38,7 +38,6 @@ import contextlib
 import gc
 import hashlib
 import io
-import os
 import platform
 import sys
 import tempfile
@@ -53,8 +52,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import xxhash
-from _results import write_results  # bench/ is sys.path[0] when a script runs
-from bench_compute import cpu_model, git_commit, nproc
+from _common import Report, git_commit, load_average, machine, timed  # bench/ is sys.path[0] when a script runs
 from bench_offline import Stages, best_median, stage_lines
 
 import pitstore
@@ -89,19 +87,6 @@ def features(raw: pl.DataFrame, config: dict[str, Any]) -> pl.DataFrame:
         *[log_ret.rolling_std(w).alias(f"vol_{w}") for w in config["vol_windows"]],
         ((close - close.rolling_mean(z)) / close.rolling_std(z)).alias(f"z_{z}"),
     )
-
-
-def timed(fn: Callable[[], Any], runs: int, *, warmup: bool = True) -> list[float]:
-    """Wall seconds of ``runs`` calls (after one untimed warm-up); results are dropped before the next call."""
-    if warmup:
-        fn()
-    out = []
-    for _ in range(runs):
-        gc.collect()
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    return out
 
 
 def timed_pair(a: Callable[[], Any], b: Callable[[], Any], runs: int) -> tuple[list[float], list[float]]:
@@ -356,12 +341,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else (args.hash_runs, args.naive_runs, args.runs, args.miss_runs))
     out_path: Path | None = args.out if args.out is not None else (None if q else DEFAULT_OUT)
 
-    lines: list[str] = []
-
-    def emit(line: str = "") -> None:
-        lines.append(line)
-        print(line, flush=True)
-
+    emit = Report()
     t_start = time.perf_counter()
     with contextlib.ExitStack() as stack:
         base = args.dir if args.dir is not None else Path(stack.enter_context(tempfile.TemporaryDirectory()))
@@ -372,9 +352,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         emit(f"versions:  python {platform.python_version()}, pitstore {pitstore.__version__} ({git_commit()}), "
              f"polars {pl.__version__}, pyarrow {pa.__version__}, numpy {np.__version__}, "
              f"xxhash {xxhash.VERSION} (xxHash {xxhash.XXHASH_VERSION})")
-        load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-        emit(f"machine:   nproc {nproc()}, {cpu_model()}, {platform.system()} {platform.machine()}, "
-             f"polars threads {pl.thread_pool_size()}, load average at start {load}")
+        emit(machine(f"polars threads {pl.thread_pool_size()}", f"load average at start {load_average()}"))
         emit(f"store:     {base} (zstd Parquet entries, fsynced; SQLite catalog in WAL mode)")
         bars = synthetic_bars(1, n_bars, timeframe="1m", seed=SEED)
         emit(f"input:     synthetic_bars(1, {n_bars:_}, timeframe='1m', seed={SEED}): {bars.height:,} rows, "
@@ -386,12 +364,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         emit()
         verdicts += sensitivity(emit, bars)
         emit()
-        emit(f"load average at end: {', '.join(f'{x:.2f}' for x in os.getloadavg())}; "
+        emit(f"load average at end: {load_average()}; "
              f"benchmark wall time {time.perf_counter() - t_start:.0f} s")
         emit("summary:")
         for v in verdicts:
             emit(f"  {v}{' (quick run: not the benchmark configuration)' if q else ''}")
-    write_results(out_path, lines)
+    emit.write(out_path)
     if out_path is not None:
         print(f"wrote {out_path}")
     return 0

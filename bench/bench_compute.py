@@ -32,11 +32,9 @@ from __future__ import annotations
 import argparse
 import gc
 import math
-import os
 import platform
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -50,7 +48,7 @@ import numpy.typing as npt
 import pandas as pd
 import polars as pl
 import talib
-from _results import write_results  # bench/ is sys.path[0] when a script runs
+from _common import Report, git_commit, machine  # bench/ is sys.path[0] when a script runs
 
 import pitstore
 
@@ -236,37 +234,6 @@ def check_against_talib(
 # --- report -------------------------------------------------------------------------------------------
 
 
-def git_commit() -> str:
-    try:
-        res = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=BENCH_DIR, capture_output=True, text=True, check=True
-        )
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "src"], cwd=BENCH_DIR.parent, capture_output=True,
-            text=True, check=True,
-        )
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return res.stdout.strip() + (" (src modified)" if dirty.stdout.strip() else "")
-
-
-def nproc() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 0
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def format_diffs(title: str, diffs: Sequence[Diff]) -> list[str]:
     head = f"  {'column':<10} {'nulls':>6} {'max rel diff':>13} {'(at |value|)':>13} {'max abs diff':>13}  ok"
     lines = [title, head]
@@ -297,12 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     pandas_runs = min(args.pandas_runs, 1) if args.quick else args.pandas_runs
     out_path: Path | None = args.out if args.out is not None else (None if args.quick else DEFAULT_OUT)
 
-    lines: list[str] = []
-
-    def emit(line: str = "") -> None:
-        lines.append(line)
-        print(line, flush=True)
-
+    emit = Report()
     t0 = time.perf_counter()
     bars = pitstore.testing.synthetic_bars(n_symbols, N_BARS, timeframe=TIMEFRAME, seed=SEED)
     gen_s = time.perf_counter() - t0
@@ -320,8 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     emit(f"versions:  python {platform.python_version()}, pitstore {pitstore.__version__} ({git_commit()}), "
          f"polars {pl.__version__}, numpy {np.__version__}, talib {talib.__version__}, "
          f"pandas {pd.__version__}")
-    emit(f"machine:   nproc {nproc()}, {cpu_model()}, {platform.system()} {platform.machine()}, "
-         f"polars threads {pl.thread_pool_size()}")
+    emit(machine(f"polars threads {pl.thread_pool_size()}"))
     emit()
 
     # Inputs for the other two methods, prepared outside the timings.
@@ -348,7 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     emit()
     if not all(d.close for d in [*pandas_diffs, *talib_diffs]):
         emit("ABORT: the implementations disagree, the timings would not compare like with like")
-        write_results(out_path, lines)
+        emit.write(out_path)
         return 1
     del ours, theirs, ref
     gc.collect()
@@ -395,7 +356,7 @@ def main(argv: Sequence[str] | None = None) -> int:
          f"(best of {len(pit.runs)}, validation included)")
     emit(f"result:    {best_rate:.1f} M bars/s best, {median_rate:.1f} M bars/s median -> {verdict}")
     emit(f"context:   {talib_best / pit.best:.2f}x TA-Lib's throughput (issue's expectation: about 0.5x)")
-    write_results(out_path, lines)
+    emit.write(out_path)
     if out_path is not None:
         print(f"wrote {out_path}")
     return 0

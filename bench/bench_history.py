@@ -48,8 +48,7 @@ import numpy as np
 import numpy.typing as npt
 import psycopg
 import pyarrow as pa
-from _results import write_results  # bench/ is sys.path[0] when a script runs
-from bench_compute import cpu_model, git_commit, nproc
+from _common import Report, git_commit, load_average, machine  # bench/ is sys.path[0] when a script runs
 from psycopg import sql
 
 import pitstore
@@ -155,26 +154,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     out_path = args.out if args.out is not None or args.quick else DEFAULT_OUT
     lookups = 1_000 if args.quick else 10_000
 
-    lines: list[str] = []
-
-    def emit(line: str = "") -> None:
-        print(line, flush=True)
-        lines.append(line)
-
+    emit = Report()
     schema = f"pitstore_bench_{uuid.uuid4().hex[:10]}"
     h = PostgresHistory(args.url, schema=schema)
     admin = psycopg.connect(args.url, autocommit=True)
     try:
         h.migrate()
         server = admin.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
-        load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
         emit("pitstore history-tier benchmark (PostgreSQL)")
         emit(f"date:      {datetime.now(UTC).isoformat(timespec='seconds')}")
         emit(f"versions:  python {platform.python_version()}, pitstore {pitstore.__version__} ({git_commit()}),"
              f" psycopg {psycopg.__version__} ({psycopg.pq.__impl__}), pyarrow {pa.__version__},"
              f" PostgreSQL server {server}")
-        emit(f"machine:   nproc {nproc()}, {cpu_model()}, {platform.system()} {platform.machine()},"
-             f" load average at start {load}")
+        emit(machine(f"load average at start {load_average()}"))
         emit(f"server:    {h!r} over loopback TCP; schema {schema} (dropped afterwards)")
         emit()
         failures = run(h, admin, schema, emit, lookups)
@@ -183,8 +175,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             admin.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
         admin.close()
         h.close()
-    emit(f"load average at end: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    write_results(out_path, lines)
+    emit(f"load average at end: {load_average()}")
+    emit.write(out_path)
     return 1 if failures else 0
 
 

@@ -62,8 +62,7 @@ import numpy as np
 import pandas as pd
 import polars as pl
 import pyarrow as pa
-from _results import write_results  # bench/ is sys.path[0] when a script runs
-from bench_compute import cpu_model, git_commit, nproc
+from _common import Report, git_commit, load_average, machine, timed  # bench/ is sys.path[0] when a script runs
 
 import pitstore
 from pitstore import Store, standard_features
@@ -105,18 +104,6 @@ def lookups(n_symbols: int, n_bars: int, n: int) -> pl.DataFrame:
 
 def best_median(xs: Sequence[float]) -> tuple[float, float]:
     return min(xs), statistics.median(xs)
-
-
-def timed(fn: Callable[[], Any], runs: int, *, warmup: bool = True) -> list[float]:
-    if warmup:
-        fn()
-    out = []
-    for _ in range(runs):
-        gc.collect()
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    return out
 
 
 # --- the get_historical worker --------------------------------------------------------------------------
@@ -272,12 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     noop_runs = min(args.noop_runs, 2) if q else args.noop_runs
     out_path: Path | None = args.out if args.out is not None else (None if q else DEFAULT_OUT)
 
-    lines: list[str] = []
-
-    def emit(line: str = "") -> None:
-        lines.append(line)
-        print(line, flush=True)
-
+    emit = Report()
     with contextlib.ExitStack() as stack:
         base = args.dir if args.dir is not None else Path(stack.enter_context(tempfile.TemporaryDirectory()))
         base.mkdir(parents=True, exist_ok=True)
@@ -286,20 +268,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         emit(f"date:      {datetime.now(UTC).isoformat(timespec='seconds')}")
         emit(f"versions:  python {platform.python_version()}, pitstore {pitstore.__version__} ({git_commit()}), "
              f"polars {pl.__version__}, pyarrow {pa.__version__}, numpy {np.__version__}, pandas {pd.__version__}")
-        load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-        emit(f"machine:   nproc {nproc()}, {cpu_model()}, {platform.system()} {platform.machine()}, "
-             f"polars threads {pl.thread_pool_size()}, load average at start {load}")
+        emit(machine(f"polars threads {pl.thread_pool_size()}", f"load average at start {load_average()}"))
         emit(f"stores:    {base} (zstd Parquet entries, fsynced; SQLite catalog in WAL mode)")
         emit()
         verdicts = historical(emit, base / "daily", hist_symbols, n_lookups, runs, cold_runs, pandas_runs)
         emit()
         verdicts += backfill(emit, base / "minute", bf_symbols, bf_runs, noop_runs)
         emit()
-        emit(f"load average at end: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
+        emit(f"load average at end: {load_average()}")
         emit("summary:")
         for v in verdicts:
             emit(f"  {v}{' (quick run: not the benchmark configuration)' if q else ''}")
-    write_results(out_path, lines)
+    emit.write(out_path)
     if out_path is not None:
         print(f"wrote {out_path}")
     return 0

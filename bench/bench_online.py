@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import math
 import os
 import platform
 import random
@@ -63,8 +62,7 @@ from typing import Any
 import polars as pl
 import psycopg
 import redis
-from _results import write_results  # bench/ is sys.path[0] when a script runs
-from bench_compute import cpu_model, git_commit, nproc
+from _common import Report, git_commit, load_average, machine, pct_us  # bench/ is sys.path[0] when a script runs
 
 import pitstore
 from pitstore import FeatureSet, Store, atr, ema, macd, rsi, standard_features
@@ -100,12 +98,6 @@ Verdicts = list[tuple[str, bool]]
 # --- helpers -----------------------------------------------------------------------------------------------
 
 
-def pct(ns: Sequence[int], q: float) -> float:
-    """Nearest-rank percentile ``q`` (0..100) of ``ns``, in µs."""
-    xs = sorted(ns)
-    return xs[min(len(xs) - 1, max(0, math.ceil(len(xs) * q / 100) - 1))] / 1e3
-
-
 def time_side_by_side(fns: Sequence[Callable[[int], object]], n: int, warmup: int) -> list[list[int]]:
     """Call each of ``fns`` with i = 0..n-1, alternating, each call timed alone; after ``warmup`` untimed rounds
     (inputs n.., so the timed calls do not repeat them)."""
@@ -130,9 +122,9 @@ def header(emit: Emit) -> None:
 
 def lat_row(emit: Emit, label: str, ns: Sequence[int], ours: Sequence[int] | None = None) -> None:
     """One latency row; with ``ours`` it is a floor and shows the facade's p99 as a multiple of its own."""
-    line = f"     {label:<44} {len(ns):>6} {pct(ns, 50):>9.1f} {pct(ns, 99):>9.1f} {pct(ns, 99.9):>9.1f}"
+    line = f"     {label:<44} {len(ns):>6} {pct_us(ns, 50):>9.1f} {pct_us(ns, 99):>9.1f} {pct_us(ns, 99.9):>9.1f}"
     if ours is not None:
-        line += f"  {pct(ours, 99) / pct(ns, 99):>9.2f}x"
+        line += f"  {pct_us(ours, 99) / pct_us(ns, 99):>9.2f}x"
     emit(line)
 
 
@@ -203,9 +195,9 @@ def _embedded_online(emit: Emit, tier: str, store: Store, name: str, singles: li
         [lambda i: store.get_online(singles[i], name), lambda i: online.get_latest(table_id, singles[i])], n, warm)
     lat_row(emit, f"{tier}  Store.get_online, 1 symbol", ours)
     lat_row(emit, f"{tier}    floor: online.get_latest", floor, ours)
-    p99 = pct(ours, 99)
+    p99 = pct_us(ours, 99)
     return [(f"{tier} get_online 1 symbol p99 {p99:.1f} µs < {TARGET_EMBEDDED_P99_US:.0f} µs"
-             f" (backend floor p99 {pct(floor, 99):.1f} µs)", p99 < TARGET_EMBEDDED_P99_US)]
+             f" (backend floor p99 {pct_us(floor, 99):.1f} µs)", p99 < TARGET_EMBEDDED_P99_US)]
 
 
 def _redis_online(emit: Emit, store: Store, name: str, url: str, namespace: str, singles: list[list[str]],
@@ -223,18 +215,18 @@ def _redis_online(emit: Emit, store: Store, name: str, url: str, namespace: str,
         lat_row(emit, "redis   Store.get_online, 1 symbol", ours)
         lat_row(emit, "redis     floor: online.get_latest", floor, ours)
         lat_row(emit, "redis     floor: bare redis-py GET", raw, ours)
-        ratio = pct(ours, 99) / pct(raw, 99)
-        verdicts = [(f"redis get_online 1 symbol p99 {pct(ours, 99):.1f} µs = {ratio:.2f}x bare redis-py GET"
-                     f" ({pct(raw, 99):.1f} µs) <= {TARGET_REDIS_RATIO}x", ratio <= TARGET_REDIS_RATIO)]
+        ratio = pct_us(ours, 99) / pct_us(raw, 99)
+        verdicts = [(f"redis get_online 1 symbol p99 {pct_us(ours, 99):.1f} µs = {ratio:.2f}x bare redis-py GET"
+                     f" ({pct_us(raw, 99):.1f} µs) <= {TARGET_REDIS_RATIO}x", ratio <= TARGET_REDIS_RATIO)]
         ours, floor, raw = time_side_by_side(
             [lambda i: store.get_online(batches[i], name), lambda i: online.get_latest(table_id, batches[i]),
              lambda i: bare.mget(keys100[i])], n, warm)
         lat_row(emit, f"redis   Store.get_online, {BATCH} symbols", ours)
         lat_row(emit, "redis     floor: online.get_latest", floor, ours)
         lat_row(emit, "redis     floor: bare redis-py MGET", raw, ours)
-        p99 = pct(ours, 99)
+        p99 = pct_us(ours, 99)
         verdicts.append((f"redis get_online {BATCH} symbols p99 {p99:.1f} µs < {TARGET_REDIS_BATCH_P99_US:.0f} µs"
-                         f" (bare MGET p99 {pct(raw, 99):.1f} µs)", p99 < TARGET_REDIS_BATCH_P99_US))
+                         f" (bare MGET p99 {pct_us(raw, 99):.1f} µs)", p99 < TARGET_REDIS_BATCH_P99_US))
     finally:
         bare.close()
     return verdicts
@@ -309,9 +301,9 @@ def _features_tier(emit: Emit, tier: str, store: Store, name: str, picks: list[t
          lambda i: db.asof(table_id, picks[i][0], us[i], lag=0)], n, warm)
     lat_row(emit, f"{tier:<7} Store.get_features (online {tier})", ours)
     lat_row(emit, f"{tier:<7}   floor: history.db.asof", floor, ours)
-    p99 = pct(ours, 99)
+    p99 = pct_us(ours, 99)
     return [(f"get_features via history (online tier {tier}) p99 {p99:.1f} µs < {TARGET_HISTORY_P99_US:.0f} µs"
-             f" (bare asof p99 {pct(floor, 99):.1f} µs)", p99 < TARGET_HISTORY_P99_US)]
+             f" (bare asof p99 {pct_us(floor, 99):.1f} µs)", p99 < TARGET_HISTORY_P99_US)]
 
 
 # --- 4: push ----------------------------------------------------------------------------------------------
@@ -525,12 +517,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for key in ("ROOT", "ONLINE_URL", "ONLINE_NAMESPACE", "POSTGRES_URL", "HISTORY_DAYS", "LIVE_FLUSH_BARS"):
         os.environ.pop(f"PITSTORE_{key}", None)  # every setting comes from this script
 
-    lines: list[str] = []
-
-    def emit(line: str = "") -> None:
-        lines.append(line)
-        print(line, flush=True)
-
+    emit = Report()
     tag = f"bench_online_{uuid.uuid4().hex[:8]}"
     namespace = tag
     admin = psycopg.connect(POSTGRES_URL, autocommit=True)
@@ -541,9 +528,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     emit(f"versions:  python {platform.python_version()}, pitstore {pitstore.__version__} ({git_commit()}), "
          f"polars {pl.__version__}, redis-py {redis.__version__}, psycopg {psycopg.__version__}, "
          f"PostgreSQL server {server[0] if server else '?'}")
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    emit(f"machine:   nproc {nproc()}, {cpu_model()}, {platform.system()} {platform.machine()}, "
-         f"load average at start {load}")
+    emit(machine(f"load average at start {load_average()}"))
     emit(f"data:      {N_SYMBOLS} symbols x {N_BARS} one-minute bars ending now, 7 standard features; "
          f"{args.requests:,} timed requests per latency figure after {args.warmup:,} warm-up ones")
     emit(f"servers:   Redis {args.redis_url.rsplit('@', 1)[-1]} (namespace {namespace}*), PostgreSQL history tier"
@@ -573,11 +558,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         cleanup(tag, namespace, args.redis_url, admin)
         admin.close()
-    emit(f"load average at end: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    emit("summary:")
-    for text, ok in verdicts:
-        emit(f"  {'PASS' if ok else 'FAIL'}  {text}")
-    write_results(args.out, lines)
+    emit.verdicts(verdicts)
+    emit.write(args.out)
     print(f"wrote {args.out}")
     return 0
 

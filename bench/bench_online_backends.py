@@ -43,8 +43,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import redis
-from _results import write_results  # bench/ is sys.path[0] when a script runs
-from bench_compute import cpu_model, git_commit, nproc
+from _common import Report, git_commit, load_average, machine, pct_us  # bench/ is sys.path[0] when a script runs
 
 import pitstore
 from pitstore.online import OnlineStore, open_online
@@ -83,8 +82,7 @@ def make_rows(ts: int) -> list[tuple[str, int, list[float | None]]]:
 
 def percentiles(ns: Sequence[int]) -> tuple[float, float]:
     """p50 and p99 in µs."""
-    xs = sorted(ns)
-    return xs[len(xs) // 2] / 1e3, xs[min(len(xs) - 1, math.ceil(len(xs) * 0.99) - 1)] / 1e3
+    return pct_us(ns, 50), pct_us(ns, 99)
 
 
 def time_calls(fn: Callable[[int], object], n: int) -> list[int]:
@@ -215,19 +213,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if min(args.single, args.batch, args.warmup, args.write_runs) < 1:
         parser.error("counts must be at least 1")
 
-    lines: list[str] = []
-
-    def emit(line: str = "") -> None:
-        lines.append(line)
-        print(line, flush=True)
-
+    emit = Report()
     emit("pitstore online-tier backends benchmark")
     emit(f"date:      {datetime.now(UTC).isoformat(timespec='seconds')}")
     emit(f"versions:  python {platform.python_version()}, pitstore {pitstore.__version__} ({git_commit()}), "
          f"redis-py {redis.__version__}")
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    emit(f"machine:   nproc {nproc()}, {cpu_model()}, {platform.system()} {platform.machine()}, "
-         f"load average at start {load}")
+    emit(machine(f"load average at start {load_average()}"))
     emit(f"data:      {N_SYMBOLS} symbols x {len(COLUMNS)} float columns, table {TABLE!r}; {args.single:,} single "
          f"reads, {args.batch:,} reads of {BATCH} symbols, {args.write_runs} writes of {N_SYMBOLS} rows")
     emit()
@@ -260,11 +251,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     emit("  bare: a bare redis-py client (defaults) doing GET of the same key / MGET of the same keys, no decoding,")
     emit("  its calls alternating with the backend's; ratio = backend / bare at that percentile.")
     emit()
-    emit(f"load average at end: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    emit("summary:")
-    for text, ok in verdicts:
-        emit(f"  {'PASS' if ok else 'FAIL'}  {text}")
-    write_results(args.out, lines)
+    emit.verdicts(verdicts)
+    emit.write(args.out)
     print(f"wrote {args.out}")
     return 0
 
