@@ -364,11 +364,10 @@ class Serving:
 
     def _offline_asof(self, table: _Table, symbol: str, as_of: datetime,
                       as_known_at: datetime | None = None) -> FeatureVector:
-        """The as-of rule over the symbol's stored rows (see :mod:`pitstore.pit`), and live rows not yet stored."""
+        """The as-of rule over the symbol's stored rows (see :mod:`pitstore.pit`); rows pushed here and not yet
+        stored are :meth:`_pending_asof`'s, asked first by :meth:`get_features`."""
         names = table.sel.names
         bound = as_of - table.sel.availability_lag
-        if as_known_at is None and (vec := self._pending_asof(table, symbol, _us(as_of))) is not None:
-            return vec
         rows = read_range(self.reader, self.catalog, self.registry, table.table_id, [symbol], None, bound,
                           as_known_at)
         if rows.is_empty():
