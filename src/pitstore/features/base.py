@@ -14,11 +14,14 @@ import polars as pl
 from pitstore.errors import DefinitionError
 from pitstore.timeutil import parse_timeframe, to_timedelta
 
-__all__ = ["Feature", "FeatureKind", "FeatureSet", "Kernel", "param_suffix"]
+__all__ = ["Feature", "FeatureKind", "FeatureSet", "Kernel", "TalibCall", "param_suffix"]
 
 FeatureKind = Literal["builtin", "talib", "expr", "python"]
 # A kernel computes one feature for one symbol: input columns (float64, time order) in, outputs out.
 Kernel = Callable[[Mapping[str, np.ndarray]], Sequence[np.ndarray]]
+# The TA-Lib function behind a feature: its name and keyword parameters (its inputs are the feature's inputs,
+# in order). The batch engine calls it; a live update steps TA-Lib's streaming handle of the same function.
+TalibCall = tuple[str, Mapping[str, Any]]
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
 
@@ -58,6 +61,7 @@ class Feature:
     description: str = ""
     version: str | None = None
     kernel: Kernel | None = field(default=None, repr=False)
+    talib: TalibCall | None = field(default=None, repr=False)
     expr: pl.Expr | None = field(default=None, repr=False)
     fn: Callable[..., Any] | None = field(default=None, repr=False)
 
@@ -108,6 +112,7 @@ def make_feature(
     recursive: bool = False,
     description: str = "",
     kernel: Kernel | None = None,
+    talib: TalibCall | None = None,
     expr: pl.Expr | None = None,
     fn: Callable[..., Any] | None = None,
 ) -> Feature:
@@ -124,6 +129,7 @@ def make_feature(
         recursive=recursive,
         description=description,
         kernel=kernel,
+        talib=talib,
         expr=expr,
         fn=fn,
     )

@@ -33,10 +33,10 @@ from functools import partial
 from typing import Any
 
 import numpy as np
-import talib as _ta
 
 from pitstore.errors import DefinitionError
-from pitstore.features.base import Feature, FeatureSet, make_feature, param_suffix
+from pitstore.features.base import Feature, FeatureSet, Kernel, TalibCall, make_feature, param_suffix
+from pitstore.features.talib_features import talib_kernel
 from pitstore.features.windows import window_moments, window_sum
 
 __all__ = [
@@ -61,14 +61,15 @@ Arrays = Mapping[str, np.ndarray]
 
 @dataclass(frozen=True)
 class Builtin:
-    """Metadata and kernel of one built-in feature."""
+    """Metadata and kernel of one built-in feature: its own kernel, or the TA-Lib call it is."""
 
     func: str
     params: dict[str, Any]
     inputs: tuple[str, ...]
     suffixes: tuple[str, ...]
     lookback: Callable[..., int]
-    kernel: Callable[..., Sequence[np.ndarray]]
+    kernel: Callable[..., Sequence[np.ndarray]] | None
+    talib: Callable[..., TalibCall] | None
     recursive: bool
     description: str
     minimums: dict[str, float]
@@ -92,11 +93,28 @@ def _register(
 
     def deco(kernel: Callable[..., Sequence[np.ndarray]]) -> Callable[..., Sequence[np.ndarray]]:
         BUILTINS[func] = Builtin(
-            func, params, inputs, suffixes, lookback, kernel, recursive, description, minimums or {}
+            func, params, inputs, suffixes, lookback, kernel, None, recursive, description, minimums or {}
         )
         return kernel
 
     return deco
+
+
+def _register_talib(
+    func: str,
+    talib: Callable[..., TalibCall],
+    *,
+    params: dict[str, Any],
+    inputs: tuple[str, ...] = ("close",),
+    suffixes: tuple[str, ...] = ("",),
+    lookback: Callable[..., int],
+    description: str,
+    minimums: dict[str, float] | None = None,
+) -> None:
+    """Register a built-in that is a (recursive) TA-Lib function; ``talib`` maps its parameters to the call."""
+    BUILTINS[func] = Builtin(
+        func, params, inputs, suffixes, lookback, None, talib, True, description, minimums or {}
+    )
 
 
 def _build(func: str, **params: Any) -> Feature:
@@ -114,6 +132,13 @@ def _build(func: str, **params: Any) -> Feature:
         low = spec.minimums.get(key, 1 if isinstance(default, int) else -math.inf)
         if params[key] < low:
             raise DefinitionError(f"{func}: {key} must be at least {low:g}, got {value!r}")
+    call = spec.talib(**params) if spec.talib is not None else None
+    kernel: Kernel
+    if call is not None:
+        kernel = talib_kernel(call, spec.inputs)
+    else:
+        assert spec.kernel is not None
+        kernel = partial(spec.kernel, **params)
     return make_feature(
         name=f"{func}_{param_suffix(params.values())}",
         kind="builtin",
@@ -124,7 +149,8 @@ def _build(func: str, **params: Any) -> Feature:
         lookback=spec.lookback(**params),
         recursive=spec.recursive,
         description=spec.description,
-        kernel=partial(spec.kernel, **params),
+        kernel=kernel,
+        talib=call,
     )
 
 
@@ -179,25 +205,15 @@ def _sma(a: Arrays, *, n: int) -> Sequence[np.ndarray]:
     return [window_sum(a["close"], n) / n]
 
 
-@_register("ema", params={"n": 20}, lookback=lambda n: n - 1, recursive=True,
-           description="exponential moving average of close, alpha 2/(n+1), SMA-seeded (TA-Lib EMA)")
-def _ema(a: Arrays, *, n: int) -> Sequence[np.ndarray]:
-    return [_ta.EMA(a["close"], timeperiod=n)]
-
-
-@_register("rsi", params={"n": 14}, lookback=lambda n: n, recursive=True, minimums={"n": 2},
-           description="relative strength index, Wilder smoothing (TA-Lib RSI)")
-def _rsi(a: Arrays, *, n: int) -> Sequence[np.ndarray]:
-    return [_ta.RSI(a["close"], timeperiod=n)]
-
-
-@_register("macd", params={"fast": 12, "slow": 26, "signal": 9}, suffixes=("", "signal", "hist"),
-           lookback=lambda fast, slow, signal: max(fast, slow) + signal - 2, recursive=True,
-           minimums={"fast": 2, "slow": 2},
-           description="MACD line, signal line and histogram (TA-Lib MACD)")
-def _macd(a: Arrays, *, fast: int, slow: int, signal: int) -> Sequence[np.ndarray]:
-    line, sig, hist = _ta.MACD(a["close"], fastperiod=fast, slowperiod=slow, signalperiod=signal)
-    return [line, sig, hist]
+_register_talib("ema", lambda n: ("EMA", {"timeperiod": n}), params={"n": 20}, lookback=lambda n: n - 1,
+                description="exponential moving average of close, alpha 2/(n+1), SMA-seeded (TA-Lib EMA)")
+_register_talib("rsi", lambda n: ("RSI", {"timeperiod": n}), params={"n": 14}, lookback=lambda n: n,
+                minimums={"n": 2}, description="relative strength index, Wilder smoothing (TA-Lib RSI)")
+_register_talib("macd",
+                lambda fast, slow, signal: ("MACD", {"fastperiod": fast, "slowperiod": slow, "signalperiod": signal}),
+                params={"fast": 12, "slow": 26, "signal": 9}, suffixes=("", "signal", "hist"),
+                lookback=lambda fast, slow, signal: max(fast, slow) + signal - 2, minimums={"fast": 2, "slow": 2},
+                description="MACD line, signal line and histogram (TA-Lib MACD)")
 
 
 @_register("bollinger", params={"n": 20, "k": 2.0}, suffixes=("upper", "middle", "lower"),
@@ -209,10 +225,8 @@ def _bollinger(a: Arrays, *, n: int, k: float) -> Sequence[np.ndarray]:
     return [middle + dev, middle, middle - dev]
 
 
-@_register("atr", params={"n": 14}, inputs=("high", "low", "close"), lookback=lambda n: n,
-           recursive=True, description="average true range, Wilder smoothing (TA-Lib ATR)")
-def _atr(a: Arrays, *, n: int) -> Sequence[np.ndarray]:
-    return [_ta.ATR(a["high"], a["low"], a["close"], timeperiod=n)]
+_register_talib("atr", lambda n: ("ATR", {"timeperiod": n}), params={"n": 14}, inputs=("high", "low", "close"),
+                lookback=lambda n: n, description="average true range, Wilder smoothing (TA-Lib ATR)")
 
 
 @_register("vwap", params={"n": 20}, inputs=("high", "low", "close", "volume"), lookback=lambda n: n - 1,

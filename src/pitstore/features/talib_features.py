@@ -11,9 +11,9 @@ import talib as _ta
 from talib import abstract as _abstract
 
 from pitstore.errors import DefinitionError
-from pitstore.features.base import Feature, make_feature, param_suffix
+from pitstore.features.base import Feature, Kernel, TalibCall, make_feature, param_suffix
 
-__all__ = ["talib", "talib_functions", "talib_info"]
+__all__ = ["talib", "talib_functions", "talib_info", "talib_kernel"]
 
 # Functions whose value depends on all earlier history although TA-Lib does not flag them unstable.
 _RECURSIVE_EXTRA = frozenset(
@@ -61,11 +61,17 @@ def _input_columns(info: Mapping[str, Any], overrides: Mapping[str, Any]) -> tup
     return tuple(cols)
 
 
-def _kernel(name: str, inputs: tuple[str, ...], params: Mapping[str, Any],
-            a: Mapping[str, np.ndarray]) -> Sequence[np.ndarray]:
-    out = getattr(_ta, name)(*(a[c] for c in inputs), **params)
-    outs = out if isinstance(out, tuple | list) else (out,)
-    return [np.asarray(o, dtype=np.float64) for o in outs]
+def talib_kernel(call: TalibCall, inputs: Sequence[str]) -> Kernel:
+    """The batch kernel of a TA-Lib call: the function over the input columns, its outputs as float64."""
+    name, params = call
+    fn = getattr(_ta, name)
+
+    def kernel(a: Mapping[str, np.ndarray]) -> Sequence[np.ndarray]:
+        out = fn(*(a[c] for c in inputs), **params)
+        outs = out if isinstance(out, tuple | list) else (out,)
+        return [np.asarray(o, dtype=np.float64) for o in outs]
+
+    return kernel
 
 
 def talib(function: str, *, inputs: Mapping[str, Any] | None = None, **params: Any) -> Feature:
@@ -114,5 +120,6 @@ def talib(function: str, *, inputs: Mapping[str, Any] | None = None, **params: A
         lookback=lookback,
         recursive=_is_recursive(name, info),
         description=f"TA-Lib {name}: {info.get('display_name', '')}",
-        kernel=lambda a: _kernel(name, cols, resolved, a),
+        kernel=talib_kernel((name, resolved), cols),
+        talib=(name, resolved),
     )

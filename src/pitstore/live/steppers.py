@@ -7,10 +7,12 @@ history. Two ways keep it:
 * window features (ret, log_ret, vol, mom, sma, bollinger, vwap, zscore) depend only on their last bars,
   computed in the fixed order of :mod:`pitstore.features.windows`: the stepper keeps that many bars and
   applies the same operations, O(window) per bar;
-* everything else (the recursive built-ins ema, rsi, macd, atr, which are TA-Lib's own code; generic TA-Lib
-  functions; expressions; Python functions) is recomputed by the batch kernel over the symbol's whole
-  history, kept in memory: exact by construction, O(history) per bar, and still a few microseconds per
-  thousand bars for a TA-Lib kernel.
+* TA-Lib features (the recursive built-ins ema, rsi, macd, atr, and every ``talib(...)`` feature) step TA-Lib's
+  streaming handle of the same function (:mod:`talib.stream`), which TA-Lib makes bit-identical to its
+  function API: O(1) per bar, a couple of microseconds. Until the symbol has the bars a handle needs to
+  open, the batch kernel runs over the few bars there are;
+* everything else (expressions, Python functions) is recomputed by the batch engine over the symbol's whole
+  history, kept in memory: exact by construction, O(history) per bar.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from typing import Any, Protocol
 
 import numpy as np
 import polars as pl
+import talib
+from talib import stream as talib_stream
 
 from pitstore.bars import BAR_COLUMNS
 from pitstore.features.base import Feature
@@ -31,6 +35,8 @@ from pitstore.features.windows import moments, window_total
 __all__ = ["Stepper", "stepper_for"]
 
 NAN = math.nan
+# What a TA-Lib streaming handle raises when the bars are too few to open it (untyped in TA-Lib's stubs).
+_INSUFFICIENT: type[Exception] = talib.InsufficientHistory  # type: ignore[attr-defined]
 
 
 class Stepper(Protocol):
@@ -49,8 +55,8 @@ def stepper_for(feature: Feature) -> Stepper:
     """A fresh stepper for ``feature``."""
     if feature.kind == "builtin" and feature.func in _WINDOW_KERNELS:
         return _WindowStepper(feature, _WINDOW_KERNELS[feature.func](**feature.params))
-    if feature.kernel is not None:
-        return _KernelRecompute(feature)
+    if feature.talib is not None:
+        return _TalibStepper(feature)
     return _FrameRecompute(feature)
 
 
@@ -262,27 +268,60 @@ class _WindowStepper:
         return self.blank if i < self.lookback else out
 
 
-class _KernelRecompute:
-    """A kernel feature (recursive built-in, TA-Lib function): the batch kernel over the whole history."""
+class _TalibStepper:
+    """A TA-Lib feature: its streaming handle once the bars suffice to open one, the batch kernel before."""
 
     def __init__(self, feature: Feature) -> None:
-        assert feature.kernel is not None
+        assert feature.talib is not None and feature.kernel is not None
+        name, params = feature.talib
+        self.open = getattr(talib_stream, name)
+        self.params = params
         self.kernel = feature.kernel
         self.lookback = feature.lookback
-        self.series = {c: _Series() for c in feature.inputs}
+        self.inputs = feature.inputs  # positional, as the function takes them (a column may repeat)
+        self.blank = (NAN,) * len(feature.outputs)
+        self.count = 0
+        self.handle: Any = None
+        self.series: dict[str, _Series] | None = {c: _Series() for c in feature.inputs}  # until it opens
 
     def prime(self, history: pl.DataFrame) -> None:
-        for c, s in self.series.items():
-            s.extend(history[c].cast(pl.Float64).to_numpy())
+        if self.series is None:  # already open: carry it over the bars
+            columns = [history[c].cast(pl.Float64).to_list() for c in self.inputs]
+            for values in zip(*columns, strict=True):
+                self.handle.update(*values)
+        else:
+            for c, s in self.series.items():
+                s.extend(history[c].cast(pl.Float64).to_numpy())
+            self._try_open()
+        self.count += history.height
 
     def step(self, bar: Mapping[str, Any]) -> tuple[float, ...]:
-        for c, s in self.series.items():
-            s.append(float(bar[c]))
-        outs = self.kernel({c: s.all() for c, s in self.series.items()})
-        i = next(iter(self.series.values())).size - 1
+        i = self.count
+        self.count += 1
+        if self.series is None:
+            out = self.handle.update(*(float(bar[c]) for c in self.inputs))
+        else:
+            for c, s in self.series.items():
+                s.append(float(bar[c]))
+            if self._try_open():
+                out = self.handle.value
+            else:  # too few bars for a handle: the batch kernel over them (cheap: they are few)
+                outs = self.kernel({c: s.all() for c, s in self.series.items()})
+                out = tuple(float(o[-1]) for o in outs)
         if i < self.lookback:
-            return (NAN,) * len(outs)
-        return tuple(float(o[-1]) for o in outs)
+            return self.blank
+        return tuple(float(v) for v in out) if isinstance(out, tuple) else (float(out),)
+
+    def _try_open(self) -> bool:
+        assert self.series is not None
+        if next(iter(self.series.values())).size == 0:
+            return False
+        try:
+            self.handle = self.open(*(self.series[c].all() for c in self.inputs), **self.params)
+        except _INSUFFICIENT:
+            return False
+        self.series = None  # the handle carries all the state: the bars are no longer needed
+        return True
 
 
 class _FrameRecompute:
