@@ -286,6 +286,41 @@ def test_restatement_replaces_only_its_range(tmp_path: Path) -> None:
         assert_bitwise_equal(got.filter(pl.col("symbol") == other), bars.filter(pl.col("symbol") == other), "other")
 
 
+@pytest.mark.parametrize("chunk_bars", [1, 45, 2_000_000])
+def test_one_batch_of_every_kind_of_change(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           chunk_bars: int) -> None:
+    """One ingest holding a new symbol, an append, a restatement with a removed bar, a gap fill and unchanged
+    bars: each symbol is reported and stored as if ingested alone, however the symbols are chunked."""
+    monkeypatch.setattr(pitstore.ingest, "_CHUNK_BARS", chunk_bars)
+    full = synthetic_bars(6, 40, seed=9)
+    sym = sorted(full["symbol"].unique())
+    part = {s: full.filter(pl.col("symbol") == s) for s in sym}
+    gap_ts = part[sym[3]]["ts"][20]
+    stored = pl.concat([part[sym[0]].head(30), part[sym[1]], part[sym[2]],
+                        part[sym[3]].filter(pl.col("ts") != gap_ts), part[sym[4]]])
+    restated = restate_closes(full, sym[1], [5, 8]).drop("i", strict=False).slice(4, 6)
+    removed_ts = restated["ts"][2]  # position 6: unchanged, then left out of the overlap: removed
+    batch = pl.concat([
+        part[sym[0]].slice(30, 10),  # appended
+        restated.filter(pl.col("ts") != removed_ts).select(BAR_COLUMNS),  # 2 changed + 1 removed
+        part[sym[3]].filter(pl.col("ts") == gap_ts),  # a gap filled: not an append, nothing restated
+        part[sym[4]].slice(10, 5),  # the same bars again
+        part[sym[5]],  # new
+    ])
+    with Store.open(tmp_path / "store") as store:
+        store.ingest(stored)
+        report = store.ingest(batch)
+        assert report.rows == batch.height
+        assert report.new_symbols == [sym[5]]
+        assert report.appended == [sym[0]]
+        assert report.restated == {sym[1]: 3, sym[3]: 0}
+        assert report.unchanged == [sym[4]]  # sym[2]: not in the batch, not reported
+        want_s1 = part[sym[1]].filter(pl.col("ts") != removed_ts).update(
+            restated.select(BAR_COLUMNS), on=["symbol", "ts"])
+        want = pl.concat([part[sym[0]], want_s1, part[sym[2]], part[sym[3]], part[sym[4]], part[sym[5]]])
+        assert_bitwise_equal(stored_bars(store).select(BAR_COLUMNS), want.select(BAR_COLUMNS), "stored bars")
+
+
 def test_reingesting_identical_bars_changes_nothing(tmp_path: Path) -> None:
     """Re-ingesting bars already stored is reported unchanged, writes no file, and leaves backfill nothing to do."""
     bars = synthetic_bars(3, 30)
