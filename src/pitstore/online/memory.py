@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
+from typing import Any
 
 from pitstore.errors import ConfigError, InvalidInputError
 from pitstore.online.base import InputRow, OnlineRow, check_put, schema_mismatch, validate_table_id
@@ -89,8 +90,15 @@ class MemoryOnlineStore:
 def _floats(values: Sequence[float | None], symbol: str) -> tuple[float | None, ...]:
     """``values`` as floats, as the binary codec of the other backends would store them."""
     try:
-        if any(isinstance(v, str | bytes) for v in values):
-            raise TypeError("a string is not a number")
-        return tuple([None if v is None else float(v) for v in values])
+        # Floats, what a push and a materialize write, pass as they are: this runs once per value written.
+        return tuple([v if type(v) is float else _float(v) for v in values])
     except (TypeError, ValueError) as exc:
         raise InvalidInputError(f"values must be real numbers or None ({exc})", symbol=symbol, value=values) from exc
+
+
+def _float(v: Any) -> float | None:
+    if v is None:
+        return None
+    if isinstance(v, str | bytes):
+        raise TypeError("a string is not a number")
+    return float(v)
