@@ -24,7 +24,7 @@ from pitstore.bars import BAR_COLUMNS, validate_bars
 from pitstore.features.base import Feature
 from pitstore.features.engine import compute_frame
 from pitstore.features.talib_features import talib_functions
-from pitstore.live.steppers import stepper_for
+from pitstore.live.steppers import WindowBlock, is_window, stepper_for
 
 START = datetime(2020, 1, 2, tzinfo=UTC)
 N_BARS = 160  # > the largest lookback here (60) plus room to step past it
@@ -447,6 +447,46 @@ def test_stepper_primed_in_parts(cases: dict[str, Case], f: Feature) -> None:
         s.prime(case.bars.slice(a, b - a))
         got = np.array([s.step(dict(bar)) for bar in case.rows[b:]], dtype=np.float64)
         assert_bitwise(got, want[b:], f=f, label=f"primed [:{a}] + [{a}:{b}]", first_row=b)
+
+
+WINDOW_FEATURES = [f for f in [*BUILTIN_FEATURES, *STANDARD_FEATURES] if is_window(f)]
+
+
+@pytest.mark.parametrize("forget", [False, True])
+def test_window_block_steps_many_symbols_at_once(forget: bool) -> None:
+    """One block, every window feature, six ragged gappy symbols primed with different numbers of bars (none,
+    inside the lookback, past it), then stepped together, each round holding the symbols with bars left:
+    every row equals the batch bit for bit. With ``forget``, each symbol first gets junk bars that forget()
+    throws away (what a restatement does before priming again)."""
+    frame = validate_bars(pitstore.testing.synthetic_bars(n_symbols=6, n_bars=N_BARS, seed=43, gaps=0.1,
+                                                          ragged=True))
+    cases = [Case("block", frame, s) for s in sorted(frame["symbol"].unique())]
+    block = WindowBlock(WINDOW_FEATURES)
+    splits = [min(k, len(c.rows) - 1) for c, k in zip(cases, [0, 1, 7, 30, 61, 90], strict=True)]
+    if forget:
+        junk = walk_bars(5).head(80)
+        for case in cases:
+            block.prime(case.symbol, junk)
+        block.step([c.symbol for c in cases], {c: np.full(len(cases), 3.0) for c in block.inputs})
+        for case in cases:
+            block.forget(case.symbol)
+    for case, k in zip(cases, splits, strict=True):
+        block.prime(case.symbol, case.bars.head(k))
+    got: dict[str, list[np.ndarray]] = {c.symbol: [] for c in cases}
+    for r in range(max(len(c.rows) - k for c, k in zip(cases, splits, strict=True))):
+        live = [(c, k + r) for c, k in zip(cases, splits, strict=True) if k + r < len(c.rows)]
+        out = block.step([c.symbol for c, _ in live],
+                         {col: np.array([c.rows[i][col] for c, i in live]) for col in block.inputs})
+        assert out.shape == (len(live), block.width)
+        for (c, _), row in zip(live, out, strict=True):
+            got[c.symbol].append(row)
+    for case, k in zip(cases, splits, strict=True):
+        want = np.column_stack([case.batch(f) for f in WINDOW_FEATURES])
+        for j, f in enumerate(WINDOW_FEATURES):
+            lo = sum(len(g.outputs) for g in WINDOW_FEATURES[:j])
+            cols = slice(lo, lo + len(f.outputs))
+            assert_bitwise(np.array(got[case.symbol])[:, cols], want[k:, cols], f=f,
+                           label=f"{case.symbol} primed with {k}", first_row=k)
 
 
 def _every_talib_function() -> list[Feature]:

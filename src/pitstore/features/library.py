@@ -154,17 +154,16 @@ def _build(func: str, **params: Any) -> Feature:
     )
 
 
-def _nan(n: int) -> np.ndarray:
-    return np.full(n, np.nan)
-
-
 def _shift_ratio(c: np.ndarray, n: int) -> np.ndarray:
-    out = _nan(len(c))
-    out[n:] = c[n:] / c[:-n]
+    out = np.full(c.shape, np.nan)
+    out[..., n:] = c[..., n:] / c[..., :-n]
     return out
 
 
-# --- kernels: one symbol's float64 columns in time order -> output arrays of the same length ----------
+# --- window kernels: one symbol's float64 columns in time order -> output arrays of the same length. ---
+# Every built-in with a kernel of its own is a window feature: its value at a bar depends only on the last
+# lookback + 1 bars. The kernels work along the last axis, so a live update runs them on a matrix whose rows
+# are many symbols' last bars (pitstore.live.steppers.WindowBlock): the same code, the same bits.
 
 
 @_register("ret", params={"n": 1}, lookback=lambda n: n,
@@ -185,10 +184,10 @@ def _log_ret(a: Arrays, *, n: int) -> Sequence[np.ndarray]:
                        "* sqrt(periods_per_year)")
 def _vol(a: Arrays, *, n: int, periods_per_year: int) -> Sequence[np.ndarray]:
     c = a["close"]
-    out = _nan(len(c))
-    if len(c) > n:
-        _, m2 = window_moments(np.log(c[1:] / c[:-1]), n)
-        out[1:] = np.sqrt(m2 / (n - 1)) * math.sqrt(periods_per_year)
+    out = np.full(c.shape, np.nan)
+    if c.shape[-1] > n:
+        _, m2 = window_moments(np.log(c[..., 1:] / c[..., :-1]), n)
+        out[..., 1:] = np.sqrt(m2 / (n - 1)) * math.sqrt(periods_per_year)
     return [out]
 
 

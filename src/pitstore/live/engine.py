@@ -17,7 +17,6 @@ only with the recomputed row of the same (latest) ts, never with an older one.
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections.abc import Sequence
@@ -25,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from pitstore import backfill as _backfill
@@ -32,8 +32,8 @@ from pitstore import ingest as _ingest
 from pitstore.bars import BAR_COLUMNS, symbol_runs, validate_bars
 from pitstore.catalog.base import Catalog
 from pitstore.errors import BackendUnavailableError
-from pitstore.features.base import FeatureSet
-from pitstore.live.steppers import Stepper, stepper_for
+from pitstore.features.base import Feature, FeatureSet
+from pitstore.live.steppers import Stepper, WindowBlock, is_window, stepper_for
 from pitstore.offline import read_entries
 from pitstore.reads import read_range
 from pitstore.serving import Serving
@@ -64,7 +64,33 @@ class PushReport:
 class _Symbol:
     last_ts: int | None
     last_bar: tuple[float, ...] | None  # its _VALUES
-    steppers: dict[str, list[Stepper]]
+    steppers: dict[str, list[Stepper]]  # per table, of its features outside the window block
+
+
+@dataclass
+class _Table:
+    """How one feature set is computed live: its window features as one block for all symbols, the others by
+    a stepper per symbol; the positions of each part's outputs in a row."""
+
+    block: WindowBlock
+    block_columns: list[int]
+    others: list[Feature]
+    other_columns: list[int]
+    width: int
+
+    @classmethod
+    def of(cls, fs: FeatureSet) -> _Table:
+        windows: list[Feature] = []
+        others: list[Feature] = []
+        block_columns: list[int] = []
+        other_columns: list[int] = []
+        col = 0
+        for f in fs.features:
+            part, columns = (windows, block_columns) if is_window(f) else (others, other_columns)
+            part.append(f)
+            columns.extend(range(col, col + len(f.outputs)))
+            col += len(f.outputs)
+        return cls(WindowBlock(windows), block_columns, others, other_columns, col)
 
 
 class LiveEngine:
@@ -76,6 +102,7 @@ class LiveEngine:
         self.serving = serving
         self.flush_bars = flush_bars
         self.sets: dict[str, tuple[FeatureSet, int]] = {}  # table_id -> (feature set, version)
+        self._tables: dict[str, _Table] = {}
         self._symbols: dict[str, _Symbol] = {}
         self._buffer: list[pl.DataFrame] = []
         self._buffered = 0
@@ -92,6 +119,7 @@ class LiveEngine:
         self.flush()
         self.sets = {k: v for k, v in self.sets.items() if v[0].name != feature_set.name}
         self.sets[table_id] = (feature_set, version)
+        self._tables = {t: _Table.of(fs) for t, (fs, _) in self.sets.items()}
         self._symbols.clear()  # primed again, with the new set's steppers
 
     # --- push ---------------------------------------------------------------------------------------------
@@ -106,9 +134,9 @@ class LiveEngine:
         # Plain Python values once: per-bar work must not go through a DataFrame.
         ts = df["ts"].dt.epoch("us").to_list()
         values = list(zip(*(df[c].cast(pl.Float64).to_list() for c in _VALUES), strict=True))
-        rows: dict[str, list[Row]] = {t: [] for t in self.sets}
         accepted: list[int] = []
         restated: list[int] = []
+        todo: list[tuple[str, int, int]] = []  # (symbol, first, end) of the new bars to compute
         for symbol, a, b in zip(names, starts.tolist(), ends.tolist(), strict=True):
             state = self._symbols[symbol]
             i = a
@@ -119,16 +147,11 @@ class LiveEngine:
                 if i < b and ts[i] <= state.last_ts:
                     restated.extend(range(i, b))
                     continue
-            for j in range(i, b):
-                bar = dict(zip(_VALUES, values[j], strict=True))
-                for table_id, steppers in state.steppers.items():
-                    out: list[float | None] = []
-                    for stepper in steppers:
-                        out.extend(None if math.isnan(v) else v for v in stepper.step(bar))
-                    rows[table_id].append((symbol, ts[j], tuple(out)))
             if i < b:
+                todo.append((symbol, i, b))
                 state.last_ts, state.last_bar = ts[b - 1], values[b - 1]
                 accepted.extend(range(i, b))
+        rows = self._compute(df, todo, ts, values)
         report.bars = len(accepted)
         if accepted:
             self._serve(rows, report)
@@ -141,6 +164,34 @@ class LiveEngine:
             self._flush_in_background()
         report.pending_offline = self.pending
         return report
+
+    def _compute(self, df: pl.DataFrame, todo: list[tuple[str, int, int]], ts: list[int],
+                 values: list[tuple[float, ...]]) -> dict[str, list[Row]]:
+        """The feature rows of the new bars: in rounds, the k-th new bar of every symbol in round k, so that
+        each table's window block steps all its symbols at once."""
+        rows: dict[str, list[Row]] = {t: [] for t in self.sets}
+        if not todo:
+            return rows
+        columns = {c: df[c].cast(pl.Float64).to_numpy() for c in _VALUES}
+        for r in range(max(b - i for _, i, b in todo)):
+            step = [(symbol, i + r) for symbol, i, b in todo if i + r < b]
+            symbols = [s for s, _ in step]
+            at = np.fromiter((j for _, j in step), np.int64, len(step))
+            for table_id, table in self._tables.items():
+                out = np.empty((len(step), table.width))
+                out[:, table.block_columns] = table.block.step(symbols, {c: columns[c][at] for c in table.block.inputs})
+                if table.others:
+                    for k, (symbol, j) in enumerate(step):
+                        bar = dict(zip(_VALUES, values[j], strict=True))
+                        steppers = self._symbols[symbol].steppers[table_id]
+                        out[k, table.other_columns] = [v for s in steppers for v in s.step(bar)]
+                new = rows[table_id]
+                for (symbol, j), row in zip(step, out.tolist(), strict=True):
+                    new.append((symbol, ts[j], tuple([None if v != v else v for v in row])))  # NaN is null
+        if r:  # several rounds: back to (symbol, ts) order
+            for new in rows.values():
+                new.sort(key=lambda row: (row[0], row[1]))
+        return rows
 
     @property
     def pending(self) -> int:
@@ -214,9 +265,11 @@ class LiveEngine:
         for symbol in symbols:
             history = parts.get(symbol)
             steppers: dict[str, list[Stepper]] = {}
-            for table_id, (fs, _) in self.sets.items():
-                steppers[table_id] = [stepper_for(f) for f in fs.features]
+            for table_id, table in self._tables.items():
+                table.block.forget(symbol)
+                steppers[table_id] = [stepper_for(f) for f in table.others]
                 if history is not None:
+                    table.block.prime(symbol, history)
                     for s in steppers[table_id]:
                         s.prime(history)
             if history is None or history.height == 0:

@@ -1,12 +1,13 @@
-"""Incremental ("live") feature computation: one new bar in, the feature's outputs at that bar out.
+"""Incremental ("live") feature computation: new bars in, the features' outputs at those bars out.
 
-The contract: priming a stepper with a symbol's stored bars and then stepping new bars one at a time gives
-exactly (bit for bit) the values :func:`pitstore.features.engine.compute_frame` computes over the whole
-history. Two ways keep it:
+The contract: priming with a symbol's stored bars and then stepping new bars one at a time gives exactly (bit
+for bit) the values :func:`pitstore.features.engine.compute_frame` computes over the whole history. Three ways
+keep it:
 
-* window features (ret, log_ret, vol, mom, sma, bollinger, vwap, zscore) depend only on their last bars,
-  computed in the fixed order of :mod:`pitstore.features.windows`: the stepper keeps that many bars and
-  applies the same operations, O(window) per bar;
+* window features (every built-in with a kernel of its own: ret, log_ret, vol, mom, sma, bollinger, vwap,
+  zscore) depend only on their last lookback + 1 bars. A :class:`WindowBlock` keeps those bars for many
+  symbols, one row each, and runs the batch kernels themselves on the rows: one numpy call per feature for
+  all the symbols a push updates, the same code as a backfill;
 * TA-Lib features (the recursive built-ins ema, rsi, macd, atr, and every ``talib(...)`` feature) step TA-Lib's
   streaming handle of the same function (:mod:`talib.stream`), which TA-Lib makes bit-identical to its
   function API: O(1) per bar, a couple of microseconds. Until the symbol has the bars a handle needs to
@@ -18,8 +19,7 @@ history. Two ways keep it:
 from __future__ import annotations
 
 import math
-from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -30,9 +30,8 @@ from talib import stream as talib_stream
 from pitstore.bars import BAR_COLUMNS
 from pitstore.features.base import Feature
 from pitstore.features.engine import compute_frame
-from pitstore.features.windows import moments, window_total
 
-__all__ = ["Stepper", "stepper_for"]
+__all__ = ["Stepper", "WindowBlock", "is_window", "stepper_for"]
 
 NAN = math.nan
 # What a TA-Lib streaming handle raises when the bars are too few to open it (untyped in TA-Lib's stubs).
@@ -51,22 +50,110 @@ class Stepper(Protocol):
         ...
 
 
+def is_window(feature: Feature) -> bool:
+    """A built-in with a kernel of its own: its value at a bar depends only on the last lookback + 1 bars."""
+    return feature.kind == "builtin" and feature.talib is None and feature.kernel is not None
+
+
 def stepper_for(feature: Feature) -> Stepper:
-    """A fresh stepper for ``feature``."""
-    if feature.kind == "builtin" and feature.func in _WINDOW_KERNELS:
-        return _WindowStepper(feature, _WINDOW_KERNELS[feature.func](**feature.params))
+    """A fresh stepper for ``feature``, for one symbol."""
+    if is_window(feature):
+        return _WindowStepper(feature)
     if feature.talib is not None:
         return _TalibStepper(feature)
     return _FrameRecompute(feature)
 
 
+class WindowBlock:
+    """Window features of many symbols: each symbol's last bars as a row, the batch kernels run on the rows.
+
+    ``step`` takes one bar for each of a set of distinct symbols and returns their outputs, one row per
+    symbol and one column per output of the features (in order), NaN where the batch engine gives null.
+    """
+
+    def __init__(self, features: Sequence[Feature]) -> None:
+        assert all(is_window(f) for f in features)
+        self.features = list(features)
+        self.inputs = sorted({c for f in features for c in f.inputs})
+        self.width = sum(len(f.outputs) for f in features)
+        self.keep = max((f.lookback for f in features), default=0) + 1  # bars every kernel's last value needs
+        self.rows: dict[str, int] = {}
+        self.tails = {c: np.full((16, self.keep), NAN) for c in self.inputs}  # oldest bar first
+        self.count = np.zeros(16, np.int64)  # bars each row has seen, primed ones included
+
+    def forget(self, symbol: str) -> None:
+        """Start ``symbol`` over, as if it had no bars (it is primed again after a restatement)."""
+        row = self.rows.get(symbol)
+        if row is not None:
+            # Its old bars may stay in the row: a value is blanked until the row has seen lookback + 1 new ones.
+            self.count[row] = 0
+
+    def prime(self, symbol: str, history: pl.DataFrame) -> None:
+        """Consume ``symbol``'s stored bars (oldest first): only the last ``keep`` are kept."""
+        row = self._row(symbol)
+        m = min(history.height, self.keep)
+        if m:
+            for c, t in self.tails.items():
+                t[row, : self.keep - m] = t[row, m:]
+                t[row, self.keep - m :] = history[c].tail(m).cast(pl.Float64).to_numpy()
+        self.count[row] += history.height
+
+    def step(self, symbols: Sequence[str], bars: Mapping[str, np.ndarray]) -> np.ndarray:
+        rows = np.fromiter((self._row(s) for s in symbols), np.int64, len(symbols))
+        windows = {}
+        for c, t in self.tails.items():
+            w = t[rows]
+            w[:, :-1] = w[:, 1:]
+            w[:, -1] = bars[c]
+            t[rows] = w
+            windows[c] = w
+        self.count[rows] += 1
+        index = self.count[rows] - 1  # of the stepped bar in its symbol's history
+        out = np.empty((len(symbols), self.width))
+        col = 0
+        with np.errstate(all="ignore"):  # rows still inside their lookback hold NaN: blanked below
+            for f in self.features:
+                k = f.lookback + 1
+                assert f.kernel is not None
+                results = f.kernel({c: windows[c][:, self.keep - k :] for c in f.inputs})
+                for r in results:
+                    out[:, col] = r[:, -1]
+                    out[index < f.lookback, col] = NAN
+                    col += 1
+        return out
+
+    def _row(self, symbol: str) -> int:
+        row = self.rows.get(symbol)
+        if row is None:
+            row = self.rows[symbol] = len(self.rows)
+            if row == len(self.count):  # full: twice the rows
+                self.count = np.concatenate([self.count, np.zeros(row, np.int64)])
+                for c, t in self.tails.items():
+                    self.tails[c] = np.concatenate([t, np.full(t.shape, NAN)])
+        return row
+
+
+class _WindowStepper:
+    """One window feature of one symbol: a block of one row."""
+
+    def __init__(self, feature: Feature) -> None:
+        self.block = WindowBlock([feature])
+
+    def prime(self, history: pl.DataFrame) -> None:
+        self.block.prime("", history)
+
+    def step(self, bar: Mapping[str, Any]) -> tuple[float, ...]:
+        out = self.block.step([""], {c: np.array([float(bar[c])]) for c in self.block.inputs})
+        return tuple(out[0].tolist())
+
+
 class _Series:
-    """A growable float64 array: amortised O(1) append, the last values as a contiguous view."""
+    """A growable float64 array: amortised O(1) append."""
 
     __slots__ = ("buf", "size")
 
-    def __init__(self, capacity: int = 64) -> None:
-        self.buf = np.empty(max(capacity, 16))
+    def __init__(self) -> None:
+        self.buf = np.empty(64)
         self.size = 0
 
     def extend(self, values: np.ndarray) -> None:
@@ -79,193 +166,10 @@ class _Series:
         self.size = need
 
     def append(self, value: float) -> None:
-        if self.size == len(self.buf):
-            self.extend(np.array([value]))
-            return
-        self.buf[self.size] = value
-        self.size += 1
+        self.extend(np.array([value]))
 
     def all(self) -> np.ndarray:
         return self.buf[: self.size]
-
-    def last(self, n: int) -> np.ndarray:
-        return self.buf[self.size - n : self.size]
-
-
-class _Window:
-    """The last values of one input, for window kernels (bounded: old values are dropped)."""
-
-    __slots__ = ("keep", "s")
-
-    def __init__(self, keep: int) -> None:
-        self.keep = keep
-        self.s = _Series(4 * keep)
-
-    def push(self, x: float) -> None:
-        s = self.s
-        if s.size == len(s.buf):  # full: keep only the last ``keep`` values, at the front
-            s.buf[: self.keep] = s.buf[s.size - self.keep : s.size]
-            s.size = self.keep
-        s.append(x)
-
-    def has(self, n: int) -> bool:
-        return self.s.size >= n
-
-    def last(self, n: int) -> np.ndarray:
-        return self.s.last(n)
-
-
-# --- window features: the operations of the batch kernels in pitstore.features.library, for one bar -----
-
-Bar = Mapping[str, float]
-Kernel = Callable[[Bar], tuple[float, ...]]
-
-
-def _log(x: float) -> float:
-    # numpy's log as the batch kernel calls it, not math.log: the two may differ in the last bit.
-    return float(np.log(np.array([x]))[0])
-
-
-def _finite(x: float) -> float:
-    return x if math.isfinite(x) else NAN
-
-
-def _ratio(num: float, den: float) -> float:
-    """``num / den`` as numpy gives it, non-finite results (division by zero) as NaN."""
-    return _finite(num / den) if den != 0.0 else NAN
-
-
-def _ret(n: int) -> Kernel:
-    w: deque[float] = deque(maxlen=n + 1)
-
-    def k(bar: Bar) -> tuple[float, ...]:
-        w.append(bar["close"])
-        return (w[-1] / w[0] - 1.0,) if len(w) > n else (NAN,)
-
-    return k
-
-
-def _log_ret(n: int) -> Kernel:
-    w: deque[float] = deque(maxlen=n + 1)
-
-    def k(bar: Bar) -> tuple[float, ...]:
-        w.append(bar["close"])
-        return (_log(w[-1] / w[0]),) if len(w) > n else (NAN,)
-
-    return k
-
-
-def _vol(n: int, periods_per_year: int) -> Kernel:
-    returns = _Window(n)
-    scale = math.sqrt(periods_per_year)
-    prev = [NAN]
-
-    def k(bar: Bar) -> tuple[float, ...]:
-        c, p = bar["close"], prev[0]
-        prev[0] = c
-        if p != p:  # NaN: the first bar has no return
-            return (NAN,)
-        returns.push(_log(c / p))
-        if not returns.has(n):
-            return (NAN,)
-        _, m2 = moments(returns.last(n))
-        return (math.sqrt(m2 / (n - 1)) * scale,)
-
-    return k
-
-
-def _mom(n: int) -> Kernel:
-    w = _Window(n)
-
-    def k(bar: Bar) -> tuple[float, ...]:
-        c = bar["close"]
-        w.push(c)
-        return (c / (window_total(w.last(n)) / n) - 1.0,) if w.has(n) else (NAN,)
-
-    return k
-
-
-def _sma(n: int) -> Kernel:
-    w = _Window(n)
-
-    def k(bar: Bar) -> tuple[float, ...]:
-        w.push(bar["close"])
-        return (window_total(w.last(n)) / n,) if w.has(n) else (NAN,)
-
-    return k
-
-
-def _bollinger(n: int, k: float) -> Kernel:
-    w = _Window(n)
-
-    def kern(bar: Bar) -> tuple[float, ...]:
-        w.push(bar["close"])
-        if not w.has(n):
-            return (NAN, NAN, NAN)
-        middle, m2 = moments(w.last(n))
-        dev = math.sqrt(m2 / n) * k
-        return (middle + dev, middle, middle - dev)
-
-    return kern
-
-
-def _vwap(n: int) -> Kernel:
-    pv, vol = _Window(n), _Window(n)
-
-    def k(bar: Bar) -> tuple[float, ...]:
-        typical = (bar["high"] + bar["low"] + bar["close"]) / 3.0
-        pv.push(typical * bar["volume"])
-        vol.push(bar["volume"])
-        if not pv.has(n):
-            return (NAN,)
-        return (_ratio(window_total(pv.last(n)), window_total(vol.last(n))),)
-
-    return k
-
-
-def _zscore(n: int) -> Kernel:
-    w = _Window(n)
-
-    def k(bar: Bar) -> tuple[float, ...]:
-        c = bar["close"]
-        w.push(c)
-        if not w.has(n):
-            return (NAN,)
-        mean, m2 = moments(w.last(n))
-        return (_ratio(c - mean, math.sqrt(m2 / (n - 1))),)
-
-    return k
-
-
-_WINDOW_KERNELS: dict[str, Callable[..., Kernel]] = {
-    "ret": _ret, "log_ret": _log_ret, "vol": _vol, "mom": _mom, "sma": _sma, "bollinger": _bollinger,
-    "vwap": _vwap, "zscore": _zscore,
-}
-
-
-class _WindowStepper:
-    """A window kernel plus the batch engine's rules: null inside the lookback, NaN is null."""
-
-    def __init__(self, feature: Feature, kernel: Kernel) -> None:
-        self.kernel = kernel
-        self.lookback = feature.lookback
-        self.inputs = feature.inputs
-        self.count = 0
-        self.blank = (NAN,) * len(feature.outputs)
-
-    def prime(self, history: pl.DataFrame) -> None:
-        # A window kernel's state is its last bars: lookback + 1 of them cover every window kernel.
-        tail = history.tail(self.lookback + 1)
-        cols = [tail[c].cast(pl.Float64).to_list() for c in self.inputs]
-        for values in zip(*cols, strict=True):
-            self.kernel(dict(zip(self.inputs, values, strict=True)))
-        self.count += history.height
-
-    def step(self, bar: Mapping[str, Any]) -> tuple[float, ...]:
-        out = self.kernel(bar)
-        i = self.count
-        self.count += 1
-        return self.blank if i < self.lookback else out
 
 
 class _TalibStepper:
