@@ -24,6 +24,7 @@ from pitstore.bars import BAR_COLUMNS, validate_bars
 from pitstore.features.base import Feature
 from pitstore.features.engine import compute_frame
 from pitstore.features.talib_features import talib_functions
+from pitstore.features.windows import window_moments, window_sum
 from pitstore.live.steppers import WindowBlock, is_window, stepper_for
 
 START = datetime(2020, 1, 2, tzinfo=UTC)
@@ -447,6 +448,19 @@ def test_stepper_primed_in_parts(cases: dict[str, Case], f: Feature) -> None:
         s.prime(case.bars.slice(a, b - a))
         got = np.array([s.step(dict(bar)) for bar in case.rows[b:]], dtype=np.float64)
         assert_bitwise(got, want[b:], f=f, label=f"primed [:{a}] + [{a}:{b}]", first_row=b)
+
+
+@pytest.mark.parametrize("n", [2, 3, 20, 60])
+def test_few_windows_add_in_the_order_of_many(n: int) -> None:
+    """window_sum and window_moments over a long series (n shifted passes) and over a matrix of short rows,
+    each a window and one more value (one accumulate per window: a live update) give the same bits."""
+    rng = np.random.default_rng(n)
+    x = 1e4 * np.exp(np.cumsum(rng.normal(0.0, 0.01, 400)))
+    rows = np.lib.stride_tricks.sliding_window_view(x, n + 1).copy()
+    want_sum, (want_mean, want_m2) = window_sum(x, n)[n:], (a[n:] for a in window_moments(x, n))
+    got_sum, (got_mean, got_m2) = window_sum(rows, n)[:, -1], (a[:, -1] for a in window_moments(rows, n))
+    for got, want in ((got_sum, want_sum), (got_mean, want_mean), (got_m2, want_m2)):
+        np.testing.assert_array_equal(got.view(np.int64), want.view(np.int64))
 
 
 WINDOW_FEATURES = [f for f in [*BUILTIN_FEATURES, *STANDARD_FEATURES] if is_window(f)]

@@ -7,14 +7,16 @@ right starting from the first; its moments are the mean (sum / n) and the sum of
 that mean, added the same way (two passes: stable on price levels, where a sum of squares cancels).
 
 Windows run along the last axis: a 1-D series (a backfill) or a matrix of rows, one symbol's last bars each
-(a live update of many symbols at once), through the same code.
+(a live update of many symbols at once). Many windows (a backfill) are added as n shifted passes; fewer
+windows than values per window (a live update: one or two per row) as one left-to-right ``np.add.accumulate``
+over each window, which adds in the same order and so gives the same bits (never ``np.sum``: it adds pairwise).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["moments", "window_moments", "window_sum", "window_total"]
+__all__ = ["window_moments", "window_sum"]
 
 _CHUNK = 1 << 14  # outputs per block: the n shifted passes over a block stay in the CPU cache
 
@@ -23,6 +25,10 @@ def window_sum(x: np.ndarray, n: int) -> np.ndarray:
     """The sum of the ``n`` values ending at each index; NaN before the first full window."""
     out = np.full(x.shape, np.nan)
     m = x.shape[-1] - n + 1
+    if 0 < m < n:
+        for i in range(m):
+            out[..., n - 1 + i] = _total(x[..., i : i + n])
+        return out
     for s in range(0, max(m, 0), _CHUNK):
         e = min(m, s + _CHUNK)
         acc = x[..., s:e].copy()
@@ -37,6 +43,12 @@ def window_moments(x: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     mean = window_sum(x, n) / n
     m2 = np.full(x.shape, np.nan)
     m = x.shape[-1] - n + 1
+    if 0 < m < n:
+        for i in range(m):
+            d = x[..., i : i + n] - mean[..., n - 1 + i, None]
+            d *= d
+            m2[..., n - 1 + i] = _total(d)
+        return mean, m2
     for s in range(0, max(m, 0), _CHUNK):
         e = min(m, s + _CHUNK)
         mu = mean[..., n - 1 + s : n - 1 + e]
@@ -51,13 +63,6 @@ def window_moments(x: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     return mean, m2
 
 
-def window_total(w: np.ndarray) -> float:
-    """One window's sum in :func:`window_sum`'s order (numpy's accumulate adds strictly left to right)."""
-    return float(np.add.accumulate(w)[-1])
-
-
-def moments(w: np.ndarray) -> tuple[float, float]:
-    """One window's mean and sum of squared deviations, in :func:`window_moments`' order."""
-    mean = window_total(w) / len(w)
-    d = w - mean
-    return mean, window_total(d * d)
+def _total(windows: np.ndarray) -> np.ndarray:
+    """Each window's (last axis) sum, added left to right from its first value, as the shifted passes do."""
+    return np.add.accumulate(windows, axis=-1)[..., -1]
