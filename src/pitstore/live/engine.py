@@ -179,7 +179,9 @@ class LiveEngine:
             at = np.fromiter((j for _, j in step), np.int64, len(step))
             for table_id, table in self._tables.items():
                 out = np.empty((len(step), table.width))
-                out[:, table.block_columns] = table.block.step(symbols, {c: columns[c][at] for c in table.block.inputs})
+                if table.block_columns:
+                    out[:, table.block_columns] = table.block.step(symbols,
+                                                                   {c: columns[c][at] for c in table.block.inputs})
                 if table.others:
                     for k, (symbol, j) in enumerate(step):
                         bar = dict(zip(_VALUES, values[j], strict=True))

@@ -111,7 +111,7 @@ class WindowBlock:
         index = self.count[rows] - 1  # of the stepped bar in its symbol's history
         out = np.empty((len(symbols), self.width))
         col = 0
-        with np.errstate(all="ignore"):  # rows still inside their lookback hold NaN: blanked below
+        with np.errstate(all="ignore"):  # rows inside their lookback hold NaN or forgotten bars: blanked below
             for f in self.features:
                 k = f.lookback + 1
                 assert f.kernel is not None
