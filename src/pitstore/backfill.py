@@ -5,10 +5,11 @@ nothing is computed. Bars only appended since: only the new rows are written, as
 restated: the symbol is recomputed in full and the new entry supersedes the old ones, which stay readable
 for ``as_known_at`` queries.
 
-Values are always computed from the symbol's full stored history, never from a window of it: recursive
-indicators need it, and sliding-window kernels (TA-Lib's running sums) give last-bit differences when
-started elsewhere. Computing from the same start is what makes incremental rows equal a full recompute
-bit for bit.
+Values are computed from the symbol's full stored history: recursive indicators need it, and TA-Lib's
+running sums give last-bit differences when started elsewhere. Computing from the same start is what makes
+incremental rows equal a full recompute bit for bit. The one exception: when every feature of the set is a
+window feature (:func:`pitstore.features.library.is_window`), a value depends on its window alone
+(:mod:`pitstore.features.windows`), so new rows are computed from the lookback bars before them only.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pitstore.bars import symbol_runs
 from pitstore.catalog.base import BarEntry, Catalog, FeatureEntry
 from pitstore.features.base import FeatureSet
 from pitstore.features.engine import compute_frame
+from pitstore.features.library import is_window
 from pitstore.offline import encode_symbol, read_entries, write_entry
 
 __all__ = ["BackfillReport", "backfill"]
@@ -79,6 +81,22 @@ def _plan(catalog: Catalog, bars: BarEntry, live: list[FeatureEntry], start_us: 
     return _Plan(bars, live, True, None)
 
 
+def _needed(bars: pl.DataFrame, fs: FeatureSet, plans: Sequence[_Plan]) -> pl.DataFrame:
+    """The bars the new rows need: all of them, except for the incremental symbols of a set of window features
+    only, which need just the lookback bars before their first new row."""
+    after = {p.bars.symbol: p.after_us for p in plans if not p.full and p.after_us is not None}
+    if not after or not all(is_window(f) for f in fs.features):
+        return bars
+    lookback = max(f.lookback for f in fs.features)
+    cut = pl.DataFrame({"symbol": list(after), "after": list(after.values())},
+                       schema={"symbol": pl.String, "after": pl.Int64})
+    # Bars already computed, per symbol (0 for full plans: their "after" is null); signed, to subtract from.
+    stored = (pl.col("ts").dt.epoch("us") <= pl.col("after")).sum().over("symbol").cast(pl.Int64)
+    return (bars.join(cut, on="symbol", how="left", maintain_order="left")
+            .filter(pl.int_range(pl.len()).over("symbol") >= stored - lookback)
+            .drop("after"))
+
+
 def backfill(
     root: Path,
     catalog: Catalog,
@@ -125,7 +143,7 @@ def _run(
     assert bars is not None
     if end_us is not None:
         bars = bars.filter(pl.col("ts").dt.epoch("us") <= end_us)
-    out = compute_frame(fs.features, bars)
+    out = compute_frame(fs.features, _needed(bars, fs, plans))
     report.computed_rows += out.height
     parts: dict[str, pl.DataFrame] = {}
     if out.height:

@@ -44,6 +44,7 @@ __all__ = [
     "atr",
     "bollinger",
     "ema",
+    "is_window",
     "log_ret",
     "macd",
     "mom",
@@ -115,6 +116,11 @@ def _register_talib(
     BUILTINS[func] = Builtin(
         func, params, inputs, suffixes, lookback, None, talib, True, description, minimums or {}
     )
+
+
+def is_window(feature: Feature) -> bool:
+    """A built-in with a kernel of its own: its value at a bar depends only on the last lookback + 1 bars."""
+    return feature.kind == "builtin" and feature.talib is None and feature.kernel is not None
 
 
 def _build(func: str, **params: Any) -> Feature:

@@ -33,7 +33,8 @@ from pitstore.bars import BAR_COLUMNS, symbol_runs, validate_bars
 from pitstore.catalog.base import Catalog
 from pitstore.errors import BackendUnavailableError
 from pitstore.features.base import Feature, FeatureSet
-from pitstore.live.steppers import Stepper, WindowBlock, is_window, stepper_for
+from pitstore.features.library import is_window
+from pitstore.live.steppers import Stepper, WindowBlock, stepper_for
 from pitstore.offline import read_entries
 from pitstore.reads import read_range
 from pitstore.serving import Serving

@@ -30,8 +30,9 @@ from talib import stream as talib_stream
 from pitstore.bars import BAR_COLUMNS
 from pitstore.features.base import Feature
 from pitstore.features.engine import compute_frame
+from pitstore.features.library import is_window
 
-__all__ = ["Stepper", "WindowBlock", "is_window", "stepper_for"]
+__all__ = ["Stepper", "WindowBlock", "stepper_for"]
 
 NAN = math.nan
 # What a TA-Lib streaming handle raises when the bars are too few to open it (untyped in TA-Lib's stubs).
@@ -48,11 +49,6 @@ class Stepper(Protocol):
     def step(self, bar: Mapping[str, Any]) -> tuple[float, ...]:
         """Consume one new bar; the feature's outputs at it, NaN where the batch engine gives null."""
         ...
-
-
-def is_window(feature: Feature) -> bool:
-    """A built-in with a kernel of its own: its value at a bar depends only on the last lookback + 1 bars."""
-    return feature.kind == "builtin" and feature.talib is None and feature.kernel is not None
 
 
 def stepper_for(feature: Feature) -> Stepper:
