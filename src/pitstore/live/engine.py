@@ -1,12 +1,13 @@
 """Live bars: ``push`` computes the new feature rows incrementally and serves them at once.
 
-Per symbol and feature set, steppers (:mod:`pitstore.live.steppers`) are primed once from the stored bars and
-then fed each pushed bar: the rows equal a batch backfill of the same bars bit for bit. New rows go to the
-online tier at once and to the history tier through its writer thread (a push never waits for PostgreSQL);
-the bars go to the offline tier in batches (``flush``: ingest, then an incremental backfill, which computes
-the same values). A batch is written by a background thread once ``flush_bars`` are buffered, so a push never
-waits seconds for it; until it is stored, this process answers look-ups of those rows from memory. Pushes
-come from one thread; the flush thread is the engine's own.
+Per feature set, the window features of all symbols form one block and the other features have a stepper per
+symbol (:mod:`pitstore.live.steppers`); both are primed once from the stored bars and then fed the pushed bars
+(the block steps every symbol of a push at once): the rows equal a batch backfill of the same bars bit for bit.
+New rows go to the online tier at once and to the history tier through its writer thread (a push never waits
+for PostgreSQL); the bars go to the offline tier in batches (``flush``: ingest, then an incremental backfill,
+which computes the same values). A batch is written by a background thread once ``flush_bars`` are buffered,
+so a push never waits seconds for it; until it is stored, this process answers look-ups of those rows from
+memory. Pushes come from one thread; the flush thread is the engine's own.
 
 A bar dated at or before the latest known bar of its symbol is a duplicate when it is identical to it, else
 a restatement: buffered bars are flushed, the restated bars are ingested (recorded as a restatement), the
