@@ -15,6 +15,12 @@ from typing import Any
 
 BENCH_DIR = Path(__file__).resolve().parent
 
+# The serving targets of issue #5, checked by bench_online (through the Store) and bench_online_backends (the
+# online backends alone).
+TARGET_EMBEDDED_P99_US = 20.0  # memory / SQLite get_online, one symbol
+TARGET_REDIS_RATIO = 1.3  # Redis get_online, one symbol, against a bare redis-py fetch of the same values
+TARGET_REDIS_BATCH_P99_US = 2_000.0  # Redis get_online, 100 symbols
+
 
 class Report:
     """``report(line)`` prints a line and keeps it; :meth:`write` puts the kept lines in a results file."""

@@ -62,7 +62,16 @@ from typing import Any
 import polars as pl
 import psycopg
 import redis
-from _common import Report, git_commit, load_average, machine, pct_us  # bench/ is sys.path[0] when a script runs
+from _common import (  # bench/ is sys.path[0] when a script runs
+    TARGET_EMBEDDED_P99_US,
+    TARGET_REDIS_BATCH_P99_US,
+    TARGET_REDIS_RATIO,
+    Report,
+    git_commit,
+    load_average,
+    machine,
+    pct_us,
+)
 
 import pitstore
 from pitstore import FeatureSet, Store, atr, ema, macd, rsi, standard_features
@@ -80,9 +89,6 @@ LONG_SYMBOLS, LONG_BARS = 100, 4_000
 MINUTE = timedelta(minutes=1)
 SEED = 42
 
-TARGET_EMBEDDED_P99_US = 20.0
-TARGET_REDIS_RATIO = 1.3
-TARGET_REDIS_BATCH_P99_US = 2_000.0
 TARGET_HISTORY_P99_US = 2_000.0
 TARGET_PUSH_MS = 50.0
 # live_flush_bars of the background-flush run, in minutes of bars: the flush thread starts at minute 12 and
