@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -10,29 +9,12 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from clirun import run, run_json
 from polars.testing import assert_frame_equal
-from typer.testing import CliRunner
 
 import pitstore
-from pitstore.cli import app
 
-runner = CliRunner()
 FEATURES = ["daily_core:ret_5d", "daily_core:vol_20d", "daily_core:mom_60d"]
-
-
-def run(*args: str | Path, code: int = 0) -> str:
-    """Invoke the CLI in-process; assert the exit code and return everything it printed."""
-    result = runner.invoke(app, [str(a) for a in args])
-    assert result.exit_code == code, result.output
-    assert "Traceback" not in result.output
-    return result.output
-
-
-def run_json(*args: str | Path) -> object:
-    """Invoke the CLI and parse its stdout as JSON."""
-    result = runner.invoke(app, [str(a) for a in args])
-    assert result.exit_code == 0, result.output
-    return json.loads(result.stdout)
 
 
 @pytest.fixture

@@ -17,11 +17,10 @@ from typing import Any
 import polars as pl
 import pyarrow as pa
 import pytest
-from typer.testing import CliRunner
+from clirun import run, run_json
 
 from pitstore import InvalidInputError, Store
 from pitstore.catalog.sqlite import now_us
-from pitstore.cli import app
 from pitstore.errors import BackendError
 from pitstore.history import PostgresHistory
 from pitstore.tiering import CRASH_ENV, TierReport, archive_dir, latest_versions, read_archive, tier
@@ -32,7 +31,6 @@ CUTOFF = NOW - 30 * DAY  # the default window
 REC1, REC2 = NOW - 200 * DAY, NOW - 1_000_000  # first versions, then restatements
 FS, WEIRD, EMPTY = "fs@1", "we/ird..@3", "empty@1"
 SPECIAL = [math.nan, None, -0.0, 0.0, math.inf, -math.inf, 5e-324, 1 / 3, -1e308, 2.5]
-runner = CliRunner()
 
 
 
@@ -419,19 +417,6 @@ def test_sigkill_between_steps_loses_nothing_and_a_rerun_finishes(
 # --- the command line --------------------------------------------------------------------------------------
 
 
-def invoke(*args: str | Path, code: int = 0) -> str:
-    result = runner.invoke(app, [str(a) for a in args])
-    assert result.exit_code == code, result.output
-    assert "Traceback" not in result.output
-    return result.output
-
-
-def invoke_json(*args: str | Path) -> Any:
-    result = runner.invoke(app, [str(a) for a in args])
-    assert result.exit_code == 0, result.output
-    return json.loads(result.stdout)
-
-
 def test_cli_dry_run_then_real_run(history: PostgresHistory, store: Store, postgres_url: str, namespace: str,
                                    tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     fill(history, now_us(), boundary=False)
@@ -439,22 +424,22 @@ def test_cli_dry_run_then_real_run(history: PostgresHistory, store: Store, postg
     before = snapshot(history, root)
     common = ["--root", root, "--schema", namespace]
 
-    dry = invoke_json("tier", *common, "--postgres-url", postgres_url, "--dry-run", "--json", "-")
+    dry = run_json("tier", *common, "--postgres-url", postgres_url, "--dry-run", "--json", "-")
     assert dry["dry_run"] and dry["rows_archived"] == 2 * 30 + 2 * 6 + 2 and dry["files"] == 2
-    text = invoke("tier", *common, "--postgres-url", postgres_url, "--dry-run")
+    text = run("tier", *common, "--postgres-url", postgres_url, "--dry-run")
     assert "would move" in text and FS in text and "nothing changed" in text
     assert snapshot(history, root) == before
 
     monkeypatch.chdir(tmp_path)  # no pitstore.toml here
     monkeypatch.delenv("PITSTORE_POSTGRES_URL", raising=False)
-    assert "--postgres-url" in invoke("tier", *common, code=1)
+    assert "--postgres-url" in run("tier", *common, code=1)
 
     monkeypatch.setenv("PITSTORE_POSTGRES_URL", postgres_url)  # the settings' URL, as in production
     report_file = tmp_path / "report.json"
-    text = invoke("tier", *common, "--window-days", "45", "--json", report_file)
+    text = run("tier", *common, "--window-days", "45", "--json", report_file)
     report = json.loads(report_file.read_text())
     assert report["window_days"] == 45 and report["rows_archived"] == 2 * 15 + 2 * 1 + 1  # days 45-59, 45 restated
     assert "moved" in text and report["tables"][1]["path"] in text
-    assert invoke_json("tier", *common, "--json", "-")["rows_archived"] == 2 * 15 + 2 * 5 + 1  # days 30-44
-    assert invoke_json("tier", *common, "--json", "-")["rows_archived"] == 0
-    assert invoke("verify", "--root", root).strip().endswith("ok")
+    assert run_json("tier", *common, "--json", "-")["rows_archived"] == 2 * 15 + 2 * 5 + 1  # days 30-44
+    assert run_json("tier", *common, "--json", "-")["rows_archived"] == 0
+    assert run("verify", "--root", root).strip().endswith("ok")
