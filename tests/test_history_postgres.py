@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg import sql
 from servers import PrivatePostgres, drop_schema, private_postgres
+from spawn import run_processes
 
 from pitstore.errors import (
     BackendError,
@@ -86,29 +87,10 @@ def _migrate_worker(url: str, schema: str, barrier: Any, results: Any) -> None:
         results.put(f"{type(exc).__name__}: {exc}")
 
 
-def _run_processes(target: Callable[..., None], args: list[tuple[Any, ...]]) -> list[Any]:
-    """Run ``target(*a, barrier, results)`` in one spawned process per ``a``; returns what they put."""
-    ctx = multiprocessing.get_context("spawn")
-    barrier, results = ctx.Barrier(len(args)), ctx.Queue()
-    procs = [ctx.Process(target=target, args=(*a, barrier, results)) for a in args]
-    try:
-        for p in procs:
-            p.start()
-        out = [results.get(timeout=120) for _ in procs]
-        for p in procs:
-            p.join(timeout=60)
-            assert p.exitcode == 0
-        return out
-    finally:
-        for p in procs:
-            if p.is_alive():
-                p.kill()
-
-
 @pytest.mark.slow
 def test_migrate_concurrently_from_four_processes(postgres_url: str, namespace: str) -> None:
     try:
-        out = _run_processes(_migrate_worker, [(postgres_url, namespace)] * 4)
+        out = run_processes(_migrate_worker, [(postgres_url, namespace)] * 4)
         assert out == ["ok"] * 4
         assert _sql(postgres_url, "SELECT component, version FROM {s}.schema_version ORDER BY version",
                     namespace) == [("history", v) for v in range(1, SCHEMA_VERSION + 1)]
@@ -600,7 +582,7 @@ def _writer(url: str, schema: str, p: int, barrier: Any, results: Any) -> None:
 @pytest.mark.slow
 def test_concurrent_writers_from_processes(history: PostgresHistory, postgres_url: str, namespace: str) -> None:
     history.write("fs@1", ["x"], _rows(["SEED"], [0], x=[0.0]))  # registered up front, as a deployment would
-    out = _run_processes(_writer, [(postgres_url, namespace, p) for p in range(WRITERS)])
+    out = run_processes(_writer, [(postgres_url, namespace, p) for p in range(WRITERS)])
     assert all(isinstance(o, int) for o in out), out
     per_writer = BATCHES * OWN_SYMBOLS * PER_SYMBOL
     assert sum(out) == per_writer  # each shared row stored exactly once, by whichever writer came first

@@ -14,7 +14,6 @@ filled once across real processes.
 from __future__ import annotations
 
 import math
-import multiprocessing
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -27,6 +26,7 @@ import pytest
 import serving_workers
 from psycopg import sql
 from servers import PrivatePostgres, RedisServer, private_postgres, wait_for
+from spawn import run_processes
 
 from pitstore import FeatureSet, Store, standard_features
 from pitstore.errors import BackendUnavailableError
@@ -298,24 +298,10 @@ def test_every_server_down_the_offline_tier_still_answers(
 def _run_get_online(root: Path, online_url: str, namespace: str, lists: list[list[str]]) -> list[Any]:
     """One spawned process per symbol list, all calling ``get_online`` at once (after a barrier); their
     ``(fills, vectors)`` in the order they finished."""
-    ctx = multiprocessing.get_context("spawn")
-    barrier, results = ctx.Barrier(len(lists)), ctx.Queue()
-    procs = [ctx.Process(target=serving_workers.get_online_once,
-                         args=(str(root), online_url, namespace, symbols, "minute_core", barrier, results))
-             for symbols in lists]
-    try:
-        for p in procs:
-            p.start()
-        out = [results.get(timeout=120) for _ in procs]
-        for p in procs:
-            p.join(timeout=60)
-    finally:
-        for p in procs:
-            if p.is_alive():
-                p.kill()
+    out = run_processes(serving_workers.get_online_once,
+                        [(str(root), online_url, namespace, symbols, "minute_core") for symbols in lists])
     errors = [o[1] for o in out if o[0] == "error"]
     assert not errors, errors[0]
-    assert [p.exitcode for p in procs] == [0] * len(procs)
     return out
 
 
