@@ -32,6 +32,7 @@ from pitstore.errors import (
 )
 from pitstore.history import SCHEMA_VERSION, PostgresHistory, postgres
 from pitstore.history.postgres import _ASOF_ROWS as ASOF_ROWS
+from pitstore.history.postgres import StoreScope
 
 TS = pa.timestamp("us", tz="UTC")
 DAY = 86_400_000_000
@@ -416,17 +417,32 @@ def test_window_start_skips_tombstoned_rows(history: PostgresHistory) -> None:
     assert history.window_start("fs@1") is None
 
 
+def _old_schema(url: str, schema: str, monkeypatch: pytest.MonkeyPatch, version: int) -> None:
+    """A schema as the release of history schema ``version`` made it."""
+    with monkeypatch.context() as m:
+        m.setattr(postgres, "_MIGRATIONS", postgres._MIGRATIONS[:version])
+        m.setattr(postgres, "SCHEMA_VERSION", version)
+        with PostgresHistory(url, schema=schema) as old:
+            old.migrate()
+
+
+def _old_write(url: str, schema: str, table_id: str, columns: list[str],
+               rows: list[tuple[str, int, int, list[float | None] | None]]) -> None:
+    """Rows (symbol, ts, recorded_at, vals) written as releases before store ids did: tables keyed by table_id."""
+    if not _sql(url, "SELECT 1 FROM {s}.history_tables WHERE table_id = %s", schema, (table_id,)):
+        _sql(url, "INSERT INTO {s}.history_tables (table_id, columns) VALUES (%s, %s)", schema, (table_id, columns))
+    for symbol, ts, rec, vals in rows:
+        _sql(url, "INSERT INTO {s}.history_rows SELECT table_key, %s, %s, %s, %s FROM {s}.history_tables"
+                  " WHERE table_id = %s", schema, (symbol, ts, rec, vals, table_id))
+
+
 def test_migrating_a_schema_of_the_previous_version(postgres_url: str, namespace: str,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """A schema made by the previous release (migration 1 only, vals NOT NULL, rows in it) is upgraded in place:
     its rows stay, tombstones can be written, the view shows them."""
     try:
-        with monkeypatch.context() as m:
-            m.setattr(postgres, "_MIGRATIONS", postgres._MIGRATIONS[:1])
-            m.setattr(postgres, "SCHEMA_VERSION", 1)
-            with PostgresHistory(postgres_url, schema=namespace) as old:
-                old.migrate()
-                old.write("fs@1", ["x"], _rows(["A", "A"], [10, 20], x=[1.0, None]), recorded_at=1)
+        _old_schema(postgres_url, namespace, monkeypatch, 1)
+        _old_write(postgres_url, namespace, "fs@1", ["x"], [("A", 10, 1, [1.0]), ("A", 20, 1, [None])])
         nullable = ("SELECT is_nullable FROM information_schema.columns WHERE table_schema = %s"
                     " AND table_name = 'history_rows' AND column_name = 'vals'")
         assert _sql(postgres_url, nullable, namespace, (namespace,)) == [("NO",)]
@@ -445,6 +461,72 @@ def test_migrating_a_schema_of_the_previous_version(postgres_url: str, namespace
                                   " ORDER BY ts, recorded_at", namespace)
         assert [(int(t), v, dead) for t, v, dead in view] == [(10, [1.0], False), (20, [None], False),
                                                                (20, None, True)]
+    finally:
+        drop_schema(postgres_url, namespace)
+
+
+def _scope(store_id: str, fingerprints: dict[str, str], adopt: bool = False) -> StoreScope:
+    return StoreScope(store_id, fingerprints.get, lambda _table_id: adopt)
+
+
+def test_stores_and_definitions_sharing_a_schema_never_see_each_others_rows(history: PostgresHistory,
+                                                                             postgres_url: str,
+                                                                             namespace: str) -> None:
+    """Two stores' "fs@1" (two definitions) in one schema: each reads, scans, lists and deletes its own only; a
+    definition of another fingerprint under the same name@version (a copied root's store id) is another table."""
+    a = PostgresHistory(postgres_url, schema=namespace, scope=_scope("store-a", {"fs@1": "fp-a"}))
+    b = PostgresHistory(postgres_url, schema=namespace, scope=_scope("store-b", {"fs@1": "fp-b"}))
+    a2 = PostgresHistory(postgres_url, schema=namespace, scope=_scope("store-a", {"fs@1": "fp-other"}))
+    with a, b, a2:
+        assert a.write("fs@1", ["x"], _rows(["S", "S"], [10, 20], x=[1.0, 2.0]), recorded_at=1) == 2
+        assert b.write("fs@1", ["y", "z"], _rows(["S"], [15], y=[-1.0], z=[-2.0]), recorded_at=1) == 1
+        assert a.asof("fs@1", "S", 17) == (10, (1.0,))
+        assert b.asof("fs@1", "S", 17) == (15, (-1.0, -2.0))
+        assert a.latest("fs@1", ["S"]) == [(20, (2.0,))] and b.latest("fs@1", ["S"]) == [(15, (-1.0, -2.0))]
+        assert a.scan("fs@1")["x"].to_pylist() == [1.0, 2.0] and a.columns("fs@1") == ("x",)
+        assert a.window_start("fs@1") == 10 and b.window_start("fs@1") == 15
+        assert a.tables() == b.tables() == ["fs@1"] and history.tables() == []  # unscoped: none of them
+        assert history.asof("fs@1", "S", 17) is None and history.scan("fs@1").num_rows == 0
+        assert a2.asof("fs@1", "S", 17) is None and a2.tables() == []
+        assert a2.write("fs@1", ["w"], _rows(["S"], [12], w=[9.0]), recorded_at=1) == 1  # no SchemaMismatch: its own
+        assert a2.asof("fs@1", "S", 17) == (12, (9.0,)) and a.asof("fs@1", "S", 17) == (10, (1.0,))
+        assert b.delete_before("fs@1", 100) == 1 and a.asof("fs@1", "S", 17) == (10, (1.0,))
+        with pytest.raises(DefinitionError, match="no such feature-set version"):
+            a.write("other@1", ["x"], _rows(["S"], [1], x=[1.0]))
+        assert a.asof("other@1", "S", 17) is None
+    keys = _sql(postgres_url, "SELECT table_id, store_id, fingerprint FROM {s}.history_tables ORDER BY 2, 3", namespace)
+    assert keys == [("fs@1", "store-a", "fp-a"), ("fs@1", "store-a", "fp-other"), ("fs@1", "store-b", "fp-b")]
+    with pytest.raises(ConfigError, match="store id"):
+        PostgresHistory(postgres_url, schema=namespace, scope=_scope("", {}))
+
+
+def test_tables_of_the_previous_layout_are_adopted_only_by_a_store_that_claims_them(
+        postgres_url: str, namespace: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A schema of version 2 with rows: after migration 3 they are unscoped, invisible to a store that does not
+    claim them (a new store on the same server) and readable without a scope; the first claiming store adopts
+    them (rows kept, readable, writable), after which no one else can."""
+    try:
+        _old_schema(postgres_url, namespace, monkeypatch, 2)
+        _old_write(postgres_url, namespace, "fs@1", ["x"], [("S", 10, 1, [1.0]), ("S", 20, 1, [2.0])])
+        stranger = PostgresHistory(postgres_url, schema=namespace, scope=_scope("new", {"fs@1": "fp-new"}))
+        owner = PostgresHistory(postgres_url, schema=namespace, scope=_scope("old", {"fs@1": "fp-old"}, adopt=True))
+        late = PostgresHistory(postgres_url, schema=namespace, scope=_scope("late", {"fs@1": "fp-old"}, adopt=True))
+        unscoped = PostgresHistory(postgres_url, schema=namespace)
+        with stranger, owner, late, unscoped:
+            stranger.migrate()
+            assert stranger.asof("fs@1", "S", 30) is None and stranger.tables() == []
+            assert unscoped.asof("fs@1", "S", 30) == (20, (2.0,))
+            assert owner.tables() == []  # tables() lists, it does not adopt
+            assert owner.asof("fs@1", "S", 15) == (10, (1.0,))
+            assert owner.write("fs@1", ["x"], _rows(["S"], [30], x=[3.0]), recorded_at=2) == 1
+            assert owner.latest("fs@1", ["S"]) == [(30, (3.0,))] and owner.tables() == ["fs@1"]
+            assert late.asof("fs@1", "S", 30) is None
+            with PostgresHistory(postgres_url, schema=namespace) as fresh:  # (one that resolved it before keeps it)
+                assert fresh.asof("fs@1", "S", 30) is None
+            assert stranger.write("fs@1", ["x"], _rows(["S"], [40], x=[4.0])) == 1  # a table of its own
+            assert owner.latest("fs@1", ["S"]) == [(30, (3.0,))]
+        assert _sql(postgres_url, "SELECT store_id, fingerprint FROM {s}.history_tables ORDER BY 1", namespace) == [
+            ("new", "fp-new"), ("old", "fp-old")]
     finally:
         drop_schema(postgres_url, namespace)
 

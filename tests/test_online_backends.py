@@ -330,6 +330,30 @@ def test_redis_expiry(redis_url: str, namespace: str) -> None:
         delete_namespace(redis_url, namespace)
 
 
+@pytest.mark.parametrize("garbage", [b"", b"x", b"\x07" * 41, b"\x09" + bytes(33)],
+                         ids=["empty", "short", "bad-length", "bad-version"])
+def test_redis_undecodable_value_is_a_counted_miss_and_the_next_write_replaces_it(
+        redis_url: str, namespace: str, garbage: bytes) -> None:
+    """A corrupt value never fails the batch it is in: it reads as a miss (counted), the other symbols are served,
+    and a write replaces it whatever the ts it seems to hold (a fill from the lower tiers)."""
+    store = RedisOnlineStore(redis_url, namespace=namespace)
+    raw = redis.Redis.from_url(redis_url)
+    try:
+        store.put_latest(TABLE, COLS, [("A", TS, [1.0, 2.0, 3.0]), ("B", TS, [4.0, None, 6.0])])
+        raw.set(f"{namespace}:r:{TABLE}:B", garbage)
+        assert store.get_latest(TABLE, ["A", "B"]) == [(TS, (1.0, 2.0, 3.0)), None]
+        assert store.get_latest(TABLE, ["B"]) == [None]
+        assert store.corrupt == 2
+        assert store.put_latest(TABLE, COLS, [("B", 1, [7.0, 8.0, 9.0])]) == 1  # ts 1: older than anything
+        assert store.get_latest(TABLE, ["A", "B"]) == [(TS, (1.0, 2.0, 3.0)), (1, (7.0, 8.0, 9.0))]
+        assert store.put_latest(TABLE, COLS, [("B", 0, [0.0, 0.0, 0.0])]) == 0  # a valid row again: older loses
+        assert store.corrupt == 2
+    finally:
+        raw.close()
+        store.close()
+        delete_namespace(redis_url, namespace)
+
+
 # --- private redis-server processes -------------------------------------------------------------------------------
 
 

@@ -95,11 +95,13 @@ def pg(private_pg: PrivatePostgres) -> PrivatePostgres:
     return private_pg
 
 
-def _history_rows(url: str, start: datetime) -> pl.DataFrame:
-    """The latest version of each history row of TABLE at or after ``start``, read by a separate connection."""
+def _history_rows(url: str, store: Store, start: datetime) -> pl.DataFrame:
+    """The latest version of each of ``store``'s history rows of TABLE at or after ``start``, read by a separate
+    connection."""
     from pitstore.history import PostgresHistory
+    from pitstore.history.recent import catalog_scope
 
-    with PostgresHistory(url) as h:
+    with PostgresHistory(url, scope=catalog_scope(store.catalog)) as h:
         rows = pl.from_arrow(h.scan(TABLE, start=int(start.timestamp() * 1_000_000)))
     assert isinstance(rows, pl.DataFrame)
     return rows.drop("recorded_at")
@@ -234,7 +236,7 @@ def test_postgres_down_online_unaffected_lookups_fall_back_writes_queued(pg: Pri
         assert history.pending() == 0
         second = store.push(_live_bars(symbols, t - timedelta(minutes=8), seed=2))
         assert history.wait_written(10.0) and history.pending() == 0  # by the writer thread, after the push
-        got = _history_rows(pg.url, t - timedelta(minutes=9))
+        got = _history_rows(pg.url, store, t - timedelta(minutes=9))
         want = pl.concat([first.rows[TABLE], second.rows[TABLE]]).sort("symbol", "ts")
         assert got.sort("symbol", "ts").equals(want)
 

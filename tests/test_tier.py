@@ -18,11 +18,13 @@ import polars as pl
 import pyarrow as pa
 import pytest
 from clirun import run, run_json
+from servers import drop_schema
 
 from pitstore import InvalidInputError, Store
 from pitstore.catalog.sqlite import now_us
 from pitstore.errors import BackendError
 from pitstore.history import PostgresHistory
+from pitstore.history.recent import catalog_scope
 from pitstore.tiering import CRASH_ENV, TierReport, archive_dir, latest_versions, read_archive, tier
 
 DAY = 86_400_000_000
@@ -38,6 +40,21 @@ SPECIAL = [math.nan, None, -0.0, 0.0, math.inf, -math.inf, 5e-324, 1 / 3, -1e308
 def store(tmp_path: Path) -> Iterator[Store]:
     with Store.open(tmp_path / "store") as s:
         yield s
+
+
+@pytest.fixture
+def store_history(store: Store, postgres_url: str, namespace: str) -> Iterator[PostgresHistory]:
+    """The history tier as the store itself (e.g. ``pitstore tier``) sees it: the tables of its store id and of
+    its versions' fingerprints, so the tables are registered as versions in its catalog first."""
+    for table_id in (FS, WEIRD, EMPTY):
+        name, _, version = table_id.rpartition("@")
+        for i in range(int(version)):
+            store.catalog.register_version(name, f"{name}-{i}", "{}")
+    h = PostgresHistory(postgres_url, schema=namespace, scope=catalog_scope(store.catalog))
+    h.migrate()
+    yield h
+    h.close()
+    drop_schema(postgres_url, namespace)
 
 
 # --- data -------------------------------------------------------------------------------------------------
@@ -363,8 +380,9 @@ def run_cli(root: Path, url: str, schema: str, *args: str, crash_at: str | None 
 
 @pytest.mark.parametrize("step", ["published", "committed"])
 def test_sigkill_between_steps_loses_nothing_and_a_rerun_finishes(
-    history: PostgresHistory, store: Store, postgres_url: str, namespace: str, tmp_path: Path, step: str,
+    store_history: PostgresHistory, store: Store, postgres_url: str, namespace: str, tmp_path: Path, step: str,
 ) -> None:
+    history = store_history  # the CLI tiers the store's own tables
     now = now_us()
     fill(history, now, boundary=False)
     cutoff = now - 30 * DAY
@@ -417,8 +435,9 @@ def test_sigkill_between_steps_loses_nothing_and_a_rerun_finishes(
 # --- the command line --------------------------------------------------------------------------------------
 
 
-def test_cli_dry_run_then_real_run(history: PostgresHistory, store: Store, postgres_url: str, namespace: str,
+def test_cli_dry_run_then_real_run(store_history: PostgresHistory, store: Store, postgres_url: str, namespace: str,
                                    tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    history = store_history  # the CLI tiers the store's own tables
     fill(history, now_us(), boundary=False)
     root = store.root
     before = snapshot(history, root)

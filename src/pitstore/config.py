@@ -29,7 +29,9 @@ class Settings:
     root: Path = Path(_DEFAULT_ROOT)
     lock_timeout: float = _DEFAULT_LOCK_TIMEOUT
     online_url: str = _DEFAULT_ONLINE_URL
-    online_namespace: str = "pitstore"  # Redis key prefix: stores sharing one Redis keep apart by it
+    # Redis key prefix; None: "pitstore-<store id>", one per store, so stores sharing a Redis never share keys.
+    # An explicit value is used as given (stores given the same one share rows: give each its own).
+    online_namespace: str | None = None
     redis_url: str | None = None
     postgres_url: str | None = None  # the history tier (optional): postgresql://...
     history_days: float = 30.0  # days of rows materialize keeps in the history tier
@@ -83,6 +85,10 @@ class Settings:
             history_days, flush = float(self.history_days), int(self.live_flush_bars)
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"history_days and live_flush_bars must be numbers: {exc}") from exc
+        if self.online_namespace is not None and (not isinstance(self.online_namespace, str)
+                                                  or not self.online_namespace.isprintable()
+                                                  or not self.online_namespace):
+            raise ConfigError(f"online_namespace must be a non-empty printable string, got {self.online_namespace!r}")
         if not history_days > 0 or flush < 1:
             raise ConfigError(f"history_days must be positive and live_flush_bars at least 1, got {history_days}"
                               f" and {flush}")

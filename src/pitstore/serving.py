@@ -31,7 +31,7 @@ from pitstore.catalog.base import Catalog, FeatureEntry
 from pitstore.config import Settings
 from pitstore.errors import BackendUnavailableError, InvalidInputError
 from pitstore.features.registry import Registry
-from pitstore.history.recent import HistoryTier
+from pitstore.history.recent import HistoryTier, catalog_scope
 from pitstore.offline import EntryReader
 from pitstore.online import OnlineStore, open_online
 from pitstore.online.base import OnlineRow
@@ -94,10 +94,13 @@ class Serving:
     """The online and history tiers of one store, and the reads that go through them."""
 
     def __init__(self, settings: Settings, catalog: Catalog, registry: Registry, reader: EntryReader) -> None:
-        options = {"namespace": settings.online_namespace} if settings.online_url.startswith("redis") else {}
+        options = {}
+        if settings.online_url.startswith("redis"):  # keys of this store only, unless told otherwise
+            options["namespace"] = settings.online_namespace or f"pitstore-{catalog.store_id()}"
         self.online: OnlineStore = open_online(settings.online_url, root=settings.root, **options)
         self.history: HistoryTier | None = (
-            HistoryTier(settings.postgres_url, settings.history_days) if settings.postgres_url else None
+            HistoryTier(settings.postgres_url, settings.history_days, scope=catalog_scope(catalog))
+            if settings.postgres_url else None
         )
         self.catalog = catalog
         self.registry = registry

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
@@ -405,3 +406,18 @@ class SqliteCatalog:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+
+    # --- identity --------------------------------------------------------------------------------------
+
+    def store_id(self) -> str:
+        """A uuid made by the first call (under the write lock: one winner across processes), then kept: the
+        history tier and the Redis namespace key this store's rows by it."""
+        if self._read("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'store_meta'"):
+            rows = self._read("SELECT value FROM store_meta WHERE key = 'store_id'")
+            if rows:
+                return str(rows[0][0])
+        with self._write("create the store id") as cur:
+            cur.execute("CREATE TABLE IF NOT EXISTS store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            cur.execute("INSERT INTO store_meta VALUES ('store_id', ?) ON CONFLICT (key) DO NOTHING",
+                        (uuid.uuid4().hex,))
+            return str(cur.execute("SELECT value FROM store_meta WHERE key = 'store_id'").fetchone()[0])

@@ -12,6 +12,7 @@ from pitstore import tiering
 from pitstore.cli.common import RootOption, clean_errors, fail, open_store, print_wide
 from pitstore.cli.maintenance import JsonFileOption, _write_json
 from pitstore.history import PostgresHistory
+from pitstore.history.recent import catalog_scope
 
 __all__ = ["tier"]
 
@@ -36,7 +37,7 @@ def tier(
         url = postgres_url or store.settings.postgres_url
         if not url:
             fail("no PostgreSQL URL for the history tier: give --postgres-url or set PITSTORE_POSTGRES_URL")
-        with PostgresHistory(url, schema=schema) as history:
+        with PostgresHistory(url, schema=schema, scope=catalog_scope(store.catalog)) as history:
             report = tiering.tier(store.root, store.catalog, history, window_days=window_days, dry_run=dry_run)
     if _write_json(json_file, report.to_dict()):
         return

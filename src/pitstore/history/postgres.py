@@ -4,10 +4,19 @@ Layout (schema ``pitstore`` by default; timestamps are bigint microseconds since
 the integers of the Python API, so nothing is converted or rounded on the way)::
 
     schema_version (component, version, applied_at)          this module's rows have component 'history'
-    history_tables (table_key, table_id, columns, created_at) one row per "feature_set@version"
+    history_tables (table_key, table_id, columns, created_at, store_id, fingerprint)
+                                                              one row per (table_id, store_id, fingerprint)
     history_rows   (table_key, symbol, ts, recorded_at, vals) PRIMARY KEY in that order; vals is float8[]
     index history_rows_table_ts (table_key, ts)               window_start, delete_before, time-bounded scans
     view  history_view                                        the same rows with timestamptz, for SQL tools
+
+Many stores share one server: a table is one store's (``store_id``, from its catalog) and one definition's
+(``fingerprint``), not only ``"feature_set@version"`` (two stores' ``daily@1`` are usually two definitions). An
+instance sees only the tables of its :class:`StoreScope`, resolved once per table, so the hot path stays one
+index seek on the integer ``table_key``. Without a scope it sees the unscoped tables (``store_id`` and
+``fingerprint`` empty): those a pitstore before schema version 3 wrote, and those of direct users of this class.
+A store adopts such a table of its name at first use only when its catalog says it synced entries into it
+(:attr:`StoreScope.adopt`); otherwise the table stays where it is, readable without a scope, never by a store.
 
 A version whose ``vals`` is NULL is a **tombstone**: the (symbol, ts) no longer exists as of its recorded_at
 (a restatement removed the bar). Versions recorded before it still answer ``as_known_at`` queries.
@@ -61,12 +70,12 @@ from pitstore.history._rows import (
     micros,
 )
 
-__all__ = ["SCHEMA_VERSION", "TOMBSTONE", "AsofRow", "PostgresHistory"]
+__all__ = ["SCHEMA_VERSION", "TOMBSTONE", "AsofRow", "PostgresHistory", "StoreScope"]
 
 AsofRow = tuple[int, tuple[float | None, ...]]
 """``(ts, values)`` of one stored row, values in the table's column order."""
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 TOMBSTONE = "tombstone"
 """The boolean column that marks tombstones in ``scan(all_versions=True)`` (and in tiering's archives)."""
 _COMPONENT = "history"
@@ -115,6 +124,24 @@ _MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
                    timestamptz 'epoch' + r.ts * interval '1 microsecond' AS ts,
                    timestamptz 'epoch' + r.recorded_at * interval '1 microsecond' AS recorded_at,
                    r.vals, r.vals IS NULL AS tombstone
+            FROM {s}.history_rows r JOIN {s}.history_tables t USING (table_key)""",
+    )),
+    (3, (
+        # Tables of a store and a definition. Existing tables become unscoped ('', ''); a constant default adds
+        # the columns without rewriting the table. history_rows is untouched: table_key already ties every row.
+        "ALTER TABLE {s}.history_tables ADD COLUMN store_id text NOT NULL DEFAULT '',"
+        " ADD COLUMN fingerprint text NOT NULL DEFAULT ''",
+        "ALTER TABLE {s}.history_tables DROP CONSTRAINT history_tables_table_id_key",
+        "ALTER TABLE {s}.history_tables ADD CONSTRAINT history_tables_scope_key"
+        " UNIQUE (table_id, store_id, fingerprint)",
+        "COMMENT ON COLUMN {s}.history_tables.store_id IS 'the store (its catalog''s store id) the table belongs to;"
+        " empty: unscoped, e.g. written before stores had ids'",
+        "COMMENT ON COLUMN {s}.history_tables.fingerprint IS 'fingerprint of the feature-set definition of the rows'",
+        """CREATE OR REPLACE VIEW {s}.history_view AS
+            SELECT t.table_id, t.columns, r.symbol,
+                   timestamptz 'epoch' + r.ts * interval '1 microsecond' AS ts,
+                   timestamptz 'epoch' + r.recorded_at * interval '1 microsecond' AS recorded_at,
+                   r.vals, r.vals IS NULL AS tombstone, t.store_id, t.fingerprint
             FROM {s}.history_rows r JOIN {s}.history_tables t USING (table_key)""",
     )),
 )
@@ -167,6 +194,17 @@ class _Table(NamedTuple):
     columns: tuple[str, ...]
 
 
+class StoreScope(NamedTuple):
+    """The tables a :class:`PostgresHistory` sees: one store's, each of one definition."""
+
+    store_id: str
+    """The store's identity (non-empty), kept in its catalog."""
+    fingerprint: Callable[[str], str | None]
+    """The fingerprint of a table_id's definition in this store; None when the store has no such version."""
+    adopt: Callable[[str], bool]
+    """Whether an unscoped table of this table_id (written before schema version 3) holds this store's rows."""
+
+
 class _Queries:
     """Every fixed statement, rendered once for the schema (identifiers quoted by psycopg.sql): composing
     a statement per call would cost about as much as the index seek itself."""
@@ -192,9 +230,17 @@ class _Queries:
         self.current_version = q("SELECT coalesce(max(version), 0) FROM {s}.schema_version WHERE component = %s")
         self.add_version = q("INSERT INTO {s}.schema_version (component, version) VALUES (%s, %s)")
         self.migrations = [(v, [q(stmt) for stmt in stmts]) for v, stmts in _MIGRATIONS]
-        self.get_table = q("SELECT table_key, columns FROM {s}.history_tables WHERE table_id = %s")
+        # The scope's own table, else an unscoped one (store_id '' sorts first): a candidate for adoption.
+        self.get_table = q(
+            "SELECT table_key, columns, store_id FROM {s}.history_tables WHERE table_id = %s"
+            " AND ((store_id = %s AND fingerprint = %s) OR store_id = '') ORDER BY store_id DESC LIMIT 1"
+        )
         self.add_table = q(
-            "INSERT INTO {s}.history_tables (table_id, columns) VALUES (%s, %s) ON CONFLICT (table_id) DO NOTHING"
+            "INSERT INTO {s}.history_tables (table_id, store_id, fingerprint, columns) VALUES (%s, %s, %s, %s)"
+            " ON CONFLICT (table_id, store_id, fingerprint) DO NOTHING"
+        )
+        self.adopt_table = q(
+            "UPDATE {s}.history_tables SET store_id = %s, fingerprint = %s WHERE table_key = %s AND store_id = ''"
         )
         self.create_stage = q(
             'CREATE TEMP TABLE IF NOT EXISTS {stage} (symbol text COLLATE "C" NOT NULL, ts bigint NOT NULL,'
@@ -225,11 +271,14 @@ class _Queries:
             "DELETE FROM {s}.history_rows h USING unnest(%s::text[], %s::int8[], %s::int8[]) AS k(symbol, ts, rec)"
             " WHERE h.table_key = %s AND h.symbol = k.symbol AND h.ts = k.ts AND h.recorded_at = k.rec"
         )
-        self.tables = q("SELECT table_id FROM {s}.history_tables ORDER BY table_id")
+        self.tables = q("SELECT table_id, fingerprint FROM {s}.history_tables WHERE store_id = %s ORDER BY table_id")
 
 
 class PostgresHistory:
     """Recent feature rows of many tables ("feature_set@version") in one PostgreSQL schema.
+
+    ``scope``: the store whose tables this instance reads and writes (see the module docstring); None: the
+    unscoped tables.
 
     One connection per instance, shared by threads under a lock, opened lazily, in autocommit mode (writes
     use explicit transactions); a forked child process opens its own. A connection lost since the last
@@ -242,15 +291,23 @@ class PostgresHistory:
     that stops answering mid-query is only detected by TCP: add e.g. ``tcp_user_timeout=5000`` to the URL.
     """
 
-    def __init__(self, url: str, *, schema: str = "pitstore", connect_timeout: float = 2.0) -> None:
+    def __init__(self, url: str, *, schema: str = "pitstore", scope: StoreScope | None = None,
+                 connect_timeout: float = 2.0) -> None:
         try:
             info = conninfo_to_dict(url)
         except psycopg.Error as exc:
             raise ConfigError(f"invalid PostgreSQL URL: {_cause(exc)}") from None
         if not isinstance(schema, str) or not schema or len(schema.encode()) > 63 or "\x00" in schema:
             raise ConfigError(f"invalid PostgreSQL schema name {schema!r}: 1 to 63 bytes")
+        if scope is not None and (not isinstance(scope.store_id, str) or not scope.store_id.isprintable()
+                                  or not scope.store_id):
+            raise ConfigError(f"invalid store id {scope.store_id!r}: a non-empty printable string")
         self._url = url
         self._schema = schema
+        self._scope = scope
+        self._store_id = "" if scope is None else scope.store_id
+        self._fingerprints: dict[str, str] = {}  # table_id -> fingerprint: versions are write-once
+        self._declined: set[str] = set()  # unscoped tables the scope does not adopt
         self._timeout = max(2, math.ceil(connect_timeout))
         # Never the password: this text goes into error messages and logs.
         self._where = "PostgreSQL at {}:{}/{}".format(
@@ -266,7 +323,8 @@ class PostgresHistory:
         self._pid = os.getpid()
 
     def __repr__(self) -> str:
-        return f"PostgresHistory({self._where}, schema={self._schema!r})"
+        store = "" if self._scope is None else f", store={self._store_id!r}"
+        return f"PostgresHistory({self._where}, schema={self._schema!r}{store})"
 
     def __enter__(self) -> PostgresHistory:
         return self
@@ -309,8 +367,12 @@ class PostgresHistory:
         self._run("migrate", op)
 
     def tables(self) -> list[str]:
-        """Every table_id ever written ("feature_set@version"), sorted."""
-        return self._run("tables", lambda conn: [row[0] for row in conn.execute(self._q.tables)])
+        """Every table_id ("feature_set@version") of the scope ever written, sorted."""
+        def op(conn: _Conn) -> list[str]:
+            rows = conn.execute(self._q.tables, (self._store_id,)).fetchall()
+            return [t for t, fp in rows if fp == self._fingerprint(t)]
+
+        return self._run("tables", op)
 
     def columns(self, table_id: str) -> tuple[str, ...] | None:
         """The fixed feature column list of ``table_id``; None when it was never written."""
@@ -583,21 +645,50 @@ class PostgresHistory:
             out[i - 1] = (ts, tuple(vals))
         return out
 
+    def _fingerprint(self, table_id: str) -> str | None:
+        if self._scope is None:
+            return ""
+        fp = self._fingerprints.get(table_id)
+        if fp is None:
+            fp = self._scope.fingerprint(table_id)
+            if fp is not None:  # not cached when unknown: the store may register it at any time
+                self._fingerprints[table_id] = fp
+        return fp
+
     def _table(self, conn: _Conn, table_id: str) -> _Table | None:
+        """The scope's table ``table_id`` of its current definition, resolved once (the fingerprint is part
+        of the key, so a table of another definition or store is never found)."""
         table = self._tables.get(table_id)
         if table is None:
-            row = conn.execute(self._q.get_table, (table_id,)).fetchone()
-            if row is None:
+            fp = self._fingerprint(table_id)
+            if fp is None:
+                return None
+            row = conn.execute(self._q.get_table, (table_id, self._store_id, fp)).fetchone()
+            if row is None or (row[2] != self._store_id and not self._adopt(conn, table_id, row[0], fp)):
                 return None  # not cached: another process may create it at any time
             table = self._tables[table_id] = _Table(row[0], tuple(row[1]))
         return table
 
+    def _adopt(self, conn: _Conn, table_id: str, key: int, fp: str) -> bool:
+        """Make the unscoped table ``key`` the scope's, if the scope claims it; False when it does not, or when
+        another instance took it first (then the next call resolves again)."""
+        assert self._scope is not None
+        if table_id in self._declined:
+            return False
+        if not self._scope.adopt(table_id):
+            self._declined.add(table_id)
+            return False
+        return bool(conn.execute(self._q.adopt_table, (self._store_id, fp, Int4(key))).rowcount)
+
     def _register(self, conn: _Conn, table_id: str, columns: tuple[str, ...]) -> _Table:
         table = self._table(conn, table_id)
         if table is None:
+            fp = self._fingerprint(table_id)
+            if fp is None:
+                raise DefinitionError(f"history table {table_id!r}: no such feature-set version in this store")
             # Autocommit, before the write: a rolled-back write must not leave a cached key behind. Two
             # statements, since a concurrent creator's row is invisible to the INSERT's own snapshot.
-            conn.execute(self._q.add_table, (table_id, list(columns)))
+            conn.execute(self._q.add_table, (table_id, self._store_id, fp, list(columns)))
             table = self._table(conn, table_id)
             assert table is not None
         if table.columns != columns:

@@ -9,6 +9,8 @@ offline tier, and never a reason for a request to fail.
 * Writes go through one bounded queue, written in order. ``write`` (syncs) writes at once; ``write_later``
   (pushes) leaves it to a writer thread, so a push never waits for PostgreSQL. While PostgreSQL is unreachable
   the queue keeps what it holds, and the writer retries once the breaker closes.
+* Many stores may share one server: the store's tables are its own (:func:`catalog_scope`), keyed by its
+  store id and each version's fingerprint, never another store's of the same ``name@version``.
 """
 
 from __future__ import annotations
@@ -27,11 +29,11 @@ import polars as pl
 
 from pitstore.catalog.base import Catalog
 from pitstore.errors import BackendUnavailableError
-from pitstore.history.postgres import AsofRow, PostgresHistory
+from pitstore.history.postgres import AsofRow, PostgresHistory, StoreScope
 from pitstore.offline import EntryReader
 from pitstore.outage import warn_outage
 
-__all__ = ["HistoryTier"]
+__all__ = ["HistoryTier", "catalog_scope"]
 
 log = logging.getLogger("pitstore.history")
 _T = TypeVar("_T")
@@ -53,13 +55,38 @@ class _Queued:
 
 _MAX_QUEUED_ROWS = 1_000_000  # rows kept for replay while PostgreSQL is down; beyond, writes raise
 _BREAKER_SECONDS = 1.0  # after a failure, calls fail at once for this long (a silent host costs one timeout)
+_IDS_PER_QUERY = 500  # entry ids per catalog look-up when checking a claim to an unscoped table
+
+
+def catalog_scope(catalog: Catalog) -> StoreScope:
+    """The history tables of the store of ``catalog``: its store id, the fingerprint of each version, and the
+    unscoped tables (written before schema version 3) it adopts: those its catalog marks as synced, i.e. that
+    this store wrote (a store that never synced one, e.g. a new store on a shared server, leaves it alone)."""
+
+    def version(table_id: str) -> tuple[str, int] | None:
+        name, _, number = table_id.rpartition("@")
+        return (name, int(number)) if name and number.isdecimal() else None
+
+    def fingerprint(table_id: str) -> str | None:
+        parsed = version(table_id)
+        if parsed is None:
+            return None
+        return next((v.fingerprint for v in catalog.versions(parsed[0]) if v.version == parsed[1]), None)
+
+    def adopt(table_id: str) -> bool:
+        parsed = version(table_id)
+        ids = [] if parsed is None else [e.id for e in catalog.feature_entries(*parsed)]
+        return any(catalog.history_synced(table_id, ids[i:i + _IDS_PER_QUERY])
+                   for i in range(0, len(ids), _IDS_PER_QUERY))
+
+    return StoreScope(catalog.store_id(), fingerprint, adopt)
 
 
 class HistoryTier:
-    """Recent feature rows per table (``feature_set@version``) in PostgreSQL."""
+    """Recent feature rows per table (``feature_set@version``) of one store (``scope``) in PostgreSQL."""
 
-    def __init__(self, url: str, days: float, *, schema: str = "pitstore") -> None:
-        self.db = PostgresHistory(url, schema=schema)
+    def __init__(self, url: str, days: float, *, schema: str = "pitstore", scope: StoreScope | None = None) -> None:
+        self.db = PostgresHistory(url, schema=schema, scope=scope)
         self.window = timedelta(days=days)
         self._migrated = False
         self._lock = threading.Condition()  # the queue; notified when it grows or shrinks, and on close

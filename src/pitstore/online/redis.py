@@ -4,6 +4,9 @@ Keys, under a ``namespace`` prefix: ``{ns}:r:{table_id}:{symbol}`` holds a row i
 ``{ns}:c:{table_id}`` the table's column list. table_id never contains ``:``, so the symbol is everything after
 the third separator and no symbol (slashes, dots, colons, unicode) can reach another key.
 
+A stored value that cannot be decoded (corrupt) reads as a miss, counted in ``corrupt``: the caller refills it
+from the lower tiers, and the write replaces it whatever its ts; it never fails the batch it is read in.
+
 Failure behaviour: reads raise BackendUnavailableError fast (short socket timeouts, then a circuit breaker that
 fails calls at once and lets one through every ``breaker_seconds``). Writes while Redis is down go to a bounded
 in-memory queue, replayed in order through the same conditional script by the next call that reaches Redis.
@@ -11,8 +14,10 @@ in-memory queue, replayed in order through the same conditional script by the ne
 
 from __future__ import annotations
 
+import logging
 import math
 import re
+import struct
 import threading
 import time
 from collections import deque
@@ -35,10 +40,12 @@ from pitstore.errors import (
 )
 from pitstore.online.base import InputRow, OnlineRow, check_put, schema_mismatch, validate_table_id
 from pitstore.online.codec import TS_OFFSET, decode, decode_columns, encode, encode_columns
+from pitstore.outage import warn_outage
 
 __all__ = ["RedisOnlineStore"]
 
 T = TypeVar("T")
+log = logging.getLogger("pitstore.online")
 
 # KEYS[1]: the column-list key; KEYS[2..]: row keys. ARGV[1]: the column list, ARGV[2]: expiry in ms (0: none),
 # ARGV[3..]: one encoded row per row key. Returns the rows written, or -1 when the stored column list differs.
@@ -55,7 +62,9 @@ local written = 0
 for i = 2, #KEYS do
   local new = ARGV[i + 1]
   local old = redis.call('GET', KEYS[i])
-  if not old or struct.unpack('<i8', old, {TS_OFFSET + 1}) <= struct.unpack('<i8', new, {TS_OFFSET + 1}) then
+  -- A value that is not a row of this table (another length or format: corrupt) is replaced like a missing one.
+  if not old or #old ~= #new or string.byte(old, 1) ~= string.byte(new, 1)
+      or struct.unpack('<i8', old, {TS_OFFSET + 1}) <= struct.unpack('<i8', new, {TS_OFFSET + 1}) then
     if px > 0 then
       redis.call('SET', KEYS[i], new, 'PX', px)
     else
@@ -128,6 +137,7 @@ class RedisOnlineStore:
         self._pending = 0
         self._prefixes: dict[str, bytes] = {}
         self._columns: dict[str, tuple[str, ...]] = {}  # last known per table: rejects a mismatch while down
+        self.corrupt = 0  # stored values read that could not be decoded (served as misses)
 
     # --- keys ---------------------------------------------------------------------------------------------
 
@@ -202,7 +212,23 @@ class RedisOnlineStore:
         except redis.RedisError as exc:
             raise BackendError(f"{self._where}: cannot read {table_id!r}: {exc}") from exc
         self._retry_at = 0.0
-        return [None if b is None else decode(b) for b in raw]
+        try:
+            return [None if b is None else decode(b) for b in raw]
+        except (BackendError, struct.error):  # off the hot path: only a batch holding a corrupt value gets here
+            return self._decode_each(table_id, symbols, raw)
+
+    def _decode_each(self, table_id: str, symbols: Sequence[str], raw: list[bytes | None]) -> list[OnlineRow | None]:
+        """``raw`` decoded, an undecodable value as a miss (counted, logged)."""
+        out: list[OnlineRow | None] = []
+        for symbol, b in zip(symbols, raw, strict=True):
+            try:
+                out.append(None if b is None else decode(b))
+            except (BackendError, struct.error) as exc:
+                self.corrupt += 1
+                warn_outage(log, f"online:corrupt:{table_id}", "%s: undecodable online value of %r in %r (%s),"
+                            " read as a miss; %d so far", self._where, symbol, table_id, exc, self.corrupt)
+                out.append(None)
+        return out
 
     def columns(self, table_id: str) -> tuple[str, ...] | None:
         validate_table_id(table_id)
