@@ -115,8 +115,13 @@ class Store:
     ) -> Any:
         """Features as of each (symbol, ts) of ``entities``: one row per input row, in input order.
 
-        Extra entity columns pass through; ``status`` says ``ok``, ``stale``, ``no_data_yet`` or
-        ``unknown_symbol``. ``as_known_at`` replays what the store knew then (before later restatements).
+        Extra entity columns pass through, untouched: one named ``status``, ``status_<set>`` or like an output
+        feature column is refused (InvalidInputError naming them). ``status`` says ``ok``, ``stale``,
+        ``no_data_yet``, ``unknown_symbol`` or ``damaged`` (the symbol's stored entry is missing, truncated or
+        does not match its hash: values null, a warning logged naming the file; other symbols are answered).
+        With several feature sets ``status`` is the worst over them and ``status_<set>`` (``status_<set>@<v>``
+        for two versions of one set) gives each set's own. ``as_known_at`` replays what the store knew then
+        (before later restatements).
         """
         out = reads.get_historical(self.reader, self.catalog, self.registry, entities, features, as_known_at)
         return from_polars(out, output or frame_kind(entities))
@@ -131,9 +136,13 @@ class Store:
         as_known_at: datetime | None = None,
         output: FrameKind = "polars",
     ) -> Any:
-        """The stored feature rows in ``[start, end]``; identical whatever ``start`` is (no warm-up effects)."""
+        """The stored feature rows in ``[start, end]``; identical whatever ``start`` is (no warm-up effects).
+
+        A symbol whose stored entry is damaged is not read: the frame then gets a ``status`` column, ``ok`` on
+        the rows read and ``damaged`` on one row per such symbol (ts and values null); a warning names the file.
+        """
         out = reads.read_range(self.reader, self.catalog, self.registry, features, _symbols(symbols),
-                               _aware(start, "start"), _aware(end, "end"), as_known_at)
+                               _aware(start, "start"), _aware(end, "end"), as_known_at, on_damage="status")
         return from_polars(out, output)
 
     # --- compute cache --------------------------------------------------------------------------------
