@@ -19,6 +19,7 @@ from pitstore.catalog.sqlite import SqliteCatalog
 from pitstore.config import Settings
 from pitstore.errors import ConfigError, InvalidInputError, NotFoundError
 from pitstore.features.base import FeatureSet
+from pitstore.features.library import standard_features
 from pitstore.features.registry import FeatureRef, Registry, VersionInfo
 from pitstore.frames import FrameKind, frame_kind, from_polars
 from pitstore.live.engine import LiveEngine, PushReport
@@ -194,9 +195,17 @@ class Store:
         return housekeeping.gc(self.root, self.catalog, self.cache, retention_weeks=retention_weeks,
                                max_versions=max_versions, dry_run=dry_run, orphan_grace_seconds=orphan_grace_seconds)
 
-    def verify(self) -> housekeeping.VerifyReport:
-        """Check every entry's file against the catalog (exists, size, hash); ``report.ok`` when all pass."""
-        return housekeeping.verify(self.root, self.catalog, self.cache)
+    def verify(self, *, repair: bool = False, feature_sets: Sequence[FeatureSet] = ()) -> housekeeping.VerifyReport:
+        """Check every entry's file against the catalog (exists, size, hash); ``report.ok`` when all pass.
+
+        ``repair``: recompute broken feature entries from the stored bars (their definitions are the
+        ``feature_sets`` given, those registered in this process and the standard set: Python code cannot be
+        rebuilt from the catalog), replace a broken bar snapshot by the newest older intact one, drop what cannot
+        be rebuilt; ``report.repaired``, ``dropped`` and ``unrepairable`` say what happened to each.
+        """
+        # The built-in standard set is pitstore's own code: always rebuildable (matched by fingerprint).
+        known = [*feature_sets, *(fs for fs, _ in self._defined.values()), standard_features()]
+        return housekeeping.verify(self.root, self.catalog, self.cache, repair=repair, feature_sets=known)
 
     # --- serving -------------------------------------------------------------------------------------
 
