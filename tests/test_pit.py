@@ -110,13 +110,19 @@ def check_against_reference(store: Store, bars: pl.DataFrame, lag: timedelta, tt
         got = store.get_historical(entities, features)
         assert isinstance(got, pl.DataFrame)
         cols = [f.split(":")[1] for f in features]
-        assert got.columns[:4] == ["symbol", "ts", "label", "note"] and got.columns[-1] == "status"
-        assert sorted(got.columns[4:-1]) == sorted(cols)
+        per_set = [f"status_{n}" for n in dict.fromkeys(f.split(":")[0] for f in features)] if len(set_names) > 1 \
+            else []
+        n_status = 1 + len(per_set)
+        assert got.columns[:4] == ["symbol", "ts", "label", "note"]
+        assert got.columns[-n_status:] == ["status", *per_set]
+        assert sorted(got.columns[4:-n_status]) == sorted(cols)
         assert got.height == len(lookups)
         assert got.select("symbol", "ts", "label", "note").equals(entities), "entity columns not passed through"
         for i, row in enumerate(got.iter_rows(named=True)):
             expected_status = max((refs[n][i][1] for n in set_names), key=WORST.index)
             assert row["status"] == expected_status, (features, lookups[i], row, expected_status)
+            for n in set_names if per_set else ():  # each set's own status, not the worst of them
+                assert row[f"status_{n}"] == refs[n][i][1], (n, lookups[i], row)
             for feat, col in zip(features, cols, strict=True):
                 expected = refs[feat.split(":")[0]][i][0][col]
                 assert row[col] == expected, (feat, lookups[i], row[col], expected)

@@ -27,7 +27,7 @@ from pitstore.catalog.base import BarEntry, Catalog, FeatureEntry
 from pitstore.features.base import FeatureSet
 from pitstore.features.engine import compute_frame
 from pitstore.features.library import is_window
-from pitstore.offline import encode_symbol, read_entries, write_entry
+from pitstore.offline import encode_symbol, file_facts, read_entries, write_entry
 
 __all__ = ["BackfillReport", "backfill"]
 
@@ -165,11 +165,11 @@ def _run(
     directory = f"features/{fs.name}/v{version}"
     # Files are written on two threads (Parquet encoding releases the GIL); commits stay in order here.
     with ThreadPoolExecutor(max_workers=2) as pool:
-        paths = pool.map(lambda t: write_entry(root, f"{directory}/{encode_symbol(t[0].bars.symbol)}", t[1]), todo)
-        for (plan, part), path in zip(todo, paths, strict=True):
+        written = pool.map(lambda t: _write(root, f"{directory}/{encode_symbol(t[0].bars.symbol)}", t[1]), todo)
+        for (plan, part), (path, size, digest) in zip(todo, written, strict=True):
             epochs = part["ts"].dt.epoch("us")
             entry = FeatureEntry(0, fs.name, version, plan.bars.symbol, path, part.height, int(epochs[0]),
-                                 int(epochs[-1]), plan.bars.id, 0, None)
+                                 int(epochs[-1]), plan.bars.id, 0, None, size, digest)
             supersede = [e.id for e in plan.live] if plan.full else []
             if catalog.commit_features(entry, supersede=supersede, expected_live=[e.id for e in plan.live]):
                 report.written_rows += part.height
@@ -179,3 +179,9 @@ def _run(
                 report.lost_race.append(plan.bars.symbol)
             if progress:
                 progress(1)
+
+
+def _write(root: Path, directory: str, part: pl.DataFrame) -> tuple[str, int, str]:
+    """Publish ``part`` as an entry; its path, size and hash (recorded in the catalog for verify and reads)."""
+    path = write_entry(root, directory, part)
+    return (path, *file_facts(root, path))

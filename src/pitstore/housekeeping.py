@@ -11,27 +11,31 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import polars as pl
-import pyarrow as pa
-import pyarrow.parquet as pq
 
+from pitstore import backfill as _backfill
 from pitstore.atomic import TMP_SUFFIX
 from pitstore.cache.core import CACHE_DIR, LOCK_DIR, ComputeCache
-from pitstore.catalog.base import Catalog
+from pitstore.catalog.base import BarEntry, CacheEntry, Catalog, FeatureEntry, HistoryArchive
 from pitstore.catalog.sqlite import now_us
-from pitstore.datahash import file_hash
 from pitstore.errors import CacheCorruptionError, InvalidInputError
-from pitstore.offline import content_hash
+from pitstore.features.base import FeatureSet
+from pitstore.features.engine import compute_frame
+from pitstore.features.registry import fingerprint
+from pitstore.offline import check_file, content_hash, encode_symbol, file_facts, read_entries, write_entry
 
 __all__ = ["GcReport", "VerifyReport", "gc", "verify"]
 
 # Everything pitstore writes under the root, besides the catalog ("history": pitstore.tiering's archives).
 DATA_DIRS = ("bars", "features", CACHE_DIR, "history")
+_UNREADABLE = (OSError, pl.exceptions.PolarsError)
 ORPHAN_GRACE_SECONDS = 3600.0  # an unreferenced offline file younger than this may be one being committed
 
 
@@ -60,17 +64,29 @@ class GcReport:
 
 @dataclass
 class VerifyReport:
-    """Every entry checked (exists, size, hash) and the problems found."""
+    """Every entry checked (exists, size, hash) and the problems found; with ``repair``, what was done.
+
+    ``problems`` are what is broken now (after a repair: what it left); ``found`` what the check found first.
+    """
 
     checked: int = 0
     problems: list[dict[str, str]] = field(default_factory=list)  # kind, path, problem
+    repair: bool = False
+    found: list[dict[str, str]] = field(default_factory=list)
+    repaired: list[dict[str, str]] = field(default_factory=list)  # kind, path, symbol, action
+    dropped: list[dict[str, str]] = field(default_factory=list)  # could not be rebuilt: row and file removed
+    unrepairable: list[dict[str, str]] = field(default_factory=list)  # left as it is, and why
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
     def to_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "checked": self.checked, "problems": self.problems}
+        out: dict[str, Any] = {"ok": self.ok, "checked": self.checked, "problems": self.problems}
+        if self.repair:
+            out |= {"found": self.found, "repaired": self.repaired, "dropped": self.dropped,
+                    "unrepairable": self.unrepairable}
+        return out
 
 
 def _size(path: Path) -> int:
@@ -178,55 +194,205 @@ def gc(
     return report
 
 
-def verify(root: Path, catalog: Catalog, cache: ComputeCache) -> VerifyReport:
-    """Check every entry: its file exists and matches the catalog (cache and history archives: size and
-    xxh3-128 of the bytes; bar snapshots: row count and content hash; feature entries: row count)."""
-    report = VerifyReport()
+@dataclass(frozen=True)
+class _Broken:
+    kind: str  # cache, bars, features, history
+    path: str
+    problem: str
+    entry: CacheEntry | BarEntry | FeatureEntry | HistoryArchive
 
-    def problem(kind: str, path: str, what: str) -> None:
-        report.problems.append({"kind": kind, "path": path, "problem": what})
+    def as_dict(self) -> dict[str, str]:
+        return {"kind": self.kind, "path": self.path, "problem": self.problem}
 
+
+def _check(root: Path, catalog: Catalog, cache: ComputeCache) -> tuple[int, list[_Broken]]:
+    """Entries checked and the broken ones."""
+    checked = 0
+    broken: list[_Broken] = []
     for entry in catalog.cache_entries():
-        report.checked += 1
+        checked += 1
         try:
             cache.check(entry)
         except CacheCorruptionError as exc:
-            problem("cache", entry.path, str(exc))
+            broken.append(_Broken("cache", entry.path, str(exc), entry))
     for bar in catalog.all_bar_entries():
-        report.checked += 1
-        try:
-            df = pl.read_parquet(root / bar.path)
-        except (OSError, pl.exceptions.PolarsError) as exc:
-            problem("bars", bar.path, f"unreadable: {exc}")
-            continue
-        if df.height != bar.n_rows:
-            problem("bars", bar.path, f"{df.height} rows, the catalog says {bar.n_rows}")
-        elif content_hash(df) != bar.content_hash:
-            problem("bars", bar.path, "content does not match its hash")
-    for feat in catalog.all_feature_entries():
-        report.checked += 1
-        try:
-            rows = pq.read_metadata(root / feat.path).num_rows
-        except (OSError, pa.ArrowException) as exc:
-            problem("features", feat.path, f"unreadable: {exc}")
-            continue
-        if rows != feat.n_rows:
-            problem("features", feat.path, f"{rows} rows, the catalog says {feat.n_rows}")
-    for archive in catalog.history_archives():
-        report.checked += 1
-        what = _check_bytes(root / archive.path, archive.size, archive.file_hash)
+        checked += 1
+        what = _check_bars(root, bar)
         if what is not None:
-            problem("history", archive.path, what)
+            broken.append(_Broken("bars", bar.path, what, bar))
+    for feat in catalog.all_feature_entries():
+        checked += 1
+        what = _check_features(root, feat)
+        if what is not None:
+            broken.append(_Broken("features", feat.path, what, feat))
+    for archive in catalog.history_archives():
+        checked += 1
+        what = check_file(root / archive.path, archive.size, archive.file_hash)
+        if what is not None:
+            broken.append(_Broken("history", archive.path, what, archive))
+    return checked, broken
+
+
+def _check_bars(root: Path, bar: BarEntry) -> str | None:
+    try:
+        df = pl.read_parquet(root / bar.path)
+    except _UNREADABLE as exc:
+        return f"unreadable: {exc}"
+    if df.height != bar.n_rows:
+        return f"{df.height} rows, the catalog says {bar.n_rows}"
+    return None if content_hash(df) == bar.content_hash else "content does not match its hash"
+
+
+def _check_features(root: Path, feat: FeatureEntry) -> str | None:
+    what = check_file(root / feat.path, feat.size, feat.file_hash)
+    if what is not None or feat.file_hash is not None:
+        return what
+    try:  # recorded before catalogs kept a hash: decode it all, the best check left
+        rows = pl.read_parquet(root / feat.path).height
+    except _UNREADABLE as exc:
+        return f"unreadable: {exc}"
+    return None if rows == feat.n_rows else f"{rows} rows, the catalog says {feat.n_rows}"
+
+
+def verify(root: Path, catalog: Catalog, cache: ComputeCache, *, repair: bool = False,
+           feature_sets: Sequence[FeatureSet] = ()) -> VerifyReport:
+    """Check every entry: its file exists and matches the catalog (cache entries, feature entries and history
+    archives: size and xxh3-128 of the bytes; bar snapshots: row count and content hash; feature entries
+    recorded before the catalog kept their hash: decoded, row count).
+
+    ``repair``: a broken feature entry is recomputed from the bar snapshot it was computed from (the same
+    rows; from the symbol's current bars when that snapshot is gone), which needs its definition among
+    ``feature_sets`` (definitions with Python code cannot be rebuilt from the catalog): without it the entry is
+    dropped. A broken bar snapshot is replaced by a copy of the newest older intact one (later bars are lost:
+    re-ingest them), or dropped when there is none (the symbol is lost). A broken cached result is dropped (it
+    is recomputed on next use); a broken history archive is left alone (its rows exist nowhere else).
+    """
+    checked, broken = _check(root, catalog, cache)
+    report = VerifyReport(checked, [b.as_dict() for b in broken], repair)
+    if not repair or not broken:
+        return report
+    report.found = report.problems
+    _Repair(root, catalog, cache, feature_sets, report).run(broken)
+    report.checked, left = _check(root, catalog, cache)
+    report.problems = [b.as_dict() for b in left]
     return report
 
 
-def _check_bytes(path: Path, size: int, expected_hash: str) -> str | None:
-    """What is wrong with the file at ``path`` (None: it has ``size`` bytes hashing to ``expected_hash``)."""
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        return f"unreadable: {exc}"
-    if len(data) != size:
-        return f"{len(data)} bytes, the catalog says {size}"
-    return None if file_hash(data) == expected_hash else "content does not match its hash"
+class _Repair:
+    def __init__(self, root: Path, catalog: Catalog, cache: ComputeCache, feature_sets: Sequence[FeatureSet],
+                 report: VerifyReport) -> None:
+        self.root, self.catalog, self.cache, self.report = root, catalog, cache, report
+        self.defs: dict[tuple[str, str], FeatureSet] = {(fs.name, fingerprint(fs)): fs for fs in feature_sets}
 
+    def run(self, broken: list[_Broken]) -> None:
+        bad_bars = {b.entry.id for b in broken if isinstance(b.entry, BarEntry)}
+        for b in broken:
+            if isinstance(b.entry, CacheEntry):
+                done = self.cache._delete([b.entry])
+                (self.report.dropped if done else self.report.unrepairable).append(
+                    {"kind": "cache", "path": b.path, "symbol": b.entry.symbol,
+                     "action": "dropped: recomputed on next use" if done else "in use by another process"})
+            elif isinstance(b.entry, HistoryArchive):
+                self.report.unrepairable.append({"kind": "history", "path": b.path, "symbol": "",
+                                                 "action": "left alone: its rows exist nowhere else"})
+        # Superseded snapshots first: a live one falls back to the newest older snapshot still intact.
+        bars = sorted((b.entry for b in broken if isinstance(b.entry, BarEntry)),
+                      key=lambda e: e.superseded_at is None)
+        for bar in bars:
+            self._bars(bar, bad_bars)
+        for b in broken:
+            if isinstance(b.entry, FeatureEntry):
+                self._features(b.entry)
+
+    def _note(self, bucket: list[dict[str, str]], kind: str, path: str, symbol: str, action: str) -> None:
+        bucket.append({"kind": kind, "path": path, "symbol": symbol, "action": action})
+
+    def _drop(self, table: str, entry: BarEntry | FeatureEntry) -> None:
+        self.catalog.drop_rows(table, [entry.id])  # the row first: a reader never finds a row without its file
+        (self.root / entry.path).unlink(missing_ok=True)
+
+    def _bars(self, bar: BarEntry, bad: set[int]) -> None:
+        history = self.catalog.bar_history(bar.symbol, 0)
+        if bar.superseded_at is not None:
+            newer = [e for e in history if e.id > bar.id]
+            if newer and not bar.appended_only:
+                # Keep the restatement on record: backfill compares snapshots through this chain.
+                self.catalog.mark_bars_restated(newer[0].id)
+            self._drop("bar_entries", bar)
+            self._note(self.report.dropped, "bars", bar.path, bar.symbol, "dropped a superseded bar snapshot")
+            return
+        older = [e for e in history if e.id < bar.id and e.id not in bad]
+        if not older:
+            self._drop("bar_entries", bar)
+            self._note(self.report.dropped, "bars", bar.path, bar.symbol,
+                       "dropped: no intact older snapshot, the symbol's bars are lost (re-ingest them)")
+            return
+        prev = older[-1]
+        df = read_entries(self.root, [prev.path])
+        assert df is not None
+        path = write_entry(self.root, f"bars/{encode_symbol(bar.symbol)}", df)
+        # Not appended-only: the next backfill recomputes the symbol in full from these bars.
+        self.catalog.commit_bars(prev._replace(path=path, appended_only=False, restated_rows=bar.n_rows),
+                                 expected_live_id=bar.id)
+        self._drop("bar_entries", bar)
+        self._note(self.report.repaired, "bars", bar.path, bar.symbol,
+                   f"fell back to the older snapshot of {prev.n_rows} bars up to {_iso(prev.last_ts)};"
+                   f" bars after it are lost (re-ingest them)")
+
+    def _features(self, feat: FeatureEntry) -> None:
+        fs = self._definition(feat)
+        if fs is None:
+            self._drop("feature_entries", feat)
+            self._note(self.report.dropped, "features", feat.path, feat.symbol,
+                       f"dropped: the definition of {feat.feature_set}@{feat.version} is not available (Python code"
+                       " cannot be rebuilt from the catalog); pass it to repair, or backfill it again")
+            return
+        source = {e.id: e for e in self.catalog.bar_history(feat.symbol, 0)}.get(feat.bars_entry_id)
+        if source is not None and _check_bars(self.root, source) is None and self._rebuild(fs, feat, source):
+            self._note(self.report.repaired, "features", feat.path, feat.symbol,
+                       "recomputed from the bar snapshot it was computed from")
+            return
+        if feat.superseded_at is None and self._recompute(fs, feat):
+            self._note(self.report.repaired, "features", feat.path, feat.symbol,
+                       "recomputed in full from the symbol's current bars (its snapshot is gone)")
+            return
+        self._drop("feature_entries", feat)
+        self._note(self.report.dropped, "features", feat.path, feat.symbol,
+                   "dropped: the bars it was computed from are gone")
+
+    def _definition(self, feat: FeatureEntry) -> FeatureSet | None:
+        rows = [r for r in self.catalog.versions(feat.feature_set) if r.version == feat.version]
+        return self.defs.get((feat.feature_set, rows[0].fingerprint)) if rows else None
+
+    def _rebuild(self, fs: FeatureSet, feat: FeatureEntry, source: BarEntry) -> bool:
+        """The same rows again, into a new file the entry then points at (recorded_at unchanged: as_known_at
+        replays stay as they were). False when the recomputed rows are not the entry's."""
+        bars = read_entries(self.root, [source.path])
+        assert bars is not None
+        epochs = pl.col("ts").dt.epoch("us")
+        part = compute_frame(fs.features, bars).filter(epochs.is_between(feat.first_ts, feat.last_ts))
+        if part.height != feat.n_rows:
+            return False
+        path = write_entry(self.root, str(Path(feat.path).parent), part)
+        self.catalog.replace_feature_file(feat.id, path, *file_facts(self.root, path))
+        (self.root / feat.path).unlink(missing_ok=True)
+        return True
+
+    def _recompute(self, fs: FeatureSet, feat: FeatureEntry) -> bool:
+        """A full recompute of the symbol from its live bars, superseding its live entries (as a restatement
+        does); then the broken row goes."""
+        live_bars = self.catalog.live_bars([feat.symbol])
+        if not live_bars:
+            return False
+        live = self.catalog.feature_entries(feat.feature_set, feat.version, [feat.symbol])
+        result = _backfill.BackfillReport(fs.name, feat.version)
+        _backfill._run(self.root, self.catalog, fs, feat.version, [_backfill._Plan(live_bars[0], live, True, None)],
+                       None, None, result, None)
+        if not result.full:
+            return False
+        self._drop("feature_entries", feat)
+        return True
+
+
+def _iso(us: int) -> str:
+    return datetime.fromtimestamp(us / 1e6, UTC).isoformat()

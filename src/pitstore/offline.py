@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import uuid
 from collections import OrderedDict
@@ -12,9 +13,15 @@ from urllib.parse import quote
 import polars as pl
 
 from pitstore.atomic import publish
-from pitstore.datahash import table_hash
+from pitstore.catalog.base import FeatureEntry
+from pitstore.datahash import file_hash, table_hash
+from pitstore.errors import CacheCorruptionError
 
-__all__ = ["EntryReader", "content_hash", "encode_symbol", "read_entries", "write_entry"]
+__all__ = ["CheckedRead", "EntryReader", "check_file", "content_hash", "encode_symbol", "file_facts", "read_entries",
+           "write_entry"]
+
+log = logging.getLogger("pitstore.offline")
+_UNREADABLE = (OSError, pl.exceptions.PolarsError)
 
 _COMPRESSION_LEVEL = 1  # zstd level: float features barely compress, level 1 writes fastest (measured)
 _CACHE_ENTRIES = 8  # decoded reads an EntryReader keeps (entries are immutable, so a hit is never stale)
@@ -42,15 +49,58 @@ def write_entry(root: Path, relative_dir: str, df: pl.DataFrame) -> str:
     return f"{relative_dir}/{name}"
 
 
-def read_entries(root: Path, paths: Sequence[str], columns: Sequence[str] | None = None) -> pl.DataFrame | None:
-    """Read and concatenate entries (in the given order); None when there are none."""
-    if not paths:
-        return None
+def file_facts(root: Path, path: str) -> tuple[int, str]:
+    """Size and xxh3-128 of the bytes of the file ``root/path``, as feature entries record them."""
+    data = (root / path).read_bytes()
+    return len(data), file_hash(data)
+
+
+def check_file(path: Path, size: int | None, expected_hash: str | None) -> str | None:
+    """What is wrong with the file at ``path`` (None: it exists and, where given, has ``size`` bytes hashing
+    to ``expected_hash``)."""
+    try:
+        if size is None and expected_hash is None:
+            return None if path.is_file() else "file is missing"
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return "file is missing"
+    except OSError as exc:
+        return f"unreadable: {exc}"
+    if size is not None and len(data) != size:
+        return f"{len(data)} bytes, the catalog says {size}"
+    if expected_hash is not None and file_hash(data) != expected_hash:
+        return "content does not match its hash"
+    return None
+
+
+def _scan(root: Path, paths: Sequence[str], columns: Sequence[str] | None) -> pl.DataFrame:
     lf = pl.scan_parquet([str(root / p) for p in paths])
     if columns is not None:
         lf = lf.select(columns)
     # One chunk per column: sorts and gathers over 500 small chunks are twice as slow.
     return lf.collect().rechunk()
+
+
+def read_entries(root: Path, paths: Sequence[str], columns: Sequence[str] | None = None) -> pl.DataFrame | None:
+    """Read and concatenate entries (in the given order); None when there are none.
+
+    Raises CacheCorruptionError naming the first file that is missing or cannot be decoded.
+    """
+    if not paths:
+        return None
+    try:
+        return _scan(root, paths, columns)
+    except _UNREADABLE as exc:
+        for p in paths:  # which one: the scan's message does not always say
+            try:
+                _scan(root, [p], columns)
+            except _UNREADABLE as one:
+                raise CacheCorruptionError(f"stored entry {p} is damaged ({one}); run `pitstore verify --repair`"
+                                           ) from one
+        raise CacheCorruptionError(f"stored entries cannot be read together: {exc}") from exc
+
+
+CheckedRead = tuple[pl.DataFrame | None, dict[str, str]]  # rows of the intact entries; damaged path -> problem
 
 
 class EntryReader:
@@ -80,3 +130,38 @@ class EntryReader:
                 while len(self._cache) > self._max:
                     self._cache.popitem(last=False)
         return df
+
+    def read_checked(self, entries: Sequence[FeatureEntry], columns: Sequence[str]) -> CheckedRead:
+        """The rows of the intact ``entries`` and the problem of each damaged one (missing, truncated, not
+        matching its recorded size or hash, undecodable), each logged as a warning: one damaged file must not
+        fail a read of every symbol. Hashing reads every byte once per decode; cached results skip it."""
+        key = (("\0checked", *(e.path for e in entries)), tuple(columns))
+        with self._lock:
+            hit = self._cache.get(key)
+            if hit is not None:  # only intact reads are cached: damage is re-checked and re-logged every time
+                self._cache.move_to_end(key)
+                return hit, {}
+        damaged = {e.path: what for e in entries
+                   if (what := check_file(self.root / e.path, e.size, e.file_hash)) is not None}
+        good = [e.path for e in entries if e.path not in damaged]
+        rows = None
+        if good:
+            try:
+                rows = _scan(self.root, good, columns)
+            except _UNREADABLE:
+                parts = []
+                for p in good:  # find the undecodable ones (entries recorded without a hash)
+                    try:
+                        parts.append(_scan(self.root, [p], columns))
+                    except _UNREADABLE as exc:
+                        damaged[p] = f"undecodable: {exc}"
+                rows = pl.concat(parts).rechunk() if parts else None
+        if not damaged and rows is not None:
+            with self._lock:
+                self._cache[key] = rows
+                while len(self._cache) > self._max:
+                    self._cache.popitem(last=False)
+        for p, what in damaged.items():
+            log.warning("damaged entry %s: %s; its symbol reads as 'damaged' (run `pitstore verify --repair`)",
+                        p, what)
+        return rows, damaged

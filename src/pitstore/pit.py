@@ -3,7 +3,8 @@
 As-of rule (DESIGN.md section 2): a look-up at time t for symbol s gets the row of s with the greatest
 ``ts`` such that ``ts + availability_lag <= t`` (equality counts). If the feature set has a TTL and that
 row's ``ts < t - ttl``, the values are null and the status is ``stale``. Every look-up row comes back, in
-input order, with a status: ``ok``, ``unknown_symbol``, ``no_data_yet`` or ``stale``.
+input order, with a status: ``ok``, ``unknown_symbol``, ``no_data_yet``, ``stale`` or ``damaged`` (the symbol's
+stored entry is missing, truncated or does not match its hash: values null, never an older row instead).
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ import polars as pl
 
 __all__ = ["STATUSES", "Status", "asof_join", "is_available", "is_stale", "micros", "worst_status"]
 
-Status = Literal["ok", "stale", "no_data_yet", "unknown_symbol"]
-# Ordered from best to worst: a row joined from several feature sets reports the worst.
-STATUSES: tuple[Status, ...] = ("ok", "stale", "no_data_yet", "unknown_symbol")
+Status = Literal["ok", "stale", "no_data_yet", "unknown_symbol", "damaged"]
+# Ordered from best to worst: a row joined from several feature sets reports the worst. ``damaged`` is worst:
+# the store had the data and lost it, which no other status may hide.
+STATUSES: tuple[Status, ...] = ("ok", "stale", "no_data_yet", "unknown_symbol", "damaged")
 ORDER = "__pitstore_order"
 _FEATURE_TS = "__pitstore_feature_ts"
 _AVAILABLE = "__pitstore_available"
@@ -35,12 +37,14 @@ def asof_join(
     availability_lag: timedelta = timedelta(0),
     ttl: timedelta | None = None,
     status_name: str = "status",
+    damaged_symbols: Sequence[str] = (),
 ) -> pl.DataFrame:
     """Join ``rows`` (symbol, ts, columns; ts ascending within each symbol) onto ``spine`` (ORDER, symbol, ts).
 
     Returns ORDER, the ``columns`` and ``status_name``, one row per spine row, sorted by ORDER (the spine's
     ORDER must be 0..n-1).
-    ``known_symbols`` are the symbols the store has data for (others are ``unknown_symbol``).
+    ``known_symbols`` are the symbols the store has data for (others are ``unknown_symbol``);
+    ``damaged_symbols`` those whose stored rows could not be read (``damaged``; ``rows`` must hold none of theirs).
     """
     # Join narrow (keys and a row index only), then gather the feature columns once in input order:
     # sorting wide frames is what a naive as-of join spends its time on.
@@ -60,8 +64,10 @@ def asof_join(
     known = pl.col("symbol").is_in(pl.Series(list(known_symbols), dtype=pl.String).implode())
     missing = pl.col(_FEATURE_TS).is_null()
     stale = pl.col(_FEATURE_TS) < (pl.col("ts") - ttl) if ttl is not None else pl.lit(False)
+    damaged = pl.col("symbol").is_in(pl.Series(list(damaged_symbols), dtype=pl.String).implode())
     status = (
-        pl.when(~known).then(pl.lit("unknown_symbol"))
+        pl.when(damaged).then(pl.lit("damaged"))
+        .when(~known).then(pl.lit("unknown_symbol"))
         .when(missing).then(pl.lit("no_data_yet"))
         .when(stale).then(pl.lit("stale"))
         .otherwise(pl.lit("ok"))
@@ -74,7 +80,7 @@ def asof_join(
 
 
 def worst_status(statuses: Sequence[pl.Expr]) -> pl.Expr:
-    """The worst of several status columns (``unknown_symbol`` > ``no_data_yet`` > ``stale`` > ``ok``)."""
+    """The worst of several status columns (``damaged`` > ``unknown_symbol`` > ``no_data_yet`` > ``stale`` > ``ok``)."""
     if len(statuses) == 1:
         return statuses[0]
     rank = pl.Enum(list(STATUSES))

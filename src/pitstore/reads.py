@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 import polars as pl
 
 from pitstore.catalog.base import Catalog
-from pitstore.errors import InvalidInputError
+from pitstore.errors import CacheCorruptionError, InvalidInputError
 from pitstore.features.registry import Registry
 from pitstore.frames import to_polars
 from pitstore.offline import EntryReader
@@ -67,15 +67,29 @@ def _known_at(as_known_at: datetime | None) -> int | None:
     return int(as_known_at.timestamp() * 1_000_000)
 
 
+@dataclass(frozen=True)
+class _Loaded:
+    rows: pl.DataFrame  # symbol, ts and the selection's columns, of the intact symbols only
+    present: list[str]  # symbols with intact stored rows
+    damaged: dict[str, list[str]]  # symbol -> its damaged entry files (all its rows are left out of ``rows``)
+
+
 def _load(reader: EntryReader, catalog: Catalog, sel: Selection, symbols: Sequence[str] | None,
-          as_known_at: int | None) -> tuple[pl.DataFrame, list[str]]:
+          as_known_at: int | None) -> _Loaded:
     entries = catalog.feature_entries(sel.feature_set, sel.version, symbols, as_known_at)
-    cols = ["symbol", "ts", *sel.columns]
-    rows = reader.read([e.path for e in entries], cols)
+    rows, broken = reader.read_checked(entries, ["symbol", "ts", *sel.columns])
+    damaged: dict[str, list[str]] = {}
+    for e in entries:
+        if e.path in broken:
+            damaged.setdefault(e.symbol, []).append(e.path)
     if rows is None:
         rows = pl.DataFrame(schema={"symbol": pl.String, "ts": pl.Datetime("us", "UTC"),
                                     **dict.fromkeys(sel.columns, pl.Float64)})
-    return rows, sorted({e.symbol for e in entries})
+    if damaged:
+        # The whole symbol, not just the broken segment: an as-of look-up must not fall back to an older row.
+        rows = rows.filter(~pl.col("symbol").is_in(pl.Series(list(damaged), dtype=pl.String).implode()))
+    present = sorted({e.symbol for e in entries} - damaged.keys())
+    return _Loaded(rows, present, damaged)
 
 
 def _spine(entities: Any) -> pl.DataFrame:
@@ -99,35 +113,68 @@ def _spine(entities: Any) -> pl.DataFrame:
     ).with_row_index(ORDER)
 
 
+def _status_names(sels: Sequence[Selection]) -> list[str]:
+    """One status column per feature-set version when several are asked for (none for a single one)."""
+    if len(sels) == 1:
+        return []
+    names = [s.feature_set for s in sels]
+    return [f"status_{s.feature_set}" if names.count(s.feature_set) == 1 else f"status_{s.feature_set}@{s.version}"
+            for s in sels]
+
+
+def _refuse_clashes(spine: pl.DataFrame, sels: Sequence[Selection], status_names: Sequence[str]) -> None:
+    """Entity columns pass through untouched: one named like an output column would be overwritten."""
+    outputs = {"status", *status_names, *(n for s in sels for n in s.names)}
+    clashing = [c for c in spine.columns if c in outputs and c not in ("symbol", "ts")]
+    if clashing:
+        raise InvalidInputError(
+            f"entity columns {clashing} have the names of output columns of get_historical (features and status);"
+            " rename them: pitstore never overwrites or drops input data", column=clashing[0])
+
+
 def get_historical(reader: EntryReader, catalog: Catalog, registry: Registry, entities: Any,
                    features: str | Sequence[str], as_known_at: datetime | None) -> pl.DataFrame:
-    """One output row per entity row, in input order: entity columns, features as of each ts, status."""
+    """One output row per entity row, in input order: entity columns, features as of each ts, ``status`` (the
+    worst over the feature sets asked for) and, when there are several, one ``status_<set>`` per set."""
     spine = _spine(entities)
     known = _known_at(as_known_at)
+    sels = select(registry, features)
+    status_names = _status_names(sels)
+    _refuse_clashes(spine, sels, status_names)
     symbols = spine["symbol"].unique().to_list()
     result = spine
     statuses = []
-    for i, sel in enumerate(select(registry, features)):
-        rows, present = _load(reader, catalog, sel, symbols, known)
+    for i, sel in enumerate(sels):
+        loaded = _load(reader, catalog, sel, symbols, known)
         status = f"__status{i}"
-        joined = asof_join(spine, rows.rename(dict(zip(sel.columns, sel.names, strict=True))), sel.names,
-                           known_symbols=present, availability_lag=sel.availability_lag, ttl=sel.ttl,
-                           status_name=status)
+        joined = asof_join(spine, loaded.rows.rename(dict(zip(sel.columns, sel.names, strict=True))), sel.names,
+                           known_symbols=loaded.present, availability_lag=sel.availability_lag, ttl=sel.ttl,
+                           status_name=status, damaged_symbols=list(loaded.damaged))
         result = result.with_columns(joined.drop(ORDER))
         statuses.append(status)
-    return result.with_columns(worst_status([pl.col(s) for s in statuses]).alias("status")).drop(
-        ORDER, *statuses
-    )
+    result = result.with_columns(worst_status([pl.col(s) for s in statuses]).alias("status"))
+    result = result.rename(dict(zip(statuses, status_names, strict=False)))
+    entity = [c for c in spine.columns if c != ORDER]
+    return result.select(*entity, *(n for sel in sels for n in sel.names), "status", *status_names)
 
 
 def read_range(reader: EntryReader, catalog: Catalog, registry: Registry, features: str | Sequence[str],
                symbols: Sequence[str] | None, start: datetime | None, end: datetime | None,
-               as_known_at: datetime | None) -> pl.DataFrame:
-    """Stored rows with ``start <= ts <= end`` for the given symbols, joined across feature sets."""
+               as_known_at: datetime | None, *, on_damage: Literal["raise", "status"] = "raise") -> pl.DataFrame:
+    """Stored rows with ``start <= ts <= end`` for the given symbols, joined across feature sets.
+
+    A symbol whose stored entry is damaged: ``on_damage="raise"`` raises CacheCorruptionError naming the files;
+    ``"status"`` answers the other symbols and adds a ``status`` column (``ok``, or ``damaged`` on one row per
+    damaged symbol, ts and values null), only when some symbol is damaged.
+    """
     known = _known_at(as_known_at)
     out: pl.DataFrame | None = None
+    damaged: dict[str, list[str]] = {}
     for sel in select(registry, features):
-        rows, _ = _load(reader, catalog, sel, symbols, known)
+        loaded = _load(reader, catalog, sel, symbols, known)
+        for symbol, paths in loaded.damaged.items():
+            damaged.setdefault(symbol, []).extend(paths)
+        rows = loaded.rows
         if start is not None:
             rows = rows.filter(pl.col("ts") >= start)
         if end is not None:
@@ -135,4 +182,14 @@ def read_range(reader: EntryReader, catalog: Catalog, registry: Registry, featur
         rows = rows.rename(dict(zip(sel.columns, sel.names, strict=True)))
         out = rows if out is None else out.join(rows, on=["symbol", "ts"], how="full", coalesce=True)
     assert out is not None
-    return out.sort("symbol", "ts")
+    if damaged:
+        if on_damage == "raise":
+            files = sorted(p for paths in damaged.values() for p in paths)
+            raise CacheCorruptionError(f"stored entries of {sorted(damaged)} are damaged: {files};"
+                                       " run `pitstore verify --repair`")
+        # The symbol's rows in the range cannot be known; say so on one row rather than dropping it silently.
+        out = out.filter(~pl.col("symbol").is_in(pl.Series(list(damaged), dtype=pl.String).implode()))
+        marks = pl.DataFrame({"symbol": sorted(damaged)}, schema={"symbol": pl.String})
+        out = pl.concat([out.with_columns(status=pl.lit("ok")), marks.with_columns(status=pl.lit("damaged"))],
+                        how="diagonal_relaxed")
+    return out.sort("symbol", "ts", nulls_last=True)

@@ -19,6 +19,7 @@ from pitstore.catalog.sqlite import SqliteCatalog
 from pitstore.config import Settings
 from pitstore.errors import ConfigError, InvalidInputError, NotFoundError
 from pitstore.features.base import FeatureSet
+from pitstore.features.library import standard_features
 from pitstore.features.registry import FeatureRef, Registry, VersionInfo
 from pitstore.frames import FrameKind, frame_kind, from_polars
 from pitstore.live.engine import LiveEngine, PushReport
@@ -115,8 +116,13 @@ class Store:
     ) -> Any:
         """Features as of each (symbol, ts) of ``entities``: one row per input row, in input order.
 
-        Extra entity columns pass through; ``status`` says ``ok``, ``stale``, ``no_data_yet`` or
-        ``unknown_symbol``. ``as_known_at`` replays what the store knew then (before later restatements).
+        Extra entity columns pass through, untouched: one named ``status``, ``status_<set>`` or like an output
+        feature column is refused (InvalidInputError naming them). ``status`` says ``ok``, ``stale``,
+        ``no_data_yet``, ``unknown_symbol`` or ``damaged`` (the symbol's stored entry is missing, truncated or
+        does not match its hash: values null, a warning logged naming the file; other symbols are answered).
+        With several feature sets ``status`` is the worst over them and ``status_<set>`` (``status_<set>@<v>``
+        for two versions of one set) gives each set's own. ``as_known_at`` replays what the store knew then
+        (before later restatements).
         """
         out = reads.get_historical(self.reader, self.catalog, self.registry, entities, features, as_known_at)
         return from_polars(out, output or frame_kind(entities))
@@ -131,9 +137,13 @@ class Store:
         as_known_at: datetime | None = None,
         output: FrameKind = "polars",
     ) -> Any:
-        """The stored feature rows in ``[start, end]``; identical whatever ``start`` is (no warm-up effects)."""
+        """The stored feature rows in ``[start, end]``; identical whatever ``start`` is (no warm-up effects).
+
+        A symbol whose stored entry is damaged is not read: the frame then gets a ``status`` column, ``ok`` on
+        the rows read and ``damaged`` on one row per such symbol (ts and values null); a warning names the file.
+        """
         out = reads.read_range(self.reader, self.catalog, self.registry, features, _symbols(symbols),
-                               _aware(start, "start"), _aware(end, "end"), as_known_at)
+                               _aware(start, "start"), _aware(end, "end"), as_known_at, on_damage="status")
         return from_polars(out, output)
 
     # --- compute cache --------------------------------------------------------------------------------
@@ -185,9 +195,17 @@ class Store:
         return housekeeping.gc(self.root, self.catalog, self.cache, retention_weeks=retention_weeks,
                                max_versions=max_versions, dry_run=dry_run, orphan_grace_seconds=orphan_grace_seconds)
 
-    def verify(self) -> housekeeping.VerifyReport:
-        """Check every entry's file against the catalog (exists, size, hash); ``report.ok`` when all pass."""
-        return housekeeping.verify(self.root, self.catalog, self.cache)
+    def verify(self, *, repair: bool = False, feature_sets: Sequence[FeatureSet] = ()) -> housekeeping.VerifyReport:
+        """Check every entry's file against the catalog (exists, size, hash); ``report.ok`` when all pass.
+
+        ``repair``: recompute broken feature entries from the stored bars (their definitions are the
+        ``feature_sets`` given, those registered in this process and the standard set: Python code cannot be
+        rebuilt from the catalog), replace a broken bar snapshot by the newest older intact one, drop what cannot
+        be rebuilt; ``report.repaired``, ``dropped`` and ``unrepairable`` say what happened to each.
+        """
+        # The built-in standard set is pitstore's own code: always rebuildable (matched by fingerprint).
+        known = [*feature_sets, *(fs for fs, _ in self._defined.values()), standard_features()]
+        return housekeeping.verify(self.root, self.catalog, self.cache, repair=repair, feature_sets=known)
 
     # --- serving -------------------------------------------------------------------------------------
 

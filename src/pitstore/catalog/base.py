@@ -39,6 +39,8 @@ class FeatureEntry(NamedTuple):
     bars_entry_id: int  # the bar snapshot it was computed from
     recorded_at: int
     superseded_at: int | None
+    size: int | None = None  # bytes of the file (None: recorded before catalogs kept it)
+    file_hash: str | None = None  # xxh3-128 of the file's bytes (see pitstore.datahash.file_hash)
 
 
 class CacheEntry(NamedTuple):
@@ -206,6 +208,14 @@ class Catalog(Protocol):
     def all_bar_entries(self) -> list[BarEntry]: ...
 
     def all_feature_entries(self) -> list[FeatureEntry]: ...
+
+    def replace_feature_file(self, entry_id: int, path: str, size: int, file_hash: str) -> None:
+        """Point a feature entry at a rebuilt copy of its file (same rows; ``verify --repair``)."""
+        ...
+
+    def mark_bars_restated(self, entry_id: int) -> None:
+        """Record that bar snapshot ``entry_id`` does not merely append to its predecessor (one was dropped)."""
+        ...
 
     def vacuum(self) -> None:
         """Reclaim space and refresh the query planner's statistics."""

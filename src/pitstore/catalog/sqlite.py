@@ -116,7 +116,7 @@ CREATE TABLE IF NOT EXISTS online_requests (  -- how often each symbol was read 
 _BAR_COLS = ("id, symbol, path, n_rows, first_ts, last_ts, content_hash, appended_only, restated_rows, "
              "recorded_at, superseded_at")
 _FEATURE_COLS = ("id, feature_set, version, symbol, path, n_rows, first_ts, last_ts, bars_entry_id, "
-                 "recorded_at, superseded_at")
+                 "recorded_at, superseded_at, size, file_hash")
 _CACHE_COLS = ("key, symbol, path, size, file_hash, kind, n_rows, first_ts, last_ts, compute_seconds, created_at,"
                " last_access, hits")
 _ARCHIVE_COLS = "id, table_id, path, n_rows, first_ts, last_ts, cutoff, size, file_hash, recorded_at"
@@ -142,6 +142,7 @@ class SqliteCatalog:
             switch_to_wal(self._conn, timeout)
             self._conn.execute("PRAGMA synchronous=NORMAL")
             self._conn.executescript(_SCHEMA)
+            _migrate(self._conn, self._lock)
         except sqlite3.Error as exc:
             raise BackendError(f"cannot open catalog {self.path}: {exc}") from exc
 
@@ -241,9 +242,9 @@ class SqliteCatalog:
             cur.executemany("UPDATE feature_entries SET superseded_at = ? WHERE id = ?", [(t, i) for i in supersede])
             cur.execute(
                 "INSERT INTO feature_entries (feature_set, version, symbol, path, n_rows, first_ts, last_ts,"
-                " bars_entry_id, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " bars_entry_id, recorded_at, size, file_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (entry.feature_set, entry.version, entry.symbol, entry.path, entry.n_rows, entry.first_ts,
-                 entry.last_ts, entry.bars_entry_id, t),
+                 entry.last_ts, entry.bars_entry_id, t, entry.size, entry.file_hash),
             )
         return True
 
@@ -394,6 +395,15 @@ class SqliteCatalog:
         rows = self._read(f"SELECT {_FEATURE_COLS} FROM feature_entries ORDER BY id")
         return [FeatureEntry(*r) for r in rows]  # type: ignore[arg-type]
 
+    def replace_feature_file(self, entry_id: int, path: str, size: int, file_hash: str) -> None:
+        with self._write(f"repair feature entry {entry_id}") as cur:
+            cur.execute("UPDATE feature_entries SET path = ?, size = ?, file_hash = ? WHERE id = ?",
+                        (path, size, file_hash, entry_id))
+
+    def mark_bars_restated(self, entry_id: int) -> None:
+        with self._write(f"mark bar snapshot {entry_id} restated") as cur:
+            cur.execute("UPDATE bar_entries SET appended_only = 0 WHERE id = ?", (entry_id,))
+
     def vacuum(self) -> None:
         with self._lock:
             try:
@@ -421,3 +431,16 @@ class SqliteCatalog:
             cur.execute("INSERT INTO store_meta VALUES ('store_id', ?) ON CONFLICT (key) DO NOTHING",
                         (uuid.uuid4().hex,))
             return str(cur.execute("SELECT value FROM store_meta WHERE key = 'store_id'").fetchone()[0])
+
+
+def _migrate(conn: sqlite3.Connection, lock: threading.Lock) -> None:
+    """Bring a catalog created by an older pitstore up to the current schema (added columns are nullable)."""
+    with lock:
+        have = {r[1] for r in conn.execute("PRAGMA table_info(feature_entries)")}
+    if {"size", "file_hash"} <= have:
+        return
+    with immediate(conn, lock, "catalog: cannot add feature entry size and hash columns") as cur:
+        have = {r[1] for r in cur.execute("PRAGMA table_info(feature_entries)")}  # another process may have
+        for col, kind in (("size", "INTEGER"), ("file_hash", "TEXT")):
+            if col not in have:
+                cur.execute(f"ALTER TABLE feature_entries ADD COLUMN {col} {kind}")

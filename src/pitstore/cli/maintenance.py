@@ -14,6 +14,7 @@ from pitstore.cli.common import (
     clean_errors,
     err_console,
     fail,
+    load_feature_set,
     load_object,
     open_store,
     out_console,
@@ -86,16 +87,37 @@ def gc(
 
 
 @clean_errors
-def verify(ctx: typer.Context, json_file: JsonFileOption = None, root: RootOption = None) -> None:
+def verify(
+    ctx: typer.Context,
+    repair: Annotated[bool, typer.Option(
+        "--repair", help="Recompute broken feature entries from the stored bars, fall back to an older intact bar "
+        "snapshot, drop what cannot be rebuilt; report each.")] = False,
+    features: Annotated[list[str] | None, typer.Option(
+        "--features", help="With --repair: a feature set (module:attribute) whose broken entries to recompute; "
+        "repeat for several. Entries of sets not given are dropped (Python code is not in the catalog).",
+        show_default=False)] = None,
+    json_file: JsonFileOption = None,
+    root: RootOption = None,
+) -> None:
     """Check every entry against the catalog (the file exists, its size and hash match); exit 1 when any is
-    broken. `pitstore gc` removes rows whose file is gone; a broken cached result is recomputed on next use."""
+    broken (after --repair: when any is still broken). `pitstore gc` removes rows whose file is gone; a broken
+    cached result is recomputed on next use."""
+    sets = [load_feature_set(spec) for spec in features or []]
     with open_store(ctx, root, create=False) as store:
-        report = store.verify()
+        report = store.verify(repair=repair, feature_sets=sets)
     if not _write_json(json_file, report.to_dict()):
-        for p in report.problems:
+        for p in report.found if repair else report.problems:
             err_console.print(f"[red]broken[/red] {p['kind']} {p['path']}: {p['problem']}", markup=True,
                               highlight=False, soft_wrap=True)
+        for label, bucket in (("repaired", report.repaired), ("dropped", report.dropped),
+                              ("unrepairable", report.unrepairable)):
+            for r in bucket:
+                out_console.print(f"{label} {r['kind']} {r['path']} ({r['symbol']}): {r['action']}", markup=False,
+                                  highlight=False, soft_wrap=True)
         state = "ok" if report.ok else f"{len(report.problems):,} broken"
+        if repair and report.found:
+            state = (f"{len(report.found):,} broken: {len(report.repaired):,} repaired, {len(report.dropped):,} "
+                     f"dropped, {len(report.unrepairable):,} unrepairable; now " + state)
         out_console.print(f"verify: {report.checked:,} entries checked, {state}")
     if not report.ok:
         raise typer.Exit(1)
