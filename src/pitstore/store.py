@@ -24,6 +24,7 @@ from pitstore.frames import FrameKind, frame_kind, from_polars
 from pitstore.live.engine import LiveEngine, PushReport
 from pitstore.offline import EntryReader, read_entries
 from pitstore.serving import FeatureVector, Serving
+from pitstore.timeutil import utc
 
 __all__ = ["Store"]
 
@@ -118,7 +119,8 @@ class Store:
         Extra entity columns pass through; ``status`` says ``ok``, ``stale``, ``no_data_yet`` or
         ``unknown_symbol``. ``as_known_at`` replays what the store knew then (before later restatements).
         """
-        out = reads.get_historical(self.reader, self.catalog, self.registry, entities, features, as_known_at)
+        out = reads.get_historical(self.reader, self.catalog, self.registry, entities, features,
+                                   _aware(as_known_at, "as_known_at"))
         return from_polars(out, output or frame_kind(entities))
 
     def read(
@@ -133,7 +135,7 @@ class Store:
     ) -> Any:
         """The stored feature rows in ``[start, end]``; identical whatever ``start`` is (no warm-up effects)."""
         out = reads.read_range(self.reader, self.catalog, self.registry, features, _symbols(symbols),
-                               _aware(start, "start"), _aware(end, "end"), as_known_at)
+                               _aware(start, "start"), _aware(end, "end"), _aware(as_known_at, "as_known_at"))
         return from_polars(out, output)
 
     # --- compute cache --------------------------------------------------------------------------------
@@ -233,7 +235,7 @@ class Store:
         backtest calls in a loop. Served online when ``as_of`` is at or after the newest stored row, from the
         history tier (PostgreSQL) inside its window, else from the offline tier; the answer is the same
         whichever tier gives it. ``as_known_at`` replays what the store knew then."""
-        return self.serving.get_features(symbol, _aware(as_of, "as_of") or as_of, names,
+        return self.serving.get_features(symbol, utc(as_of, "as_of"), names,
                                          as_known_at=_aware(as_known_at, "as_known_at"))
 
     def tier(self, *, window_days: float | None = None, dry_run: bool = False) -> tiering.TierReport:
@@ -344,6 +346,5 @@ def _symbols(symbols: Sequence[str] | str | None) -> list[str] | None:
 
 
 def _aware(t: datetime | None, name: str) -> datetime | None:
-    if t is not None and t.tzinfo is None:
-        raise InvalidInputError(f"{name} is timezone-naive; give a timezone-aware UTC datetime", value=t)
-    return t
+    """Every time argument of the facade goes through here: UTC, or a typed error (see :func:`timeutil.utc`)."""
+    return None if t is None else utc(t, name)
