@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import random
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -13,13 +14,15 @@ import pytest
 
 from pitstore import FeatureSet, Store, standard_features
 from pitstore.features.library import ret
+from pitstore.pit import micros
 from pitstore.testing import synthetic_bars
+from pitstore.timeutil import parse_timeframe
 
 NOW = datetime.now(UTC)
 
 
 def _recent_bars(n_symbols: int = 6, n_bars: int = 120) -> pl.DataFrame:
-    """Daily bars whose last bar closed an hour ago (fresh under the 24 h default TTL)."""
+    """Daily bars whose last bar closed an hour ago (fresh under the 4-day default TTL)."""
     bars = synthetic_bars(n_symbols, n_bars, start=datetime(2020, 1, 1, tzinfo=UTC))
     return bars.with_columns(pl.col("ts") + (NOW - timedelta(hours=1) - bars["ts"].max()))
 
@@ -65,19 +68,89 @@ def test_get_online_selects_columns_and_returns_a_frame_when_asked(store: Store)
 
 def test_values_older_than_the_ttl_are_stale_never_fresh(tmp_path: Path) -> None:
     with Store.open(tmp_path, online_url="memory://") as s:
-        bars = _recent_bars().with_columns(pl.col("ts") - timedelta(hours=30))  # last bar 31 h ago
+        bars = _recent_bars().with_columns(pl.col("ts") - timedelta(days=5))  # last bar 5 days and 1 h ago
         s.ingest(bars)
-        fs = FeatureSet("short_ttl", [ret(5)], timeframe="1d", ttl=timedelta(hours=48))
+        fs = FeatureSet("long_ttl", [ret(5)], timeframe="1d", ttl=timedelta(days=6))
         s.backfill(standard_features())
         s.backfill(fs)
         s.materialize(standard_features())
         s.materialize(fs)
-        daily = s.get_online(["S0001"], "daily_core")[0]  # default daily TTL: 24 h
+        daily = s.get_online(["S0001"], "daily_core")[0]  # default daily TTL: 4 days
         assert daily.status == "stale" and all(v is None for v in daily.values.values())
         assert daily.ts is not None
-        assert s.get_online(["S0001"], "short_ttl")[0].status == "ok"  # its own TTL: 48 h
-        both = s.get_online(["S0001"], ["short_ttl:ret_5", "daily_core:ret_20d"])[0]
+        assert s.get_online(["S0001"], "long_ttl")[0].status == "ok"  # its own TTL: 6 days
+        both = s.get_online(["S0001"], ["long_ttl:ret_5", "daily_core:ret_20d"])[0]
         assert both.status == "stale"  # the worse of the two wins
+
+
+# Friday 2024-01-12 16:00 in New York (the close); the next session opens Tuesday 09:30 (Monday is a holiday).
+FRIDAY_CLOSE = datetime(2024, 1, 12, 21, tzinfo=UTC)
+US = timedelta(microseconds=1)
+
+
+@contextmanager
+def _serving_at(tmp_path: Path, timeframe: str, last: datetime, n_bars: int = 80,
+                lag: timedelta | None = None) -> Iterator[Callable[[datetime], str]]:
+    """A store with one feature set of ``timeframe`` whose last bar is at ``last`` (nothing explicit: the
+    default TTL); returns get_online's status for S0000 at a given clock time."""
+    step = parse_timeframe(timeframe)
+    with Store.open(tmp_path, online_url="memory://") as store:
+        store.ingest(synthetic_bars(1, n_bars, timeframe=timeframe, start=last - (n_bars - 1) * step))
+        fs = FeatureSet(f"tf_{timeframe}", [ret(5)], timeframe=timeframe, availability_lag=lag)
+        store.backfill(fs)
+        store.materialize(fs)
+
+        def status(now: datetime) -> str:
+            epoch = datetime(1970, 1, 1, tzinfo=UTC)
+            vec = store.serving.get_online(["S0000"], fs.name, now_us=micros(now - epoch))[0]
+            assert vec.ts == last
+            return vec.status
+
+        yield status
+
+
+@pytest.mark.parametrize(("timeframe", "ttl"), [("1m", timedelta(minutes=2)), ("5m", timedelta(minutes=10)),
+                                                ("1h", timedelta(hours=2)), ("1d", timedelta(days=4)),
+                                                ("1w", timedelta(days=16))])
+def test_default_online_ttl_follows_the_timeframe(tmp_path: Path, timeframe: str, ttl: timedelta) -> None:
+    """No TTL given: the online TTL is 2 bar spacings (plus 2 days for daily and longer), exactly."""
+    with _serving_at(tmp_path, timeframe, FRIDAY_CLOSE) as status:
+        assert status(FRIDAY_CLOSE + ttl) == "ok"
+        assert status(FRIDAY_CLOSE + ttl + US) == "stale"
+
+
+def test_hourly_value_is_fresh_until_the_next_bar_is_overdue(tmp_path: Path) -> None:
+    """A 1h set read 55 minutes after its bar closed is fresh (a 5-minute default made it stale 55 minutes of
+    every hour), and after one missed bar too."""
+    with _serving_at(tmp_path, "1h", FRIDAY_CLOSE) as status:
+        assert status(FRIDAY_CLOSE + timedelta(minutes=55)) == "ok"
+        assert status(FRIDAY_CLOSE + timedelta(minutes=115)) == "ok"
+
+
+def test_daily_close_is_fresh_at_the_next_open_after_a_long_weekend(tmp_path: Path) -> None:
+    """Friday's daily close is served at Monday's open, and at Tuesday's after a Monday holiday (a 24 h
+    default made it stale at Monday's open while get_historical said ok)."""
+    with _serving_at(tmp_path, "1d", FRIDAY_CLOSE) as status:
+        assert status(datetime(2024, 1, 15, 14, 31, tzinfo=UTC)) == "ok"  # Monday 09:31 New York
+        assert status(datetime(2024, 1, 16, 14, 31, tzinfo=UTC)) == "ok"  # Tuesday 09:31 New York
+
+
+def test_intraday_value_is_stale_at_the_next_session(tmp_path: Path) -> None:
+    """A 1m value from Friday's close is not Tuesday's price: stale at the next open (intraday TTLs do not
+    span the night)."""
+    with _serving_at(tmp_path, "1m", FRIDAY_CLOSE, n_bars=390) as status:
+        assert status(FRIDAY_CLOSE + timedelta(minutes=1)) == "ok"
+        assert status(datetime(2024, 1, 16, 14, 31, tzinfo=UTC)) == "stale"
+
+
+def test_default_ttl_counts_from_when_the_row_becomes_available(tmp_path: Path) -> None:
+    """With an availability lag longer than the bar spacing the default TTL still leaves rows fresh for two
+    spacings once available (a TTL below the lag would make every row stale on arrival)."""
+    lag = timedelta(minutes=30)
+    with _serving_at(tmp_path, "5m", FRIDAY_CLOSE, lag=lag) as status:
+        assert status(FRIDAY_CLOSE + lag - US) == "stale"  # not available yet
+        assert status(FRIDAY_CLOSE + lag + timedelta(minutes=10)) == "ok"
+        assert status(FRIDAY_CLOSE + lag + timedelta(minutes=10) + US) == "stale"
 
 
 def test_get_features_is_the_same_whichever_tier_answers(store: Store) -> None:

@@ -2,11 +2,11 @@
 
 The online tier holds, per feature-set version (``table_id`` = ``name@version``) and symbol, the latest row;
 the optional history tier (PostgreSQL) the last N days of rows; the offline tier everything. Status and
-staleness follow the rules of :mod:`pitstore.pit`; the online TTL is the feature set's TTL, by default 5
-minutes for intraday timeframes and 24 hours for daily and longer ones. When the online tier cannot be
-reached, reads are answered from the history tier, then the offline tier, with status ``fallback``; when the
-history tier cannot be reached, from the offline tier. A tier answers a look-up only when it holds every
-row that could be the answer, so the answer is the same whichever tier gives it.
+staleness follow the rules of :mod:`pitstore.pit`; the online TTL is the feature set's TTL, by default from
+its timeframe (:func:`default_ttl`: 2 bar spacings, plus 2 days for daily and longer bars). When the online
+tier cannot be reached, reads are answered from the history tier, then the offline tier, with status
+``fallback``; when the history tier cannot be reached, from the offline tier. A tier answers a look-up only
+when it holds every row that could be the answer, so the answer is the same whichever tier gives it.
 """
 
 from __future__ import annotations
@@ -45,8 +45,8 @@ __all__ = ["FeatureVector", "Serving"]
 log = logging.getLogger("pitstore.serving")
 
 _RESOLVE_SECONDS = 1.0  # how long "set" (= latest version) stays resolved in a process before a re-check
-_INTRADAY_TTL = timedelta(minutes=5)
-_DAILY_TTL = timedelta(hours=24)
+_TTL_BARS = 2  # default online TTL: this many bar spacings (one late or missing bar is not yet stale) ...
+_CLOSED_DAYS = timedelta(days=2)  # ... plus, for daily and longer bars, a weekend (or a holiday) between two
 _MIN_EXPIRY = 7 * 86_400.0  # online keys expire (a memory bound only) no sooner than this, in seconds
 _FILL_LOCK_SECONDS = 30.0  # the longest one process may hold the lock that fills an online miss
 _NO_FILL_SECONDS = 1.0  # a symbol no tier has is not looked up again for this long
@@ -90,6 +90,20 @@ def _dt(us: int) -> datetime:
     return _EPOCH + timedelta(0, 0, us)
 
 
+def default_ttl(step: timedelta, availability_lag: timedelta = timedelta(0)) -> timedelta:
+    """The online TTL of a feature set without one: ``availability_lag + 2 x bar spacing``, plus 2 days for
+    daily and longer bars (1m: 2 min, 1h: 2 h, 1d: 4 days, 1w: 16 days).
+
+    A row is the latest from ``ts + lag`` until the next bar's row arrives a spacing later; the second spacing
+    lets one bar be late. Daily bars also skip weekends and holidays: Friday's close is fresh at Monday's (or,
+    after a Monday holiday, Tuesday's) open. Intraday bars are not given the night: a 1m value from Friday
+    16:00 is stale at Monday 09:31, as it should be (it is not the current price); give the feature set a
+    ``ttl`` to serve it longer.
+    """
+    ttl = availability_lag + _TTL_BARS * step
+    return ttl + _CLOSED_DAYS if step >= timedelta(days=1) else ttl
+
+
 class Serving:
     """The online and history tiers of one store, and the reads that go through them."""
 
@@ -126,8 +140,7 @@ class Serving:
         out = []
         for sel in select(self.registry, features):
             info = self.registry.get(sel.feature_set, sel.version)
-            step = parse_timeframe(info.definition["timeframe"])
-            ttl = sel.ttl or (_DAILY_TTL if step >= timedelta(days=1) else _INTRADAY_TTL)
+            ttl = sel.ttl or default_ttl(parse_timeframe(info.definition["timeframe"]), sel.availability_lag)
             named = tuple((n, info.columns.index(c)) for n, c in zip(sel.names, sel.columns, strict=True))
             out.append(_Table(sel, f"{sel.feature_set}@{sel.version}", ttl, tuple(info.columns), named, micros(ttl),
                               None if sel.ttl is None else micros(sel.ttl), micros(sel.availability_lag)))

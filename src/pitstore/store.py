@@ -25,6 +25,7 @@ from pitstore.frames import FrameKind, frame_kind, from_polars
 from pitstore.live.engine import LiveEngine, PushReport
 from pitstore.offline import EntryReader, read_entries
 from pitstore.serving import FeatureVector, Serving
+from pitstore.timeutil import utc
 
 __all__ = ["Store"]
 
@@ -124,7 +125,8 @@ class Store:
         for two versions of one set) gives each set's own. ``as_known_at`` replays what the store knew then
         (before later restatements).
         """
-        out = reads.get_historical(self.reader, self.catalog, self.registry, entities, features, as_known_at)
+        out = reads.get_historical(self.reader, self.catalog, self.registry, entities, features,
+                                   _aware(as_known_at, "as_known_at"))
         return from_polars(out, output or frame_kind(entities))
 
     def read(
@@ -143,7 +145,8 @@ class Store:
         the rows read and ``damaged`` on one row per such symbol (ts and values null); a warning names the file.
         """
         out = reads.read_range(self.reader, self.catalog, self.registry, features, _symbols(symbols),
-                               _aware(start, "start"), _aware(end, "end"), as_known_at, on_damage="status")
+                               _aware(start, "start"), _aware(end, "end"), _aware(as_known_at, "as_known_at"),
+                               on_damage="status")
         return from_polars(out, output)
 
     # --- compute cache --------------------------------------------------------------------------------
@@ -251,7 +254,7 @@ class Store:
         backtest calls in a loop. Served online when ``as_of`` is at or after the newest stored row, from the
         history tier (PostgreSQL) inside its window, else from the offline tier; the answer is the same
         whichever tier gives it. ``as_known_at`` replays what the store knew then."""
-        return self.serving.get_features(symbol, _aware(as_of, "as_of") or as_of, names,
+        return self.serving.get_features(symbol, utc(as_of, "as_of"), names,
                                          as_known_at=_aware(as_known_at, "as_known_at"))
 
     def tier(self, *, window_days: float | None = None, dry_run: bool = False) -> tiering.TierReport:
@@ -362,6 +365,5 @@ def _symbols(symbols: Sequence[str] | str | None) -> list[str] | None:
 
 
 def _aware(t: datetime | None, name: str) -> datetime | None:
-    if t is not None and t.tzinfo is None:
-        raise InvalidInputError(f"{name} is timezone-naive; give a timezone-aware UTC datetime", value=t)
-    return t
+    """Every time argument of the facade goes through here: UTC, or a typed error (see :func:`timeutil.utc`)."""
+    return None if t is None else utc(t, name)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import re
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
-from pitstore.errors import ConfigError
+from pitstore.errors import ConfigError, InvalidInputError
 
-__all__ = ["parse_timeframe", "to_timedelta"]
+__all__ = ["parse_timeframe", "to_timedelta", "utc"]
 
 _TIMEFRAME = re.compile(r"^(\d+)(s|m|h|d|w)$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -30,3 +30,39 @@ def to_timedelta(value: timedelta | str | None) -> timedelta | None:
     if value is None or isinstance(value, timedelta):
         return value
     return parse_timeframe(value)
+
+
+def utc(value: datetime | str, name: str) -> datetime:
+    """A time argument at the API edge (Python or CLI) as a plain ``datetime`` in UTC, to the microsecond.
+
+    Accepts a timezone-aware ``datetime`` (a pandas ``Timestamp`` too) in any timezone, or an ISO 8601
+    string with an offset (``2024-01-02T09:30:00-05:00``, ``...Z``). Naive times are refused, never guessed
+    (DESIGN section 2). ``name`` names the argument or option in the error.
+
+    >>> from zoneinfo import ZoneInfo
+    >>> utc(datetime(2024, 1, 2, 9, 30, tzinfo=ZoneInfo("America/New_York")), "as_of")
+    datetime.datetime(2024, 1, 2, 14, 30, tzinfo=datetime.timezone.utc)
+    """
+    if isinstance(value, str):
+        text = value
+        try:
+            value = datetime.fromisoformat(text.strip())
+        except ValueError:
+            raise InvalidInputError(
+                f"{name} {text!r} is not an ISO 8601 timestamp; give one like 2020-01-01T00:00:00Z") from None
+        if value.tzinfo is None:
+            raise InvalidInputError(
+                f"{name} {text!r} has no timezone; give a timezone-aware timestamp such as "
+                "2020-01-01T00:00:00Z or 2020-01-01T09:30:00-05:00")
+    if not isinstance(value, datetime):
+        raise InvalidInputError(f"{name} must be a timezone-aware datetime, not {type(value).__name__}",
+                                value=value)
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise InvalidInputError(f"{name} is timezone-naive; give a timezone-aware datetime", value=value)
+    try:
+        t = value.astimezone(UTC)
+    except OverflowError:
+        raise InvalidInputError(f"{name} is out of the datetime range once converted to UTC", value=value) from None
+    # A plain datetime (not a pandas Timestamp, whose nanoseconds pitstore does not store) with tzinfo=UTC:
+    # polars compares it against the stored Datetime("us", "UTC") columns without a schema error.
+    return datetime(t.year, t.month, t.day, t.hour, t.minute, t.second, t.microsecond, tzinfo=UTC)

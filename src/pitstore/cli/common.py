@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, ParamSpec, TypeVar
 
@@ -23,6 +23,7 @@ from pitstore.errors import ConfigError, InvalidInputError, NotFoundError, Pitst
 from pitstore.features.base import FeatureSet
 from pitstore.features.library import standard_features
 from pitstore.store import Store
+from pitstore.timeutil import utc
 
 __all__ = [
     "USER_ERRORS",
@@ -115,20 +116,7 @@ def open_store(ctx: typer.Context, root: Path | None, *, create: bool) -> Store:
 
 def parse_time(value: str | None, option: str) -> datetime | None:
     """A timezone-aware ISO 8601 timestamp from the command line, in UTC; naive ones are refused."""
-    if value is None:
-        return None
-    try:
-        t = datetime.fromisoformat(value.strip())
-    except ValueError:
-        raise InvalidInputError(
-            f"{option} {value!r} is not an ISO 8601 timestamp; give one like 2020-01-01T00:00:00Z"
-        ) from None
-    if t.tzinfo is None:
-        raise InvalidInputError(
-            f"{option} {value!r} has no timezone; give a timezone-aware timestamp such as 2020-01-01T00:00:00Z "
-            "or 2020-01-01T09:30:00-05:00"
-        )
-    return t.astimezone(UTC)
+    return None if value is None else utc(value, option)
 
 
 def parse_symbols(value: str | None) -> list[str] | None:
