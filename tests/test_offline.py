@@ -262,7 +262,8 @@ def test_invalid_batch_stores_nothing(tmp_path: Path, kind: str) -> None:
 
 
 def test_restatement_replaces_only_its_range(tmp_path: Path) -> None:
-    """Overlapping bars with changed values are reported as restated and replace that range only."""
+    """With ``replace_range``, overlapping bars with changed values are reported as restated and replace that
+    range only; a stored bar of the range missing from the new bars is removed and counted."""
     bars = synthetic_bars(2, 30)
     target, other = "S0000", "S0001"
     with Store.open(tmp_path / "store") as store:
@@ -271,8 +272,8 @@ def test_restatement_replaces_only_its_range(tmp_path: Path) -> None:
         changed = restate_closes(bars, target, moved)
         window = changed.slice(10, 10)  # positions 10..19 of the target
         dropped_ts = window["ts"][4]  # position 14, not moved: it counts only as removed
-        report = store.ingest(window.filter(pl.col("ts") != dropped_ts))
-        assert report.restated == {target: len(moved) + 1}
+        report = store.ingest(window.filter(pl.col("ts") != dropped_ts), replace_range=True)
+        assert report.restated == {target: len(moved)} and report.removed == {target: 1}
         assert not report.new_symbols and not report.appended
         lo, hi = window["ts"][0], window["ts"][-1]
         old = bars.filter(pl.col("symbol") == target)
@@ -286,11 +287,13 @@ def test_restatement_replaces_only_its_range(tmp_path: Path) -> None:
         assert_bitwise_equal(got.filter(pl.col("symbol") == other), bars.filter(pl.col("symbol") == other), "other")
 
 
+@pytest.mark.parametrize("replace_range", [False, True], ids=["overlay", "replace_range"])
 @pytest.mark.parametrize("chunk_bars", [1, 45, 2_000_000])
 def test_one_batch_of_every_kind_of_change(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                           chunk_bars: int) -> None:
-    """One ingest holding a new symbol, an append, a restatement with a removed bar, a gap fill and unchanged
-    bars: each symbol is reported and stored as if ingested alone, however the symbols are chunked."""
+                                           chunk_bars: int, replace_range: bool) -> None:
+    """One ingest holding a new symbol, an append, a restatement leaving out one stored bar, a gap fill and
+    unchanged bars: each symbol is reported and stored as if ingested alone, however the symbols are chunked.
+    The left-out bar is kept by an overlay and removed by ``replace_range``."""
     monkeypatch.setattr(pitstore.ingest, "_CHUNK_BARS", chunk_bars)
     full = synthetic_bars(6, 40, seed=9)
     sym = sorted(full["symbol"].unique())
@@ -309,14 +312,15 @@ def test_one_batch_of_every_kind_of_change(tmp_path: Path, monkeypatch: pytest.M
     ])
     with Store.open(tmp_path / "store") as store:
         store.ingest(stored)
-        report = store.ingest(batch)
+        report = store.ingest(batch, replace_range=replace_range)
         assert report.rows == batch.height
         assert report.new_symbols == [sym[5]]
         assert report.appended == [sym[0]]
-        assert report.restated == {sym[1]: 3, sym[3]: 0}
+        assert report.restated == {sym[1]: 2, sym[3]: 0}
+        assert report.removed == ({sym[1]: 1} if replace_range else {})
         assert report.unchanged == [sym[4]]  # sym[2]: not in the batch, not reported
-        want_s1 = part[sym[1]].filter(pl.col("ts") != removed_ts).update(
-            restated.select(BAR_COLUMNS), on=["symbol", "ts"])
+        kept = part[sym[1]].filter(pl.col("ts") != removed_ts) if replace_range else part[sym[1]]
+        want_s1 = kept.update(restated.select(BAR_COLUMNS), on=["symbol", "ts"])
         want = pl.concat([part[sym[0]], want_s1, part[sym[2]], part[sym[3]], part[sym[4]], part[sym[5]]])
         assert_bitwise_equal(stored_bars(store).select(BAR_COLUMNS), want.select(BAR_COLUMNS), "stored bars")
 

@@ -1,19 +1,31 @@
-"""Ingest: validated bars become one immutable snapshot per symbol; overlapping bars are restatements."""
+"""Ingest: validated bars become one immutable snapshot per symbol; overlapping bars are restatements.
+
+One ingest is one catalog transaction: every changed symbol's snapshot file is written first, then all of
+them are committed together. On any failure nothing is committed and the files written are removed (a kill
+leaves only unlisted files, which ``gc`` removes). The commit is optimistic: when another process committed
+a symbol meanwhile, that symbol is re-read, re-merged and the commit retried (bounded).
+"""
 
 from __future__ import annotations
 
 import os
+import random
+import time
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import polars as pl
+import pyarrow.parquet as pq
 
 from pitstore.bars import BAR_COLUMNS, symbol_runs, validate_bars
+from pitstore.cache.core import LOCK_DIR
+from pitstore.cache.lock import KeyLocks
 from pitstore.catalog.base import BarEntry, Catalog
-from pitstore.errors import InvalidInputError
+from pitstore.errors import CacheCorruptionError, ConflictError, InvalidInputError
 from pitstore.offline import content_hash, encode_symbol, read_entries, write_entry
 
 __all__ = ["IngestReport", "ingest", "load_bars_source"]
@@ -21,13 +33,16 @@ __all__ = ["IngestReport", "ingest", "load_bars_source"]
 
 @dataclass
 class IngestReport:
-    """What an ingest did, per kind of change."""
+    """What an ingest did, per kind of change (all of it committed in one transaction)."""
 
     rows: int = 0
     new_symbols: list[str] = field(default_factory=list)
     appended: list[str] = field(default_factory=list)
-    restated: dict[str, int] = field(default_factory=dict)  # symbol -> bars changed or removed (0: gap filled)
+    restated: dict[str, int] = field(default_factory=dict)  # symbol -> stored bars whose values changed
+    # (0: earlier history changed only by filled gaps or removed bars)
     unchanged: list[str] = field(default_factory=list)
+    removed: dict[str, int] = field(default_factory=dict)  # symbol -> stored bars removed (replace_range only)
+    retries: int = 0  # commits retried because another process committed one of these symbols meanwhile
 
 
 def load_bars_source(source: Any) -> Any:
@@ -55,72 +70,188 @@ def load_bars_source(source: Any) -> Any:
 # Symbols are ingested in chunks of up to this many bars (stored + new): whole chunks go through each polars
 # operation at once (per-symbol calls cost ~10 ms each in overhead), while memory stays bounded.
 _CHUNK_BARS = 2_000_000
+# Optimistic commits: each lost race means another ingest of one of these symbols committed, so a few
+# attempts with jittered, growing back-off turn contention into success; past that it is a real conflict.
+_COMMIT_ATTEMPTS = 5
+_BACKOFF_SECONDS = 0.005
+_KEYS = list(BAR_COLUMNS)
+_ON = ["symbol", "ts"]
 
 
-def ingest(root: Path, catalog: Catalog, bars: Any) -> IngestReport:
-    """Validate ``bars`` (all of them first: nothing is stored when any bar is bad) and store them."""
-    df = validate_bars(load_bars_source(bars)).select(BAR_COLUMNS)
-    report = IngestReport(rows=df.height)
-    names, starts, ends = symbol_runs(df["symbol"])
-    live = {e.symbol: e for e in catalog.live_bars(names)}
-    first, size = 0, 0
-    for i, (symbol, a, b) in enumerate(zip(names, starts.tolist(), ends.tolist(), strict=True)):
-        old = live.get(symbol)
-        size += b - a + (old.n_rows if old is not None else 0)
-        if size >= _CHUNK_BARS or i == len(names) - 1:
-            lo, hi = int(starts[first]), b
-            _ingest_chunk(root, catalog, df.slice(lo, hi - lo), names[first : i + 1], live, report)
-            first, size = i + 1, 0
-    return report
+class _Planned(NamedTuple):
+    """A symbol's new snapshot, written but not committed yet."""
 
-
-class _Snapshot(NamedTuple):
-    symbol: str
-    bars: pl.DataFrame  # the symbol's whole new bar history
-    digest: str
-    old: BarEntry | None
-    restated: int  # bars of the old snapshot that changed or vanished
+    entry: BarEntry  # id and recorded_at are set by the commit
+    expected: BarEntry | None  # the live snapshot it supersedes
+    restated: int  # stored bars whose values changed
+    removed: int  # stored bars removed (replace_range)
     appended_only: bool
 
 
-def _ingest_chunk(root: Path, catalog: Catalog, new: pl.DataFrame, symbols: Sequence[str],
-                  live: Mapping[str, BarEntry], report: IngestReport) -> None:
-    """Merge ``new`` (the bars of ``symbols``, sorted) into their snapshots; write and commit the changed ones."""
-    olds = [live[s] for s in symbols if s in live]
-    old = read_entries(root, [e.path for e in olds])
-    restated: dict[str, int] = {}
-    inserted: dict[str, int] = {}
-    merged = new
-    if old is not None:
-        # Each symbol's new bars replace its stored ones between their first and last ts.
-        bounds = new.group_by("symbol").agg(lo=pl.col("ts").min(), hi=pl.col("ts").max())
-        old = old.join(bounds, on="symbol", how="left")
-        in_range = pl.col("ts").is_between(pl.col("lo"), pl.col("hi"))
-        merged = pl.concat([old.filter(~in_range).select(BAR_COLUMNS), new]).sort("symbol", "ts")
-        # Stored bars in the range that differ or vanished are restated; new bars dated before the stored last
-        # bar fill a gap. Either way earlier history changed: not a pure append.
-        keys = list(BAR_COLUMNS)
-        restated = _counts(old.filter(in_range).select(keys).join(new, on=keys, how="anti"))
-        stored_end = old.group_by("symbol").agg(end=pl.col("ts").max())
-        before_end = new.join(stored_end, on="symbol").filter(pl.col("ts") <= pl.col("end")).select(keys)
-        inserted = _counts(before_end.join(old.select(keys), on=keys, how="anti"))
-    todo: list[_Snapshot] = []
+def ingest(root: Path, catalog: Catalog, bars: Any, *, replace_range: bool = False) -> IngestReport:
+    """Validate ``bars`` (all of them first: nothing is stored when any bar is bad) and store them, all or nothing.
+
+    By default the new bars overlay the stored ones: a stored bar with the same (symbol, ts) is replaced, every
+    other stored bar is kept. With ``replace_range`` each symbol's new bars replace all its stored bars between
+    their first and last ts (``IngestReport.removed`` counts the stored bars that are gone).
+    """
+    df = validate_bars(load_bars_source(bars)).select(BAR_COLUMNS)
+    names, starts, ends = symbol_runs(df["symbol"])
+    spans = {s: (a, b) for s, a, b in zip(names, starts.tolist(), ends.tolist(), strict=True)}
+    planned: dict[str, _Planned] = {}
+    unchanged: set[str] = set()
+    todo: list[str] = names
+    try:
+        with ExitStack() as retrying:
+            for attempt in range(_COMMIT_ATTEMPTS):
+                live = {e.symbol: e for e in catalog.live_bars(todo)}
+                _plan(root, df, todo, spans, live, replace_range, planned, unchanged)
+                try:
+                    committed = catalog.commit_bars_batch([(p.entry, _id(p.expected)) for p in planned.values()])
+                    return _report(df.height, names, planned, committed, unchanged, attempt)
+                except ConflictError:
+                    if attempt == _COMMIT_ATTEMPTS - 1:
+                        raise
+                todo = _stale(catalog, planned)
+                for s in todo:  # re-planned from the snapshot now live
+                    _unlink(root, planned.pop(s).entry.path)
+                if attempt == 0:
+                    # Retries queue on one lock per store, so they never race each other again: each further
+                    # conflict is with a first attempt that committed, and N racing ingests need no N attempts.
+                    retrying.enter_context(KeyLocks(root / LOCK_DIR / "ingest").hold("retry"))
+                time.sleep(random.uniform(0, _BACKOFF_SECONDS * 2**attempt))  # back-off, not synchronisation
+        raise AssertionError("unreachable")
+    except BaseException:
+        for p in planned.values():  # never listed: do not leave them behind
+            _unlink(root, p.entry.path)
+        raise
+
+
+def _id(entry: BarEntry | None) -> int | None:
+    return entry.id if entry is not None else None
+
+
+def _unlink(root: Path, path: str) -> None:
+    (root / path).unlink(missing_ok=True)
+
+
+def _stale(catalog: Catalog, planned: Mapping[str, _Planned]) -> list[str]:
+    """Planned symbols whose live snapshot is no longer the one they were merged with."""
+    live = {e.symbol: e.id for e in catalog.live_bars(list(planned))}
+    return sorted(s for s, p in planned.items() if live.get(s) != _id(p.expected))
+
+
+def _plan(root: Path, df: pl.DataFrame, symbols: Sequence[str], spans: Mapping[str, tuple[int, int]],
+          live: Mapping[str, BarEntry], replace_range: bool, planned: dict[str, _Planned], unchanged: set[str]) -> None:
+    """Merge and write the new snapshots of ``symbols``, in chunks of bounded size."""
+    chunk: list[str] = []
+    size = 0
+    for i, symbol in enumerate(symbols):
+        a, b = spans[symbol]
+        old = live.get(symbol)
+        chunk.append(symbol)
+        size += b - a + (old.n_rows if old is not None else 0)
+        if size >= _CHUNK_BARS or i == len(symbols) - 1:
+            new = pl.concat([df.slice(spans[s][0], spans[s][1] - spans[s][0]) for s in chunk])
+            _plan_chunk(root, new, chunk, live, replace_range, planned, unchanged)
+            chunk, size = [], 0
+
+
+def _plan_chunk(root: Path, new: pl.DataFrame, symbols: Sequence[str], live: Mapping[str, BarEntry],
+                replace_range: bool, planned: dict[str, _Planned], unchanged: set[str]) -> None:
+    """Merge ``new`` (the bars of ``symbols``, sorted) into their snapshots and write the changed ones."""
+    old = _read_verified(root, [live[s] for s in symbols if s in live])
+    merged, restated, removed, inserted = (new, {}, {}, {}) if old is None else _merge(old, new, replace_range)
+    todo: list[tuple[pl.DataFrame, _Planned]] = []
     names, starts, ends = symbol_runs(merged["symbol"])
     for symbol, a, b in zip(names, starts.tolist(), ends.tolist(), strict=True):
         part = merged.slice(a, b - a)
         digest = content_hash(part)
         entry = live.get(symbol)
+        unchanged.discard(symbol)
         if entry is not None and digest == entry.content_hash:
-            report.unchanged.append(symbol)
+            unchanged.add(symbol)
             continue
-        n_restated = restated.get(symbol, 0)
-        todo.append(_Snapshot(symbol, part, digest, entry, n_restated,
-                              n_restated == 0 and inserted.get(symbol, 0) == 0))
-    # Files are written on two threads (Parquet encoding releases the GIL); commits stay in order here.
+        n_restated, n_removed = restated.get(symbol, 0), removed.get(symbol, 0)
+        ts_us = part["ts"].dt.epoch("us")
+        appended_only = n_restated == 0 and n_removed == 0 and inserted.get(symbol, 0) == 0
+        bar = BarEntry(0, symbol, "", part.height, int(ts_us[0]), int(ts_us[-1]), digest, appended_only,
+                       n_restated + n_removed, 0, None)
+        todo.append((part, _Planned(bar, entry, n_restated, n_removed, appended_only)))
+    _write(root, todo, planned)
+
+
+def _merge(old: pl.DataFrame, new: pl.DataFrame, replace_range: bool
+           ) -> tuple[pl.DataFrame, dict[str, int], dict[str, int], dict[str, int]]:
+    """The merged bars, and per symbol: stored bars changed, stored bars removed, new bars before the stored end."""
+    if replace_range:
+        bounds = new.group_by("symbol").agg(lo=pl.col("ts").min(), hi=pl.col("ts").max())
+        in_range = pl.col("ts").is_between(pl.col("lo"), pl.col("hi"))
+        old_b = old.join(bounds, on="symbol", how="left")
+        replaced, kept = old_b.filter(in_range).select(_KEYS), old_b.filter(~in_range).select(_KEYS)
+    else:  # overlay: only the stored bars with the same (symbol, ts) are replaced
+        replaced = old.join(new.select(_ON), on=_ON, how="semi")
+        kept = old.join(new.select(_ON), on=_ON, how="anti")
+    merged = pl.concat([kept.select(_KEYS), new]).sort(_ON)
+    same_ts = replaced.join(new.select(_ON), on=_ON, how="semi")
+    changed = _counts(same_ts.join(new, on=_KEYS, how="anti"))
+    removed = _counts(replaced.join(new.select(_ON), on=_ON, how="anti"))
+    # New bars dated at or before the stored last bar fill a gap: earlier history changed, not a pure append.
+    stored_end = old.group_by("symbol").agg(end=pl.col("ts").max())
+    before_end = new.join(stored_end, on="symbol").filter(pl.col("ts") <= pl.col("end")).select(_KEYS)
+    inserted = _counts(before_end.join(old.select(_ON), on=_ON, how="anti"))
+    return merged, changed, removed, inserted
+
+
+def _read_verified(root: Path, entries: Sequence[BarEntry]) -> pl.DataFrame | None:
+    """The stored bars of ``entries`` (concatenated in order), each checked against its catalog row: a damaged
+    snapshot raises CacheCorruptionError instead of being copied into a new snapshot that would look sound."""
+    if not entries:
+        return None
+    try:
+        old = read_entries(root, [e.path for e in entries])
+    except (OSError, pl.exceptions.PolarsError) as exc:
+        bad = _unreadable(root, entries)
+        raise CacheCorruptionError(f"bars of {bad.symbol!r}: snapshot {bad.path} is unreadable ({exc}); "
+                                   "not building on it") from exc
+    assert old is not None
+    if old.height != sum(e.n_rows for e in entries):
+        for e in entries:
+            rows = pq.read_metadata(root / e.path).num_rows
+            if rows != e.n_rows:
+                raise CacheCorruptionError(f"bars of {e.symbol!r}: snapshot {e.path} has {rows} bars, the "
+                                           f"catalog says {e.n_rows}; not building on it")
+    offset = 0
+    for e in entries:
+        if content_hash(old.slice(offset, e.n_rows)) != e.content_hash:
+            raise CacheCorruptionError(f"bars of {e.symbol!r}: snapshot {e.path} does not match its content "
+                                       "hash (damaged); not building on it")
+        offset += e.n_rows
+    return old
+
+
+def _unreadable(root: Path, entries: Sequence[BarEntry]) -> BarEntry:
+    """The first entry whose file cannot be read (the first one when each reads alone)."""
+    for e in entries:
+        try:
+            pl.read_parquet(root / e.path)
+        except (OSError, pl.exceptions.PolarsError):
+            return e
+    return entries[0]
+
+
+def _write(root: Path, todo: Sequence[tuple[pl.DataFrame, _Planned]], planned: dict[str, _Planned]) -> None:
+    """Write the snapshot files (two threads: Parquet encoding releases the GIL). Every file written is
+    recorded in ``planned`` before the first failure is raised, so the caller can remove them all."""
     with ThreadPoolExecutor(max_workers=2) as pool:
-        paths = pool.map(lambda t: write_entry(root, f"bars/{encode_symbol(t.symbol)}", t.bars), todo)
-        for t, path in zip(todo, paths, strict=True):
-            _commit(root, catalog, t, path, report)
+        futures: list[tuple[_Planned, Future[str]]] = [
+            (p, pool.submit(write_entry, root, f"bars/{encode_symbol(p.entry.symbol)}", part)) for part, p in todo]
+    errors = [exc for _, f in futures if (exc := f.exception()) is not None]
+    for p, f in futures:
+        if f.exception() is None:
+            planned[p.entry.symbol] = p._replace(entry=p.entry._replace(path=f.result()))
+    if errors:
+        raise errors[0]
 
 
 def _counts(rows: pl.DataFrame) -> dict[str, int]:
@@ -128,18 +259,22 @@ def _counts(rows: pl.DataFrame) -> dict[str, int]:
     return dict(rows.group_by("symbol").len().iter_rows())
 
 
-def _commit(root: Path, catalog: Catalog, t: _Snapshot, path: str, report: IngestReport) -> None:
-    ts_us = t.bars["ts"].dt.epoch("us")
-    entry = BarEntry(0, t.symbol, path, t.bars.height, int(ts_us[0]), int(ts_us[-1]), t.digest, t.appended_only,
-                     t.restated, 0, None)
-    try:
-        catalog.commit_bars(entry, t.old.id if t.old else None)
-    except BaseException:
-        (root / path).unlink(missing_ok=True)  # never listed; do not leave it behind
-        raise
-    if t.old is None:
-        report.new_symbols.append(t.symbol)
-    elif not t.appended_only:
-        report.restated[t.symbol] = t.restated
-    else:
-        report.appended.append(t.symbol)
+def _report(rows: int, names: Sequence[str], planned: Mapping[str, _Planned], committed: Sequence[BarEntry],
+            unchanged: set[str], retries: int) -> IngestReport:
+    report = IngestReport(rows=rows, retries=retries)
+    done = {e.symbol for e in committed}
+    for symbol in names:  # input order
+        p = planned.get(symbol)
+        if p is None or symbol not in done:
+            if symbol in unchanged:
+                report.unchanged.append(symbol)
+            continue
+        if p.expected is None:
+            report.new_symbols.append(symbol)
+        elif p.appended_only:
+            report.appended.append(symbol)
+        else:
+            report.restated[symbol] = p.restated
+            if p.removed:
+                report.removed[symbol] = p.removed
+    return report

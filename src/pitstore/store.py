@@ -75,13 +75,16 @@ class Store:
         """Resolve a reference such as ``"daily_core@2:rsi_14"`` (no ``@`` means the latest version)."""
         return self.registry.resolve(ref)
 
-    def ingest(self, bars: Any) -> _ingest.IngestReport:
-        """Validate and store bars (a pandas / polars / Arrow frame, or a Parquet or CSV path).
+    def ingest(self, bars: Any, *, replace_range: bool = False) -> _ingest.IngestReport:
+        """Validate and store bars (a pandas / polars / Arrow frame, or a Parquet or CSV path), all or nothing.
 
-        Nothing is stored when any bar is invalid. Bars overlapping stored ones replace them for that symbol
-        and range; changed values are recorded as a restatement (see ``IngestReport.restated``).
+        Nothing is stored when any bar is invalid or any symbol fails to be written or committed. A bar with
+        the same (symbol, ts) as a stored one replaces it; other stored bars are kept. Changed values are
+        recorded as a restatement (``IngestReport.restated``); the old snapshots stay readable with
+        ``as_known_at``. With ``replace_range=True`` each symbol's bars replace all its stored bars between
+        their first and last ts; ``IngestReport.removed`` counts the stored bars that are gone.
         """
-        return _ingest.ingest(self.root, self.catalog, bars)
+        return _ingest.ingest(self.root, self.catalog, bars, replace_range=replace_range)
 
     def backfill(
         self,

@@ -128,6 +128,11 @@ class Catalog(Protocol):
         """Publish a bar snapshot, superseding the live one (ConflictError if it is not ``expected_live_id``)."""
         ...
 
+    def commit_bars_batch(self, items: Sequence[tuple[BarEntry, int | None]]) -> list[BarEntry]:
+        """Publish snapshots of distinct symbols (each with the live id it supersedes) in one transaction: all
+        of them, or none and ConflictError when any symbol's live snapshot is not the expected one."""
+        ...
+
     def feature_entries(
         self, feature_set: str, version: int, symbols: Sequence[str] | None = None, as_known_at: int | None = None
     ) -> list[FeatureEntry]:

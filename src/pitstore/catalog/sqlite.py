@@ -187,24 +187,40 @@ class SqliteCatalog:
     def commit_bars(self, entry: BarEntry, expected_live_id: int | None) -> BarEntry:
         """Publish a new bar snapshot for its symbol, superseding the live one (which must be
         ``expected_live_id``: a concurrent ingest of the same symbol raises ConflictError)."""
-        with self._write(f"commit bars of {entry.symbol!r}") as cur:
-            live = cur.execute(
-                "SELECT id FROM bar_entries WHERE symbol = ? AND superseded_at IS NULL", (entry.symbol,)
-            ).fetchone()
-            if (live[0] if live else None) != expected_live_id:
-                raise ConflictError(f"bars of {entry.symbol!r} changed during the ingest; retry it")
+        return self.commit_bars_batch([(entry, expected_live_id)])[0]
+
+    def commit_bars_batch(self, items: Sequence[tuple[BarEntry, int | None]]) -> list[BarEntry]:
+        """Publish bar snapshots of distinct symbols in one transaction, each superseding its symbol's live
+        snapshot, which must be the expected id: otherwise ConflictError names the symbols and nothing is
+        written. All entries get the same ``recorded_at``."""
+        if not items:
+            return []
+        out: list[BarEntry] = []
+        with self._write(f"commit bars of {len(items)} symbol(s)") as cur:
+            changed = []
+            for entry, expected in items:
+                live = cur.execute(
+                    "SELECT id FROM bar_entries WHERE symbol = ? AND superseded_at IS NULL", (entry.symbol,)
+                ).fetchone()
+                if (live[0] if live else None) != expected:
+                    changed.append(entry.symbol)
+            if changed:
+                shown = ", ".join(repr(s) for s in changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5
+                                                                    else "")
+                raise ConflictError(f"bars of {shown} changed during the ingest; retry it")
             t = now_us()
-            cur.execute("UPDATE bar_entries SET superseded_at = ? WHERE symbol = ? AND superseded_at IS NULL",
-                        (t, entry.symbol))
-            cur.execute(
-                "INSERT INTO bar_entries (symbol, path, n_rows, first_ts, last_ts, content_hash, appended_only,"
-                " restated_rows, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (entry.symbol, entry.path, entry.n_rows, entry.first_ts, entry.last_ts, entry.content_hash,
-                 int(entry.appended_only), entry.restated_rows, t),
-            )
-            new_id = cur.lastrowid
-        assert new_id is not None
-        return entry._replace(id=new_id, recorded_at=t)
+            cur.executemany("UPDATE bar_entries SET superseded_at = ? WHERE symbol = ? AND superseded_at IS NULL",
+                            [(t, e.symbol) for e, _ in items])
+            for entry, _ in items:
+                cur.execute(
+                    "INSERT INTO bar_entries (symbol, path, n_rows, first_ts, last_ts, content_hash, appended_only,"
+                    " restated_rows, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (entry.symbol, entry.path, entry.n_rows, entry.first_ts, entry.last_ts, entry.content_hash,
+                     int(entry.appended_only), entry.restated_rows, t),
+                )
+                assert cur.lastrowid is not None
+                out.append(entry._replace(id=cur.lastrowid, recorded_at=t))
+        return out
 
     # --- feature entries ------------------------------------------------------------------------------
 

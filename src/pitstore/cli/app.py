@@ -95,13 +95,18 @@ def ingest(
     ctx: typer.Context,
     files: Annotated[list[Path], typer.Argument(help="Parquet or CSV files of bars: symbol, ts (with a timezone), "
                                                      "open, high, low, close, volume.", show_default=False)],
+    replace_range: Annotated[bool, typer.Option(
+        "--replace-range", help="Each symbol's bars replace all its stored bars between their first and last ts "
+        "(stored bars in between that the file lacks are removed; the count is printed). Default: only stored "
+        "bars with the same ts are replaced.")] = False,
     json_out: JsonOption = False,
     root: RootOption = None,
 ) -> None:
     """Validate and store bars from Parquet or CSV files.
 
-    Each file is ingested in turn, all-or-nothing per file. Bars overlapping stored ones replace them; changed
-    values are recorded as restatements. CSV timestamps must carry an offset or Z.
+    Each file is ingested in turn, all-or-nothing per file. A bar with the same symbol and ts as a stored one
+    replaces it (a restatement); other stored bars are kept unless --replace-range. CSV timestamps must carry
+    an offset or Z.
     """
     for path in files:  # Check every file before storing any of them.
         if not path.is_file():
@@ -112,7 +117,7 @@ def ingest(
     with open_store(ctx, root, create=True) as store:
         for i, path in enumerate(files):
             try:
-                reports.append((path, store.ingest(path)))
+                reports.append((path, store.ingest(path, replace_range=replace_range)))
             except USER_ERRORS as exc:
                 message = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
                 fail(message + (f" ({i} earlier file{'s' if i != 1 else ''} stored)" if i else ""))

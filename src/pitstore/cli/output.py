@@ -77,15 +77,19 @@ def merge_ingest_reports(reports: Sequence[tuple[Path, IngestReport]]) -> dict[s
     """
     new: dict[str, None] = {}
     restated: dict[str, int] = {}
+    removed: dict[str, int] = {}
     appended: dict[str, None] = {}
     unchanged: dict[str, None] = {}
     for _, r in reports:
         new.update(dict.fromkeys(r.new_symbols))
         for s, n in r.restated.items():
             restated[s] = restated.get(s, 0) + n
+        for s, n in r.removed.items():
+            removed[s] = removed.get(s, 0) + n
         appended.update(dict.fromkeys(r.appended))
         unchanged.update(dict.fromkeys(r.unchanged))
     restated = {s: n for s, n in restated.items() if s not in new}
+    removed = {s: n for s, n in removed.items() if s not in new}
     appended_list = [s for s in appended if s not in new and s not in restated]
     unchanged_list = [s for s in unchanged if s not in new and s not in restated and s not in appended]
     return {
@@ -93,6 +97,7 @@ def merge_ingest_reports(reports: Sequence[tuple[Path, IngestReport]]) -> dict[s
         "new_symbols": list(new),
         "appended": appended_list,
         "restated": restated,
+        "removed": removed,
         "unchanged": unchanged_list,
         "files": [{"path": str(p), **asdict(r)} for p, r in reports],
     }
@@ -102,12 +107,13 @@ def ingest_line(summary: dict[str, Any]) -> str:
     """A one-paragraph text summary of :func:`merge_ingest_reports`."""
     n_files = len(summary["files"])
     restated: dict[str, int] = summary["restated"]
+    removed: dict[str, int] = summary["removed"]
     lines = [
         f"ingested {summary['rows']:,} rows from {n_files} file{'s' if n_files != 1 else ''}",
         f"  new symbols: {len(summary['new_symbols'])}" + _names(summary["new_symbols"]),
         f"  appended:    {len(summary['appended'])}" + _names(summary["appended"]),
-        f"  restated:    {len(restated)} ({sum(restated.values()):,} bars changed or removed)"
-        + _names(list(restated)),
+        f"  restated:    {len(restated)} ({sum(restated.values()):,} bars changed)" + _names(list(restated)),
+        f"  removed:     {sum(removed.values()):,} stored bars" + _names(list(removed)),
         f"  unchanged:   {len(summary['unchanged'])}" + _names(summary["unchanged"]),
     ]
     return "\n".join(lines)
