@@ -164,6 +164,40 @@ def test_pushing_a_day_bar_by_bar_equals_a_batch_backfill(tmp_path: Path, online
         assert b.bars("S0001").equals(bars.filter(pl.col("symbol") == "S0001"))
 
 
+@pitstore.feature(lookback=1)
+def overnight_gap(b: pl.DataFrame) -> pl.Series:
+    """Open over the previous close, minus one (the README's Python feature)."""
+    return b["open"] / b["close"].shift(1) - 1
+
+
+def test_pushing_expression_and_python_features_equals_a_batch_backfill(tmp_path: Path) -> None:
+    """The README's set (built-ins, TA-Lib, an expression and a Python feature) pushed a minute at a time, then
+    three minutes in one push: A's rows bit for bit, for symbols with history and for one without (S0002)."""
+    fs = FeatureSet("readme", [
+        *pitstore.standard_features().features, pitstore.rsi(14), pitstore.macd(12, 26, 9),
+        pitstore.sma(50).alias("trend"), pitstore.talib("ADX", timeperiod=14),
+        pitstore.expr("hl_range", (pl.col("high") - pl.col("low")) / pl.col("close")),
+        pitstore.expr("close_sum", pl.col("close").cum_sum()), overnight_gap,
+    ], timeframe="1m", ttl=timedelta(hours=12))
+    bars = _minute_bars(3, 150)
+    cut = _last(bars) - 29 * MINUTE
+    bars = bars.filter((pl.col("symbol") != "S0002") | (pl.col("ts") >= cut))
+    history, day = bars.filter(pl.col("ts") < cut), bars.filter(pl.col("ts") >= cut)
+    want = _batch(tmp_path / "a", bars, fs)
+    with Store.open(tmp_path / "b", online_url="memory://") as b:
+        b.ingest(history)
+        b.backfill(fs)
+        minutes = list(_by_minute(day))
+        reports = [b.push(minute) for minute in minutes[:-3]] + [b.push(pl.concat(minutes[-3:]))]
+        assert sum(r.bars for r in reports) == day.height
+        assert _rows(reports, "readme@1").equals(want.filter(pl.col("ts") >= cut))
+        for s in ("S0000", "S0002"):
+            assert tuple(_online(b, "readme@1", [s])[s]) == _as_online(want.filter(pl.col("symbol") == s),
+                                                                       fs.columns)
+        assert b.flush() == day.height
+        assert b.read(fs.name).equals(want)
+
+
 def test_pushing_without_any_history_and_flush_on_close(tmp_path: Path) -> None:
     """A store with no bars at all: every symbol is new; rows equal a batch backfill from the first bar, and
     close() writes the pushed bars to the offline tier."""

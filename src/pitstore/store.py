@@ -23,6 +23,7 @@ from pitstore.features.library import standard_features
 from pitstore.features.registry import FeatureRef, Registry, VersionInfo
 from pitstore.frames import FrameKind, frame_kind, from_polars
 from pitstore.live.engine import LiveEngine, PushReport
+from pitstore.live.marker import reconcile as reconcile_dead_pushers
 from pitstore.offline import EntryReader, read_entries
 from pitstore.serving import FeatureVector, Serving
 from pitstore.timeutil import utc
@@ -220,6 +221,8 @@ class Store:
         """The online tier and the reads through it (opened on first use)."""
         if self._serving is None:
             self._serving = Serving(self.settings, self.catalog, self.registry, self.reader)
+            # Before anything is served: online rows a killed pushing process left without their bars.
+            reconcile_dead_pushers(self.root, self.catalog, self._serving.online)
         return self._serving
 
     def materialize(self, feature_set: FeatureSet | str, symbols: Sequence[str] | str | None = None) -> int:
@@ -347,7 +350,7 @@ class Store:
     def close(self) -> None:
         try:
             if self._live is not None:
-                self._live.flush()
+                self._live.close()
             if self._serving is not None:
                 self._flush_requests()
                 self._serving.close()

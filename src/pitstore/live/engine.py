@@ -35,6 +35,7 @@ from pitstore.catalog.base import Catalog
 from pitstore.errors import BackendUnavailableError
 from pitstore.features.base import Feature, FeatureSet
 from pitstore.features.library import is_window
+from pitstore.live.marker import PushMarker
 from pitstore.live.steppers import Stepper, WindowBlock, stepper_for
 from pitstore.offline import read_entries
 from pitstore.reads import read_range
@@ -111,6 +112,8 @@ class LiveEngine:
         self._lock = threading.Lock()  # the buffer and serving.pending, shared with the flush thread
         self._flushing: threading.Thread | None = None
         self._in_flight = 0  # bars the flush thread is writing
+        self._flying: pl.DataFrame | None = None  # those bars
+        self.marker = PushMarker(root)
         self._retry_at = 0.0
 
     def add(self, feature_set: FeatureSet, version: int) -> None:
@@ -151,21 +154,37 @@ class LiveEngine:
                     continue
             if i < b:
                 todo.append((symbol, i, b))
-                state.last_ts, state.last_bar = ts[b - 1], values[b - 1]
                 accepted.extend(range(i, b))
-        rows = self._compute(df, todo, ts, values)
-        report.bars = len(accepted)
         if accepted:
-            self._serve(rows, report)
+            self._accept(df, todo, ts, values, report)
             with self._lock:
                 self._buffer.append(df[accepted])
                 self._buffered += len(accepted)
+            report.bars = len(accepted)
         if restated:
             self._restate(df[restated], report)
         if self._buffered >= self.flush_bars:
             self._flush_in_background()
         report.pending_offline = self.pending
         return report
+
+    def _accept(self, df: pl.DataFrame, todo: list[tuple[str, int, int]], ts: list[int],
+                values: list[tuple[float, ...]], report: PushReport) -> None:
+        """Compute and serve the new bars, all or nothing: when anything fails (a Python feature, the online
+        write), the touched symbols are primed again from their known bars and the error raised, so that the
+        same push retried computes and serves them (it is no duplicate); the symbols' latest bar advances only
+        once every row is online."""
+        symbols = [s for s, _, _ in todo]
+        self.marker.note(self.sets, symbols)  # before any row goes online: a kill leaves it to reconcile
+        try:
+            rows = self._compute(df, todo, ts, values)
+            self._serve(rows, report)
+        except BaseException:
+            self._reprime(symbols)
+            raise
+        for symbol, _, b in todo:
+            state = self._symbols[symbol]
+            state.last_ts, state.last_bar = ts[b - 1], values[b - 1]
 
     def _compute(self, df: pl.DataFrame, todo: list[tuple[str, int, int]], ts: list[int],
                  values: list[tuple[float, ...]]) -> dict[str, list[Row]]:
@@ -186,7 +205,8 @@ class LiveEngine:
                                                                    {c: columns[c][at] for c in table.block.inputs})
                 if table.others:
                     for k, (symbol, j) in enumerate(step):
-                        bar = dict(zip(_VALUES, values[j], strict=True))
+                        bar: dict[str, Any] = dict(zip(_VALUES, values[j], strict=True))
+                        bar["symbol"], bar["ts"] = symbol, ts[j]  # an expression or Python feature reads them
                         steppers = self._symbols[symbol].steppers[table_id]
                         out[k, table.other_columns] = [v for s in steppers for v in s.step(bar)]
                 new = rows[table_id]
@@ -203,14 +223,24 @@ class LiveEngine:
         return self._buffered + self._in_flight
 
     def _serve(self, rows: dict[str, list[Row]], report: PushReport) -> None:
-        for table_id, new in rows.items():
-            if not new:
-                continue
+        """The online writes first (they may fail: the rows already written are taken back), then the rest,
+        which does not raise."""
+        written: list[str] = []
+        try:
+            for table_id, new in rows.items():
+                if new:
+                    table = self.serving.tables(table_id)[0]
+                    self.serving.online.put_latest(table_id, list(table.columns), new,
+                                                   expire_seconds=self.serving.expiry(table))
+                    written.append(table_id)
+        except BaseException:
+            self._take_back(written, sorted({s for new in rows.values() for s, _, _ in new}))
+            raise
+        for table_id in written:
+            new = rows[table_id]
             table = self.serving.tables(table_id)[0]
             frame = _frame(new, table.columns)
             report.rows[table_id] = frame
-            self.serving.online.put_latest(table_id, list(table.columns), new,
-                                           expire_seconds=self.serving.expiry(table))
             with self._lock:
                 pending = self.serving.pending.setdefault(table_id, {})
                 for symbol, t, values in new:
@@ -220,6 +250,23 @@ class LiveEngine:
                     self.serving.history.write_later(table_id, table.columns, frame)
                 except BackendUnavailableError as exc:
                     log.warning("history write of %s refused: %s", table_id, exc)
+
+    def _take_back(self, table_ids: list[str], symbols: list[str]) -> None:
+        """A push failed after writing the online rows of ``table_ids``: those rows are of bars that were not
+        accepted. Put back each symbol's previous row: its last pushed one, else none (a read fills the latest
+        stored one)."""
+        for table_id in table_ids:
+            try:
+                table = self.serving.tables(table_id)[0]
+                self.serving.online.delete(table_id, symbols)
+                with self._lock:
+                    pending = self.serving.pending.get(table_id, {})
+                    last = [(s, *pending[s][-1]) for s in symbols if pending.get(s)]
+                if last:
+                    self.serving.online.put_latest(table_id, list(table.columns), last,
+                                                   expire_seconds=self.serving.expiry(table))
+            except Exception as exc:  # the push's own error is the one raised
+                log.error("online rows of a failed push of %s not taken back: %s", table_id, exc)
 
     def _restate(self, bars: pl.DataFrame, report: PushReport) -> None:
         """Restated bars: through the offline tier, as an ingest and a backfill would do it."""
@@ -256,12 +303,41 @@ class LiveEngine:
 
     # --- state --------------------------------------------------------------------------------------------
 
-    def _prime(self, symbols: Sequence[str]) -> None:
-        """Steppers of ``symbols`` fed with their stored bars (one read for all of them)."""
-        if not symbols:
-            return
+    def _reprime(self, symbols: Sequence[str]) -> None:
+        """After a failed push: ``symbols`` primed again, as before it. Should priming fail too, they are left
+        unprimed: the next push primes them."""
+        for s in symbols:
+            self._symbols.pop(s, None)
+        try:
+            self._prime(symbols)
+        except Exception as exc:
+            for s in symbols:
+                self._symbols.pop(s, None)
+            log.error("priming %d symbols again after a failed push failed (next push retries): %s",
+                      len(symbols), exc)
+
+    def _known_bars(self, symbols: Sequence[str]) -> pl.DataFrame | None:
+        """Every bar of ``symbols`` this process knows: the stored ones, then those pushed and not yet stored."""
+        flying = self._flying
+        if flying is not None and flying["symbol"].is_in(list(symbols)).any():
+            self.join()  # then its bars are stored, or back in the buffer
         entries = self.catalog.live_bars(symbols)
         stored = read_entries(self.root, [e.path for e in entries]) if entries else None
+        with self._lock:
+            buffered = [b.filter(pl.col("symbol").is_in(list(symbols))) for b in self._buffer]
+        parts = [p for p in [stored, *buffered] if p is not None and p.height]
+        if not parts:
+            return None
+        if len(parts) == 1:
+            return parts[0]
+        # Pushed bars are newer than the stored ones of their symbol (an older one is a restatement, stored first).
+        return pl.concat(parts, how="diagonal_relaxed").sort("symbol", "ts", maintain_order=True)
+
+    def _prime(self, symbols: Sequence[str]) -> None:
+        """Steppers of ``symbols`` fed with their known bars (one read for all of them)."""
+        if not symbols:
+            return
+        stored = self._known_bars(symbols)
         parts: dict[str, pl.DataFrame] = {}
         if stored is not None and stored.height:
             names, starts, ends = symbol_runs(stored["symbol"])
@@ -298,6 +374,15 @@ class LiveEngine:
             raise
         return bars.height
 
+    def close(self) -> None:
+        """Flush; the marker goes once every pushed bar is stored (else the next opener reconciles)."""
+        stored = False
+        try:
+            self.flush()
+            stored = self.pending == 0
+        finally:
+            self.marker.release(remove=stored)
+
     def join(self) -> None:
         """Wait for the background flush in progress, if any."""
         if self._flushing is not None:
@@ -316,7 +401,7 @@ class LiveEngine:
         bars = self._take()
         if bars is None:
             return
-        self._in_flight = bars.height
+        self._in_flight, self._flying = bars.height, bars
         self._flushing = threading.Thread(target=self._flush_thread, args=(bars,), name="pitstore-live-flush",
                                           daemon=True)
         self._flushing.start()
@@ -330,7 +415,7 @@ class LiveEngine:
             self._retry_at = time.monotonic() + _RETRY_SECONDS
             self._give_back(bars)
         finally:
-            self._in_flight = 0
+            self._in_flight, self._flying = 0, None
 
     def _take(self) -> pl.DataFrame | None:
         with self._lock:

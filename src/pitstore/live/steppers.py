@@ -27,7 +27,7 @@ import polars as pl
 import talib
 from talib import stream as talib_stream
 
-from pitstore.bars import BAR_COLUMNS
+from pitstore.bars import BAR_COLUMNS, TS_DTYPE
 from pitstore.features.base import Feature
 from pitstore.features.engine import compute_frame
 from pitstore.features.library import is_window
@@ -35,6 +35,9 @@ from pitstore.features.library import is_window
 __all__ = ["Stepper", "WindowBlock", "stepper_for"]
 
 NAN = math.nan
+# What validate_bars gives (and the stored bars have, ts as µs here): a pushed bar joins them with their types.
+_BAR_SCHEMA: dict[str, pl.DataType] = {"symbol": pl.String(), "ts": pl.Int64(),
+                                       **{c: pl.Float64() for c in BAR_COLUMNS[2:]}}
 # What a TA-Lib streaming handle raises when the bars are too few to open it (untyped in TA-Lib's stubs).
 _INSUFFICIENT: type[Exception] = talib.InsufficientHistory  # type: ignore[attr-defined]
 
@@ -47,7 +50,8 @@ class Stepper(Protocol):
         ...
 
     def step(self, bar: Mapping[str, Any]) -> tuple[float, ...]:
-        """Consume one new bar; the feature's outputs at it, NaN where the batch engine gives null."""
+        """Consume one new bar (its values, ``symbol`` and ``ts`` in µs); the feature's outputs at it, NaN where
+        the batch engine gives null. It may raise (a Python feature's error): the engine primes again then."""
         ...
 
 
@@ -236,10 +240,10 @@ class _FrameRecompute:
         self.bars = history if self.bars is None else pl.concat([self.bars, history])
 
     def step(self, bar: Mapping[str, Any]) -> tuple[float, ...]:
-        row = pl.DataFrame([dict(bar)])
-        if self.bars is not None and self.bars.height:
-            self.bars = pl.concat([self.bars, row.select(self.bars.columns).cast(self.bars.schema)])
-        else:
-            self.bars = row
-        out = compute_frame([self.feature], self.bars).row(-1)[2:]
+        """``bar`` holds ``symbol`` and ``ts`` (µs) too: the batch engine computes per symbol, in time order."""
+        row = pl.DataFrame({c: [bar[c]] for c in BAR_COLUMNS}, schema=_BAR_SCHEMA).with_columns(
+            pl.col("ts").cast(TS_DTYPE))
+        bars = row if self.bars is None or self.bars.height == 0 else pl.concat([self.bars, row], rechunk=True)
+        out = compute_frame([self.feature], bars).row(-1)[2:]
+        self.bars = bars  # only once computed: a failed step leaves the history as it was
         return tuple(NAN if v is None else float(v) for v in out)
