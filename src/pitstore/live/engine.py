@@ -9,6 +9,12 @@ which computes the same values). A batch is written by a background thread once 
 so a push never waits seconds for it; until it is stored, this process answers look-ups of those rows from
 memory. Pushes come from one thread; the flush thread is the engine's own.
 
+A push is all or nothing per bar: rows are computed and written online first, and only then does a symbol's
+latest bar advance and its bars join the buffer. When anything fails the touched symbols are primed again from
+their stored and buffered bars and the error is raised; the same push retried is computed again, not skipped.
+A process killed with bars buffered leaves online rows no tier has the bars of: :mod:`pitstore.live.marker`
+has the next process to open the store drop them.
+
 A bar dated at or before the latest known bar of its symbol is a duplicate when it is identical to it, else
 a restatement: buffered bars are flushed, the restated bars are ingested (recorded as a restatement), the
 symbol is recomputed by the offline tier, and its steppers are primed again. The online row is rewritten
