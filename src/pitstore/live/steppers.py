@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 import numpy as np
@@ -35,6 +36,7 @@ from pitstore.features.library import is_window
 __all__ = ["Stepper", "WindowBlock", "stepper_for"]
 
 NAN = math.nan
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # What validate_bars gives (and the stored bars have, ts as µs here): a pushed bar joins them with their types.
 _BAR_SCHEMA: dict[str, pl.DataType] = {"symbol": pl.String(), "ts": pl.Int64(),
                                        **{c: pl.Float64() for c in BAR_COLUMNS[2:]}}
@@ -241,7 +243,10 @@ class _FrameRecompute:
 
     def step(self, bar: Mapping[str, Any]) -> tuple[float, ...]:
         """``bar`` holds ``symbol`` and ``ts`` (µs) too: the batch engine computes per symbol, in time order."""
-        row = pl.DataFrame({c: [bar[c]] for c in BAR_COLUMNS}, schema=_BAR_SCHEMA).with_columns(
+        ts = bar["ts"]
+        if isinstance(ts, datetime):  # a bar dict built from a frame row, rather than the engine's µs
+            ts = (ts - _EPOCH) // timedelta(microseconds=1) if ts.tzinfo else None
+        row = pl.DataFrame({**{c: [bar[c]] for c in BAR_COLUMNS}, "ts": [ts]}, schema=_BAR_SCHEMA).with_columns(
             pl.col("ts").cast(TS_DTYPE))
         bars = row if self.bars is None or self.bars.height == 0 else pl.concat([self.bars, row], rechunk=True)
         out = compute_frame([self.feature], bars).row(-1)[2:]
