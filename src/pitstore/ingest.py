@@ -210,7 +210,7 @@ def _read_verified(root: Path, entries: Sequence[BarEntry]) -> pl.DataFrame | No
         return None
     try:
         old = read_entries(root, [e.path for e in entries])
-    except (OSError, pl.exceptions.PolarsError) as exc:
+    except (OSError, pl.exceptions.PolarsError, CacheCorruptionError) as exc:  # the reader names the file only
         bad = _unreadable(root, entries)
         raise CacheCorruptionError(f"bars of {bad.symbol!r}: snapshot {bad.path} is unreadable ({exc}); "
                                    "not building on it") from exc
