@@ -277,7 +277,7 @@ def test_a_restatement_backfilled_never_leaves_old_values_served(
 
 def test_a_removed_bar_is_not_served_from_the_history_tier(open_store: Callable[..., Store],
                                                             namespace: str) -> None:
-    """A restatement that drops a bar (an ingest of a range without it): its row is gone from the offline tier,
+    """A restatement that drops a bar (a range replaced without it): its row is gone from the offline tier,
     and no tier serves it after the re-sync, which leaves a tombstone for it in PostgreSQL (and for nothing
     else); what was known before stays readable there."""
     core, _ = _sets(namespace)
@@ -291,7 +291,7 @@ def test_a_removed_bar_is_not_served_from_the_history_tier(open_store: Callable[
     mine = bars.filter(pl.col("symbol") == symbol)
     gone = mine["ts"][-30]
     before = store.catalog.feature_entries(core.name, 1, [symbol])[-1].recorded_at
-    store.ingest(mine.filter((pl.col("ts") >= mine["ts"][-40]) & (pl.col("ts") != gone)))
+    store.ingest(mine.filter((pl.col("ts") >= mine["ts"][-40]) & (pl.col("ts") != gone)), replace_range=True)
     assert store.backfill(core).full == [symbol]
     assert gone not in store.read(core.name, symbols=[symbol])["ts"].to_list()
     got = store.get_features(symbol, gone, core.name)
