@@ -36,6 +36,9 @@ class Settings:
     postgres_url: str | None = None  # the history tier (optional): postgresql://...
     history_days: float = 30.0  # days of rows materialize keeps in the history tier
     live_flush_bars: int = 50_000  # pushed bars buffered before they are written to the offline tier
+    # HTTP API key hashes, "read:<sha256>,admin:<sha256>" (pitstore keys create adds to <root>/api_keys.json too)
+    api_keys: str | None = None
+    max_body_bytes: int = 256 * 1024 * 1024  # one HTTP request body at most (1M Arrow look-ups are ~20 MB)
 
     @property
     def catalog_path(self) -> Path:
@@ -66,7 +69,7 @@ class Settings:
         if env_root:
             values["root"] = env_root
         for key in ("online_url", "online_namespace", "redis_url", "postgres_url", "lock_timeout", "history_days",
-                    "live_flush_bars"):
+                    "live_flush_bars", "api_keys", "max_body_bytes"):
             env = os.environ.get(f"PITSTORE_{key.upper()}")
             if env:
                 values[key] = env
@@ -83,14 +86,17 @@ class Settings:
             raise ConfigError(f"lock_timeout must be positive, got {lock_timeout}")
         try:
             history_days, flush = float(self.history_days), int(self.live_flush_bars)
+            max_body = int(self.max_body_bytes)
         except (TypeError, ValueError) as exc:
-            raise ConfigError(f"history_days and live_flush_bars must be numbers: {exc}") from exc
+            raise ConfigError(f"history_days, live_flush_bars and max_body_bytes must be numbers: {exc}") from exc
         if self.online_namespace is not None and (not isinstance(self.online_namespace, str)
                                                   or not self.online_namespace.isprintable()
                                                   or not self.online_namespace):
             raise ConfigError(f"online_namespace must be a non-empty printable string, got {self.online_namespace!r}")
+        if max_body < 1:
+            raise ConfigError(f"max_body_bytes must be positive, got {max_body}")
         if not history_days > 0 or flush < 1:
             raise ConfigError(f"history_days must be positive and live_flush_bars at least 1, got {history_days}"
                               f" and {flush}")
         return replace(self, root=Path(self.root).expanduser(), lock_timeout=lock_timeout,
-                       history_days=history_days, live_flush_bars=flush)
+                       history_days=history_days, live_flush_bars=flush, max_body_bytes=max_body)

@@ -10,7 +10,7 @@ import typer
 
 import pitstore
 from pitstore.cli import demo as _demo
-from pitstore.cli import maintenance, output, serve
+from pitstore.cli import maintenance, output, serve, service
 from pitstore.cli import tier as _tier
 from pitstore.cli.common import (
     USER_ERRORS,
@@ -272,3 +272,5 @@ app.command()(_tier.tier)
 app.command()(serve.materialize)
 app.command()(serve.warm)
 app.add_typer(maintenance.cache_app, name="cache")
+app.command()(service.serve)
+app.add_typer(service.keys_app, name="keys")

@@ -1,0 +1,331 @@
+"""The ASGI app: every handler parses, calls the Store, and formats. Nothing else happens here.
+
+Handlers are ``async`` and call the Store directly: one worker process serves one request at a time on its
+event loop (the Store is not shared between threads); ``--workers N`` runs N processes on one store.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from contextlib import asynccontextmanager
+from dataclasses import asdict
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from pitstore.config import Settings
+from pitstore.errors import InvalidInputError, PitstoreError
+from pitstore.features.catalogue import feature_metadata, list_features
+from pitstore.server import metrics
+from pitstore.server.auth import KeyRing
+from pitstore.server.errors import RETRY_AFTER_S, status_of
+from pitstore.server.wire import (
+    JSON,
+    entities_from_json,
+    frame_response_body,
+    parse_entities,
+    parse_list,
+    parse_symbols,
+    parse_time,
+    required_time,
+    vector_dict,
+    vectors_json,
+    wants_arrow,
+)
+from pitstore.store import Store
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("pitstore.server")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+ASGIApp = Callable[[Scope, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]], Awaitable[None]]
+
+_OPEN = ("/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc")
+
+
+def _error(status: int, kind: str, message: str, request_id: str, **headers: str) -> Response:
+    body = json.dumps({"error": kind, "message": message, "request_id": request_id}).encode()
+    return Response(body, status_code=status, media_type=JSON, headers=headers)
+
+
+def _json(data: Any) -> Response:
+    return Response(json.dumps(data, allow_nan=False, default=str).encode(), media_type=JSON)
+
+
+class _Edge:
+    """Pure ASGI middleware (cheaper than BaseHTTPMiddleware on the hot path): request ids, body bound,
+    API keys by scope, request metrics."""
+
+    def __init__(self, app: ASGIApp, keys: KeyRing, max_body: int) -> None:
+        self.app, self.keys, self.max_body = app, keys, max_body
+
+    async def __call__(self, scope: Scope, receive: Callable[[], Awaitable[Message]],
+                       send: Callable[[Message], Awaitable[None]]) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        given = headers.get(b"x-request-id", b"").decode("latin-1")
+        rid = given if 0 < len(given) <= 64 and given.isprintable() else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = rid
+        path: str = scope["path"]
+        started = time.perf_counter()
+        status_box = [500]
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status_box[0] = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
+            await send(message)
+
+        denied = self._check(path, scope["method"], headers, rid)
+        if denied is not None:
+            await denied(scope, receive, send_with_id)
+        else:
+            await self.app(scope, self._bounded(receive), send_with_id)
+        # The matched route's template (bounded label set); requests that matched no route share one label.
+        endpoint = getattr(scope.get("route"), "path", None) or ("denied" if denied is not None else "unmatched")
+        metrics.observe_request(endpoint, scope["method"], status_box[0], time.perf_counter() - started)
+
+    def _check(self, path: str, method: str, headers: dict[bytes, bytes], rid: str) -> Response | None:
+        length = headers.get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_body):
+            return _error(413, "PayloadTooLarge", f"request body over {self.max_body:,} bytes", rid)
+        if not self.keys or path in _OPEN:
+            return None
+        auth = headers.get(b"authorization", b"").decode("latin-1")
+        key = auth[7:].strip() if auth.lower().startswith("bearer ") else headers.get(b"x-api-key", b"").decode(
+            "latin-1")
+        if not key:
+            return _error(401, "Unauthorized", "an API key is required: Authorization: Bearer <key> or X-API-Key",
+                          rid, **{"WWW-Authenticate": "Bearer"})
+        scope_ = self.keys.scope_of(key)
+        if scope_ is None:
+            return _error(401, "Unauthorized", "the API key is not valid", rid, **{"WWW-Authenticate": "Bearer"})
+        needed = "admin" if path == "/v1/invalidate" else ("write" if path == "/v1/push" else "read")
+        if not self.keys.allows(scope_, needed):
+            return _error(403, "Forbidden", f"this key has scope {scope_!r}; {path} needs {needed!r}", rid)
+        return None
+
+    def _bounded(self, receive: Callable[[], Awaitable[Message]]) -> Callable[[], Awaitable[Message]]:
+        seen = [0]
+
+        async def wrapped() -> Message:
+            message = await receive()
+            seen[0] += len(message.get("body", b""))
+            if seen[0] > self.max_body:
+                raise InvalidInputError(f"request body over {self.max_body:,} bytes", column="body")
+            return message
+
+        return wrapped
+
+
+def create_app(store: Store | None = None, *, settings: Settings | None = None, keys: KeyRing | None = None) -> Any:
+    """The pitstore HTTP app on ``store`` (or a store opened from ``settings`` at startup, closed at
+    shutdown: pushed rows are flushed then)."""
+    state: dict[str, Store] = {}
+    settings = store.settings if store is not None else (settings or Settings.load())
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        state["store"] = store if store is not None else Store(settings)
+        try:
+            yield
+        finally:
+            if store is None:
+                state["store"].close()
+
+    app = FastAPI(title="pitstore", version="1", lifespan=lifespan,
+                  description="Point-in-time features for market data: the same values as the library.")
+
+    def the_store() -> Store:
+        return state["store"]
+
+    @app.exception_handler(PitstoreError)
+    async def _pitstore_error(request: Request, exc: PitstoreError) -> Response:
+        status = status_of(exc)
+        rid = request.scope["state"]["request_id"]
+        if status >= 500:
+            log.error("request %s failed: %s: %s", rid, type(exc).__name__, exc)
+        extra = {"Retry-After": str(RETRY_AFTER_S)} if status == 503 else {}
+        return _error(status, type(exc).__name__, str(exc), rid, **extra)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> Response:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return _error(422, "InvalidInputError", f"{where}: {first.get('msg', 'invalid request')}",
+                      request.scope["state"]["request_id"])
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        kind = {404: "NotFoundError", 405: "MethodNotAllowed"}.get(exc.status_code, "HTTPError")
+        return _error(exc.status_code, kind, str(exc.detail), request.scope["state"]["request_id"])
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> Response:
+        rid = request.scope["state"]["request_id"]
+        log.exception("request %s failed", rid)
+        return _error(500, "InternalError", f"internal error (request {rid}; see the server log)", rid)
+
+    # --- health ----------------------------------------------------------------------------------------
+
+    @app.get("/healthz", tags=["health"], summary="The process is alive")
+    async def healthz() -> Response:
+        return _json({"status": "ok"})
+
+    @app.get("/readyz", tags=["health"], summary="Each tier reachable, with its state")
+    async def readyz() -> Response:
+        tiers = readiness(the_store())
+        ready = all(t["up"] for t in tiers.values() if t["required"])
+        body = json.dumps({"ready": ready, "tiers": tiers}).encode()
+        return Response(body, status_code=200 if ready else 503, media_type=JSON)
+
+    @app.get("/metrics", tags=["health"], summary="Prometheus metrics (text format)")
+    async def metrics_endpoint() -> Response:
+        body, content_type = metrics.render(the_store())
+        return Response(body, media_type=content_type)
+
+    # --- online and point-in-time ---------------------------------------------------------------------
+
+    @app.get("/v1/online", tags=["features"], summary="The latest vector per symbol, many symbols in one call")
+    async def online_get(request: Request, symbols: str, features: str) -> Response:
+        return _online(the_store(), request, symbols, features)
+
+    @app.post("/v1/online", tags=["features"], summary="As GET /v1/online, symbols and features in a JSON body")
+    async def online_post(request: Request) -> Response:
+        body = await _json_body(request)
+        return _online(the_store(), request, body.get("symbols"), body.get("features"))
+
+    @app.get("/v1/features/{symbol}", tags=["features"], summary="One point-in-time look-up")
+    async def features_of(symbol: str, as_of: str, features: str, as_known_at: str | None = None) -> Response:
+        vec = the_store().get_features(parse_symbols(symbol)[0], required_time(as_of, "as_of"),
+                                       parse_list(features, "features"),
+                                       as_known_at=parse_time(as_known_at, "as_known_at"))
+        metrics.count_online([vec.status], "features")
+        return _json(vector_dict(vec))
+
+    @app.post("/v1/historical", tags=["features"],
+              summary="Features as of each entity row (JSON rows, or an Arrow IPC / Parquet body)")
+    async def historical(request: Request, features: str | None = None, as_known_at: str | None = None) -> Response:
+        content_type = request.headers.get("content-type", JSON)
+        raw = await request.body()
+        if content_type.split(";")[0].strip().lower() == JSON:
+            body = _parse_json(raw)
+            entities = entities_from_json(body.get("entities"))
+            names, known = body.get("features", features), body.get("as_known_at", as_known_at)
+        else:
+            entities, names, known = parse_entities(raw, content_type), features, as_known_at
+        out = the_store().get_historical(entities, parse_list(names, "features"),
+                                         as_known_at=parse_time(known, "as_known_at"), output="polars")
+        data, media = frame_response_body(out, wants_arrow(request.headers.get("accept")))
+        return Response(data, media_type=media)
+
+    # --- bars and the catalogue ------------------------------------------------------------------------
+
+    @app.get("/v1/bars/{symbol}", tags=["data"], summary="The stored OHLCV bars of a symbol in [start, end]")
+    async def bars(request: Request, symbol: str, start: str | None = None, end: str | None = None) -> Response:
+        df = the_store().bars(parse_symbols(symbol)[0])
+        t0, t1 = parse_time(start, "start"), parse_time(end, "end")
+        if t0 is not None:
+            df = df.filter(df["ts"] >= t0)
+        if t1 is not None:
+            df = df.filter(df["ts"] <= t1)
+        data, media = frame_response_body(df, wants_arrow(request.headers.get("accept")))
+        return Response(data, media_type=media)
+
+    @app.get("/v1/catalog", tags=["catalogue"], summary="Every feature pitstore can compute")
+    async def catalog(kind: str | None = None) -> Response:
+        if kind not in (None, "builtin", "talib"):
+            raise InvalidInputError("must be 'builtin' or 'talib'", column="kind", value=kind)
+        return _json({"features": [asdict(m) for m in list_features(kind)]})
+
+    @app.get("/v1/catalog/{name}", tags=["catalogue"], summary="One feature's metadata")
+    async def catalog_one(name: str) -> Response:
+        return _json(asdict(feature_metadata(name)))
+
+    @app.get("/v1/feature-sets", tags=["catalogue"], summary="Registered feature sets and their latest version")
+    async def feature_sets() -> Response:
+        reg = the_store().registry
+        return _json({"feature_sets": [_version(reg.get(n)) for n in reg.names()]})
+
+    @app.get("/v1/feature-sets/{name}/versions", tags=["catalogue"], summary="Every version of a feature set")
+    async def versions(name: str) -> Response:
+        return _json({"name": name, "versions": [_version(v) for v in the_store().versions(name)]})
+
+    @app.get("/v1/stats", tags=["health"], summary="Store and compute-cache statistics")
+    async def stats() -> Response:
+        return _json(the_store().stats())
+
+    return _Edge(app, keys if keys is not None else KeyRing(()), settings.max_body_bytes)
+
+
+def _version(v: Any) -> dict[str, Any]:
+    return {"name": v.name, "version": v.version, "fingerprint": v.fingerprint,
+            "created_at": v.created_at.isoformat(), "columns": list(v.definition.get("columns", []))}
+
+
+def _online(store: Store, request: Request, symbols: Any, features: Any) -> Response:
+    syms, names = parse_symbols(symbols), parse_list(features, "features")
+    if wants_arrow(request.headers.get("accept")):
+        df = store.get_online(syms, names, output="polars")
+        metrics.count_online(df["status"].to_list(), "online")
+        data, media = frame_response_body(df, True)
+        return Response(data, media_type=media)
+    vectors = store.get_online(syms, names)
+    metrics.count_online([v.status for v in vectors], "online")
+    return Response(vectors_json(vectors), media_type=JSON)
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    kind = request.headers.get("content-type", JSON).split(";")[0].strip().lower()
+    if kind != JSON:
+        raise InvalidInputError(f"send a JSON body ({JSON}), not {kind!r}", column="body")
+    return _parse_json(await request.body())
+
+
+def _parse_json(raw: bytes) -> dict[str, Any]:
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidInputError(f"the body is not valid JSON ({exc})", column="body") from exc
+    if not isinstance(body, dict):
+        raise InvalidInputError("the body must be a JSON object", column="body")
+    return body
+
+
+def readiness(store: Store) -> dict[str, dict[str, Any]]:
+    """Each tier with ``up`` and, when down, why; the catalog and online tier are required, the history tier
+    is not (reads fall back past it)."""
+    out: dict[str, dict[str, Any]] = {}
+
+    def probe(name: str, required: bool, check: Callable[[], Any]) -> None:
+        try:
+            check()
+            out[name] = {"up": True, "required": required}
+        except (PitstoreError, OSError) as exc:
+            out[name] = {"up": False, "required": required, "error": f"{type(exc).__name__}: {exc}"}
+        metrics.backend_up(name, out[name]["up"])
+
+    probe("catalog", True, store.catalog.counts)
+    serving = store.serving
+    probe("online", False, serving.online.ping)
+    if serving.history is not None:
+        probe("history", False, serving.history.ping)
+    return out
+
+
+
+def app_from_env() -> Any:
+    """The app of ``pitstore serve`` workers: settings from the environment the command exported."""
+    settings = Settings.load()
+    return create_app(settings=settings, keys=KeyRing.load(settings.root, settings.api_keys))

@@ -1,0 +1,78 @@
+"""Prometheus metrics of the service.
+
+Request counters and latency histograms are per process; with several workers ``pitstore serve`` sets
+``PROMETHEUS_MULTIPROC_DIR`` so that a scrape of any worker reports the sum over all of them. Compute-cache
+figures come from the catalog at scrape time: they are the same whichever worker answers, and include the
+hits and computations of batch jobs on the same store.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from pitstore.store import Store
+
+__all__ = ["backend_up", "count_online", "observe_request", "render"]
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
+
+REQUESTS = Counter("pitstore_http_requests_total", "HTTP requests by endpoint, method and status",
+                   ["endpoint", "method", "status"])
+LATENCY = Histogram("pitstore_http_request_seconds", "HTTP request latency by endpoint", ["endpoint"],
+                    buckets=_LATENCY_BUCKETS)
+ONLINE = Counter("pitstore_online_reads_total", "Feature vectors served, by path and status "
+                 "(ok / stale / missing / fallback / no_data_yet / unknown_symbol / damaged)", ["path", "status"])
+BACKEND_UP = Gauge("pitstore_backend_up", "1 when the tier answered its last readiness probe", ["tier"],
+                   multiprocess_mode="liveall")
+
+
+def observe_request(endpoint: str, method: str, status: int, seconds: float) -> None:
+    REQUESTS.labels(endpoint, method, str(status)).inc()
+    LATENCY.labels(endpoint).observe(seconds)
+
+
+def count_online(statuses: Iterable[str], path: str) -> None:
+    counts: dict[str, int] = {}
+    for s in statuses:
+        counts[s] = counts.get(s, 0) + 1
+    for s, n in counts.items():
+        ONLINE.labels(path, s).inc(n)
+
+
+def backend_up(tier: str, up: bool) -> None:
+    BACKEND_UP.labels(tier).set(1 if up else 0)
+
+
+class _StoreCollector(Collector):
+    """The store's own figures, read from the catalog at scrape time."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        stats = self.store.cache.stats()
+        for name, key, doc in (("hits", "hits", "compute-cache hits"), ("misses", "misses", "compute-cache misses"),
+                               ("compute_seconds", "compute_seconds", "seconds spent computing cache misses"),
+                               ("saved_seconds", "saved_seconds", "compute seconds saved by cache hits")):
+            yield CounterMetricFamily(f"pitstore_cache_{name}", doc, value=float(stats[key]))
+        yield GaugeMetricFamily("pitstore_cache_entries", "compute-cache entries stored", value=stats["entries"])
+        yield GaugeMetricFamily("pitstore_cache_bytes", "bytes of compute-cache entries", value=stats["bytes"])
+
+
+def render(store: Store) -> tuple[bytes, str]:
+    registry = CollectorRegistry()
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    else:
+        for metric in (REQUESTS, LATENCY, ONLINE, BACKEND_UP):
+            registry.register(metric)
+    registry.register(_StoreCollector(store))
+    return generate_latest(registry), CONTENT_TYPE_LATEST

@@ -1,0 +1,258 @@
+"""The HTTP service against a real `pitstore serve` process on loopback: every endpoint answers what the Store
+answers for the same call (JSON and Arrow), errors are typed and never 5xx, keys are enforced by scope."""
+
+from __future__ import annotations
+
+import io
+import json
+import signal
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import polars as pl
+import pyarrow as pa
+import pytest
+
+from pitstore import Store, standard_features
+from pitstore.testing import synthetic_bars
+from tests.server_proc import Server, run_cli
+
+ARROW = "application/vnd.apache.arrow.stream"
+SYMBOLS = ["AAA", "BBB", "CCC", "DDD"]
+N_BARS = 150
+
+
+def _bars() -> pl.DataFrame:
+    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    bars = synthetic_bars(len(SYMBOLS), N_BARS, start=today - timedelta(days=N_BARS - 1), seed=3)
+    names = {f"S{i:04d}": s for i, s in enumerate(SYMBOLS)}
+    return bars.with_columns(pl.col("symbol").replace(names))
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("served")
+    with Store.open(root) as store:
+        store.ingest(_bars())
+        fs = standard_features()
+        store.backfill(fs)
+        store.materialize(fs, SYMBOLS[:2])  # the others are filled from the offline tier on first read
+    return root
+
+
+@pytest.fixture(scope="module", params=["sqlite://", "redis"])
+def served(request: pytest.FixtureRequest, root: Path, redis_url: str) -> Iterator[tuple[Server, Store]]:
+    online = redis_url if request.param == "redis" else request.param
+    server = Server(root, "--online-url", online)
+    store = Store.open(root, online_url=online)
+    try:
+        yield server, store
+    finally:
+        store.close()
+        code, out = server.stop()
+        assert code in (0, -signal.SIGTERM), out
+
+
+def _arrow(resp: httpx.Response) -> pl.DataFrame:
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["content-type"] == ARROW
+    return pl.from_arrow(pa.ipc.open_stream(resp.content).read_all())  # type: ignore[return-value]
+
+
+def _vec(v: object) -> dict[str, object]:
+    return {"symbol": v.symbol, "ts": None if v.ts is None else v.ts.isoformat(),  # type: ignore[attr-defined]
+            "status": v.status, "values": v.values}  # type: ignore[attr-defined]
+
+
+def test_online_equals_the_store_in_json_and_arrow(served: tuple[Server, Store]) -> None:
+    server, store = served
+    symbols = [*SYMBOLS, "NOPE"]
+    want = [_vec(v) for v in store.get_online(symbols, "daily_core")]
+    got = httpx.get(f"{server.url}/v1/online", params={"symbols": ",".join(symbols), "features": "daily_core"})
+    assert got.status_code == 200, got.text
+    assert got.json()["rows"] == want
+    assert {r["status"] for r in want} >= {"missing"} and any(r["status"] in ("ok", "stale") for r in want)
+    posted = httpx.post(f"{server.url}/v1/online", json={"symbols": symbols, "features": ["daily_core"]})
+    assert posted.json()["rows"] == want
+    arrow = _arrow(httpx.get(f"{server.url}/v1/online", headers={"Accept": ARROW},
+                             params={"symbols": ",".join(symbols), "features": "daily_core"}))
+    assert arrow.equals(store.get_online(symbols, "daily_core", output="polars"))
+
+
+def test_point_in_time_lookups_equal_the_store(served: tuple[Server, Store]) -> None:
+    server, store = served
+    bars = _bars()
+    for symbol, as_of in [("AAA", bars["ts"][100]), ("CCC", bars["ts"][-1] + timedelta(hours=1)),
+                          ("BBB", bars["ts"][0] - timedelta(days=1))]:
+        want = _vec(store.get_features(symbol, as_of, "daily_core"))
+        got = httpx.get(f"{server.url}/v1/features/{symbol}",
+                        params={"as_of": as_of.isoformat(), "features": "daily_core"})
+        assert got.status_code == 200, got.text
+        assert got.json() == want
+    entities = pl.DataFrame({"symbol": ["BBB", "AAA", "ZZZ", "AAA"],
+                             "ts": [bars["ts"][90], bars["ts"][120], bars["ts"][5], bars["ts"][0]],
+                             "tag": [1, 2, 3, 4]})
+    want_df = store.get_historical(entities, "daily_core")
+    as_json = httpx.post(f"{server.url}/v1/historical", json={
+        "entities": [{"symbol": s, "ts": t.isoformat(), "tag": g} for s, t, g in entities.iter_rows()],
+        "features": "daily_core"})
+    assert as_json.status_code == 200, as_json.text
+    assert pl.DataFrame(as_json.json()).select("symbol", "tag", "status").equals(want_df.select("symbol", "tag",
+                                                                                                  "status"))
+    assert [r["ret_5d"] for r in as_json.json()] == want_df["ret_5d"].to_list()
+    sink = io.BytesIO()
+    table = entities.to_arrow()
+    with pa.ipc.new_stream(sink, table.schema) as w:
+        w.write_table(table)
+    got_arrow = _arrow(httpx.post(f"{server.url}/v1/historical", params={"features": "daily_core"},
+                                  content=sink.getvalue(), headers={"Content-Type": ARROW, "Accept": ARROW}))
+    assert got_arrow.equals(want_df)
+    parquet = io.BytesIO()
+    entities.write_parquet(parquet)
+    got_parquet = _arrow(httpx.post(f"{server.url}/v1/historical", params={"features": "daily_core"},
+                                    content=parquet.getvalue(),
+                                    headers={"Content-Type": "application/vnd.apache.parquet", "Accept": ARROW}))
+    assert got_parquet.equals(want_df)
+
+
+def test_bars_catalogue_sets_and_stats(served: tuple[Server, Store]) -> None:
+    server, store = served
+    bars = store.bars("DDD")
+    start, end = bars["ts"][10], bars["ts"][20]
+    got = _arrow(httpx.get(f"{server.url}/v1/bars/DDD", headers={"Accept": ARROW},
+                           params={"start": start.isoformat(), "end": end.isoformat()}))
+    assert got.equals(bars.filter((pl.col("ts") >= start) & (pl.col("ts") <= end)))
+    assert got.height == 11
+    as_json = httpx.get(f"{server.url}/v1/bars/DDD").json()
+    assert len(as_json) == N_BARS and as_json[-1]["close"] == bars["close"][-1]
+    catalog = httpx.get(f"{server.url}/v1/catalog").json()["features"]
+    assert {"rsi", "macd", "talib.RSI"} <= {f["name"] for f in catalog}
+    assert httpx.get(f"{server.url}/v1/catalog/macd").json()["outputs"] == [
+        "macd_12_26_9", "macd_12_26_9_signal", "macd_12_26_9_hist"]
+    sets = httpx.get(f"{server.url}/v1/feature-sets").json()["feature_sets"]
+    assert [(s["name"], s["version"]) for s in sets] == [("daily_core", 1)]
+    versions = httpx.get(f"{server.url}/v1/feature-sets/daily_core/versions").json()["versions"]
+    assert versions[0]["fingerprint"] == store.versions("daily_core")[0].fingerprint
+    stats = httpx.get(f"{server.url}/v1/stats").json()
+    assert stats["feature_sets"] == ["daily_core"]
+    assert stats["bars_live"] == store.stats()["bars_live"] == len(SYMBOLS) * N_BARS
+
+
+BAD_REQUESTS = [
+    # (method, path, kwargs, status, error type)
+    ("GET", "/v1/features/AAA", {"params": {"as_of": "2024-01-02T00:00:00", "features": "daily_core"}}, 422,
+     "InvalidInputError"),  # naive time
+    ("GET", "/v1/features/AAA", {"params": {"as_of": "yesterday", "features": "daily_core"}}, 422,
+     "InvalidInputError"),
+    ("GET", "/v1/features/AAA", {"params": {"features": "daily_core"}}, 422, "InvalidInputError"),  # no as_of
+    ("GET", "/v1/online", {"params": {"symbols": "AAA", "features": "no_such_set"}}, 404, "FeatureSetNotFoundError"),
+    ("GET", "/v1/online", {"params": {"symbols": "AAA", "features": "daily_core@9"}}, 404, "VersionNotFoundError"),
+    ("GET", "/v1/online", {"params": {"symbols": "A\x07B", "features": "daily_core"}}, 422, "InvalidInputError"),
+    ("GET", "/v1/online", {"params": {"symbols": ",,", "features": "daily_core"}}, 422, "InvalidInputError"),
+    ("GET", "/v1/online", {"params": {"symbols": ",".join(f"S{i}" for i in range(1001)), "features": "daily_core"}},
+     422, "InvalidInputError"),  # over the per-request bound
+    ("GET", "/v1/online", {"params": {"features": "daily_core"}}, 422, "InvalidInputError"),
+    ("POST", "/v1/online", {"content": b"{not json", "headers": {"Content-Type": "application/json"}}, 422,
+     "InvalidInputError"),
+    ("POST", "/v1/online", {"content": b"symbols=AAA", "headers": {"Content-Type": "text/plain"}}, 422,
+     "InvalidInputError"),  # wrong content type
+    ("POST", "/v1/online", {"json": [1, 2]}, 422, "InvalidInputError"),
+    ("GET", "/v1/bars/..%2F..%2Fetc%2Fpasswd", {}, 404, "NotFoundError"),  # path traversal: just a symbol
+    ("GET", "/v1/bars/NOPE", {}, 404, "NotFoundError"),
+    ("GET", "/v1/bars/AAA", {"params": {"start": "2024-13-45T00:00:00Z"}}, 422, "InvalidInputError"),
+    ("POST", "/v1/historical", {"json": {"entities": [{"symbol": "AAA", "ts": "2024-01-02"}],
+                                          "features": "daily_core"}}, 422, "InvalidInputError"),
+    ("POST", "/v1/historical", {"json": {"entities": [], "features": "daily_core"}}, 422, "InvalidInputError"),
+    ("POST", "/v1/historical", {"json": {"entities": [{"symbol": "AAA", "ts": "2024-01-02T00:00:00Z",
+                                                         "status": "mine"}], "features": "daily_core"}}, 422,
+     "InvalidInputError"),  # would overwrite a user column
+    ("POST", "/v1/historical", {"content": b"\x00garbage", "params": {"features": "daily_core"},
+                                "headers": {"Content-Type": ARROW}}, 422, "InvalidInputError"),
+    ("POST", "/v1/historical", {"content": b"x" * (2 * 1024 * 1024),
+                                "headers": {"Content-Type": ARROW}}, 413, "PayloadTooLarge"),
+    ("GET", "/v1/catalog/no_such_feature", {}, 404, "NotFoundError"),
+    ("GET", "/v1/catalog", {"params": {"kind": "weird"}}, 422, "InvalidInputError"),
+    ("GET", "/v1/feature-sets/nope/versions", {}, 404, "FeatureSetNotFoundError"),
+    ("GET", "/v1/nothing-here", {}, 404, "NotFoundError"),
+    ("DELETE", "/v1/online", {}, 405, "MethodNotAllowed"),
+]
+
+
+@pytest.fixture(scope="module")
+def small_body_server(root: Path) -> Iterator[Server]:
+    server = Server(root, env={"PITSTORE_MAX_BODY_BYTES": str(1024 * 1024)})
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize(("method", "path", "kwargs", "status", "kind"), BAD_REQUESTS,
+                         ids=[f"{m} {p[:30]} {s}" for m, p, _, s, _ in BAD_REQUESTS])
+def test_bad_requests_get_their_documented_status(small_body_server: Server, root: Path, method: str, path: str,
+                                                  kwargs: dict[str, object], status: int, kind: str) -> None:
+    before = sorted((p.name, p.stat().st_size) for p in root.rglob("*.parquet"))
+    resp = httpx.request(method, small_body_server.url + path, **kwargs)  # type: ignore[arg-type]
+    assert resp.status_code == status, resp.text
+    body = resp.json()
+    assert body["error"] == kind, body
+    assert body["request_id"] == resp.headers["x-request-id"]
+    assert "Traceback" not in resp.text and body["message"]
+    assert sorted((p.name, p.stat().st_size) for p in root.rglob("*.parquet")) == before
+
+
+def test_every_response_has_a_request_id_and_metrics_count_requests(small_body_server: Server) -> None:
+    url = small_body_server.url
+    mine = httpx.get(url + "/healthz", headers={"X-Request-ID": "abc-123"})
+    assert mine.headers["x-request-id"] == "abc-123"
+    for _ in range(3):
+        r = httpx.get(url + "/v1/online", params={"symbols": "AAA", "features": "daily_core"})
+        assert r.status_code == 200 and len(r.headers["x-request-id"]) == 32
+    text = httpx.get(url + "/metrics").text
+    line = next(x for x in text.splitlines()
+                if x.startswith("pitstore_http_requests_total{") and 'endpoint="/v1/online"' in x
+                and 'status="200"' in x)
+    assert float(line.rsplit(" ", 1)[1]) >= 3
+    assert "pitstore_cache_hits" in text and "pitstore_online_reads_total" in text
+    ready = httpx.get(url + "/readyz")
+    assert ready.status_code == 200 and ready.json()["tiers"]["catalog"]["up"] is True
+
+
+def test_api_keys_are_enforced_by_scope(tmp_path: Path, root: Path) -> None:
+    # A copy of the catalog is not needed: keys live in their own file; use a fresh small store.
+    store_root = tmp_path / "keyed"
+    with Store.open(store_root) as store:
+        store.ingest(_bars().filter(pl.col("symbol") == "AAA"))
+        store.backfill(standard_features())
+    read = run_cli(["keys", "create", "--scope", "read", "--root", str(store_root)])
+    admin = run_cli(["keys", "create", "--scope", "admin", "--name", "ops", "--root", str(store_root)])
+    assert read.returncode == 0 and admin.returncode == 0, read.stderr + admin.stderr
+    read_key, admin_key = read.stdout.strip(), admin.stdout.strip()
+    stored = json.loads((store_root / "api_keys.json").read_text())
+    assert read_key not in json.dumps(stored) and len(stored) == 2
+    server = Server(store_root)
+    try:
+        q = {"symbols": "AAA", "features": "daily_core"}
+        url = server.url + "/v1/online"
+        assert httpx.get(url, params=q).status_code == 401
+        assert httpx.get(url, params=q, headers={"Authorization": "Bearer " + read_key[:-1] + "x"}).status_code == 401
+        assert httpx.get(url, params=q, headers={"X-API-Key": "psk_" + "A" * 43}).status_code == 401
+        assert httpx.get(url, params=q, headers={"Authorization": "Bearer " + read_key}).status_code == 200
+        assert httpx.get(url, params=q, headers={"X-API-Key": admin_key}).status_code == 200
+        denied = httpx.post(server.url + "/v1/invalidate", json={}, headers={"X-API-Key": read_key})
+        assert denied.status_code == 403 and denied.json()["error"] == "Forbidden"
+        assert httpx.get(server.url + "/healthz").status_code == 200  # no key needed
+    finally:
+        code, out = server.stop()
+    assert code in (0, -signal.SIGTERM), out
+
+
+def test_no_keys_refuses_a_public_address_and_sigterm_is_graceful(root: Path) -> None:
+    refused = run_cli(["serve", "--root", str(root), "--host", "0.0.0.0", "--port", "1"])
+    assert refused.returncode != 0 and "without API keys" in refused.stderr + refused.stdout
+    server = Server(root, "--log-level", "info")
+    assert httpx.get(server.url + "/v1/stats").status_code == 200
+    code, out = server.stop(signal.SIGTERM)
+    # uvicorn shuts down (lifespan: the store is closed, pushed rows flushed), then re-raises the signal.
+    assert code in (0, -signal.SIGTERM), out
+    assert "Application shutdown complete" in out and "Traceback" not in out
