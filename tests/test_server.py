@@ -256,3 +256,142 @@ def test_no_keys_refuses_a_public_address_and_sigterm_is_graceful(root: Path) ->
     # uvicorn shuts down (lifespan: the store is closed, pushed rows flushed), then re-raises the signal.
     assert code in (0, -signal.SIGTERM), out
     assert "Application shutdown complete" in out and "Traceback" not in out
+
+
+def test_indicators_and_compute_are_computed_once_through_the_cache(served: tuple[Server, Store]) -> None:
+    server, store = served
+    bars = store.bars("BBB")
+    start, end = bars["ts"][60], bars["ts"][80]
+    q = {"indicators": "sma_50,rsi_14,macd_12_26_9", "start": start.isoformat(), "end": end.isoformat()}
+    before = store.cache.stats()
+    first = _arrow(httpx.get(f"{server.url}/v1/indicators/BBB", params=q, headers={"Accept": ARROW}))
+    again = httpx.get(f"{server.url}/v1/indicators/BBB", params=q)
+    after = store.cache.stats()
+    want = store.get_indicators("BBB", ["sma_50", "rsi_14", "macd_12_26_9"], start, end)
+    assert first.equals(want) and first.height == 21
+    assert first.columns == ["ts", "sma_50", "rsi_14", "macd_12_26_9", "macd_12_26_9_signal", "macd_12_26_9_hist"]
+    assert [r["rsi_14"] for r in again.json()] == want["rsi_14"].to_list()
+    # The three requests (two over HTTP, one here) computed once: later ones are cache hits.
+    assert after["misses"] - before["misses"] <= 1 and store.cache.stats()["hits"] - before["hits"] >= 2
+    computed = httpx.post(f"{server.url}/v1/compute", json={"feature": "rsi", "params": {"n": 21}, "symbol": "BBB",
+                                                           "start": start.isoformat()})
+    assert computed.status_code == 200, computed.text
+    assert [r["rsi_21"] for r in computed.json()] == store.compute_feature(
+        "rsi", "BBB", start, params={"n": 21})["rsi_21"].to_list()
+    bad = httpx.post(f"{server.url}/v1/compute", json={"feature": "rsi", "params": {"n": 0}, "symbol": "BBB"})
+    assert bad.status_code == 422 and bad.json()["error"] == "DefinitionError"
+    unknown = httpx.get(f"{server.url}/v1/indicators/BBB", params={"indicators": "sma_x"})
+    assert unknown.status_code == 422 and "indicators" in unknown.json()["message"]
+
+
+def _push_store(root: Path, n_later: int) -> pl.DataFrame:
+    """A store of daily bars up to today whose last ``n_later`` bars per symbol are left out (returned): they
+    arrive by push."""
+    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    bars = synthetic_bars(2, 160, start=today - timedelta(days=159), seed=5)
+    cut = bars["ts"].unique().sort()[-n_later]
+    with Store.open(root) as store:
+        store.ingest(bars.filter(pl.col("ts") < cut))
+        store.backfill(standard_features())
+    return bars.filter(pl.col("ts") >= cut)
+
+
+def _bar_json(row: dict[str, object]) -> dict[str, object]:
+    return {**row, "ts": row["ts"].isoformat()}  # type: ignore[attr-defined]
+
+
+def test_push_and_invalidate_with_scopes(tmp_path: Path) -> None:
+    root = tmp_path / "live"
+    later = _push_store(root, 2)
+    write = run_cli(["keys", "create", "--scope", "write", "--root", str(root)]).stdout.strip()
+    admin = run_cli(["keys", "create", "--scope", "admin", "--root", str(root)]).stdout.strip()
+    server = Server(root)
+    try:
+        first = later.filter(pl.col("ts") == later["ts"].min())
+        denied = httpx.post(server.url + "/v1/invalidate", json={}, headers={"X-API-Key": write})
+        assert denied.status_code == 403
+        resp = httpx.post(server.url + "/v1/push", headers={"X-API-Key": write},
+                          json={"bars": [_bar_json(r) for r in first.iter_rows(named=True)]})
+        assert resp.status_code == 200, resp.text
+        body = resp.json()
+        assert body["bars"] == 2 and len(body["rows"]["daily_core@1"]) == 2
+        online = httpx.get(server.url + "/v1/online", params={"symbols": "S0000", "features": "daily_core"},
+                           headers={"X-API-Key": write}).json()["rows"][0]
+        assert online["ts"] == first["ts"][0].isoformat() and online["status"] == "ok"
+        pushed_ret = next(r["ret_5d"] for r in body["rows"]["daily_core@1"] if r["symbol"] == "S0000")
+        assert online["values"]["ret_5d"] == pushed_ret
+        dropped = httpx.post(server.url + "/v1/invalidate", json={"feature_set": "daily_core", "symbols": ["S0000"]},
+                             headers={"Authorization": f"Bearer {admin}"})
+        assert dropped.status_code == 200 and dropped.json()["online_rows"] == 1
+    finally:
+        code, out = server.stop()
+    assert code in (0, -signal.SIGTERM), out
+    with Store.open(root) as store:  # the pushed bars were flushed at shutdown
+        assert store.bars("S0000")["ts"][-1] == first["ts"][0]
+
+
+def test_sigterm_during_a_push_stream_loses_no_acknowledged_bar(tmp_path: Path) -> None:
+    import threading
+
+    root = tmp_path / "stream"
+    later = _push_store(root, 12)
+    server = Server(root)
+    acked: list[datetime] = []
+    some_acked = threading.Event()
+
+    def feed() -> None:
+        with httpx.Client(base_url=server.url, timeout=10) as client:
+            for ts in later["ts"].unique().sort():
+                rows = later.filter(pl.col("ts") == ts)
+                try:
+                    r = client.post("/v1/push", json={"bars": [_bar_json(x) for x in rows.iter_rows(named=True)]})
+                except httpx.TransportError:
+                    return
+                if r.status_code != 200:
+                    return
+                acked.append(ts)
+                if len(acked) == 4:
+                    some_acked.set()
+
+    feeder = threading.Thread(target=feed)
+    feeder.start()
+    assert some_acked.wait(60)
+    code, out = server.stop(signal.SIGTERM)
+    feeder.join(60)
+    assert code in (0, -signal.SIGTERM), out
+    assert len(acked) >= 4
+    with Store.open(root) as store:
+        for symbol in ("S0000", "S0001"):
+            stored = set(store.bars(symbol)["ts"].to_list())
+            assert set(acked) <= stored, sorted(set(acked) - stored)
+
+
+def test_two_workers_report_one_set_of_metrics(root: Path, tmp_path: Path) -> None:
+    shared = tmp_path / "metrics"
+    shared.mkdir()
+    server = Server(root, "--workers", "2", env={"PROMETHEUS_MULTIPROC_DIR": str(shared)})
+    try:
+        from concurrent.futures import ThreadPoolExecutor
+
+        def one(_: int) -> int:
+            return httpx.get(server.url + "/v1/online", params={"symbols": "AAA", "features": "daily_core"}).status_code
+
+        sent = 0
+        with ThreadPoolExecutor(8) as pool:
+            # New connections from 8 threads at once: the kernel hands them to both workers. Until each worker
+            # has answered some (one counter file per process), bounded.
+            while len(list(shared.glob("counter_*.db"))) < 2 and sent < 4000:
+                assert set(pool.map(one, range(200))) == {200}
+                sent += 200
+        assert len(list(shared.glob("counter_*.db"))) == 2
+        with httpx.Client(base_url=server.url) as c:
+            total = 0.0
+            for line in c.get("/metrics").text.splitlines():
+                if line.startswith("pitstore_http_requests_total{") and 'endpoint="/v1/online"' in line:
+                    total += float(line.rsplit(" ", 1)[1])
+            assert total == sent  # the sum over both workers, whichever answered the scrape
+            refused = c.post("/v1/push", json={"bars": [{"symbol": "AAA", "ts": "2030-01-01T00:00:00Z"}]})
+            assert refused.status_code == 409 and "single worker" in refused.json()["message"]
+    finally:
+        code, out = server.stop()
+    assert code in (0, -signal.SIGTERM), out

@@ -18,13 +18,15 @@ from pitstore.cache import ComputeCache, WarmReport
 from pitstore.catalog.sqlite import SqliteCatalog
 from pitstore.config import Settings
 from pitstore.errors import ConfigError, InvalidInputError, NotFoundError
-from pitstore.features.base import FeatureSet
+from pitstore.features.base import Feature, FeatureSet
+from pitstore.features.catalogue import build_feature, parse_indicator
 from pitstore.features.library import standard_features
 from pitstore.features.registry import FeatureRef, Registry, VersionInfo
 from pitstore.frames import FrameKind, frame_kind, from_polars
 from pitstore.live.engine import LiveEngine, PushReport
 from pitstore.live.marker import reconcile as reconcile_dead_pushers
 from pitstore.offline import EntryReader, read_entries
+from pitstore.ondemand import indicator_rows
 from pitstore.serving import FeatureVector, Serving
 from pitstore.timeutil import utc
 
@@ -188,6 +190,25 @@ class Store:
         """Delete cached results of ``symbol`` (all when None); returns how many were deleted."""
         return self.cache.clear(symbol)
 
+    def invalidate(self, feature_set: str | None = None, symbols: Sequence[str] | str | None = None, *,
+                   online: bool = True, cache: bool = False) -> dict[str, int]:
+        """Drop online rows of ``feature_set`` (a reference; every set and version when None) for ``symbols``
+        (all when None): the next read refills them from the offline tier. With ``cache``, also delete the
+        compute-cache entries of those symbols. Returns how many of each were dropped."""
+        chosen = _symbols(symbols)
+        done = {"online_rows": 0, "cache_entries": 0}
+        if online:
+            if feature_set is not None:
+                ref = self.resolve(feature_set)
+                tables = [f"{ref.feature_set}@{ref.version}"]
+            else:
+                tables = [f"{n}@{v.version}" for n in self.registry.names() for v in self.registry.versions(n)]
+            done["online_rows"] = sum(self.serving.online.delete(t, chosen) for t in tables)
+        if cache:
+            done["cache_entries"] = (self.cache.clear() if chosen is None
+                                     else sum(self.cache.clear(s) for s in chosen))
+        return done
+
     def cleanup_old_entries(self, days_old: float) -> int:
         """Delete cached results not accessed within ``days_old`` days; returns how many."""
         return self.cache.cleanup_old_entries(days_old)
@@ -334,6 +355,30 @@ class Store:
         df = read_entries(self.root, [live[0].path])
         assert df is not None
         return df
+
+    def get_indicators(self, symbol: str, indicators: Sequence[str] | str, start: datetime | None = None,
+                       end: datetime | None = None, *, output: FrameKind = "polars") -> Any:
+        """Indicator rows of ``symbol`` in ``[start, end]`` by the catalogue's default names (``sma_50``,
+        ``rsi_14``, ``macd_12_26_9``): from a stored feature set that holds them for the current bars, else
+        computed once from the stored bars through the compute cache (later calls, by any process, are hits)."""
+        names = [indicators] if isinstance(indicators, str) else list(indicators)
+        if not names:
+            raise InvalidInputError("no indicators given", column="indicators")
+        rows, _ = self._on_demand(symbol, [parse_indicator(n) for n in names], start, end)
+        return from_polars(rows, output)
+
+    def compute_feature(self, name: str, symbol: str, start: datetime | None = None, end: datetime | None = None,
+                        *, params: dict[str, Any] | None = None, output: FrameKind = "polars") -> Any:
+        """One feature of the catalogue with ``params`` (``compute_feature("rsi", "AAPL", params={"n": 21})``)
+        over the stored bars of ``symbol``, rows in ``[start, end]``, computed once through the compute cache."""
+        rows, _ = self._on_demand(symbol, [build_feature(name, params)], start, end)
+        return from_polars(rows, output)
+
+    def _on_demand(self, symbol: str, features: Sequence[Feature], start: datetime | None,
+                   end: datetime | None) -> tuple[pl.DataFrame, str]:
+        t0, t1 = _aware(start, "start"), _aware(end, "end")
+        return indicator_rows(self.bars(symbol), features, t0, t1, registry=self.registry, cache=self.cache,
+                              read=lambda ref, a, b: self.read(ref, [symbol], a, b))
 
     def symbols(self) -> list[str]:
         """Symbols with stored bars."""

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from pitstore.cli.common import RootOption, clean_errors, out_console, resolve_root
+from pitstore.cli.common import RootOption, clean_errors, load_feature_set, out_console, resolve_root
 from pitstore.config import Settings
 from pitstore.errors import ConfigError, MissingDependencyError, NotFoundError
 
@@ -42,6 +42,9 @@ def serve(
     insecure: Annotated[bool, typer.Option("--insecure", help="Allow a non-loopback address without API keys.")]
     = False,
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "info",
+    features: Annotated[list[str] | None, typer.Option(
+        "--features", help="module:attribute of a feature set /v1/push computes (repeatable; default: the"
+        " standard set when the store holds it).", show_default=False)] = None,
 ) -> None:
     """Serve the store over HTTP (the /v1 API, /metrics, /healthz, /readyz, /openapi.json). SIGTERM or Ctrl-C
     stops it gracefully: requests in flight finish and pushed rows are flushed."""
@@ -64,6 +67,10 @@ def serve(
     for name, value in (("PITSTORE_ONLINE_URL", settings.online_url), ("PITSTORE_POSTGRES_URL", settings.postgres_url)):
         if value:
             os.environ[name] = value
+    for spec in features or []:
+        load_feature_set(spec)  # a bad spec fails here, with a clean message, not in every worker
+    os.environ["PITSTORE_SERVE_FEATURES"] = ";".join(features or [])
+    os.environ["PITSTORE_SERVE_WORKERS"] = str(workers)  # push needs one worker: live state is per process
     if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="pitstore-metrics-")
     out_console.print(f"pitstore serving {settings.root} on http://{host}:{port} ({workers} worker(s), "

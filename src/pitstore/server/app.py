@@ -8,33 +8,38 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import asdict
 from typing import Any
 
+import polars as pl
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pitstore.config import Settings
-from pitstore.errors import InvalidInputError, PitstoreError
+from pitstore.errors import ConflictError, InvalidInputError, PitstoreError
+from pitstore.features.base import FeatureSet
 from pitstore.features.catalogue import feature_metadata, list_features
+from pitstore.features.library import standard_features
+from pitstore.features.registry import fingerprint
 from pitstore.server import metrics
 from pitstore.server.auth import KeyRing
 from pitstore.server.errors import RETRY_AFTER_S, status_of
 from pitstore.server.wire import (
     JSON,
-    entities_from_json,
     frame_response_body,
-    parse_entities,
     parse_list,
     parse_symbols,
     parse_time,
     required_time,
+    table_from_body,
+    table_from_json,
     vector_dict,
     vectors_json,
     wants_arrow,
@@ -129,15 +134,19 @@ class _Edge:
         return wrapped
 
 
-def create_app(store: Store | None = None, *, settings: Settings | None = None, keys: KeyRing | None = None) -> Any:
+def create_app(store: Store | None = None, *, settings: Settings | None = None, keys: KeyRing | None = None,
+               push_sets: Sequence[FeatureSet] = (), push_enabled: bool = True) -> Any:
     """The pitstore HTTP app on ``store`` (or a store opened from ``settings`` at startup, closed at
-    shutdown: pushed rows are flushed then)."""
+    shutdown: pushed rows are flushed then). ``push_sets``: the feature sets ``/v1/push`` computes (registered
+    at startup); Python-code sets cannot be rebuilt from the catalog, so they are given here."""
     state: dict[str, Store] = {}
     settings = store.settings if store is not None else (settings or Settings.load())
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         state["store"] = store if store is not None else Store(settings)
+        for fs in push_sets or _standard_if_registered(state["store"]):
+            state["store"].register(fs)
         try:
             yield
         finally:
@@ -217,14 +226,8 @@ def create_app(store: Store | None = None, *, settings: Settings | None = None, 
     @app.post("/v1/historical", tags=["features"],
               summary="Features as of each entity row (JSON rows, or an Arrow IPC / Parquet body)")
     async def historical(request: Request, features: str | None = None, as_known_at: str | None = None) -> Response:
-        content_type = request.headers.get("content-type", JSON)
-        raw = await request.body()
-        if content_type.split(";")[0].strip().lower() == JSON:
-            body = _parse_json(raw)
-            entities = entities_from_json(body.get("entities"))
-            names, known = body.get("features", features), body.get("as_known_at", as_known_at)
-        else:
-            entities, names, known = parse_entities(raw, content_type), features, as_known_at
+        entities, body = await _table(request, "entities")
+        names, known = body.get("features", features), body.get("as_known_at", as_known_at)
         out = the_store().get_historical(entities, parse_list(names, "features"),
                                          as_known_at=parse_time(known, "as_known_at"), output="polars")
         data, media = frame_response_body(out, wants_arrow(request.headers.get("accept")))
@@ -262,11 +265,67 @@ def create_app(store: Store | None = None, *, settings: Settings | None = None, 
     async def versions(name: str) -> Response:
         return _json({"name": name, "versions": [_version(v) for v in the_store().versions(name)]})
 
+    @app.get("/v1/indicators/{symbol}", tags=["data"],
+             summary="Indicator rows for a range by default names (sma_50, rsi_14, macd_12_26_9)")
+    async def indicators(request: Request, symbol: str, indicators: str, start: str | None = None,
+                         end: str | None = None) -> Response:
+        df = the_store().get_indicators(parse_symbols(symbol)[0], parse_list(indicators, "indicators"),
+                                        parse_time(start, "start"), parse_time(end, "end"))
+        data, media = frame_response_body(df, wants_arrow(request.headers.get("accept")))
+        return Response(data, media_type=media)
+
+    @app.post("/v1/compute", tags=["data"], summary="A catalogue feature with parameters, computed once, cached")
+    async def compute(request: Request) -> Response:
+        body = await _json_body(request)
+        params = body.get("params") or {}
+        name = body.get("feature")
+        if not isinstance(name, str) or not name:
+            raise InvalidInputError("is required: a catalogue feature name", column="feature")
+        if not isinstance(params, dict):
+            raise InvalidInputError("must be an object of parameter values", column="params")
+        df = the_store().compute_feature(name, parse_symbols(body.get("symbol"))[0], parse_time(body.get("start"),
+                                         "start"), parse_time(body.get("end"), "end"), params=params)
+        data, media = frame_response_body(df, wants_arrow(request.headers.get("accept")))
+        return Response(data, media_type=media)
+
     @app.get("/v1/stats", tags=["health"], summary="Store and compute-cache statistics")
     async def stats() -> Response:
         return _json(the_store().stats())
 
+    @app.post("/v1/push", tags=["live"], summary="Live bars in (JSON rows or Arrow), their feature rows out")
+    async def push(request: Request) -> Response:
+        if not push_enabled:
+            raise ConflictError("push needs a single worker: live state is kept per process (serve --workers 1)")
+        bars, _ = await _table(request, "bars")
+        report = the_store().push(bars)
+        return _json({"bars": report.bars, "duplicates": report.duplicates, "restated": report.restated,
+                      "pending_offline": report.pending_offline,
+                      "rows": {t: json.loads(df.write_json()) for t, df in report.rows.items()}})
+
+    @app.post("/v1/invalidate", tags=["live"], summary="Drop online rows and/or compute-cache entries")
+    async def invalidate(request: Request) -> Response:
+        body = await _json_body(request)
+        symbols = body.get("symbols")
+        feature_set = body.get("feature_set")
+        if feature_set is not None and not isinstance(feature_set, str):
+            raise InvalidInputError("must be a feature set reference", column="feature_set")
+        for flag in ("online", "cache"):
+            if not isinstance(body.get(flag, True), bool):
+                raise InvalidInputError("must be true or false", column=flag)
+        done = the_store().invalidate(feature_set, None if symbols is None else parse_symbols(symbols),
+                                      online=body.get("online", True), cache=body.get("cache", False))
+        return _json(done)
+
     return _Edge(app, keys if keys is not None else KeyRing(()), settings.max_body_bytes)
+
+
+def _standard_if_registered(store: Store) -> list[FeatureSet]:
+    """The built-in standard set, for /v1/push by default, when the store holds it with the same definition
+    (registering it otherwise would add a version nobody asked for)."""
+    fs = standard_features()
+    if fs.name in store.registry.names() and any(v.fingerprint == fingerprint(fs) for v in store.versions(fs.name)):
+        return [fs]
+    return []
 
 
 def _version(v: Any) -> dict[str, Any]:
@@ -284,6 +343,17 @@ def _online(store: Store, request: Request, symbols: Any, features: Any) -> Resp
     vectors = store.get_online(syms, names)
     metrics.count_online([v.status for v in vectors], "online")
     return Response(vectors_json(vectors), media_type=JSON)
+
+
+async def _table(request: Request, field: str) -> tuple[pl.DataFrame, dict[str, Any]]:
+    """A table from a JSON body (``{field: [rows], ...}``, returned with the rest of the body) or from an
+    Arrow / Parquet body (other arguments then come in the query)."""
+    content_type = request.headers.get("content-type", JSON)
+    raw = await request.body()
+    if content_type.split(";")[0].strip().lower() == JSON:
+        body = _parse_json(raw)
+        return table_from_json(body.get(field), field), body
+    return table_from_body(raw, content_type, field), {}
 
 
 async def _json_body(request: Request) -> dict[str, Any]:
@@ -326,6 +396,12 @@ def readiness(store: Store) -> dict[str, dict[str, Any]]:
 
 
 def app_from_env() -> Any:
-    """The app of ``pitstore serve`` workers: settings from the environment the command exported."""
+    """The app of ``pitstore serve`` workers: settings and push sets from the environment the command exported
+    (``PITSTORE_SERVE_FEATURES``: ``module:attribute`` specs, ``;``-separated; ``PITSTORE_SERVE_WORKERS``)."""
+    from pitstore.cli.common import load_feature_set
+
     settings = Settings.load()
-    return create_app(settings=settings, keys=KeyRing.load(settings.root, settings.api_keys))
+    specs = [s for s in os.environ.get("PITSTORE_SERVE_FEATURES", "").split(";") if s]
+    return create_app(settings=settings, keys=KeyRing.load(settings.root, settings.api_keys),
+                      push_sets=[load_feature_set(s) for s in specs],
+                      push_enabled=os.environ.get("PITSTORE_SERVE_WORKERS", "1") == "1")

@@ -21,11 +21,12 @@ __all__ = [
     "JSON",
     "PARQUET",
     "frame_response_body",
-    "parse_entities",
     "parse_list",
     "parse_symbols",
     "parse_time",
     "required_time",
+    "table_from_body",
+    "table_from_json",
     "vectors_json",
     "wants_arrow",
 ]
@@ -69,8 +70,8 @@ def required_time(value: Any, field: str) -> datetime:
     return utc(value, field)
 
 
-def parse_entities(body: bytes, content_type: str, field: str = "entities") -> pl.DataFrame:
-    """Entities from an Arrow IPC stream or file, a Parquet file, or a JSON list of row objects."""
+def table_from_body(body: bytes, content_type: str, field: str) -> pl.DataFrame:
+    """A table sent as an Arrow IPC stream or file, or a Parquet file."""
     kind = content_type.split(";")[0].strip().lower()
     try:
         if kind in (ARROW, "application/vnd.apache.arrow.file"):
@@ -83,17 +84,18 @@ def parse_entities(body: bytes, content_type: str, field: str = "entities") -> p
     raise InvalidInputError(f"unsupported content type {kind!r}: send {JSON}, {ARROW} or {PARQUET}", column=field)
 
 
-def entities_from_json(rows: Any, field: str = "entities") -> pl.DataFrame:
+def table_from_json(rows: Any, field: str) -> pl.DataFrame:
+    """A JSON list of row objects (entities or bars) as a frame, its ``ts`` parsed (offsets required)."""
     if not isinstance(rows, list) or not rows:
         raise InvalidInputError("must be a non-empty list of objects with 'symbol' and 'ts'", column=field)
     if not all(isinstance(r, dict) for r in rows):
-        raise InvalidInputError("every entity must be an object", column=field)
+        raise InvalidInputError("every row must be an object", column=field)
     try:
         df = pl.DataFrame(rows, infer_schema_length=None)
     except (pl.exceptions.PolarsError, TypeError, ValueError) as exc:
         raise InvalidInputError(f"rows do not form a table ({exc})", column=field) from exc
     if "ts" not in df.columns or "symbol" not in df.columns:
-        raise InvalidInputError("every entity needs 'symbol' and 'ts'", column=field)
+        raise InvalidInputError("every row needs 'symbol' and 'ts'", column=field)
     ts = [required_time(v, f"{field}[{i}].ts") for i, v in enumerate(df["ts"].to_list())]
     return df.with_columns(pl.Series("ts", ts, dtype=pl.Datetime("us", "UTC")))
 
