@@ -14,10 +14,10 @@ import httpx
 import polars as pl
 import pyarrow as pa
 import pytest
+from server_proc import Server, run_cli
 
 from pitstore import Store, standard_features
 from pitstore.testing import synthetic_bars
-from tests.server_proc import Server, run_cli
 
 ARROW = "application/vnd.apache.arrow.stream"
 SYMBOLS = ["AAA", "BBB", "CCC", "DDD"]
