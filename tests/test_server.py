@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import signal
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -395,3 +396,38 @@ def test_two_workers_report_one_set_of_metrics(root: Path, tmp_path: Path) -> No
     finally:
         code, out = server.stop()
     assert code in (0, -signal.SIGTERM), out
+
+
+def _metric(text: str, name: str) -> float:
+    return float(next(x for x in text.splitlines() if x.startswith(name + " ")).split(" ")[1])
+
+
+def test_costs_and_freshness_in_metrics_and_the_miss_log(root: Path, caplog: pytest.LogCaptureFixture) -> None:
+    rates = {"PITSTORE_COST_PER_COMPUTE_SECOND": "2.5", "PITSTORE_COST_PER_DATA_CALL": "0.01"}
+    server = Server(root, env=rates)
+    try:
+        q = {"indicators": "ema_33,zscore_7"}  # asked nowhere else: one miss, then a hit
+        assert httpx.get(f"{server.url}/v1/indicators/CCC", params=q).status_code == 200
+        assert httpx.get(f"{server.url}/v1/indicators/CCC", params=q).status_code == 200
+        text = httpx.get(server.url + "/metrics").text
+        with Store.open(root, cost_per_compute_second=2.5, cost_per_data_call=0.01) as store:
+            stats = store.cache.stats()
+            assert stats["misses"] >= 1 and stats["hits"] >= 1
+            spent = stats["misses"] * 0.01 + stats["compute_seconds"] * 2.5
+            avoided = stats["hits"] * 0.01 + stats["saved_seconds"] * 2.5
+            assert stats["cost"]["spent"] == pytest.approx(spent) and stats["cost"]["avoided"] == pytest.approx(avoided)
+            assert _metric(text, "pitstore_cost_spent_total") == pytest.approx(spent)
+            assert _metric(text, "pitstore_cost_avoided_total") == pytest.approx(avoided)
+            assert _metric(text, "pitstore_cost_per_query") == pytest.approx(spent / (stats["hits"] + stats["misses"]))
+            newest = store.newest_rows()["daily_core@1"]
+            age = float(next(x for x in text.splitlines() if x.startswith('pitstore_feature_age_seconds{'))
+                        .rsplit(" ", 1)[1])
+            assert age == pytest.approx(time.time() - newest / 1e6, abs=60)
+            # A batch job's miss is logged with its cost, as one structured line.
+            with caplog.at_level("INFO", logger="pitstore.cache"):
+                store.get_indicators("DDD", ["ema_34"])
+            miss = next(r for r in caplog.records if getattr(r, "event", None) == "cache_miss")
+            assert miss.symbol == "DDD"  # type: ignore[attr-defined]
+            assert miss.cost == pytest.approx(0.01 + miss.compute_seconds * 2.5)  # type: ignore[attr-defined]
+    finally:
+        server.stop()

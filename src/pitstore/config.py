@@ -39,6 +39,9 @@ class Settings:
     # HTTP API key hashes, "read:<sha256>,admin:<sha256>" (pitstore keys create adds to <root>/api_keys.json too)
     api_keys: str | None = None
     max_body_bytes: int = 256 * 1024 * 1024  # one HTTP request body at most (1M Arrow look-ups are ~20 MB)
+    # Cost tracking (stats, /metrics, the cache-miss log line), in the currency of your choice; 0: not tracked.
+    cost_per_compute_second: float = 0.0
+    cost_per_data_call: float = 0.0  # one upstream data call: each compute-cache miss makes one, a hit avoids one
 
     @property
     def catalog_path(self) -> Path:
@@ -69,7 +72,8 @@ class Settings:
         if env_root:
             values["root"] = env_root
         for key in ("online_url", "online_namespace", "redis_url", "postgres_url", "lock_timeout", "history_days",
-                    "live_flush_bars", "api_keys", "max_body_bytes"):
+                    "live_flush_bars", "api_keys", "max_body_bytes", "cost_per_compute_second",
+                    "cost_per_data_call"):
             env = os.environ.get(f"PITSTORE_{key.upper()}")
             if env:
                 values[key] = env
@@ -87,16 +91,21 @@ class Settings:
         try:
             history_days, flush = float(self.history_days), int(self.live_flush_bars)
             max_body = int(self.max_body_bytes)
+            costs = float(self.cost_per_compute_second), float(self.cost_per_data_call)
         except (TypeError, ValueError) as exc:
-            raise ConfigError(f"history_days, live_flush_bars and max_body_bytes must be numbers: {exc}") from exc
+            raise ConfigError(f"history_days, live_flush_bars, max_body_bytes and costs must be numbers: {exc}") \
+                from exc
         if self.online_namespace is not None and (not isinstance(self.online_namespace, str)
                                                   or not self.online_namespace.isprintable()
                                                   or not self.online_namespace):
             raise ConfigError(f"online_namespace must be a non-empty printable string, got {self.online_namespace!r}")
+        if min(costs) < 0:
+            raise ConfigError(f"cost_per_compute_second and cost_per_data_call must be >= 0, got {costs}")
         if max_body < 1:
             raise ConfigError(f"max_body_bytes must be positive, got {max_body}")
         if not history_days > 0 or flush < 1:
             raise ConfigError(f"history_days must be positive and live_flush_bars at least 1, got {history_days}"
                               f" and {flush}")
         return replace(self, root=Path(self.root).expanduser(), lock_timeout=lock_timeout,
-                       history_days=history_days, live_flush_bars=flush, max_body_bytes=max_body)
+                       history_days=history_days, live_flush_bars=flush, max_body_bytes=max_body,
+                       cost_per_compute_second=costs[0], cost_per_data_call=costs[1])

@@ -48,7 +48,8 @@ class Store:
         self.catalog = SqliteCatalog(settings.catalog_path, timeout=settings.lock_timeout)
         self.registry = Registry(self.catalog)
         self.reader = EntryReader(settings.root)
-        self.cache = ComputeCache(settings.root, self.catalog)
+        self.cache = ComputeCache(settings.root, self.catalog, cost_per_compute_second=settings.cost_per_compute_second,
+                                  cost_per_data_call=settings.cost_per_data_call)
         self._serving: Serving | None = None
         self._live: LiveEngine | None = None
         self._defined: dict[str, tuple[FeatureSet, int]] = {}  # feature sets registered by this process
@@ -379,6 +380,20 @@ class Store:
         t0, t1 = _aware(start, "start"), _aware(end, "end")
         return indicator_rows(self.bars(symbol), features, t0, t1, registry=self.registry, cache=self.cache,
                               read=lambda ref, a, b: self.read(ref, [symbol], a, b))
+
+    def newest_rows(self) -> dict[str, int]:
+        """Per feature set's latest version (``name@version``): the ts (µs) of its newest row, stored or pushed
+        by this process and not yet flushed; the age of what the store can serve."""
+        out: dict[str, int] = {}
+        pending = self._serving.pending if self._serving is not None else {}
+        for name in self.registry.names():
+            version = self.registry.get(name).version
+            table = f"{name}@{version}"
+            stored = [e.last_ts for e in self.catalog.feature_entries(name, version)]
+            pushed = [rows[-1][0] for rows in pending.get(table, {}).values() if rows]
+            if stored or pushed:
+                out[table] = max(stored + pushed)
+        return out
 
     def symbols(self) -> list[str]:
         """Symbols with stored bars."""

@@ -46,10 +46,14 @@ class WarmReport:
 class ComputeCache:
     """Content-addressed results of ``compute(raw, config)``, shared by every process using the store root."""
 
-    def __init__(self, root: Path, catalog: Catalog) -> None:
+    def __init__(self, root: Path, catalog: Catalog, *, cost_per_compute_second: float = 0.0,
+                 cost_per_data_call: float = 0.0) -> None:
         self.root = root
         self.catalog = catalog
         self.locks = KeyLocks(root / CACHE_DIR / LOCK_DIR)
+        # Cost tracking: a miss is one upstream data call plus its compute seconds; a hit avoids both.
+        self.cost_per_compute_second = cost_per_compute_second
+        self.cost_per_data_call = cost_per_data_call
 
     # --- the one entry point -------------------------------------------------------------------------
 
@@ -156,6 +160,11 @@ class ComputeCache:
         ))
         self.catalog.cache_record(k.symbol, misses=1, compute_seconds=seconds, hash_seconds=k.data.seconds,
                                   hash_bytes=k.data.nbytes, corruptions=corrupt)
+        cost = self.cost_per_data_call + seconds * self.cost_per_compute_second
+        log.info("cache miss symbol=%s key=%s compute_seconds=%.6f cost=%.6f rows=%d", k.symbol, k.key[:16],
+                 seconds, cost, table.num_rows,
+                 extra={"event": "cache_miss", "symbol": k.symbol, "key": k.key, "compute_seconds": seconds,
+                        "cost": cost, "rows": table.num_rows})
         # Return what every later hit returns (decoded from the stored bytes), so all callers see the same frame.
         return codec.decode(data, kind)
 
@@ -227,7 +236,15 @@ class ComputeCache:
                 total[name] += s[name]
             _rates(s)
         _rates(total)
-        return {**total, "hash_method": HASH_METHOD, "per_symbol": per}
+        return {**total, "cost": self._costs(total), "hash_method": HASH_METHOD, "per_symbol": per}
+
+    def _costs(self, s: dict[str, Any]) -> dict[str, float]:
+        """Cost spent (misses: data calls and compute) and avoided (hits), at the configured rates."""
+        spent = s["misses"] * self.cost_per_data_call + s["compute_seconds"] * self.cost_per_compute_second
+        avoided = s["hits"] * self.cost_per_data_call + s["saved_seconds"] * self.cost_per_compute_second
+        calls = s["hits"] + s["misses"]
+        return {"spent": spent, "avoided": avoided, "per_query": spent / calls if calls else 0.0,
+                "per_compute_second": self.cost_per_compute_second, "per_data_call": self.cost_per_data_call}
 
 
 def _empty() -> dict[str, Any]:

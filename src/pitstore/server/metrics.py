@@ -9,6 +9,7 @@ hits and computations of batch jobs on the same store.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
@@ -65,6 +66,18 @@ class _StoreCollector(Collector):
             yield CounterMetricFamily(f"pitstore_cache_{name}", doc, value=float(stats[key]))
         yield GaugeMetricFamily("pitstore_cache_entries", "compute-cache entries stored", value=stats["entries"])
         yield GaugeMetricFamily("pitstore_cache_bytes", "bytes of compute-cache entries", value=stats["bytes"])
+        cost = stats["cost"]
+        yield CounterMetricFamily("pitstore_cost_spent", "cost of cache misses (data calls and compute seconds at"
+                                  " the configured rates)", value=cost["spent"])
+        yield CounterMetricFamily("pitstore_cost_avoided", "cost avoided by cache hits", value=cost["avoided"])
+        yield GaugeMetricFamily("pitstore_cost_per_query", "cost spent per compute-cache query",
+                                value=cost["per_query"])
+        fresh = GaugeMetricFamily("pitstore_feature_age_seconds", "age of the newest stored row of each feature"
+                                  " set's latest version", labels=["feature_set"])
+        now_us = time.time_ns() // 1000
+        for name, newest in self.store.newest_rows().items():
+            fresh.add_metric([name], (now_us - newest) / 1e6)
+        yield fresh
 
 
 def render(store: Store) -> tuple[bytes, str]:
