@@ -19,6 +19,7 @@ from typing import Any
 import polars as pl
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -28,7 +29,7 @@ from pitstore.features.base import FeatureSet
 from pitstore.features.catalogue import feature_metadata, list_features
 from pitstore.features.library import standard_features
 from pitstore.features.registry import fingerprint
-from pitstore.server import metrics
+from pitstore.server import metrics, schema
 from pitstore.server.auth import KeyRing
 from pitstore.server.errors import RETRY_AFTER_S, status_of
 from pitstore.server.wire import (
@@ -178,7 +179,13 @@ def create_app(store: Store | None = None, *, settings: Settings | None = None, 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
         kind = {404: "NotFoundError", 405: "MethodNotAllowed"}.get(exc.status_code, "HTTPError")
-        return _error(exc.status_code, kind, str(exc.detail), request.scope["state"]["request_id"])
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:  # every method of the path, not only those of the first route matched
+            regexes = [(getattr(r, "path_regex", None), getattr(r, "methods", ())) for r in app.routes]
+            allowed = {m for rx, methods in regexes if rx is not None and rx.match(request.url.path)
+                       for m in methods}
+            headers["Allow"] = ", ".join(sorted(allowed))
+        return _error(exc.status_code, kind, str(exc.detail), request.scope["state"]["request_id"], **headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
@@ -316,6 +323,13 @@ def create_app(store: Store | None = None, *, settings: Settings | None = None, 
                                       online=body.get("online", True), cache=body.get("cache", False))
         return _json(done)
 
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = schema.patch(get_openapi(title=app.title, version=app.version,
+                                                          description=app.description, routes=app.routes))
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return _Edge(app, keys if keys is not None else KeyRing(()), settings.max_body_bytes)
 
 

@@ -41,7 +41,9 @@ def parse_list(value: str | Sequence[str] | None, field: str) -> list[str]:
     """A comma-separated query value (or a JSON list) as a list of non-empty names."""
     if value is None:
         raise InvalidInputError("is required", column=field)
-    items = value.split(",") if isinstance(value, str) else list(value)
+    if not isinstance(value, str | list):
+        raise InvalidInputError("must be a comma-separated string or a list of strings", column=field, value=value)
+    items = value.split(",") if isinstance(value, str) else value
     if not all(isinstance(i, str) for i in items):
         raise InvalidInputError("must be a list of strings", column=field, value=value)
     out = [i.strip() for i in items if i.strip()]
