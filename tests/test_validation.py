@@ -457,8 +457,10 @@ def test_int_prices_and_volume_are_cast_to_float64() -> None:
 
 
 def test_zero_volume_and_high_equal_low_are_valid() -> None:
-    """Zero volume and high == low are edge values that pass."""
-    df = with_value(with_value(bars(), "volume", 2, 0.0), "high", 2, 10.0)
+    """Zero volume and high == low (a flat bar: open and close equal them too) are edge values that pass."""
+    df = with_value(bars(), "volume", 2, 0.0)
+    for col in PRICES:
+        df = with_value(df, col, 2, 10.0)
     out = validate_bars(df)
     assert out["volume"][2] == 0.0
     assert out["high"][2] == out["low"][2]
