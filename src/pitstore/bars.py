@@ -170,8 +170,9 @@ def _ts_checks(max_future: timedelta | None) -> list[tuple[str, pl.Expr]]:
     if max_future is not None:
         now = datetime.now(UTC)
         if max_future < MAX_TS - now:  # else the bound above is the tighter one
-            checks.append((f"ts is more than {max_future} after now ({now:%Y-%m-%d %H:%M:%S} UTC): a future-dated "
-                           "bar (raise the max_future_days setting to accept it)", ts > now + max_future))
+            days = max_future / timedelta(days=1)
+            checks.append((f"ts is more than {days:g} day(s) after now ({now:%Y-%m-%d %H:%M:%S} UTC): a future-dated"
+                           " bar (raise the max_future_days setting to accept it)", ts > now + max_future))
     return checks
 
 
