@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import polars as pl
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pitstore.bars import BAR_COLUMNS, symbol_runs, validate_bars
@@ -76,7 +75,7 @@ def _read(path: Path, kind: str, read: Callable[[], pl.DataFrame]) -> pl.DataFra
         raise InvalidInputError(f"{path}: the file is empty")
     try:
         return read()
-    except (pl.exceptions.PolarsError, pa.ArrowException, OSError) as exc:
+    except (pl.exceptions.PolarsError, OSError) as exc:
         raise InvalidInputError(f"{path}: not a readable {kind} file: {exc}") from exc
 
 
