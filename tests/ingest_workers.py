@@ -17,7 +17,7 @@ def interleaved_bars(i: int, n_proc: int, n: int) -> pl.DataFrame:
     return pl.DataFrame({
         "symbol": [s for s in SYMBOLS for _ in days],
         "ts": [T0 + timedelta(days=d) for _ in SYMBOLS for d in days],
-        "open": 10.0, "high": 12.0, "low": 9.0, "close": 10.0 + i, "volume": 100.0 + i,
+        "open": 10.0, "high": 12.0 + i, "low": 9.0, "close": 10.0 + i, "volume": 100.0 + i,
     })
 
 

@@ -133,6 +133,57 @@ def test_naive_datetime_or_unencodable_config_is_rejected(store: Store, log_dir:
     assert store.catalog.cache_entries() == [] and cache_files(store) == []
 
 
+def _self_referencing_dict() -> dict[str, Any]:
+    d: dict[str, Any] = {"k": 1}
+    d["me"] = d
+    return d
+
+
+def _self_referencing_list() -> list[Any]:
+    items: list[Any] = [1]
+    items.append({"inner": items})
+    return items
+
+
+def _nested(depth: int) -> dict[str, Any]:
+    """``depth`` dicts and lists nested alternately, 1 at the bottom."""
+    x: Any = 1
+    for i in range(depth):
+        x = [x] if i % 2 else {"a": x}
+    out: dict[str, Any] = {"k": 1, "deep": x}
+    return out
+
+
+@pytest.mark.parametrize(("make", "problem"), [
+    pytest.param(_self_referencing_dict, "contains itself", id="dict-contains-itself"),
+    pytest.param(_self_referencing_list, "contains itself", id="list-contains-itself-through-a-dict"),
+    pytest.param(lambda: _nested(5_000), "nested more than 100 deep", id="5000-deep"),
+    pytest.param(lambda: _nested(100), "nested more than 100 deep", id="101-deep"),  # the outer dict is one more
+])
+def test_recursive_or_too_deep_config_is_invalid_input(store: Store, log_dir: Path, make: Any, problem: str) -> None:
+    """A config that contains itself or nests past the limit is InvalidInputError (it used to be a
+    RecursionError), nothing computed or stored."""
+    calls: list[int] = []
+
+    def compute(raw: pl.DataFrame, config: Any) -> pl.DataFrame:
+        calls.append(1)
+        return summarise(raw, {"k": 1})
+
+    with pytest.raises(InvalidInputError, match=f"config: .*{problem}"):
+        store.get_or_compute("AAA", make_raw("AAA"), make(), compute)
+    assert calls == [] and store.catalog.cache_entries() == []
+
+
+def test_deep_but_bounded_and_shared_configs_are_keys(store: Store) -> None:
+    """100 containers deep is fine, and one object referenced twice (no cycle) is no self-reference."""
+    raw = make_raw("AAA")
+    assert key_of(raw, _nested(99)) != key_of(raw, _nested(98))
+    shared = [1, 2]
+    assert key_of(raw, {"a": shared, "b": shared}) == key_of(raw, {"a": [1, 2], "b": [1, 2]})
+    out = store.get_or_compute("AAA", raw, _nested(99), summarise)
+    assert out["n"].to_list() == [200]
+
+
 def test_one_cell_in_the_middle_of_a_large_frame(store: Store) -> None:
     """1.2M rows: changing one value in the middle gives a new key and the new result, never the stale one."""
     n = 1_200_000

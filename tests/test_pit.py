@@ -144,7 +144,9 @@ def scenarios(draw: st.DrawFn) -> tuple[pl.DataFrame, timedelta, timedelta | Non
             points.append((BASE + slot * STEP + jitter * US, close))
         series[symbol] = points
     lag = draw(st.sampled_from([timedelta(0), US, STEP, timedelta(minutes=45), timedelta(hours=2)]))
-    ttl = draw(st.sampled_from([None, US, timedelta(hours=1), timedelta(minutes=90), timedelta(days=1)]))
+    # A TTL must exceed the lag (FeatureSet refuses one that would leave every row stale on arrival).
+    ttl = draw(st.sampled_from([None] + [t for t in (US, 2 * US, timedelta(hours=1), timedelta(minutes=90),
+                                                     timedelta(hours=3), timedelta(days=1)) if t > lag]))
     bar_times = sorted({ts for points in series.values() for ts, _ in points}) or [BASE]
     offsets = [timedelta(0), -US, US, lag, lag - US, lag + US, STEP, -STEP]
     if ttl is not None:

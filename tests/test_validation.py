@@ -6,6 +6,7 @@ Every malformed case names the column, the symbol and the first offending row, w
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -17,12 +18,16 @@ import pyarrow as pa
 import pytest
 from polars.testing import assert_frame_equal
 
-from pitstore.bars import BAR_COLUMNS, validate_bars
-from pitstore.errors import InvalidInputError
+from pitstore import FeatureSet, Store, sma
+from pitstore.bars import BAR_COLUMNS, MAX_TS, MIN_TS, validate_bars
+from pitstore.config import Settings
+from pitstore.errors import ConfigError, DefinitionError, InvalidInputError
+from pitstore.frames import to_polars
 from pitstore.testing import synthetic_bars
 
 T0 = datetime(2024, 1, 2, tzinfo=UTC)
 DAY = timedelta(days=1)
+US = timedelta(microseconds=1)
 UNCHECKED: Any = object()  # sentinel: this attribute is not asserted for this case
 PRICES = ("open", "high", "low", "close")
 
@@ -156,11 +161,26 @@ MALFORMED: list[Any] = [
         lambda: frame(symbol=["BBB", "BBB", "BBB", "CCC"], day=[1, 0, 1, 0]),
         "ts", "BBB", 2, "duplicate", id="dup-grouped-unsorted-in-time",
     ),
+    # Outside the ts range every tier can hold (int64 ns, +-2**53 µs online).
+    pytest.param(lambda: with_value(bars(), "ts", 3, datetime(2300, 1, 1, tzinfo=UTC)), "ts", "BBB", 3,
+                 "on or after 2200-01-01", id="ts-year-2300"),
+    pytest.param(lambda: with_value(bars(), "ts", 1, datetime(1600, 1, 1, tzinfo=UTC)), "ts", "AAA", 1,
+                 "before 1700-01-01", id="ts-year-1600"),
+    pytest.param(lambda: with_value(bars(), "ts", 4, MAX_TS), "ts", "BBB", 4, "on or after", id="ts-at-max"),
+    pytest.param(lambda: with_value(bars(), "ts", 0, MIN_TS - US), "ts", "AAA", 0, "before", id="ts-below-min"),
     # Other value checks.
     pytest.param(
         lambda: with_value(with_value(bars(), "high", 3, 48.0), "low", 3, 49.5),
         "high", "BBB", 3, "high is below low", id="high-below-low",
     ),
+    pytest.param(lambda: with_value(bars(), "open", 1, 11.6), "open", "AAA", 1, "open is outside [low, high]",
+                 id="open-above-high"),
+    pytest.param(lambda: with_value(bars(), "open", 4, 49.9), "open", "BBB", 4, "open is outside [low, high]",
+                 id="open-below-low"),
+    pytest.param(lambda: with_value(bars(), "close", 2, 12.5), "close", "AAA", 2, "close is outside [low, high]",
+                 id="close-above-high"),
+    pytest.param(lambda: with_value(bars(), "close", 3, 48.0), "close", "BBB", 3, "close is outside [low, high]",
+                 id="close-below-low"),
     pytest.param(lambda: with_value(bars(), "volume", 2, -1.0), "volume", "AAA", 2, "negative",
                  id="volume-negative"),
     pytest.param(lambda: with_value(bars(), "volume", 1, float("nan")), "volume", "AAA", 1, "finite",
@@ -457,8 +477,10 @@ def test_int_prices_and_volume_are_cast_to_float64() -> None:
 
 
 def test_zero_volume_and_high_equal_low_are_valid() -> None:
-    """Zero volume and high == low are edge values that pass."""
-    df = with_value(with_value(bars(), "volume", 2, 0.0), "high", 2, 10.0)
+    """Zero volume and high == low (a flat bar: open and close equal them too) are edge values that pass."""
+    df = with_value(bars(), "volume", 2, 0.0)
+    for col in PRICES:
+        df = with_value(df, col, 2, 10.0)
     out = validate_bars(df)
     assert out["volume"][2] == 0.0
     assert out["high"][2] == out["low"][2]
@@ -573,3 +595,220 @@ def test_validation_is_idempotent() -> None:
     """Validating already-validated bars returns an equal frame."""
     once = validate_bars(shuffled(synthetic_bars(3, 15, ragged=True, gaps=0.2)))
     assert_frame_equal(validate_bars(once), once)
+
+
+# --------------------------------------------------------------------------------------------------
+# The ts range, and open / close inside [low, high]
+# --------------------------------------------------------------------------------------------------
+
+
+def test_ts_range_edges_are_valid() -> None:
+    """The first and last microsecond of the ts range pass."""
+    out = validate_bars(with_value(with_value(bars(), "ts", 0, MIN_TS), "ts", 4, MAX_TS - US))
+    assert out["ts"].to_list()[0] == MIN_TS and out["ts"].to_list()[-1] == MAX_TS - US
+
+
+def test_open_and_close_at_the_extremes_are_valid() -> None:
+    """open at low and close at high (and the other way round) are bars, not errors."""
+    df = with_value(with_value(bars(), "open", 0, 9.0), "close", 0, 11.0)
+    df = with_value(with_value(df, "open", 1, 11.5), "close", 1, 9.5)
+    assert validate_bars(df)["open"].to_list()[:2] == [9.0, 11.5]
+
+
+@pytest.mark.parametrize("generator", [
+    pytest.param(lambda: synthetic_bars(20, 500, seed=3, gaps=0.1), id="synthetic-daily"),
+    pytest.param(lambda: synthetic_bars(5, 2000, timeframe="1m", seed=11, ragged=True), id="synthetic-minutes"),
+])
+def test_synthetic_bars_keep_open_and_close_inside_low_high(generator: Callable[[], pl.DataFrame]) -> None:
+    """The bar generator every test and benchmark uses produces bars the validator accepts."""
+    df = generator()
+    assert validate_bars(df).height == df.height
+
+
+def test_store_refuses_bars_beyond_the_ts_range(tmp_path: Any) -> None:
+    """A bar dated in 2300 is refused by ingest (it used to be stored, then break materialize / get_online);
+    nothing is stored."""
+    good = bars()
+    with Store.open(tmp_path / "store") as store:
+        with pytest.raises(InvalidInputError, match="2200-01-01") as info:
+            store.ingest(with_value(good, "ts", 2, datetime(2300, 1, 1, tzinfo=UTC)))
+        assert (info.value.symbol, info.value.row, info.value.column) == ("AAA", 2, "ts")
+        assert store.catalog.live_bars(["AAA", "BBB"]) == []
+
+
+# --------------------------------------------------------------------------------------------------
+# Damaged files
+# --------------------------------------------------------------------------------------------------
+
+
+def _valid_parquet(path: Any) -> bytes:
+    bars().write_parquet(path)
+    data: bytes = path.read_bytes()
+    return data
+
+
+DAMAGED: list[Any] = [
+    pytest.param("garbage.parquet", lambda tmp: b"this is not parquet\x00\xff" * 40, "not a readable Parquet file",
+                 id="garbage-parquet"),
+    pytest.param("garbage.csv", lambda tmp: bytes(range(256)) * 8, "not a readable CSV file", id="garbage-csv"),
+    pytest.param("text.csv", lambda tmp: b"hello world\nnothing here\n", "missing column", id="text-csv"),
+    pytest.param("empty.parquet", lambda tmp: b"", "the file is empty", id="empty-parquet"),
+    pytest.param("empty.csv", lambda tmp: b"", "the file is empty", id="empty-csv"),
+    pytest.param("truncated.parquet", lambda tmp: _valid_parquet(tmp / "whole.parquet")[:-100],
+                 "not a readable Parquet file", id="truncated-parquet"),
+    pytest.param("header.parquet", lambda tmp: _valid_parquet(tmp / "whole.parquet")[:200],
+                 "not a readable Parquet file", id="truncated-parquet-head"),
+]
+
+
+@pytest.mark.parametrize(("name", "content", "problem"), DAMAGED)
+def test_damaged_file_is_invalid_input_naming_the_file(tmp_path: Any, name: str,
+                                                       content: Callable[[Any], bytes], problem: str) -> None:
+    """Store.ingest of a garbage, empty or truncated file raises InvalidInputError naming the file and the
+    problem (not a polars or Arrow error), and stores nothing."""
+    path = tmp_path / name
+    path.write_bytes(content(tmp_path))
+    with Store.open(tmp_path / "store") as store:
+        with pytest.raises(InvalidInputError) as info:
+            store.ingest(path)
+        assert str(path) in str(info.value) and problem in str(info.value), str(info.value)
+        store.ingest(bars())  # the store is fine: nothing half-written from the bad file
+        assert store.catalog.live_bars(["AAA"])[0].n_rows == 3
+
+
+@pytest.mark.parametrize(("name", "content", "problem"), DAMAGED)
+def test_cli_ingest_of_a_damaged_file_is_one_clean_line(tmp_path: Any, name: str,
+                                                        content: Callable[[Any], bytes], problem: str) -> None:
+    """`pitstore ingest` of a damaged file exits 1 with one line naming the file and the problem."""
+    from clirun import runner
+
+    from pitstore.cli import app
+
+    path = tmp_path / name
+    path.write_bytes(content(tmp_path))
+    result = runner.invoke(app, ["ingest", str(path), "--root", str(tmp_path / "store")])
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit), repr(result.exception)  # a clean exit, no escaped error
+    assert "Traceback" not in result.output
+    line = " ".join(result.output.split())
+    assert line.startswith("error: ") and problem in line and path.name in line, line
+
+
+# --------------------------------------------------------------------------------------------------
+# Duplicate column names
+# --------------------------------------------------------------------------------------------------
+
+
+DUPLICATED: list[Any] = [
+    pytest.param(lambda: pd.concat([as_pandas(bars()), as_pandas(bars())[["close"]]], axis=1), id="pandas"),
+    pytest.param(lambda: as_pandas(bars()).set_index("ts").assign(ts=1.0), id="pandas-index-and-column"),
+    pytest.param(lambda: bars().to_arrow().append_column("close", pa.array([1.0] * 5)), id="arrow-table"),
+    pytest.param(lambda: bars().to_arrow().append_column("close", pa.array([1.0] * 5)).to_batches()[0],
+                 id="arrow-batch"),
+]
+
+
+@pytest.mark.parametrize("build", DUPLICATED)
+def test_duplicate_column_names_are_refused(build: Builder) -> None:
+    """A frame with two columns of one name is refused naming the column, by to_polars and validate_bars."""
+    data = build()
+    with pytest.raises(InvalidInputError, match="duplicate column name") as info:
+        to_polars(data)
+    assert info.value.column in ("close", "ts") and repr(info.value.column) in str(info.value)
+    with pytest.raises(InvalidInputError, match="duplicate column name"):
+        validate_bars(data)
+
+
+def test_every_duplicated_column_is_named() -> None:
+    """Several duplicated names are all listed, in column order."""
+    table = bars().to_arrow().append_column("close", pa.array([1.0] * 5)).append_column("open", pa.array([1.0] * 5))
+    with pytest.raises(InvalidInputError, match=re.escape("name(s) 'open', 'close':")):
+        to_polars(table)
+
+
+# --------------------------------------------------------------------------------------------------
+# Feature sets whose lag reaches the TTL
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("lag", "ttl"), [("2h", "1h"), ("1h", "1h"), (timedelta(days=1), timedelta(hours=23))])
+def test_feature_set_with_lag_at_or_beyond_ttl_is_refused(lag: Any, ttl: Any) -> None:
+    """Every row would be stale on arrival: the definition is refused, naming both."""
+    with pytest.raises(DefinitionError, match=r"availability_lag \(.+\) must be less than ttl"):
+        FeatureSet("stale_on_arrival", [sma(3)], ttl=ttl, availability_lag=lag)
+
+
+def test_feature_set_with_lag_below_ttl_is_accepted() -> None:
+    fs = FeatureSet("fresh", [sma(3)], ttl="1h", availability_lag=timedelta(minutes=59, seconds=59))
+    assert fs.availability_lag < fs.ttl  # type: ignore[operator]
+
+
+# --------------------------------------------------------------------------------------------------
+# Future-dated bars (the max_future_days setting)
+# --------------------------------------------------------------------------------------------------
+
+
+def _bar(symbol: str, ts: datetime, close: float) -> pl.DataFrame:
+    return pl.DataFrame({"symbol": [symbol], "ts": [ts], "open": [close], "high": [close + 1], "low": [close - 1],
+                         "close": [close], "volume": [100.0]}, schema_overrides={"ts": pl.Datetime("us", "UTC")})
+
+
+def _recent(symbol: str, n: int, end: datetime) -> pl.DataFrame:
+    """``n`` hourly bars of ``symbol`` ending at ``end``."""
+    return pl.concat([_bar(symbol, end - (n - 1 - k) * timedelta(hours=1), 100.0 + k) for k in range(n)])
+
+
+def _hour() -> datetime:
+    return datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+
+
+def test_push_refuses_a_future_dated_bar_and_the_symbol_keeps_updating(tmp_path: Any) -> None:
+    """A bar dated 2 days ahead is refused by push, naming symbol and ts; the next real bar is then a new bar
+    served online (it used to be taken as a restatement of the future bar, freezing the online row)."""
+    hour = _hour()
+    fs = FeatureSet("fut", [sma(2)], timeframe="1h", ttl="12h")
+    with Store.open(tmp_path / "store", online_url="memory://") as store:
+        store.ingest(_recent("AAA", 5, hour - timedelta(hours=1)))
+        store.backfill(fs)
+        future = hour + 2 * DAY
+        with pytest.raises(InvalidInputError, match="future-dated") as info:
+            store.push(_bar("AAA", future, 110.0), fs)
+        assert (info.value.symbol, info.value.column, info.value.value) == ("AAA", "ts", future)
+        report = store.push(_bar("AAA", hour, 105.0), fs)
+        assert (report.bars, report.restated) == (1, {})
+        [vector] = store.get_online("AAA", "fut")
+        assert (vector.ts, vector.status, vector.values["sma_2"]) == (hour, "ok", (104.0 + 105.0) / 2)
+
+
+def test_ingest_refuses_a_future_dated_bar(tmp_path: Any) -> None:
+    """Ingest refuses a bar dated beyond the horizon (the whole batch: nothing stored); one within it passes."""
+    hour = _hour()
+    with Store.open(tmp_path / "store") as store:
+        batch = pl.concat([_recent("AAA", 3, hour), _bar("BBB", hour + 2 * DAY, 50.0)])
+        with pytest.raises(InvalidInputError, match="more than 1 day") as info:
+            store.ingest(batch)
+        assert (info.value.symbol, info.value.row) == ("BBB", 3)
+        assert store.catalog.live_bars(["AAA", "BBB"]) == []
+        # Half a day ahead (a date labelled in a time zone ahead of UTC, a bar stamped at its close) is fine.
+        assert store.ingest(_bar("CCC", hour + DAY / 2, 10.0)).rows == 1
+
+
+def test_max_future_days_setting_moves_the_horizon(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """max_future_days (keyword or PITSTORE_MAX_FUTURE_DAYS) sets the horizon for ingest and push; 0 refuses
+    any bar after now."""
+    ahead = _hour() + 2 * DAY
+    fs = FeatureSet("fut3", [sma(2)], timeframe="1h", ttl="3d")
+    with Store.open(tmp_path / "a", max_future_days=3, online_url="memory://") as store:
+        store.ingest(_recent("AAA", 3, ahead - timedelta(hours=1)))
+        assert store.push(_bar("AAA", ahead, 110.0), fs).bars == 1
+    monkeypatch.setenv("PITSTORE_MAX_FUTURE_DAYS", "0")
+    with Store.open(tmp_path / "b") as store:
+        assert store.settings.max_future == timedelta(0)
+        with pytest.raises(InvalidInputError, match="future-dated"):
+            store.ingest(_bar("AAA", datetime.now(UTC) + timedelta(minutes=5), 10.0))
+
+
+@pytest.mark.parametrize("value", [-1, "soon", float("nan"), float("inf")])
+def test_max_future_days_must_be_a_non_negative_number(value: Any) -> None:
+    with pytest.raises(ConfigError, match="max_future_days"):
+        Settings.load(max_future_days=value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -16,6 +17,11 @@ BAR_COLUMNS = ("symbol", "ts", "open", "high", "low", "close", "volume")
 PRICE_COLUMNS = ("open", "high", "low", "close")
 MAX_SYMBOL_LEN = 64
 TS_DTYPE = pl.Datetime("us", "UTC")
+# The ts range a bar may have: pandas and numpy datetime64[ns] hold 1677-09-21 .. 2262-04-11 and the online
+# tier +-2**53 µs (1684-07-28 .. 2255-06-05); a bar outside is stored but then breaks backfill, materialize
+# and get_online. The bounds sit well inside both, leaving room for a lag or TTL added to a ts.
+MIN_TS = datetime(1700, 1, 1, tzinfo=UTC)
+MAX_TS = datetime(2200, 1, 1, tzinfo=UTC)  # exclusive
 _ROW = "__pitstore_row"
 
 
@@ -44,14 +50,16 @@ def symbol_runs(symbols: pl.Series) -> tuple[list[str], np.ndarray, np.ndarray]:
     return runs.struct.field("value").to_list(), ends - lengths, ends
 
 
-def validate_bars(data: Any, *, columns: tuple[str, ...] = BAR_COLUMNS) -> pl.DataFrame:
+def validate_bars(data: Any, *, columns: tuple[str, ...] = BAR_COLUMNS,
+                  max_future: timedelta | None = None) -> pl.DataFrame:
     """Check bars and return them as a polars frame sorted by (symbol, ts), UTC, prices as Float64.
 
     Raises :class:`InvalidInputError` naming the column, the symbol and the first offending row
     (its position in the input) for: missing columns, wrong dtypes that cannot be cast safely, null
-    values, naive timestamps, duplicate (symbol, ts), non-finite or non-positive prices, high < low,
-    negative or non-finite volume, and invalid symbol names. Unsorted input is sorted, not rejected.
-    Extra columns are kept.
+    values, naive timestamps, ts outside [``MIN_TS``, ``MAX_TS``) or (with ``max_future``) more than
+    ``max_future`` after now, duplicate (symbol, ts), non-finite or non-positive prices, high < low,
+    open or close outside [low, high], negative or non-finite volume, and invalid symbol names.
+    Unsorted input is sorted, not rejected. Extra columns are kept.
     """
     df = to_polars(data)
     missing = [c for c in columns if c not in df.columns]
@@ -64,7 +72,7 @@ def validate_bars(data: Any, *, columns: tuple[str, ...] = BAR_COLUMNS) -> pl.Da
     df = _cast_ts(df)
     df = _cast_numeric(df, [c for c in ("open", "high", "low", "close", "volume") if c in columns])
     _check_nulls(df, columns)
-    _check_values(df, columns)
+    _check_values(df, columns, max_future)
     df = _sorted(df)
     return df.drop(_ROW)
 
@@ -155,19 +163,33 @@ def _check_nulls(df: pl.DataFrame, columns: tuple[str, ...]) -> None:
             _fail(df, pl.col(col).is_null(), f"{col} has null values", col)
 
 
-def _check_values(df: pl.DataFrame, columns: tuple[str, ...]) -> None:
+def _ts_checks(max_future: timedelta | None) -> list[tuple[str, pl.Expr]]:
+    ts = pl.col("ts")
+    checks = [(f"ts is before {MIN_TS:%Y-%m-%d}, the earliest a bar may have", ts < MIN_TS),
+              (f"ts is on or after {MAX_TS:%Y-%m-%d}, past the latest a bar may have", ts >= MAX_TS)]
+    if max_future is not None:
+        now = datetime.now(UTC)
+        if max_future < MAX_TS - now:  # else the bound above is the tighter one
+            days = max_future / timedelta(days=1)
+            checks.append((f"ts is more than {days:g} day(s) after now ({now:%Y-%m-%d %H:%M:%S} UTC): a future-dated"
+                           " bar (raise the max_future_days setting to accept it)", ts > now + max_future))
+    return checks
+
+
+def _check_values(df: pl.DataFrame, columns: tuple[str, ...], max_future: timedelta | None) -> None:
     # (column, [(problem, mask)]) in the order they are reported; per column, the earliest bad row wins.
-    checks: list[tuple[str, list[tuple[str, pl.Expr]]]] = []
+    checks: list[tuple[str, list[tuple[str, pl.Expr]]]] = [("ts", _ts_checks(max_future))]
     for col in (c for c in PRICE_COLUMNS if c in columns):
         c = pl.col(col)
         checks.append((col, [(f"{col} must be finite", ~c.is_finite()), (f"{col} must be positive", c <= 0)]))
     if "high" in columns and "low" in columns:
         checks.append(("high", [("high is below low", pl.col("high") < pl.col("low"))]))
+        for col in (c for c in ("open", "close") if c in columns):
+            outside = (pl.col(col) < pl.col("low")) | (pl.col(col) > pl.col("high"))
+            checks.append((col, [(f"{col} is outside [low, high]", outside)]))
     if "volume" in columns:
         v = pl.col("volume")
         checks.append(("volume", [("volume must be finite", ~v.is_finite()), ("volume must not be negative", v < 0)]))
-    if not checks:
-        return
     # One pass computes a flag per check group; finding the first offending row runs only on failure.
     anys = [pl.any_horizontal([e for _, e in cs]) for _, cs in checks]
     flags = df.select([e.any().alias(str(i)) for i, e in enumerate(anys)]).row(0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import tomllib
 from dataclasses import dataclass, fields, replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -42,10 +43,19 @@ class Settings:
     # Cost tracking (stats, /metrics, the cache-miss log line), in the currency of your choice; 0: not tracked.
     cost_per_compute_second: float = 0.0
     cost_per_data_call: float = 0.0  # one upstream data call: each compute-cache miss makes one, a hit avoids one
+    # Days past now a bar's ts may lie in ingest and push; later ones are refused as future-dated (a bad clock
+    # or a typo would else freeze the symbol's online row: every real bar after it looks like a restatement).
+    # 1 day covers clock skew, dates labelled in time zones ahead of UTC and bars stamped at their close.
+    max_future_days: float = 1.0
 
     @property
     def catalog_path(self) -> Path:
         return self.root / "catalog.sqlite"
+
+    @property
+    def max_future(self) -> timedelta:
+        """How far past now a bar's ts may lie (``max_future_days``)."""
+        return timedelta(days=self.max_future_days)
 
     @classmethod
     def load(cls, *, config_file: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
@@ -72,7 +82,7 @@ class Settings:
         if env_root:
             values["root"] = env_root
         for key in ("online_url", "online_namespace", "redis_url", "postgres_url", "lock_timeout", "history_days",
-                    "live_flush_bars", "api_keys", "max_body_bytes", "cost_per_compute_second",
+                    "live_flush_bars", "max_future_days", "api_keys", "max_body_bytes", "cost_per_compute_second",
                     "cost_per_data_call"):
             env = os.environ.get(f"PITSTORE_{key.upper()}")
             if env:
@@ -106,6 +116,13 @@ class Settings:
         if not history_days > 0 or flush < 1:
             raise ConfigError(f"history_days must be positive and live_flush_bars at least 1, got {history_days}"
                               f" and {flush}")
+        try:
+            future = float(self.max_future_days)
+            timedelta(days=future)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise ConfigError(f"max_future_days must be a number of days, got {self.max_future_days!r}") from exc
+        if not future >= 0:
+            raise ConfigError(f"max_future_days must not be negative, got {future}")
         return replace(self, root=Path(self.root).expanduser(), lock_timeout=lock_timeout,
-                       history_days=history_days, live_flush_bars=flush, max_body_bytes=max_body,
-                       cost_per_compute_second=costs[0], cost_per_data_call=costs[1])
+                       history_days=history_days, live_flush_bars=flush, max_future_days=future,
+                       max_body_bytes=max_body, cost_per_compute_second=costs[0], cost_per_data_call=costs[1])

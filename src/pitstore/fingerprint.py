@@ -38,16 +38,27 @@ _LIBRARY_ROOTS = tuple(
 )
 
 
+# Containers nested deeper than this are refused: a real config is a few levels deep, while Python's and json's
+# recursion limits (about 1,000 frames) would otherwise end in a RecursionError.
+MAX_DEPTH = 100
+
+
 def canonical(obj: Any) -> Any:
     """A JSON-ready form of ``obj`` in which equal values have equal encodings.
 
     Key order does not matter, ``2`` and ``2.0`` encode the same, NaN and infinities are named, datetimes
-    become UTC ISO strings (naive ones are rejected: they are ambiguous).
+    become UTC ISO strings (naive ones are rejected: they are ambiguous). Containers that contain themselves
+    or nest deeper than ``MAX_DEPTH`` are rejected.
     """
+    return _canonical(obj, [])
+
+
+def _canonical(obj: Any, path: list[int]) -> Any:
+    """:func:`canonical`; ``path``: the ids of the containers ``obj`` is inside of."""
     if obj is None or isinstance(obj, bool | str):
         return obj
     if isinstance(obj, np.generic):
-        return canonical(obj.item())
+        return _canonical(obj.item(), path)
     if isinstance(obj, int):
         return obj  # exact at any size (a float would overflow or round)
     if isinstance(obj, float | Decimal):
@@ -57,12 +68,21 @@ def canonical(obj: Any) -> Any:
         if math.isinf(f):
             return {"$float": "inf" if f > 0 else "-inf"}
         return int(f) if f.is_integer() else f
-    if isinstance(obj, Mapping):
-        return {"$map": sorted(([canonical(k), canonical(v)] for k, v in obj.items()), key=json.dumps)}
-    if isinstance(obj, list | tuple):
-        return [canonical(v) for v in obj]
-    if isinstance(obj, set | frozenset):
-        return {"$set": sorted((canonical(v) for v in obj), key=json.dumps)}
+    if isinstance(obj, Mapping | list | tuple | set | frozenset):
+        if id(obj) in path:
+            raise DefinitionError(f"a {type(obj).__name__} that contains itself cannot be encoded canonically")
+        if len(path) >= MAX_DEPTH:
+            raise DefinitionError(f"containers nested more than {MAX_DEPTH} deep cannot be encoded canonically")
+        path.append(id(obj))
+        try:
+            if isinstance(obj, Mapping):
+                return {"$map": sorted(([_canonical(k, path), _canonical(v, path)] for k, v in obj.items()),
+                                       key=json.dumps)}
+            if isinstance(obj, list | tuple):
+                return [_canonical(v, path) for v in obj]
+            return {"$set": sorted((_canonical(v, path) for v in obj), key=json.dumps)}
+        finally:
+            path.pop()
     if isinstance(obj, dt.datetime):
         if obj.tzinfo is None:
             raise DefinitionError(f"naive datetime {obj!r} in a config: give it a timezone")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import datetime
 from typing import Any, Literal
 
@@ -37,11 +38,13 @@ def to_polars(data: Any) -> pl.DataFrame:
         return data.collect() if isinstance(data, pl.LazyFrame) else data
     if kind == "arrow":
         table = pa.Table.from_batches([data]) if isinstance(data, pa.RecordBatch) else data
+        _check_unique_columns(table.column_names)
         out = pl.from_arrow(table)
         assert isinstance(out, pl.DataFrame)
         return out
     # pandas: keys kept in the index (ts, or symbol + ts) become columns.
     index_names = [n for n in getattr(data.index, "names", []) if n is not None]
+    _check_unique_columns([*index_names, *data.columns])
     if index_names:
         data = data.reset_index()
     for col in data.columns:
@@ -54,6 +57,15 @@ def to_polars(data: Any) -> pl.DataFrame:
         raise InvalidInputError(f"cannot convert the pandas frame: {exc}") from exc
     assert isinstance(out, pl.DataFrame)
     return out
+
+
+def _check_unique_columns(names: list[Any]) -> None:
+    """Refuse a frame with two columns of one name (pandas and Arrow allow it): which one is the bars'?"""
+    dups = [n for n, k in Counter(names).items() if k > 1]
+    if dups:
+        listed = ", ".join(repr(n) for n in dups)
+        raise InvalidInputError(f"duplicate column name(s) {listed}: each column must have a unique name",
+                                column=str(dups[0]))
 
 
 def _check_object_column(col: str, values: list[Any], symbols: list[Any] | None) -> None:

@@ -11,10 +11,11 @@ from __future__ import annotations
 import os
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -54,9 +55,10 @@ def load_bars_source(source: Any) -> Any:
         raise InvalidInputError(f"no such file: {path}")
     suffix = path.suffix.lower()
     if suffix in (".parquet", ".pq"):
-        return pl.read_parquet(path)
+        return _read(path, "Parquet", lambda: pl.read_parquet(path))
     if suffix in (".csv", ".txt"):
-        df = pl.read_csv(path, try_parse_dates=False, schema_overrides={"symbol": pl.String, "ts": pl.String})
+        df = _read(path, "CSV", lambda: pl.read_csv(path, try_parse_dates=False,
+                                                    schema_overrides={"symbol": pl.String, "ts": pl.String}))
         if "ts" not in df.columns:
             return df  # validation names the missing column
         try:
@@ -64,7 +66,28 @@ def load_bars_source(source: Any) -> Any:
         except pl.exceptions.PolarsError as exc:
             raise InvalidInputError(f"{path}: cannot parse ts as timestamps: {exc}", column="ts") from exc
         return df.with_columns(ts)
-    raise InvalidInputError(f"unsupported file type {path.suffix!r}: use .parquet or .csv")
+    raise InvalidInputError(f"{path}: unsupported file type {path.suffix!r}: use .parquet or .csv")
+
+
+def _read(path: Path, kind: str, read: Callable[[], pl.DataFrame]) -> pl.DataFrame:
+    """``read()``, its failures on a damaged file (garbage, truncated, not UTF-8) as InvalidInputError."""
+    if path.stat().st_size == 0:
+        raise InvalidInputError(f"{path}: the file is empty")
+    try:
+        return read()
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise InvalidInputError(f"{path}: not a readable {kind} file: {exc}") from exc
+
+
+def _validated(bars: Any, max_future: timedelta | None) -> pl.DataFrame:
+    """The bars of a frame or file, validated; a file's bad bars are reported naming the file."""
+    try:
+        return validate_bars(load_bars_source(bars), max_future=max_future).select(BAR_COLUMNS)
+    except InvalidInputError as exc:
+        if not isinstance(bars, str | os.PathLike) or str(bars) in exc.problem:
+            raise
+        raise InvalidInputError(f"{bars}: {exc.problem}", column=exc.column, symbol=exc.symbol, row=exc.row,
+                                value=exc.value) from exc
 
 
 # Symbols are ingested in chunks of up to this many bars (stored + new): whole chunks go through each polars
@@ -88,14 +111,16 @@ class _Planned(NamedTuple):
     appended_only: bool
 
 
-def ingest(root: Path, catalog: Catalog, bars: Any, *, replace_range: bool = False) -> IngestReport:
+def ingest(root: Path, catalog: Catalog, bars: Any, *, replace_range: bool = False,
+           max_future: timedelta | None = None) -> IngestReport:
     """Validate ``bars`` (all of them first: nothing is stored when any bar is bad) and store them, all or nothing.
+    ``max_future``: bars dated more than that after now are refused.
 
     By default the new bars overlay the stored ones: a stored bar with the same (symbol, ts) is replaced, every
     other stored bar is kept. With ``replace_range`` each symbol's new bars replace all its stored bars between
     their first and last ts (``IngestReport.removed`` counts the stored bars that are gone).
     """
-    df = validate_bars(load_bars_source(bars)).select(BAR_COLUMNS)
+    df = _validated(bars, max_future)
     names, starts, ends = symbol_runs(df["symbol"])
     spans = {s: (a, b) for s, a, b in zip(names, starts.tolist(), ends.tolist(), strict=True)}
     planned: dict[str, _Planned] = {}

@@ -86,9 +86,11 @@ class Store:
         the same (symbol, ts) as a stored one replaces it; other stored bars are kept. Changed values are
         recorded as a restatement (``IngestReport.restated``); the old snapshots stay readable with
         ``as_known_at``. With ``replace_range=True`` each symbol's bars replace all its stored bars between
-        their first and last ts; ``IngestReport.removed`` counts the stored bars that are gone.
+        their first and last ts; ``IngestReport.removed`` counts the stored bars that are gone. Bars dated more
+        than the ``max_future_days`` setting after now are refused.
         """
-        return _ingest.ingest(self.root, self.catalog, bars, replace_range=replace_range)
+        return _ingest.ingest(self.root, self.catalog, bars, replace_range=replace_range,
+                              max_future=self.settings.max_future)
 
     def backfill(
         self,
@@ -309,7 +311,9 @@ class Store:
 
         ``feature_sets``: the sets to compute, from now on (default: every set this process registered or
         backfilled). A bar at or before the latest of its symbol is a restatement, recomputed through the
-        offline tier, never overwriting newer online values; one identical to the latest is skipped.
+        offline tier, never overwriting newer online values; one identical to the latest is skipped. Bars dated
+        more than the ``max_future_days`` setting after now are refused (one would make every real bar after it
+        look like a restatement).
         """
         chosen = [feature_sets] if isinstance(feature_sets, FeatureSet) else list(feature_sets or [])
         for fs in chosen:
@@ -320,7 +324,7 @@ class Store:
                                     " (definitions with Python code cannot be rebuilt from the catalog)")
         for fs, version in sets:
             self.live.add(fs, version)
-        return self.live.push(bars)
+        return self.live.push(bars, max_future=self.settings.max_future)
 
     def flush(self) -> int:
         """Write pushed bars still buffered to the offline tier now (also done by :meth:`close`)."""

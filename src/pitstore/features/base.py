@@ -181,6 +181,10 @@ class FeatureSet:
             raise DefinitionError(f"feature set {name!r}: availability_lag must not be negative")
         if ttl_td is not None and ttl_td <= timedelta(0):
             raise DefinitionError(f"feature set {name!r}: ttl must be positive")
+        if ttl_td is not None and lag >= ttl_td:
+            # A row is available from ts + lag and stale after ts + ttl: it would be fresh for one instant at most.
+            raise DefinitionError(f"feature set {name!r}: availability_lag ({lag}) must be less than ttl ({ttl_td}),"
+                                  " else every row is stale as soon as it is available")
         object.__setattr__(self, "name", name)
         object.__setattr__(self, "features", feats)
         object.__setattr__(self, "timeframe", timeframe)

@@ -28,6 +28,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -135,8 +136,8 @@ class LiveEngine:
 
     # --- push ---------------------------------------------------------------------------------------------
 
-    def push(self, bars: Any) -> PushReport:
-        df = validate_bars(bars).select(BAR_COLUMNS)
+    def push(self, bars: Any, *, max_future: timedelta | None = None) -> PushReport:
+        df = validate_bars(bars, max_future=max_future).select(BAR_COLUMNS)
         report = PushReport()
         if df.height == 0:
             return report
