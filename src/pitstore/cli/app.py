@@ -262,6 +262,14 @@ def demo(
         where = Settings.load().root / "demo"
     with Store.open(where) as store:
         ok = _demo.run(store, n_symbols=n_symbols, years=years, n_lookups=lookups, seed=seed, console=out_console)
+        symbol = store.symbols()[0]
+        as_of = store.bars(symbol)["ts"][-1].strftime("%Y-%m-%dT%H:%M:%SZ")
+    at = Path(where).resolve()
+    out_console.print(f"\nstore: {at}   (inspect it: pitstore stats --root {at})\n"
+                      f"serve it over HTTP:  pitstore serve --root {at}\n"
+                      f"then try:            curl 'http://127.0.0.1:8000/v1/features/{symbol}?as_of={as_of}"
+                      "&features=daily_core'\n"
+                      "(pitstore is .venv/bin/pitstore when the venv is not activated)", soft_wrap=True)
     if not ok:
         fail("the second pass over identical bars was not a no-op (see above): a pitstore bug")
 
