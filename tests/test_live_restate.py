@@ -13,6 +13,8 @@ import pytest
 from test_history_tier import _delete_tables
 
 import pitstore
+import pitstore.ingest
+import pitstore.live.engine
 from pitstore import FeatureSet, Store
 from pitstore.testing import synthetic_bars
 
@@ -190,3 +192,29 @@ def test_a_restatement_older_than_the_history_window(tmp_path: Path, postgres_ur
             assert s.read(fs.name).equals(want)
     finally:
         _delete_tables(postgres_url, namespace + "_")
+
+
+def test_a_restatement_keeps_a_concurrent_correction_between_its_bars(
+    pushed: tuple[Store, FeatureSet, pl.DataFrame, pl.DataFrame], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Corrections of T-10 and T-2 pushed while another writer corrects T-6, just before the push's ingest:
+    the push stores only its own bars (ingest overlays them), so the other correction is kept, not reverted
+    to the bar read before it."""
+    s, fs, bars, _ = pushed
+    pushed_fix = pl.concat([_corrected(bars, "S0001", T - k * MINUTE) for k in (10, 2)])
+    other_fix = _corrected(bars, "S0001", T - 6 * MINUTE)
+    real = pitstore.ingest.ingest
+
+    def racing(root: Path, catalog: object, new: pl.DataFrame, **kwargs: object) -> object:
+        if new["ts"].is_in(pushed_fix["ts"].implode()).any():  # the restatement's ingest, not the flush
+            real(root, s.catalog, other_fix)  # the other writer commits first
+        return real(root, catalog, new, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pitstore.live.engine._ingest, "ingest", racing)
+    report = s.push(pushed_fix)
+    assert report.restated == {"S0001": 2}
+    final = _replace(bars, pl.concat([pushed_fix, other_fix]))
+    assert s.bars("S0001").equals(final.filter(pl.col("symbol") == "S0001"))
+    monkeypatch.undo()
+    s.backfill(fs)  # the other writer's correction, recomputed as its own ingest would have it
+    assert s.read(fs.name).equals(_batch(tmp_path / "batch", final, fs))

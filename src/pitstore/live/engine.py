@@ -275,9 +275,11 @@ class LiveEngine:
                 log.error("online rows of a failed push of %s not taken back: %s", table_id, exc)
 
     def _restate(self, bars: pl.DataFrame, report: PushReport) -> None:
-        """Restated bars: through the offline tier, as an ingest and a backfill would do it."""
+        """Restated bars: through the offline tier, as an ingest and a backfill would do it. Only the pushed bars
+        are ingested (ingest overlays them on the stored ones): a stored bar is never written back as it was
+        read, which would undo a correction another process committed meanwhile."""
         self.flush()
-        ingested = _ingest.ingest(self.root, self.catalog, self._overlay(bars))
+        ingested = _ingest.ingest(self.root, self.catalog, bars)
         symbols = sorted(set(bars["symbol"].to_list()))
         report.restated.update(ingested.restated)
         for s in symbols:
@@ -292,20 +294,6 @@ class LiveEngine:
             changed = changed.join(first, on="symbol", suffix="_from").filter(pl.col("ts") >= pl.col("ts_from"))
             frame = changed.select("symbol", "ts", *table.columns)
             report.rows[table_id] = pl.concat([report.rows[table_id], frame]) if table_id in report.rows else frame
-
-    def _overlay(self, bars: pl.DataFrame) -> pl.DataFrame:
-        """The stored bars in the span of each symbol's pushed bars, with the pushed ones laid over them: an
-        ingest replaces a span, and a push restates single bars, not everything between them."""
-        symbols = sorted(set(bars["symbol"].to_list()))
-        entries = self.catalog.live_bars(symbols)
-        stored = read_entries(self.root, [e.path for e in entries]) if entries else None
-        if stored is None or stored.height == 0:
-            return bars
-        span = bars.group_by("symbol").agg(pl.col("ts").min().alias("lo"), pl.col("ts").max().alias("hi"))
-        kept = (stored.select(BAR_COLUMNS).join(span, on="symbol")
-                .filter(pl.col("ts").is_between(pl.col("lo"), pl.col("hi")))
-                .join(bars, on=["symbol", "ts"], how="anti").select(BAR_COLUMNS))
-        return pl.concat([kept, bars], how="vertical_relaxed").sort("symbol", "ts")
 
     # --- state --------------------------------------------------------------------------------------------
 
