@@ -40,8 +40,9 @@ from pitstore.testing import synthetic_bars
 BAR_COLUMNS = ["symbol", "ts", "open", "high", "low", "close", "volume"]
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
-# Reads back the stored bars through the public API: each output is one bar column, unchanged.
-ECHO = FeatureSet("echo", [expr(c, pl.col(c)) for c in BAR_COLUMNS[2:]])
+# Reads back the stored bars through the public API: each output is one bar column, unchanged. Its timeframe
+# is the finest there is, so that bars of any timeframe pass its spacing check.
+ECHO = FeatureSet("echo", [expr(c, pl.col(c)) for c in BAR_COLUMNS[2:]], timeframe="1s")
 
 
 def all_features() -> FeatureSet:

@@ -29,12 +29,15 @@ BAR_SCHEMA = {"symbol": pl.String, "ts": pl.Datetime("us", "UTC"), "open": pl.Fl
               "low": pl.Float64, "close": pl.Float64, "volume": pl.Float64}
 
 
+# The bars of these sets are deliberately irregular (30-minute slots, jittered up to 17 minutes): their
+# timeframe is a minute, which any two of them are more than half apart.
 def base_set() -> FeatureSet:
-    return FeatureSet("base", [ret(1), sma(3)])
+    return FeatureSet("base", [ret(1), sma(3)], timeframe="1m")
 
 
 def lagged_set(lag: timedelta, ttl: timedelta | None) -> FeatureSet:
-    return FeatureSet("lagged", [ret(1).alias("lret"), sma(3).alias("lsma")], availability_lag=lag, ttl=ttl)
+    return FeatureSet("lagged", [ret(1).alias("lret"), sma(3).alias("lsma")], timeframe="1m", availability_lag=lag,
+                      ttl=ttl)
 
 
 # --- the brute-force reference -------------------------------------------------------------------------

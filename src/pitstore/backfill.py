@@ -28,6 +28,7 @@ from pitstore.features.base import FeatureSet
 from pitstore.features.engine import compute_frame
 from pitstore.features.library import is_window
 from pitstore.offline import encode_symbol, file_facts, read_entries, write_entry
+from pitstore.spacing import check_spacing
 
 __all__ = ["BackfillReport", "backfill"]
 
@@ -143,6 +144,7 @@ def _run(
     assert bars is not None
     if end_us is not None:
         bars = bars.filter(pl.col("ts").dt.epoch("us") <= end_us)
+    check_spacing(bars, fs)  # before anything of the batch is written
     out = compute_frame(fs.features, _needed(bars, fs, plans))
     report.computed_rows += out.height
     parts: dict[str, pl.DataFrame] = {}

@@ -18,7 +18,13 @@ has the next process to open the store drop them.
 A bar dated at or before the latest known bar of its symbol is a duplicate when it is identical to it, else
 a restatement: buffered bars are flushed, the restated bars are ingested (recorded as a restatement), the
 symbol is recomputed by the offline tier, and its steppers are primed again. The online row is rewritten
-only with the recomputed row of the same (latest) ts, never with an older one.
+only with the recomputed row of the same (latest) ts, never with an older one. Bars newer than the latest in
+the same push are part of that restatement; those of later pushes are new bars again. A restated bar older than
+the history tier's window is no different: the offline tier holds every recomputed row, the history tier the
+ones inside its window.
+
+Bars closer together than the live sets' timeframes allow (:mod:`pitstore.spacing`) are refused before anything
+of the push is computed or stored.
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ from pitstore.live.steppers import Stepper, WindowBlock, stepper_for
 from pitstore.offline import read_entries
 from pitstore.reads import read_range
 from pitstore.serving import Serving
+from pitstore.spacing import check_spacing, min_gap_us, spacing_error
 
 __all__ = ["LiveEngine", "PushReport"]
 
@@ -122,6 +129,8 @@ class LiveEngine:
         self._flying: pl.DataFrame | None = None  # those bars
         self.marker = PushMarker(root)
         self._retry_at = 0.0
+        # The live set of the longest timeframe and its least bar spacing (µs), which pushed bars are checked by.
+        self._strictest: tuple[FeatureSet, int] | None = None
 
     def add(self, feature_set: FeatureSet, version: int) -> None:
         """Compute ``feature_set`` (registered as ``version``) on pushes from now on."""
@@ -132,6 +141,8 @@ class LiveEngine:
         self.sets = {k: v for k, v in self.sets.items() if v[0].name != feature_set.name}
         self.sets[table_id] = (feature_set, version)
         self._tables = {t: _Table.of(fs) for t, (fs, _) in self.sets.items()}
+        strictest = max((fs for fs, _ in self.sets.values()), key=min_gap_us)
+        self._strictest = strictest, min_gap_us(strictest)
         self._symbols.clear()  # primed again, with the new set's steppers
 
     # --- push ---------------------------------------------------------------------------------------------
@@ -160,8 +171,11 @@ class LiveEngine:
                     restated.extend(range(i, b))
                     continue
             if i < b:
+                self._check_gaps(symbol, state.last_ts, ts, i, b)
                 todo.append((symbol, i, b))
                 accepted.extend(range(i, b))
+        if restated:
+            self._check_restated(df[restated])  # before anything of the push is computed or stored
         if accepted:
             self._accept(df, todo, ts, values, report)
             with self._lock:
@@ -174,6 +188,26 @@ class LiveEngine:
             self._flush_in_background()
         report.pending_offline = self.pending
         return report
+
+    def _check_gaps(self, symbol: str, last_ts: int | None, ts: list[int], i: int, b: int) -> None:
+        """New bars ``ts[i:b]`` of ``symbol`` after its latest known bar: far enough apart for every live set
+        (:mod:`pitstore.spacing`). Plain Python: a push of one bar must not pay for a DataFrame operation."""
+        assert self._strictest is not None
+        fs, gap = self._strictest
+        prev = last_ts
+        for j in range(i, b):
+            if prev is not None and ts[j] - prev < gap:
+                raise spacing_error(fs, symbol, prev, ts[j])
+            prev = ts[j]
+
+    def _check_restated(self, bars: pl.DataFrame) -> None:
+        """The known bars of the restated symbols with ``bars`` laid over them, far enough apart."""
+        assert self._strictest is not None
+        known = self._known_bars(sorted(set(bars["symbol"].to_list())))
+        keys = bars.select("symbol", "ts")
+        if known is not None:
+            keys = pl.concat([known.select("symbol", "ts"), keys]).unique().sort("symbol", "ts")
+        check_spacing(keys, self._strictest[0])
 
     def _accept(self, df: pl.DataFrame, todo: list[tuple[str, int, int]], ts: list[int],
                 values: list[tuple[float, ...]], report: PushReport) -> None:
@@ -276,9 +310,11 @@ class LiveEngine:
                 log.error("online rows of a failed push of %s not taken back: %s", table_id, exc)
 
     def _restate(self, bars: pl.DataFrame, report: PushReport) -> None:
-        """Restated bars: through the offline tier, as an ingest and a backfill would do it."""
+        """Restated bars: through the offline tier, as an ingest and a backfill would do it. Only the pushed bars
+        are ingested (ingest overlays them on the stored ones): a stored bar is never written back as it was
+        read, which would undo a correction another process committed meanwhile."""
         self.flush()
-        ingested = _ingest.ingest(self.root, self.catalog, self._overlay(bars))
+        ingested = _ingest.ingest(self.root, self.catalog, bars)
         symbols = sorted(set(bars["symbol"].to_list()))
         report.restated.update(ingested.restated)
         for s in symbols:
@@ -293,20 +329,6 @@ class LiveEngine:
             changed = changed.join(first, on="symbol", suffix="_from").filter(pl.col("ts") >= pl.col("ts_from"))
             frame = changed.select("symbol", "ts", *table.columns)
             report.rows[table_id] = pl.concat([report.rows[table_id], frame]) if table_id in report.rows else frame
-
-    def _overlay(self, bars: pl.DataFrame) -> pl.DataFrame:
-        """The stored bars in the span of each symbol's pushed bars, with the pushed ones laid over them: an
-        ingest replaces a span, and a push restates single bars, not everything between them."""
-        symbols = sorted(set(bars["symbol"].to_list()))
-        entries = self.catalog.live_bars(symbols)
-        stored = read_entries(self.root, [e.path for e in entries]) if entries else None
-        if stored is None or stored.height == 0:
-            return bars
-        span = bars.group_by("symbol").agg(pl.col("ts").min().alias("lo"), pl.col("ts").max().alias("hi"))
-        kept = (stored.select(BAR_COLUMNS).join(span, on="symbol")
-                .filter(pl.col("ts").is_between(pl.col("lo"), pl.col("hi")))
-                .join(bars, on=["symbol", "ts"], how="anti").select(BAR_COLUMNS))
-        return pl.concat([kept, bars], how="vertical_relaxed").sort("symbol", "ts")
 
     # --- state --------------------------------------------------------------------------------------------
 
