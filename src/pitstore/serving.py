@@ -227,6 +227,15 @@ class Serving:
         assert merged is not None
         return merged
 
+    def frame(self, vectors: Sequence[FeatureVector], features: str | Sequence[str]) -> pl.DataFrame:
+        """``vectors`` (of ``features``) as a frame: symbol, ts, the features, status. Every feature column is
+        Float64, as stored, even when no value is known (all stale or missing): never polars' Null type."""
+        names = [n for table in self.tables(features) for n in table.sel.names]
+        schema = {"symbol": pl.String, "ts": pl.Datetime("us", "UTC"), **dict.fromkeys(names, pl.Float64),
+                  "status": pl.String}
+        return pl.DataFrame([{"symbol": v.symbol, "ts": v.ts, **v.values, "status": v.status} for v in vectors],
+                            schema=schema)
+
     def _online_vector(self, table: _Table, symbol: str, row: OnlineRow | None, now: int,
                        status: str = "ok") -> FeatureVector:
         if row is None:

@@ -248,11 +248,7 @@ class Store:
         vectors = self.serving.get_online(_symbols(symbols) or [], features)
         if output is None:
             return vectors
-        df = pl.DataFrame(
-            [{"symbol": v.symbol, "ts": v.ts, **v.values, "status": v.status} for v in vectors],
-            schema_overrides={"ts": pl.Datetime("us", "UTC")},
-        )
-        return from_polars(df, output)
+        return from_polars(self.serving.frame(vectors, features), output)
 
     def get_features(self, symbol: str, as_of: datetime, names: str | Sequence[str], *,
                      as_known_at: datetime | None = None) -> FeatureVector:
