@@ -60,3 +60,28 @@ def test_get_online_frame_keeps_float64_when_values_are_stale_or_missing(
     assert df.filter(pl.col("status") != "ok")["sma_3"].null_count() == len(symbols) - fresh.height
     pandas = online_store.get_online(symbols, "online_fs", output="pandas")
     assert str(pandas["ret_1"].dtype) == "float64"
+
+
+# --- one status vocabulary for point-in-time reads ------------------------------------------------------------
+
+
+def test_get_features_says_what_get_historical_says_for_the_same_look_up(tmp_path: Path) -> None:
+    """unknown_symbol, no_data_yet, ok, stale and damaged: get_features gives get_historical's status (and values)
+    for every look-up, whichever situation it is."""
+    fs = FeatureSet("pit_fs", [ret(1), sma(3)], timeframe="1d", ttl=timedelta(days=3))
+    bars = synthetic_bars(2, 40, start=datetime(2020, 1, 1, tzinfo=UTC))
+    first, last = bars["ts"].min(), bars["ts"].max()
+    probes = [("S0000", first - timedelta(days=1)), ("S0000", first), ("S0000", last),
+              ("S0000", last + timedelta(days=5)), ("NOPE", last), ("S0001", last)]
+    with Store.open(tmp_path / "store", online_url="memory://") as store:
+        store.ingest(bars)
+        store.backfill(fs)
+        (store.root / store.catalog.feature_entries("pit_fs", 1, ["S0001"])[0].path).unlink()  # S0001: damaged
+        entities = pl.DataFrame({"symbol": [s for s, _ in probes], "ts": [t for _, t in probes]})
+        historical = store.get_historical(entities, "pit_fs")
+        want = ["no_data_yet", "ok", "ok", "stale", "unknown_symbol", "damaged"]
+        assert historical["status"].to_list() == want
+        for (symbol, t), row in zip(probes, historical.iter_rows(named=True), strict=True):
+            got = store.get_features(symbol, t, "pit_fs")
+            assert got.status == row["status"], (symbol, t)
+            assert got.values == {"ret_1": row["ret_1"], "sma_3": row["sma_3"]}, (symbol, t)

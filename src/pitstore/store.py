@@ -255,7 +255,9 @@ class Store:
         """The features of ``symbol`` as of ``as_of`` (DESIGN section 2): one point-in-time look-up, the shape a
         backtest calls in a loop. Served online when ``as_of`` is at or after the newest stored row, from the
         history tier (PostgreSQL) inside its window, else from the offline tier; the answer is the same
-        whichever tier gives it. ``as_known_at`` replays what the store knew then."""
+        whichever tier gives it. ``as_known_at`` replays what the store knew then. ``status`` is the one
+        :meth:`get_historical` gives for the same look-up: ``ok``, ``stale``, ``no_data_yet``, ``unknown_symbol``
+        or ``damaged``."""
         return self.serving.get_features(symbol, utc(as_of, "as_of"), names,
                                          as_known_at=_aware(as_known_at, "as_known_at"))
 
