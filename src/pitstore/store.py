@@ -338,12 +338,15 @@ class Store:
         return [e.symbol for e in self.catalog.live_bars()]
 
     def stats(self) -> dict[str, Any]:
-        """Counts of symbols, bars, entries and bytes on disk; ``cache``: the compute cache's entries, bytes,
-        hits, misses, hit rate, compute seconds spent and saved and hashing, in total and ``per_symbol``."""
+        """Feature sets and their readable versions (``name@v``; retired ones are not), counts of symbols, bars,
+        entries and bytes on disk; ``cache``: the compute cache's entries, bytes, hits, misses, hit rate, compute
+        seconds spent and saved and hashing, in total and ``per_symbol``."""
         counts = self.catalog.counts()
         size = sum(p.stat().st_size for p in self.root.rglob("*.parquet"))
-        return {"root": str(self.root), "feature_sets": self.registry.names(), **counts, "bytes_on_disk": size,
-                "cache": self.cache.stats()}
+        names = self.registry.names()
+        versions = [f"{n}@{v.version}" for n in names for v in self.catalog.versions(n)]
+        return {"root": str(self.root), "feature_sets": names, "versions": versions, **counts,
+                "bytes_on_disk": size, "cache": self.cache.stats()}
 
     def close(self) -> None:
         try:
