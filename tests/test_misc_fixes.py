@@ -7,10 +7,14 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 
+import pitstore
 from pitstore import FeatureSet, Store, ret, sma
+from pitstore.features.registry import definition
+from pitstore.fingerprint import canonical_json, sha256_hex
 from pitstore.testing import synthetic_bars
 
 NOW = datetime.now(UTC)
@@ -85,3 +89,59 @@ def test_get_features_says_what_get_historical_says_for_the_same_look_up(tmp_pat
             got = store.get_features(symbol, t, "pit_fs")
             assert got.status == row["status"], (symbol, t)
             assert got.values == {"ret_1": row["ret_1"], "sma_3": row["sma_3"]}, (symbol, t)
+
+
+# --- standard features on any timeframe -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("timeframe", "want"), [
+    ("1d", 252), ("2d", 126), ("1w", 52), ("2w", 26), ("1h", 252 * 6.5), ("4h", 252 * 6.5 / 4),
+    ("5m", 252 * 6.5 * 12), ("1m", 252 * 390), ("30s", 252 * 390 * 2),
+])
+def test_periods_per_year_follows_the_documented_rule(timeframe: str, want: float) -> None:
+    """252 sessions a year; a day bar is a session, a week bar a week, intraday bars fill 6.5-hour sessions."""
+    assert pitstore.periods_per_year(timeframe) == pytest.approx(want, rel=1e-15)
+
+
+def _log_return_std(close: np.ndarray, n: int) -> np.ndarray:
+    """Independent reference: sample std of the last n one-bar log returns, NaN until n returns exist."""
+    lr = np.log(close[1:] / close[:-1])
+    out = np.full(close.shape, np.nan)
+    for t in range(n, close.size):
+        out[t] = np.std(lr[t - n:t], ddof=1)
+    return out
+
+
+@pytest.mark.parametrize(("timeframe", "override", "factor"), [
+    ("1h", None, 252 * 6.5), ("5m", None, 252 * 78), ("1h", 24 * 365, 24 * 365), ("1d", None, 252),
+])
+def test_standard_features_annualise_by_the_timeframe(timeframe: str, override: float | None, factor: float) -> None:
+    """vol_N on any timeframe = std of N one-bar log returns (ddof=1) x sqrt(periods per year of that
+    timeframe, or the override); names count bars except on 1d, whose names keep their d."""
+    fs = pitstore.standard_features(timeframe=timeframe, periods_per_year=override)
+    unit = "d" if timeframe == "1d" else ""
+    assert fs.columns == tuple(f"{k}_{n}{unit}" for k in ("ret", "vol", "mom") for n in
+                               ((5, 20, 60) if k == "ret" else (20, 60)))
+    bars = synthetic_bars(2, 150, timeframe=timeframe, seed=5)
+    out = pitstore.compute(fs, bars)
+    for symbol in ("S0000", "S0001"):
+        close = bars.filter(pl.col("symbol") == symbol)["close"].to_numpy()
+        got = out.filter(pl.col("symbol") == symbol)
+        for n in (20, 60):
+            want = _log_return_std(close, n) * np.sqrt(factor)
+            np.testing.assert_allclose(got[f"vol_{n}{unit}"].to_numpy(), want, rtol=1e-10, equal_nan=True)
+
+
+def test_the_daily_standard_set_keeps_its_definition_and_fingerprint() -> None:
+    """Stored daily sets keep their fingerprint: the definition of standard_features() (libraries and engine
+    version aside, which have their own reasons to change) is the one daily stores were registered with."""
+    d = definition(pitstore.standard_features())
+    d.pop("libraries")
+    d.pop("engine_version")
+    assert sha256_hex(canonical_json(d)) == "10478a65f7f228ea600723d6ff73ebb64d0205353664a6c5b37ce851167636fb"
+    assert pitstore.fingerprint(pitstore.standard_features()) == pitstore.fingerprint(pitstore.FeatureSet(
+        "daily_core", [ret(5).alias("ret_5d"), ret(20).alias("ret_20d"), ret(60).alias("ret_60d"),
+                       pitstore.vol(20, 252).alias("vol_20d"), pitstore.vol(60, 252).alias("vol_60d"),
+                       pitstore.mom(20).alias("mom_20d"), pitstore.mom(60).alias("mom_60d")],
+        timeframe="1d", description="the seven standard return, volatility and momentum features"))
+    assert pitstore.vol().name == "vol_20_252" and pitstore.vol(5, periods_per_year=409.5).name == "vol_5_409p5"
