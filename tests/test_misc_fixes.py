@@ -145,3 +145,69 @@ def test_the_daily_standard_set_keeps_its_definition_and_fingerprint() -> None:
                        pitstore.mom(20).alias("mom_20d"), pitstore.mom(60).alias("mom_60d")],
         timeframe="1d", description="the seven standard return, volatility and momentum features"))
     assert pitstore.vol().name == "vol_20_252" and pitstore.vol(5, periods_per_year=409.5).name == "vol_5_409p5"
+
+
+# --- docs/conventions.md, checked ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def one_symbol() -> tuple[dict[str, np.ndarray], pl.DataFrame]:
+    bars = synthetic_bars(1, 300, seed=3)
+    feats = [pitstore.ema(10), pitstore.rsi(14), pitstore.atr(14), pitstore.bollinger(20, 2.0), pitstore.vol(20),
+             pitstore.mom(10), pitstore.vwap(20)]
+    return {c: bars[c].to_numpy() for c in ("high", "low", "close", "volume")}, pitstore.compute(feats, bars)
+
+
+def test_conventions_table_ema_is_sma_seeded_not_pandas_ewm(one_symbol: tuple[dict[str, np.ndarray], pl.DataFrame]
+                                                            ) -> None:
+    """ema(n): first value at bar n-1 = SMA of the first n closes; pandas ewm(adjust=False) from the first close
+    differs there and agrees only after the seed has decayed; seeded with that SMA, ewm is the same recursion."""
+    import pandas as pd
+
+    a, out = one_symbol
+    c, ema = a["close"], out["ema_10"].to_numpy()
+    assert np.isnan(ema[:9]).all() and ema[9] == pytest.approx(c[:10].mean(), rel=1e-14)
+    raw = pd.Series(c).ewm(span=10, adjust=False).mean().to_numpy()
+    assert abs(raw[9] - ema[9]) > 1e-3 * ema[9]  # the seeds differ: visibly different first values
+    np.testing.assert_allclose(raw[250:], ema[250:], rtol=1e-12)  # (1 - 2/11)^240: the seed has decayed
+    seeded = pd.Series(np.r_[c[:10].mean(), c[10:]]).ewm(span=10, adjust=False).mean().to_numpy()
+    np.testing.assert_allclose(seeded, ema[9:], rtol=1e-12)
+
+
+def test_conventions_table_rsi_and_atr_seeding(one_symbol: tuple[dict[str, np.ndarray], pl.DataFrame]) -> None:
+    """rsi(n) and atr(n): first value at bar n, seeded with simple means over bars 1..n, then Wilder smoothing."""
+    a, out = one_symbol
+    h, lo, c = a["high"], a["low"], a["close"]
+    d = np.diff(c)
+    gain, loss = np.clip(d, 0, None)[:14].mean(), np.clip(-d, 0, None)[:14].mean()
+    rsi = out["rsi_14"].to_numpy()
+    assert np.isnan(rsi[:14]).all() and rsi[14] == pytest.approx(100 * gain / (gain + loss), rel=1e-12)
+    tr = np.maximum(h[1:] - lo[1:], np.maximum(abs(h[1:] - c[:-1]), abs(lo[1:] - c[:-1])))  # tr[i] is bar i+1's
+    atr = out["atr_14"].to_numpy()
+    assert np.isnan(atr[:14]).all() and atr[14] == pytest.approx(tr[:14].mean(), rel=1e-12)
+    assert atr[15] == pytest.approx((atr[14] * 13 + tr[14]) / 14, rel=1e-12)
+
+
+def test_conventions_table_bollinger_vol_mom_vwap(one_symbol: tuple[dict[str, np.ndarray], pl.DataFrame]) -> None:
+    """bollinger: population std (ddof=0), not pandas rolling().std() (ddof=1); vol: ddof=1 x sqrt(252), as pandas
+    rolling().std(); mom: close / SMA - 1, not TA-Lib MOM; vwap: rolling n bars of the typical price."""
+    import pandas as pd
+    import talib
+
+    a, out = one_symbol
+    c = a["close"]
+    width = (out["bollinger_20_2_upper"] - out["bollinger_20_2_middle"]).to_numpy() / 2
+    np.testing.assert_allclose(width[19:], pd.Series(c).rolling(20).std(ddof=0).to_numpy()[19:], rtol=1e-9)
+    sample = pd.Series(c).rolling(20).std().to_numpy()
+    np.testing.assert_allclose(sample[19:] / width[19:], np.sqrt(20 / 19), rtol=1e-9)
+    log_ret = pd.Series(np.log(c)).diff()
+    np.testing.assert_allclose(out["vol_20_252"].to_numpy()[20:],
+                               (log_ret.rolling(20).std() * np.sqrt(252)).to_numpy()[20:], rtol=1e-9)
+    mom = out["mom_10"].to_numpy()
+    np.testing.assert_allclose(mom[9:], (c / pd.Series(c).rolling(10).mean() - 1).to_numpy()[9:], rtol=1e-9,
+                               atol=1e-12)
+    assert not np.allclose(mom[10:], talib.MOM(c, 10)[10:])  # TA-Lib MOM is close - close[t-n], in price units
+    typical = (a["high"] + a["low"] + c) / 3
+    window = slice(100, 120)
+    assert out["vwap_20"][119] == pytest.approx(
+        (typical[window] * a["volume"][window]).sum() / a["volume"][window].sum(), rel=1e-12)
