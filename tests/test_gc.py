@@ -407,3 +407,63 @@ def test_cli_cache_warm_clear_cleanup_and_stats(tmp_path: Path, monkeypatch: pyt
         assert not [p for p in (root / "cache").rglob("*.parquet")]
     out = run("cache", "warm", "--compute", "warm_user_code:compute", "--configs", configs, "--root", root)
     assert "cache warm: 6 computed" in out
+
+
+# --- retired versions ----------------------------------------------------------------------------------------------
+
+
+def test_a_version_gc_retired_is_gone_from_reads_and_listings(filled: Filled) -> None:
+    """After gc --max-versions 2 deleted version 1's entries, version 1 is retired: store.read, get_historical,
+    get_features and resolve raise VersionNotFoundError (never an empty answer that looks live), versions() and
+    stats() list only 2 and 3, and the latest version is unchanged."""
+    at = datetime(2015, 2, 10, tzinfo=UTC)
+    with Store.open(filled.root) as store:
+        assert store.stats()["versions"] == ["fs@1", "fs@2", "fs@3"]
+        report = store.gc(max_versions=2, orphan_grace_seconds=0)
+        assert report.retired_versions == ["fs@1"]
+        assert [v.version for v in store.versions("fs")] == [2, 3]
+        assert store.stats()["versions"] == ["fs@2", "fs@3"] and store.stats()["feature_sets"] == ["fs"]
+        for read in (lambda: store.read("fs@1"), lambda: store.read("fs@1:r", symbols=SYMBOLS),
+                     lambda: store.get_historical(entities(), "fs@1"),
+                     lambda: store.get_historical(entities(), ["fs@1:r", "fs@2:r"]),
+                     lambda: store.get_features("S0000", at, "fs@1"), lambda: store.resolve("fs@1:r")):
+            with pytest.raises(pitstore.VersionNotFoundError, match="no version 1; versions: 2, 3"):
+                read()
+        assert store.resolve("fs").version == 3
+        assert_frame_equal(store.get_historical(entities(), "fs@2"), filled.before_v2)
+        assert store.gc(max_versions=2, orphan_grace_seconds=0).retired_versions == []
+
+
+def test_gc_dry_run_names_the_versions_it_would_retire_and_retires_none(filled: Filled) -> None:
+    with Store.open(filled.root) as store:
+        assert store.gc(max_versions=1, dry_run=True, orphan_grace_seconds=0).retired_versions == ["fs@1", "fs@2"]
+        assert [v.version for v in store.versions("fs")] == [1, 2, 3]
+        assert store.get_features("S0000", datetime(2015, 2, 10, tzinfo=UTC), "fs@2").status == "ok"
+
+
+def test_registering_a_retired_definition_again_brings_its_number_back(filled: Filled) -> None:
+    """Version numbers are write-once: the retired definition, registered again, is version 1 again (readable once
+    backfilled), and a new definition still gets a new number."""
+    with Store.open(filled.root) as store:
+        store.gc(max_versions=2, orphan_grace_seconds=0)
+        assert store.backfill(feature_set(1)).version == 1
+        assert [v.version for v in store.versions("fs")] == [1, 2, 3]
+        got = store.get_historical(entities(), "fs@1")
+        assert got["status"].to_list() == ["ok"] * 3 and got["r"].null_count() == 0
+        assert store.register(feature_set(4)) == 4
+
+
+def test_cli_reading_a_retired_version_fails_cleanly(filled: Filled, tmp_path: Path) -> None:
+    """pitstore get of a retired version: exit 1 and one line naming it; gc says what it retired; stats lists the
+    readable versions only."""
+    out = run("gc", "--max-versions", "2", "--grace-minutes", "0", "--root", filled.root)
+    assert "1 files of versions beyond the newest 2 (retired: fs@1)" in out
+    result = runner.invoke(app, ["get", "fs@1:r", "--symbols", "S0000", "--root", str(filled.root)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "feature set 'fs' has no version 1; versions: 2, 3" in " ".join(result.output.split())
+    path = tmp_path / "lookups.parquet"
+    entities().write_parquet(path)
+    result = runner.invoke(app, ["get", "fs@1", "--entities", str(path), "--root", str(filled.root)])
+    assert result.exit_code == 1 and "has no version 1" in result.output
+    stats = json.loads(run("stats", "--json", "--root", filled.root))
+    assert stats["versions"] == ["fs@2", "fs@3"]

@@ -165,7 +165,7 @@ def _expected(rows: pl.DataFrame, t: datetime, lag: timedelta, ttl: timedelta | 
     """The as-of rule of DESIGN section 2, by brute force."""
     seen = rows.filter(pl.col("ts") + lag <= t)
     if seen.is_empty():
-        return "missing", None, dict.fromkeys(columns)
+        return "no_data_yet" if rows.height else "unknown_symbol", None, dict.fromkeys(columns)
     last = seen.row(-1, named=True)
     if ttl is not None and last["ts"] < t - ttl:
         return "stale", last["ts"], dict.fromkeys(columns)

@@ -169,7 +169,7 @@ def test_get_features_is_the_same_whichever_tier_answers(store: Store) -> None:
         assert (got.status, got.ts, got.values) == (want.status, want.ts, want.values), t
         expected = rows.filter(pl.col("ts") <= t)
         if expected.is_empty():
-            assert got.status == "missing"
+            assert got.status == "no_data_yet"
         else:
             assert got.ts == expected["ts"][-1]
 

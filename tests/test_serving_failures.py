@@ -275,7 +275,7 @@ def test_every_server_down_the_offline_tier_still_answers(
         latest = store.get_features("S0001", t, "minute_core")
         assert latest.status == "ok" and _same(latest, offline["S0001"])
         missing = store.get_features("NOPE", t, "minute_core")
-        assert missing.status == "missing" and missing.values == dict.fromkeys(NAMES)
+        assert missing.status == "unknown_symbol" and missing.values == dict.fromkeys(NAMES)
 
         report = store.push(_live_bars(symbols, t - timedelta(minutes=3), seed=3))
         assert store.serving.history is not None and store.serving.history.pending() == N_SYMBOLS

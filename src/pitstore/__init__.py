@@ -60,6 +60,7 @@ from pitstore.features import (
 )
 from pitstore.lookahead import check_lookahead
 from pitstore.store import Store
+from pitstore.timeutil import periods_per_year
 
 try:
     __version__ = version("pitstore")
@@ -103,6 +104,7 @@ __all__ = [
     "log_ret",
     "macd",
     "mom",
+    "periods_per_year",
     "ret",
     "rsi",
     "sma",

@@ -46,6 +46,7 @@ class GcReport:
     dry_run: bool
     stale_entries: list[str] = field(default_factory=list)  # cache entries not accessed within the retention
     old_versions: list[str] = field(default_factory=list)  # feature entries of versions beyond max_versions
+    retired_versions: list[str] = field(default_factory=list)  # those versions ("name@v"): no longer readable
     missing_files: list[str] = field(default_factory=list)  # catalog rows whose file is gone
     orphan_files: list[str] = field(default_factory=list)  # files no catalog row refers to (incl. temporaries)
     busy: list[str] = field(default_factory=list)  # left alone: a process holds their key right now
@@ -101,7 +102,9 @@ def gc(
     max_versions: int | None = None, dry_run: bool = False, orphan_grace_seconds: float = ORPHAN_GRACE_SECONDS,
 ) -> GcReport:
     """Delete stale cache entries, files nobody refers to, rows whose file is gone and versions beyond
-    ``max_versions`` per feature set; then VACUUM/ANALYZE the catalog. ``dry_run`` only reports."""
+    ``max_versions`` per feature set (among those with stored entries); then VACUUM/ANALYZE the catalog.
+    ``dry_run`` only reports. A version whose entries are deleted is retired: no longer listed, and reading it
+    raises VersionNotFoundError (registering its definition again brings the number back)."""
     if retention_weeks is not None and retention_weeks < 0:
         raise InvalidInputError(f"retention weeks must be >= 0, got {retention_weeks}")
     if max_versions is not None and max_versions < 1:
@@ -151,8 +154,12 @@ def gc(
         for r in features:
             newest.setdefault(r.feature_set, []).append(r.version)
         keep = {name: set(sorted(set(vs))[-max_versions:]) for name, vs in newest.items()}
+        versions = sorted({(r.feature_set, r.version) for r in features if r.version not in keep[r.feature_set]})
+        report.retired_versions = [f"{name}@{v}" for name, v in versions]
         retired = [r for r in features if r.version not in keep[r.feature_set] and (root / r.path).exists()]
-        if retired and not dry_run:
+        if versions and not dry_run:
+            # Retired before its rows go: a reader gets VersionNotFoundError, never an empty answer that looks live.
+            catalog.retire_versions(versions)
             catalog.drop_rows("feature_entries", [r.id for r in retired])
         for r in retired:
             delete_file(root / r.path, report.old_versions)

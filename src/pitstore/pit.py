@@ -11,17 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import timedelta
-from typing import Literal
 
 import numpy as np
 import polars as pl
 
-__all__ = ["STATUSES", "Status", "asof_join", "is_available", "is_stale", "micros", "worst_status"]
+from pitstore.status import DAMAGED, NO_DATA_YET, OK, STALE, STATUSES, UNKNOWN_SYMBOL
 
-Status = Literal["ok", "stale", "no_data_yet", "unknown_symbol", "damaged"]
-# Ordered from best to worst: a row joined from several feature sets reports the worst. ``damaged`` is worst:
-# the store had the data and lost it, which no other status may hide.
-STATUSES: tuple[Status, ...] = ("ok", "stale", "no_data_yet", "unknown_symbol", "damaged")
+__all__ = ["asof_join", "is_available", "is_stale", "micros", "worst_status"]
 ORDER = "__pitstore_order"
 _FEATURE_TS = "__pitstore_feature_ts"
 _AVAILABLE = "__pitstore_available"
@@ -66,11 +62,11 @@ def asof_join(
     stale = pl.col(_FEATURE_TS) < (pl.col("ts") - ttl) if ttl is not None else pl.lit(False)
     damaged = pl.col("symbol").is_in(pl.Series(list(damaged_symbols), dtype=pl.String).implode())
     status = (
-        pl.when(damaged).then(pl.lit("damaged"))
-        .when(~known).then(pl.lit("unknown_symbol"))
-        .when(missing).then(pl.lit("no_data_yet"))
-        .when(stale).then(pl.lit("stale"))
-        .otherwise(pl.lit("ok"))
+        pl.when(damaged).then(pl.lit(DAMAGED))
+        .when(~known).then(pl.lit(UNKNOWN_SYMBOL))
+        .when(missing).then(pl.lit(NO_DATA_YET))
+        .when(stale).then(pl.lit(STALE))
+        .otherwise(pl.lit(OK))
     )
     flags = joined.select(stale.alias("stale"), status.alias(status_name), pl.col(_ROW))
     values = rows.select(pl.col(c).gather(flags[_ROW]) for c in columns)
@@ -80,7 +76,8 @@ def asof_join(
 
 
 def worst_status(statuses: Sequence[pl.Expr]) -> pl.Expr:
-    """The worst of several status columns (``damaged`` > ``unknown_symbol`` > ``no_data_yet`` > ``stale`` > ``ok``)."""
+    """The worst of several status columns (``damaged`` > ``unknown_symbol`` > ``no_data_yet`` > ``stale`` > ``ok``;
+    the order of :data:`pitstore.status.STATUSES`)."""
     if len(statuses) == 1:
         return statuses[0]
     rank = pl.Enum(list(STATUSES))

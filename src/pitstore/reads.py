@@ -15,8 +15,9 @@ from pitstore.features.registry import Registry
 from pitstore.frames import to_polars
 from pitstore.offline import EntryReader
 from pitstore.pit import ORDER, asof_join, worst_status
+from pitstore.status import DAMAGED, OK
 
-__all__ = ["Selection", "get_historical", "read_range", "select"]
+__all__ = ["Loaded", "Selection", "get_historical", "known_at_us", "load", "read_range", "select"]
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,7 @@ def select(registry: Registry, features: str | Sequence[str]) -> list[Selection]
     return out
 
 
-def _known_at(as_known_at: datetime | None) -> int | None:
+def known_at_us(as_known_at: datetime | None) -> int | None:
     if as_known_at is None:
         return None
     if as_known_at.tzinfo is None:
@@ -68,14 +69,16 @@ def _known_at(as_known_at: datetime | None) -> int | None:
 
 
 @dataclass(frozen=True)
-class _Loaded:
+class Loaded:
     rows: pl.DataFrame  # symbol, ts and the selection's columns, of the intact symbols only
     present: list[str]  # symbols with intact stored rows
     damaged: dict[str, list[str]]  # symbol -> its damaged entry files (all its rows are left out of ``rows``)
 
 
-def _load(reader: EntryReader, catalog: Catalog, sel: Selection, symbols: Sequence[str] | None,
-          as_known_at: int | None) -> _Loaded:
+def load(reader: EntryReader, catalog: Catalog, sel: Selection, symbols: Sequence[str] | None,
+         as_known_at: int | None) -> Loaded:
+    """The stored rows of ``symbols`` (all when None) visible at ``as_known_at`` (µs; now when None), in time
+    order per symbol, and which symbols have rows (``present``) or are damaged: what a status is decided on."""
     entries = catalog.feature_entries(sel.feature_set, sel.version, symbols, as_known_at)
     rows, broken = reader.read_checked(entries, ["symbol", "ts", *sel.columns])
     damaged: dict[str, list[str]] = {}
@@ -89,7 +92,7 @@ def _load(reader: EntryReader, catalog: Catalog, sel: Selection, symbols: Sequen
         # The whole symbol, not just the broken segment: an as-of look-up must not fall back to an older row.
         rows = rows.filter(~pl.col("symbol").is_in(pl.Series(list(damaged), dtype=pl.String).implode()))
     present = sorted({e.symbol for e in entries} - damaged.keys())
-    return _Loaded(rows, present, damaged)
+    return Loaded(rows, present, damaged)
 
 
 def _spine(entities: Any) -> pl.DataFrame:
@@ -137,7 +140,7 @@ def get_historical(reader: EntryReader, catalog: Catalog, registry: Registry, en
     """One output row per entity row, in input order: entity columns, features as of each ts, ``status`` (the
     worst over the feature sets asked for) and, when there are several, one ``status_<set>`` per set."""
     spine = _spine(entities)
-    known = _known_at(as_known_at)
+    known = known_at_us(as_known_at)
     sels = select(registry, features)
     status_names = _status_names(sels)
     _refuse_clashes(spine, sels, status_names)
@@ -145,7 +148,7 @@ def get_historical(reader: EntryReader, catalog: Catalog, registry: Registry, en
     result = spine
     statuses = []
     for i, sel in enumerate(sels):
-        loaded = _load(reader, catalog, sel, symbols, known)
+        loaded = load(reader, catalog, sel, symbols, known)
         status = f"__status{i}"
         joined = asof_join(spine, loaded.rows.rename(dict(zip(sel.columns, sel.names, strict=True))), sel.names,
                            known_symbols=loaded.present, availability_lag=sel.availability_lag, ttl=sel.ttl,
@@ -167,11 +170,11 @@ def read_range(reader: EntryReader, catalog: Catalog, registry: Registry, featur
     ``"status"`` answers the other symbols and adds a ``status`` column (``ok``, or ``damaged`` on one row per
     damaged symbol, ts and values null), only when some symbol is damaged.
     """
-    known = _known_at(as_known_at)
+    known = known_at_us(as_known_at)
     out: pl.DataFrame | None = None
     damaged: dict[str, list[str]] = {}
     for sel in select(registry, features):
-        loaded = _load(reader, catalog, sel, symbols, known)
+        loaded = load(reader, catalog, sel, symbols, known)
         for symbol, paths in loaded.damaged.items():
             damaged.setdefault(symbol, []).extend(paths)
         rows = loaded.rows
@@ -190,6 +193,6 @@ def read_range(reader: EntryReader, catalog: Catalog, registry: Registry, featur
         # The symbol's rows in the range cannot be known; say so on one row rather than dropping it silently.
         out = out.filter(~pl.col("symbol").is_in(pl.Series(list(damaged), dtype=pl.String).implode()))
         marks = pl.DataFrame({"symbol": sorted(damaged)}, schema={"symbol": pl.String})
-        out = pl.concat([out.with_columns(status=pl.lit("ok")), marks.with_columns(status=pl.lit("damaged"))],
+        out = pl.concat([out.with_columns(status=pl.lit(OK)), marks.with_columns(status=pl.lit(DAMAGED))],
                         how="diagonal_relaxed")
     return out.sort("symbol", "ts", nulls_last=True)

@@ -37,7 +37,8 @@ from pitstore.online import OnlineStore, open_online
 from pitstore.online.base import OnlineRow
 from pitstore.outage import warn_outage
 from pitstore.pit import is_available, is_stale, micros
-from pitstore.reads import Selection, read_range, select
+from pitstore.reads import Selection, known_at_us, load, select
+from pitstore.status import DAMAGED, FALLBACK, MISSING, NO_DATA_YET, OK, STALE, UNKNOWN_SYMBOL, worse
 from pitstore.timeutil import parse_timeframe
 
 __all__ = ["FeatureVector", "Serving"]
@@ -53,8 +54,10 @@ _NO_FILL_SECONDS = 1.0  # a symbol no tier has is not looked up again for this l
 
 
 class FeatureVector(NamedTuple):
-    """One symbol's features: ``status`` is ``ok``, ``stale`` (older than the TTL: values null), ``missing``
-    (nothing stored) or ``fallback`` (served by a lower tier because the online tier is unreachable)."""
+    """One symbol's features and a status (:mod:`pitstore.status`). From ``get_online``: ``ok``, ``stale`` (older
+    than the TTL: values null), ``missing`` (nothing stored) or ``fallback`` (served by a lower tier because the
+    online tier is unreachable). From ``get_features``: those of ``get_historical`` (``ok``, ``stale``,
+    ``no_data_yet``, ``unknown_symbol``, ``damaged``)."""
 
     symbol: str
     ts: datetime | None
@@ -227,13 +230,22 @@ class Serving:
         assert merged is not None
         return merged
 
+    def frame(self, vectors: Sequence[FeatureVector], features: str | Sequence[str]) -> pl.DataFrame:
+        """``vectors`` (of ``features``) as a frame: symbol, ts, the features, status. Every feature column is
+        Float64, as stored, even when no value is known (all stale or missing): never polars' Null type."""
+        names = [n for table in self.tables(features) for n in table.sel.names]
+        schema: dict[str, pl.DataType] = {"symbol": pl.String(), "ts": pl.Datetime("us", "UTC"),
+                                          **dict.fromkeys(names, pl.Float64()), "status": pl.String()}
+        return pl.DataFrame([{"symbol": v.symbol, "ts": v.ts, **v.values, "status": v.status} for v in vectors],
+                            schema=schema)
+
     def _online_vector(self, table: _Table, symbol: str, row: OnlineRow | None, now: int,
-                       status: str = "ok") -> FeatureVector:
+                       status: str = OK) -> FeatureVector:
         if row is None:
-            return FeatureVector(symbol, None, "missing", dict.fromkeys(table.sel.names))
+            return FeatureVector(symbol, None, MISSING, dict.fromkeys(table.sel.names))
         ts = row.ts
         if is_stale(ts, now, table.online_ttl_us) or not is_available(ts, now, table.lag_us):
-            return FeatureVector(symbol, _dt(ts), "stale", dict.fromkeys(table.sel.names))
+            return FeatureVector(symbol, _dt(ts), STALE, dict.fromkeys(table.sel.names))
         return FeatureVector(symbol, _dt(ts), status, table.values(row.values))
 
     def _fill(self, table: _Table, symbols: Sequence[str], rows: list[OnlineRow | None]) -> list[OnlineRow | None]:
@@ -291,7 +303,7 @@ class Serving:
             for ts, values in self.pending.get(table.table_id, {}).get(s, [])[-1:]:
                 if s not in found or found[s].ts < ts:
                     found[s] = OnlineRow(ts, values)
-        return [self._online_vector(table, s, found.get(s), now, "fallback") for s in symbols]
+        return [self._online_vector(table, s, found.get(s), now, FALLBACK) for s in symbols]
 
     def get_features(self, symbol: str, as_of: datetime, features: str | Sequence[str], *,
                      as_known_at: datetime | None = None) -> FeatureVector:
@@ -321,8 +333,8 @@ class Serving:
 
     def _vector(self, table: _Table, symbol: str, ts: int, values: Sequence[float | None], t: int) -> FeatureVector:
         if is_stale(ts, t, table.ttl_us):
-            return FeatureVector(symbol, _dt(ts), "stale", dict.fromkeys(table.sel.names))
-        return FeatureVector(symbol, _dt(ts), "ok", table.values(values))
+            return FeatureVector(symbol, _dt(ts), STALE, dict.fromkeys(table.sel.names))
+        return FeatureVector(symbol, _dt(ts), OK, table.values(values))
 
     def _pending_asof(self, table: _Table, symbol: str, t: int) -> FeatureVector | None:
         """The newest row pushed by this process, not yet in the offline tier, available at ``t``."""
@@ -383,15 +395,19 @@ class Serving:
         """The as-of rule over the symbol's stored rows (see :mod:`pitstore.pit`); rows pushed here and not yet
         stored are :meth:`_pending_asof`'s, asked first by :meth:`get_features`."""
         names = table.sel.names
-        bound = as_of - table.sel.availability_lag
-        rows = read_range(self.reader, self.catalog, self.registry, table.table_id, [symbol], None, bound,
-                          as_known_at)
+        loaded = load(self.reader, self.catalog, table.sel, [symbol], known_at_us(as_known_at))
+        # The statuses of get_historical for the same look-up (pitstore.pit.asof_join decides them there).
+        if loaded.damaged:
+            return FeatureVector(symbol, None, DAMAGED, dict.fromkeys(names))
+        if not loaded.present:
+            return FeatureVector(symbol, None, UNKNOWN_SYMBOL, dict.fromkeys(names))
+        rows = loaded.rows.filter(pl.col("ts") <= as_of - table.sel.availability_lag)
         if rows.is_empty():
-            return FeatureVector(symbol, None, "missing", dict.fromkeys(names))
+            return FeatureVector(symbol, None, NO_DATA_YET, dict.fromkeys(names))
         last = rows.row(-1, named=True)
         if is_stale(_us(last["ts"]), _us(as_of), table.ttl_us):
-            return FeatureVector(symbol, last["ts"], "stale", dict.fromkeys(names))
-        return FeatureVector(symbol, last["ts"], "ok",
+            return FeatureVector(symbol, last["ts"], STALE, dict.fromkeys(names))
+        return FeatureVector(symbol, last["ts"], OK,
                              {n: last[c] for n, c in zip(names, table.sel.columns, strict=True)})
 
     def close(self) -> None:
@@ -402,11 +418,7 @@ class Serving:
                 self.history.close()
 
 
-_RANK = {"ok": 0, "fallback": 1, "stale": 2, "missing": 3}
-
-
 def _merge(a: FeatureVector, b: FeatureVector) -> FeatureVector:
     """Two feature sets' vectors of one symbol: values side by side, the older ts, the worse status."""
     ts = a.ts if b.ts is None else b.ts if a.ts is None else min(a.ts, b.ts)
-    status = a.status if _RANK[a.status] >= _RANK[b.status] else b.status
-    return FeatureVector(a.symbol, ts, status, {**a.values, **b.values})
+    return FeatureVector(a.symbol, ts, worse(a.status, b.status), {**a.values, **b.values})

@@ -272,18 +272,16 @@ class Store:
         vectors = self.serving.get_online(_symbols(symbols) or [], features)
         if output is None:
             return vectors
-        df = pl.DataFrame(
-            [{"symbol": v.symbol, "ts": v.ts, **v.values, "status": v.status} for v in vectors],
-            schema_overrides={"ts": pl.Datetime("us", "UTC")},
-        )
-        return from_polars(df, output)
+        return from_polars(self.serving.frame(vectors, features), output)
 
     def get_features(self, symbol: str, as_of: datetime, names: str | Sequence[str], *,
                      as_known_at: datetime | None = None) -> FeatureVector:
         """The features of ``symbol`` as of ``as_of`` (DESIGN section 2): one point-in-time look-up, the shape a
         backtest calls in a loop. Served online when ``as_of`` is at or after the newest stored row, from the
         history tier (PostgreSQL) inside its window, else from the offline tier; the answer is the same
-        whichever tier gives it. ``as_known_at`` replays what the store knew then."""
+        whichever tier gives it. ``as_known_at`` replays what the store knew then. ``status`` is the one
+        :meth:`get_historical` gives for the same look-up: ``ok``, ``stale``, ``no_data_yet``, ``unknown_symbol``
+        or ``damaged``."""
         return self.serving.get_features(symbol, utc(as_of, "as_of"), names,
                                          as_known_at=_aware(as_known_at, "as_known_at"))
 
@@ -404,12 +402,15 @@ class Store:
         return [e.symbol for e in self.catalog.live_bars()]
 
     def stats(self) -> dict[str, Any]:
-        """Counts of symbols, bars, entries and bytes on disk; ``cache``: the compute cache's entries, bytes,
-        hits, misses, hit rate, compute seconds spent and saved and hashing, in total and ``per_symbol``."""
+        """Feature sets and their readable versions (``name@v``; retired ones are not), counts of symbols, bars,
+        entries and bytes on disk; ``cache``: the compute cache's entries, bytes, hits, misses, hit rate, compute
+        seconds spent and saved and hashing, in total and ``per_symbol``."""
         counts = self.catalog.counts()
         size = sum(p.stat().st_size for p in self.root.rglob("*.parquet"))
-        return {"root": str(self.root), "feature_sets": self.registry.names(), **counts, "bytes_on_disk": size,
-                "cache": self.cache.stats()}
+        names = self.registry.names()
+        versions = [f"{n}@{v.version}" for n in names for v in self.catalog.versions(n)]
+        return {"root": str(self.root), "feature_sets": names, "versions": versions, **counts,
+                "bytes_on_disk": size, "cache": self.cache.stats()}
 
     def close(self) -> None:
         try:

@@ -7,10 +7,13 @@ from datetime import UTC, datetime, timedelta
 
 from pitstore.errors import ConfigError, InvalidInputError
 
-__all__ = ["parse_timeframe", "to_timedelta", "utc"]
+__all__ = ["TRADING_DAYS", "TRADING_SESSION", "parse_timeframe", "periods_per_year", "to_timedelta", "utc"]
 
 _TIMEFRAME = re.compile(r"^(\d+)(s|m|h|d|w)$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+TRADING_DAYS = 252  # sessions in a year of US equities: what a daily bar counts
+TRADING_SESSION = timedelta(hours=6, minutes=30)  # one regular US equity session (09:30-16:00 ET)
+_WEEKS = 52
 
 
 def parse_timeframe(timeframe: str) -> timedelta:
@@ -23,6 +26,33 @@ def parse_timeframe(timeframe: str) -> timedelta:
     if m is None or int(m.group(1)) == 0:
         raise ConfigError(f"invalid timeframe {timeframe!r}: expected e.g. '1m', '5m', '1h', '1d', '1w'")
     return timedelta(seconds=int(m.group(1)) * _UNIT_SECONDS[m.group(2)])
+
+
+def periods_per_year(timeframe: str) -> float:
+    """Bars of ``timeframe`` in one year, the factor volatility is annualised by (its square root).
+
+    One rule, US equity sessions (pass your own ``periods_per_year`` for a market that trades around the clock,
+    e.g. ``365 * 24`` for hourly crypto bars):
+
+    ==========================  =================================  ===============================
+    timeframe                   periods per year                   examples
+    ==========================  =================================  ===============================
+    ``Nd``                      252 / N (a day bar is a session)   ``1d``: 252, ``2d``: 126
+    ``Nw``                      52 / N                             ``1w``: 52
+    intraday (``s``, ``m``,     252 x 6.5 h / spacing (bars in     ``1h``: 1638, ``5m``: 19656,
+    ``h``)                      the regular sessions of a year)    ``1m``: 98280, ``4h``: 409.5
+    ==========================  =================================  ===============================
+
+    >>> periods_per_year("1d"), periods_per_year("1h"), periods_per_year("1w")
+    (252.0, 1638.0, 52.0)
+    """
+    step = parse_timeframe(timeframe)  # validates it
+    unit, count = timeframe[-1], int(timeframe[:-1])
+    if unit == "w":
+        return _WEEKS / count
+    if unit == "d":
+        return TRADING_DAYS / count
+    return TRADING_DAYS * (TRADING_SESSION / step)
 
 
 def to_timedelta(value: timedelta | str | None) -> timedelta | None:

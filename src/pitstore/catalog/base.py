@@ -105,11 +105,16 @@ class Catalog(Protocol):
     """Transactions over feature sets and versions."""
 
     def register_version(self, name: str, fingerprint: str, definition: str) -> VersionRow:
-        """Return the version with this fingerprint, creating the next integer version if new (atomic)."""
+        """Return the version with this fingerprint, creating the next integer version if new (atomic); a
+        retired one is live again."""
+        ...
+
+    def retire_versions(self, versions: Sequence[tuple[str, int]]) -> None:
+        """Retire (name, version) pairs whose entries gc deleted: :meth:`versions` no longer lists them."""
         ...
 
     def versions(self, name: str) -> list[VersionRow]:
-        """All versions of ``name``, oldest first (empty when unknown)."""
+        """The live (not retired) versions of ``name``, oldest first (empty when unknown)."""
         ...
 
     def names(self) -> list[str]:

@@ -111,6 +111,14 @@ CREATE TABLE IF NOT EXISTS online_requests (  -- how often each symbol was read 
     symbol   TEXT    PRIMARY KEY,
     requests INTEGER NOT NULL
 );
+-- Versions whose entries gc deleted (--max-versions): not listed, not readable. The row in feature_set_versions
+-- stays, so the number is never given to another definition; registering the same definition brings it back.
+CREATE TABLE IF NOT EXISTS retired_versions (
+    name       TEXT    NOT NULL,
+    version    INTEGER NOT NULL,
+    retired_at INTEGER NOT NULL,
+    PRIMARY KEY (name, version)
+);
 """
 
 _BAR_COLS = ("id, symbol, path, n_rows, first_ts, last_ts, content_hash, appended_only, restated_rows, "
@@ -163,7 +171,14 @@ class SqliteCatalog:
                 ).fetchone()
                 row = (name, last + 1, fingerprint, definition, datetime.now(UTC).isoformat())
                 cur.execute("INSERT INTO feature_set_versions VALUES (?, ?, ?, ?, ?)", row)
+            else:
+                cur.execute("DELETE FROM retired_versions WHERE name = ? AND version = ?", (name, row[1]))
         return VersionRow(*row)
+
+    def retire_versions(self, versions: Sequence[tuple[str, int]]) -> None:
+        with self._write("retire versions") as cur:
+            cur.executemany("INSERT INTO retired_versions VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                            [(name, v, now_us()) for name, v in versions])
 
     # --- bars -----------------------------------------------------------------------------------------
 
@@ -284,8 +299,9 @@ class SqliteCatalog:
     def versions(self, name: str) -> list[VersionRow]:
         with self._lock:
             rows = self._conn.execute(
-                "SELECT name, version, fingerprint, definition, created_at FROM feature_set_versions"
-                " WHERE name = ? ORDER BY version",
+                "SELECT name, version, fingerprint, definition, created_at FROM feature_set_versions v"
+                " WHERE name = ? AND NOT EXISTS (SELECT 1 FROM retired_versions r"
+                " WHERE r.name = v.name AND r.version = v.version) ORDER BY version",
                 (name,),
             ).fetchall()
         return [VersionRow(*r) for r in rows]

@@ -230,8 +230,8 @@ def get(
 @app.command()
 @clean_errors
 def stats(ctx: typer.Context, json_out: JsonOption = False, root: RootOption = None) -> None:
-    """Counts of symbols, bars, feature entries and bytes on disk, and the compute cache's hits, misses, hit
-    rate, compute seconds spent and saved and hashing, per symbol and in total."""
+    """Feature sets and their versions, counts of symbols, bars, feature entries and bytes on disk, and the
+    compute cache's hits, misses, hit rate, compute seconds spent and saved and hashing, per symbol and in total."""
     with open_store(ctx, root, create=False) as store:
         data = store.stats()
         data = {"root": str(Path(data.pop("root")).resolve()), "symbols": len(store.symbols()), **data}

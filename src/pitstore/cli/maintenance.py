@@ -71,7 +71,8 @@ def gc(
     verb = "would delete" if dry_run else "deleted"
     lines = [
         (f"{len(report.stale_entries):,} cached results not accessed for {retention_weeks:g} weeks", True),
-        (f"{len(report.old_versions):,} files of versions beyond the newest {max_versions}", max_versions),
+        (f"{len(report.old_versions):,} files of versions beyond the newest {max_versions}"
+         + (f" (retired: {', '.join(report.retired_versions)})" if report.retired_versions else ""), max_versions),
         (f"{len(report.orphan_files):,} orphan files (no catalog row)", True),
         (f"{len(report.missing_files):,} catalog rows whose file is missing", True),
     ]

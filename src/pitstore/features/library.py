@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from pitstore import timeutil
 from pitstore.errors import DefinitionError
 from pitstore.features.base import Feature, FeatureSet, Kernel, TalibCall, make_feature, param_suffix
 from pitstore.features.talib_features import talib_kernel
@@ -184,11 +185,12 @@ def _log_ret(a: Arrays, *, n: int) -> Sequence[np.ndarray]:
     return [np.log(_shift_ratio(a["close"], n))]
 
 
-@_register("vol", params={"n": 20, "periods_per_year": 252}, lookback=lambda n, periods_per_year: n,
-           minimums={"n": 2},
+# periods_per_year is a real number (4h bars: 409.5 a year); 252.0 names and fingerprints as 252 did.
+@_register("vol", params={"n": 20, "periods_per_year": 252.0}, lookback=lambda n, periods_per_year: n,
+           minimums={"n": 2, "periods_per_year": 1.0},
            description="annualised volatility: sample std (ddof=1) of the last n one-bar log returns "
                        "* sqrt(periods_per_year)")
-def _vol(a: Arrays, *, n: int, periods_per_year: int) -> Sequence[np.ndarray]:
+def _vol(a: Arrays, *, n: int, periods_per_year: float) -> Sequence[np.ndarray]:
     c = a["close"]
     out = np.full(c.shape, np.nan)
     if c.shape[-1] > n:
@@ -268,8 +270,9 @@ def log_ret(n: int = 1) -> Feature:
     return _build("log_ret", n=n)
 
 
-def vol(n: int = 20, periods_per_year: int = 252) -> Feature:
-    """Annualised volatility of one-bar log returns over ``n`` bars (ddof=1)."""
+def vol(n: int = 20, periods_per_year: float = 252) -> Feature:
+    """Annualised volatility of one-bar log returns over ``n`` bars (ddof=1), times ``sqrt(periods_per_year)``
+    (252: daily bars; :func:`pitstore.timeutil.periods_per_year` gives it for any timeframe)."""
     return _build("vol", n=n, periods_per_year=periods_per_year)
 
 
@@ -318,22 +321,31 @@ def zscore(n: int = 20) -> Feature:
     return _build("zscore", n=n)
 
 
-def standard_features(name: str = "daily_core", *, timeframe: str = "1d") -> FeatureSet:
+def standard_features(name: str = "daily_core", *, timeframe: str = "1d",
+                      periods_per_year: float | None = None) -> FeatureSet:
     """The seven standard features: ``ret_5d, ret_20d, ret_60d, vol_20d, vol_60d, mom_20d, mom_60d``.
 
-    ``ret_N = close_t/close_{t-N} - 1``; ``vol_N = std(log returns, last N bars, ddof=1) * sqrt(252)``;
-    ``mom_N = close_t / mean(close, last N bars) - 1``; N counted in bars.
+    ``ret_N = close_t/close_{t-N} - 1``; ``vol_N = std(log returns, last N bars, ddof=1) * sqrt(periods per
+    year)``; ``mom_N = close_t / mean(close, last N bars) - 1``; N counted in bars. The names end in ``d`` (days)
+    on ``1d`` bars only; on any other timeframe they count bars: ``ret_5, ..., vol_20, ..., mom_60``.
+    ``periods_per_year`` defaults to :func:`pitstore.timeutil.periods_per_year` of the timeframe (1d: 252,
+    1h: 1638 = 252 sessions of 6.5 hours); give your own for a market that trades around the clock.
+
+    >>> standard_features(timeframe="1h").columns[:4]
+    ('ret_5', 'ret_20', 'ret_60', 'vol_20')
     """
+    per_year = timeutil.periods_per_year(timeframe) if periods_per_year is None else periods_per_year
+    unit = "d" if timeframe == "1d" else ""  # the daily names stay as they were: stored sets keep fingerprints
     return FeatureSet(
         name,
         [
-            ret(5).alias("ret_5d"),
-            ret(20).alias("ret_20d"),
-            ret(60).alias("ret_60d"),
-            vol(20).alias("vol_20d"),
-            vol(60).alias("vol_60d"),
-            mom(20).alias("mom_20d"),
-            mom(60).alias("mom_60d"),
+            ret(5).alias(f"ret_5{unit}"),
+            ret(20).alias(f"ret_20{unit}"),
+            ret(60).alias(f"ret_60{unit}"),
+            vol(20, per_year).alias(f"vol_20{unit}"),
+            vol(60, per_year).alias(f"vol_60{unit}"),
+            mom(20).alias(f"mom_20{unit}"),
+            mom(60).alias(f"mom_60{unit}"),
         ],
         timeframe=timeframe,
         description="the seven standard return, volatility and momentum features",
