@@ -43,7 +43,7 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.fixture(scope="module", params=["sqlite://", "redis"])
+@pytest.fixture(scope="module", params=["sqlite://", "memory://", "redis"])
 def served(request: pytest.FixtureRequest, root: Path, redis_url: str) -> Iterator[tuple[Server, Store]]:
     online = redis_url if request.param == "redis" else request.param
     server = Server(root, "--online-url", online)
