@@ -34,7 +34,6 @@ bench: $(STAMP) services
 	$(PY) bench/bench_online_backends.py
 	$(PY) bench/bench_history.py
 	$(PY) bench/bench_online.py
-	./scripts/install-load-tools.sh
 	$(PY) bench/bench_server.py
 
 ## demo: create .venv, install pitstore and run `pitstore demo` on the embedded store (no server):
