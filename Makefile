@@ -34,6 +34,7 @@ bench: $(STAMP) services
 	$(PY) bench/bench_online_backends.py
 	$(PY) bench/bench_history.py
 	$(PY) bench/bench_online.py
+	$(PY) bench/bench_server.py
 
 ## demo: create .venv, install pitstore and run `pitstore demo` on the embedded store (no server):
 ##       synthetic bars, ingest, backfill, 100,000 point-in-time look-ups, then a second pass that computes nothing
