@@ -430,3 +430,46 @@ def test_a_restatement_while_pushed_bars_are_buffered(open_store: Callable[..., 
     reader = open_store()
     reader.register(core)
     _compare_tiers(reader, core, ["S0000"], seed=14)
+
+
+def test_pushed_rows_written_after_the_flush_that_restates_them_stay_superseded(
+    open_store: Callable[..., Store], namespace: str,
+) -> None:
+    """The history writer lags behind (PostgreSQL busy): the pushed rows, computed before another store restated
+    an older bar, reach PostgreSQL only after the flush recorded their recomputed entry. They are versions of
+    what was known at the push, so the flush's re-sync supersedes them: no tier serves the pre-restatement rows."""
+    core, _ = _sets(namespace)
+    bars = _bars(3, 24 * 20, seed=12)
+    cut = NOW_HOUR - 10 * HOUR
+    live = open_store(online_url="sqlite://")
+    live.ingest(bars.filter(pl.col("ts") < cut))
+    live.backfill(core)
+    live.materialize(core)
+    history = live.serving.history
+    assert history is not None
+    # The writer thread is held until the flush waits for it, i.e. after the flush's backfill committed.
+    gate = threading.Event()
+    write, wait_written = history.db.write, history.wait_written
+
+    def held_write(*args: Any, **kwargs: Any) -> int:
+        assert gate.wait(60.0), "the flush never waited for the history writer"
+        return write(*args, **kwargs)
+
+    def releasing_wait(timeout: float) -> bool:
+        gate.set()
+        return wait_written(timeout)
+
+    history.db.write = held_write  # type: ignore[method-assign]
+    history.wait_written = releasing_wait  # type: ignore[method-assign]
+    for _, part in bars.filter(pl.col("ts") >= cut).sort("ts", "symbol").group_by("ts", maintain_order=True):
+        live.push(part)
+    assert history.pending() > 0 and not gate.is_set()
+    job = open_store(online_url="sqlite://", postgres_url=None)
+    job.ingest(_restated(bars, "S0000", cut - 20 * HOUR, 1.05))
+    assert job.backfill(core).full == ["S0000"]
+    live.flush()
+    assert gate.is_set() and history.pending() == 0
+    assert _compare_tiers(live, core, ["S0000", "S0001"], seed=17)["history"] > 50
+    reader = open_store()
+    reader.register(core)
+    assert _compare_tiers(reader, core, ["S0000"], seed=18)["history"] > 50

@@ -7,8 +7,9 @@ offline tier, and never a reason for a request to fail.
   restatement removed its bar) gets a tombstone, in the same transaction. Entries synced are marked in the
   catalog, which is how a reader knows the history tier holds every row that could answer a look-up.
 * Writes go through one bounded queue, written in order. ``write`` (syncs) writes at once; ``write_later``
-  (pushes) leaves it to a writer thread, so a push never waits for PostgreSQL. While PostgreSQL is unreachable
-  the queue keeps what it holds, and the writer retries once the breaker closes.
+  (pushes) leaves it to a writer thread, so a push never waits for PostgreSQL; pushed rows are recorded at the
+  push, so a restated entry recorded after it supersedes them even if the writer writes them later. While
+  PostgreSQL is unreachable the queue keeps what it holds, and the writer retries once the breaker closes.
 * Many stores may share one server: the store's tables are its own (:func:`catalog_scope`), keyed by its
   store id and each version's fingerprint, never another store's of the same ``name@version``.
 """
@@ -28,6 +29,7 @@ from typing import TypeVar
 import polars as pl
 
 from pitstore.catalog.base import Catalog
+from pitstore.catalog.sqlite import now_us
 from pitstore.errors import BackendUnavailableError
 from pitstore.history.postgres import AsofRow, PostgresHistory, StoreScope
 from pitstore.offline import EntryReader
@@ -132,9 +134,11 @@ class HistoryTier:
         return self._drain()
 
     def write_later(self, table_id: str, columns: Sequence[str], rows: pl.DataFrame) -> None:
-        """Queue ``rows`` (recorded at the time they are written) for the writer thread: the caller never
-        waits for PostgreSQL. Raises BackendUnavailableError when the queue is full (the rows are dropped)."""
-        self._enqueue(_Queued(table_id, tuple(columns), rows))
+        """Queue ``rows`` for the writer thread: the caller never waits for PostgreSQL. They are recorded at
+        now, by this process's clock (the catalog's), not when the writer gets to them: an entry recomputed
+        after this call (a restatement) is recorded later and so supersedes them, however far the writer lags.
+        Raises BackendUnavailableError when the queue is full (the rows are dropped)."""
+        self._enqueue(_Queued(table_id, tuple(columns), rows, recorded_at=now_us()))
         if self._writer is None:
             self._writer = threading.Thread(target=self._write_queued, name="pitstore-history-writer", daemon=True)
             self._writer.start()
