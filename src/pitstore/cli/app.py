@@ -21,6 +21,7 @@ from pitstore.cli.common import (
     load_feature_set,
     open_store,
     out_console,
+    parse_mapping,
     parse_symbols,
     parse_time,
     print_wide,
@@ -28,6 +29,7 @@ from pitstore.cli.common import (
     symbol_progress,
 )
 from pitstore.config import Settings
+from pitstore.layout import BarLayout
 from pitstore.store import Store
 
 __all__ = ["app"]
@@ -99,6 +101,19 @@ def ingest(
         "--replace-range", help="Each symbol's bars replace all its stored bars between their first and last ts "
         "(stored bars in between that the file lacks are removed; the count is printed). Default: only stored "
         "bars with the same ts are replaced.")] = False,
+    mapping: Annotated[list[str] | None, typer.Option(
+        "--map", help="Source column = bar column, e.g. --map Date=ts --map 'Adj Close=close' (repeatable). "
+        "Without it Open, HIGH, Volume, Symbol, Ticker and one Date/Timestamp/Datetime column match in any case.",
+        show_default=False)] = None,
+    tz: Annotated[str | None, typer.Option(
+        "--tz", help="Timezone of naive timestamps, e.g. America/New_York (converted to UTC). Without it naive "
+        "timestamps are refused.", show_default=False)] = None,
+    close_time: Annotated[str | None, typer.Option(
+        "--close-time", help="For date-only daily files: the time of day (in --tz) each date's bar closes, e.g. "
+        "16:00. Required for date-only ts: a date read as midnight would leak the day's close into that day.",
+        show_default=False)] = None,
+    symbol: Annotated[str | None, typer.Option(
+        "--symbol", help="The symbol of a one-symbol file without a symbol column.", show_default=False)] = None,
     json_out: JsonOption = False,
     root: RootOption = None,
 ) -> None:
@@ -106,8 +121,11 @@ def ingest(
 
     Each file is ingested in turn, all-or-nothing per file. A bar with the same symbol and ts as a stored one
     replaces it (a restatement); other stored bars are kept unless --replace-range. CSV timestamps must carry
-    an offset or Z.
+    an offset or Z, or --tz gives their zone; vendor layouts (Yahoo, Stooq) need at most --map, --tz,
+    --close-time and --symbol.
     """
+    columns = parse_mapping(mapping or [])
+    BarLayout(columns, tz, close_time, symbol)  # bad options fail before any file is stored
     for path in files:  # Check every file before storing any of them.
         if not path.is_file():
             fail(f"no such file: {path}")
@@ -117,7 +135,8 @@ def ingest(
     with open_store(ctx, root, create=True) as store:
         for i, path in enumerate(files):
             try:
-                reports.append((path, store.ingest(path, replace_range=replace_range)))
+                reports.append((path, store.ingest(path, replace_range=replace_range, columns=columns, tz=tz,
+                                                   close_time=close_time, symbol=symbol)))
             except USER_ERRORS as exc:
                 message = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
                 fail(message + (f" ({i} earlier file{'s' if i != 1 else ''} stored)" if i else ""))
