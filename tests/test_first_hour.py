@@ -3,15 +3,20 @@ listing commands, and synthetic bars that continue."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 
 import polars as pl
 import pytest
 from clirun import run, run_json
+from first_hour_workers import push_unregistered
+from spawn import run_processes
 
-from pitstore import Store
+from pitstore import FeatureSet, Store, expr, macd, rsi, sma, standard_features, talib, vol
 from pitstore.errors import InvalidInputError
+from pitstore.features.registry import fingerprint
+from pitstore.testing import synthetic_bars
 
 ROWS = [  # date, open, high, low, close, adjusted close, volume
     ("2024-01-02", 187.15, 188.44, 183.89, 185.64, 185.15, 82488700),
@@ -157,3 +162,80 @@ def test_cli_ingest_vendor_layout(tmp_path: Path) -> None:
         assert bars["ts"].to_list() == CLOSES_UTC and bars["close"].to_list() == [r[5] for r in ROWS]
     assert "expected SOURCE=COLUMN" in run("ingest", path, "--map", "Date", "--root", root, code=1)
     assert "unknown timezone" in run("ingest", path, "--tz", "Nowhere/Else", "--root", root, code=1)
+
+
+# --- push from a process that did not register the set ---------------------------------------------------
+
+NOW_MINUTE = datetime.now(UTC).replace(second=0, microsecond=0)
+LIVE_FEATURES = [sma(5), rsi(3).alias("rsi_fast"), macd(3, 10, 4), vol(5, periods_per_year=365).tagged("v2"),
+                 talib("ADX"), talib("RSI", inputs={"price": "open"}).alias("rsi_open")]
+
+
+def _live_set() -> FeatureSet:
+    return FeatureSet("live_rebuilt", LIVE_FEATURES, timeframe="1m", ttl=timedelta(hours=12),
+                      availability_lag=timedelta(seconds=5), version="t1")
+
+
+def _minute_bars(n_symbols: int, n_bars: int) -> pl.DataFrame:
+    bars = synthetic_bars(n_symbols, n_bars, timeframe="1m", start=datetime(2024, 1, 2, tzinfo=UTC), seed=3)
+    return bars.with_columns(pl.col("ts") + (NOW_MINUTE - bars["ts"].max()))
+
+
+def test_push_in_a_process_that_never_registered_the_set(tmp_path: Path) -> None:
+    """Process A ingests history and backfills a set of built-in and TA-Lib features (aliases, a version tag,
+    a TTL and a lag); process B, which never registers anything, pushes the next bars: its rows, and the stored
+    rows after it closes, are those of a batch backfill of all the bars, bit for bit."""
+    fs = _live_set()
+    bars = _minute_bars(3, 120)
+    cut = NOW_MINUTE - timedelta(minutes=19)
+    history, recent = bars.filter(pl.col("ts") < cut), bars.filter(pl.col("ts") >= cut)
+    with Store.open(tmp_path / "batch", online_url="memory://") as batch:
+        batch.ingest(bars)
+        batch.backfill(fs)
+        want = batch.read(fs.name)
+    root = tmp_path / "live"
+    with Store.open(root, online_url="sqlite://") as a:
+        a.ingest(history)
+        a.backfill(fs)
+        version = a.register(fs)
+    [(kind, rows)] = run_processes(push_unregistered, [(str(root), recent)])
+    assert kind == "pushed", rows
+    table = f"{fs.name}@{version}"
+    assert list(rows) == [table]
+    assert rows[table].sort("symbol", "ts").equals(want.filter(pl.col("ts") >= cut))
+    with Store.open(root, online_url="sqlite://") as a:
+        assert a.read(fs.name).equals(want)
+        assert a.versions(fs.name)[-1].version == version  # rebuilt, not registered as a new version
+
+
+def test_rebuild_refuses_expression_and_python_features(tmp_path: Path) -> None:
+    """A set with code in it cannot be rebuilt from the catalog: the error names the set and those features;
+    nothing is pushed."""
+    fs = FeatureSet("coded", [sma(3), expr("hl_range", pl.col("high") - pl.col("low"), lookback=0)], timeframe="1m",
+                    ttl=timedelta(hours=12))
+    bars = _minute_bars(1, 30)
+    with Store.open(tmp_path / "s", online_url="memory://") as a:
+        a.ingest(bars.head(20))
+        a.backfill(fs)
+    with Store.open(tmp_path / "s", online_url="memory://") as b:
+        with pytest.raises(InvalidInputError, match=r"'coded' version 1 cannot be rebuilt.*hl_range") as info:
+            b.push(bars.tail(10))
+        assert "sma_3" not in str(info.value)
+        assert b.bars("S0000").height == 20
+
+
+def test_rebuilt_set_has_the_stored_fingerprint(tmp_path: Path) -> None:
+    """rebuild gives the definition registered (same fingerprint) for every version asked for; a stored
+    definition whose rebuilt fingerprint differs (another engine version) is refused, not pushed with."""
+    with Store.open(tmp_path / "s") as store:
+        v1 = store.register(_live_set())
+        v2 = store.register(standard_features())
+        rebuilt = store.registry.rebuild("live_rebuilt", v1)
+        assert fingerprint(rebuilt) == store.registry.get("live_rebuilt", v1).fingerprint
+        assert rebuilt.columns == _live_set().columns and rebuilt.ttl == timedelta(hours=12)
+        assert fingerprint(store.registry.rebuild("daily_core")) == store.registry.get("daily_core", v2).fingerprint
+        info = store.registry.get("daily_core")
+        altered = {**info.definition, "engine_version": "0-other"}
+        store.catalog.register_version("daily_core", "f" * 64, json.dumps(altered, sort_keys=True))
+        with pytest.raises(InvalidInputError, match="other pitstore or library versions"):
+            store.registry.rebuild("daily_core")

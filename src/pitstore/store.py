@@ -318,18 +318,23 @@ class Store:
         to the offline tier in batches (see :meth:`flush`); ``report.rows`` has them per ``name@version``.
 
         ``feature_sets``: the sets to compute, from now on (default: every set this process registered or
-        backfilled). A bar at or before the latest of its symbol is a restatement, recomputed through the
-        offline tier, never overwriting newer online values; one identical to the latest is skipped. Bars dated
-        more than the ``max_future_days`` setting after now are refused (one would make every real bar after it
-        look like a restatement).
+        backfilled; when none, the latest version of every set in the catalog, rebuilt by
+        :meth:`Registry.rebuild`, an error naming any set with expression or Python features). A bar at or
+        before the latest of its symbol is a restatement, recomputed through the offline tier, never overwriting
+        newer online values; one identical to the latest is skipped. Bars dated more than the
+        ``max_future_days`` setting after now are refused (one would make every real bar after it look like a
+        restatement).
         """
         chosen = [feature_sets] if isinstance(feature_sets, FeatureSet) else list(feature_sets or [])
         for fs in chosen:
             self.register(fs)
+        if not chosen and not self._defined:  # another process registered them: rebuild them from the catalog
+            for name in self.registry.names():
+                self.register(self.registry.rebuild(name))
         sets = [self._defined[fs.name] for fs in chosen] if chosen else list(self._defined.values())
         if not sets:
-            raise InvalidInputError("push needs feature sets: pass feature_sets= or register() them in this process"
-                                    " (definitions with Python code cannot be rebuilt from the catalog)")
+            raise InvalidInputError("push needs feature sets: the catalog has none; pass feature_sets= or register()"
+                                    " them")
         for fs, version in sets:
             self.live.add(fs, version)
         return self.live.push(bars, max_future=self.settings.max_future)
