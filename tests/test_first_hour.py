@@ -239,3 +239,32 @@ def test_rebuilt_set_has_the_stored_fingerprint(tmp_path: Path) -> None:
         store.catalog.register_version("daily_core", "f" * 64, json.dumps(altered, sort_keys=True))
         with pytest.raises(InvalidInputError, match="other pitstore or library versions"):
             store.registry.rebuild("daily_core")
+
+
+# --- synthetic bars continue ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("options", [{}, {"gaps": 0.2}, {"timeframe": "1m", "seed": 5}])
+def test_synthetic_bars_n_plus_one_continues_n(options: dict[str, object]) -> None:
+    """synthetic_bars(k, n + 1) is synthetic_bars(k, n) plus each symbol's next bar (gaps included), and a
+    symbol's series does not depend on how many symbols are drawn: the next live bar can be simulated."""
+    shorter = synthetic_bars(4, 60, **options)  # type: ignore[arg-type]
+    longer = synthetic_bars(4, 61, **options)  # type: ignore[arg-type]
+    last = longer.group_by("symbol").agg(pl.col("ts").max())["ts"].max()
+    assert longer.filter(pl.col("ts") < last).equals(shorter)
+    assert longer.height > shorter.height
+    more_symbols = synthetic_bars(6, 61, **options)  # type: ignore[arg-type]
+    assert more_symbols.filter(pl.col("symbol").is_in(longer["symbol"].unique().to_list())).equals(longer)
+
+
+def test_synthetic_bars_stay_valid_bars() -> None:
+    """Still a valid OHLC walk (high >= open, close >= low; positive volume), reproducible from the seed and
+    different across seeds; ragged lengths stay between half and all of n_bars."""
+    bars = synthetic_bars(5, 200, seed=1)
+    assert bars.equals(synthetic_bars(5, 200, seed=1)) and not bars.equals(synthetic_bars(5, 200, seed=2))
+    assert bars.select((pl.col("high") >= pl.max_horizontal("open", "close")).all(),
+                       (pl.col("low") <= pl.min_horizontal("open", "close")).all(),
+                       (pl.col("volume") >= 1000).all()).row(0) == (True, True, True)
+    lengths = synthetic_bars(20, 100, ragged=True).group_by("symbol").len()["len"]
+    assert lengths.min() >= 50 and lengths.max() <= 100 and lengths.n_unique() > 1
+    assert synthetic_bars(0, 10).height == 0
