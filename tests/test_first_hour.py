@@ -15,6 +15,7 @@ from spawn import run_processes
 
 from pitstore import FeatureSet, Store, expr, macd, rsi, sma, standard_features, talib, vol
 from pitstore.errors import InvalidInputError
+from pitstore.features.catalogue import list_features
 from pitstore.features.registry import fingerprint
 from pitstore.testing import synthetic_bars
 
@@ -268,3 +269,72 @@ def test_synthetic_bars_stay_valid_bars() -> None:
     lengths = synthetic_bars(20, 100, ragged=True).group_by("symbol").len()["len"]
     assert lengths.min() >= 50 and lengths.max() <= 100 and lengths.n_unique() > 1
     assert synthetic_bars(0, 10).height == 0
+
+
+# --- listing commands and empty answers that say why -----------------------------------------------------
+
+
+def _filled(tmp_path: Path) -> Path:
+    root = tmp_path / "store"
+    synthetic_bars(3, 120, seed=3).write_parquet(tmp_path / "bars.parquet")
+    run("ingest", tmp_path / "bars.parquet", "--root", root)
+    run("backfill", "--root", root)
+    return root
+
+
+def test_features_lists_the_catalogue() -> None:
+    """`pitstore features` is list_features(): every feature, filtered by --kind, as a table or JSON."""
+    everything = run_json("features", "--json")
+    assert [m["name"] for m in everything] == [m.name for m in list_features()]
+    builtin = run_json("features", "--json", "--kind", "builtin")
+    assert [m["name"] for m in builtin] == [m.name for m in list_features("builtin")]
+    rsi_meta = next(m for m in builtin if m["name"] == "rsi")
+    assert rsi_meta["params"] == {"n": 14} and rsi_meta["outputs"] == ["rsi_14"] and rsi_meta["kind"] == "builtin"
+    assert {m["kind"] for m in run_json("features", "--json", "--kind", "talib")} == {"talib"}
+    text = run("features", "--kind", "builtin")
+    assert "macd_12_26_9_signal" in text and f"{len(builtin)} features" in text
+    run("features", "--kind", "nope", code=2)
+
+
+def test_sets_lists_versions_fingerprints_and_symbols_stored(tmp_path: Path) -> None:
+    """`pitstore sets`: each registered set's versions with fingerprint, registration time, columns and the
+    number of symbols stored; an empty store says why it is empty."""
+    root = tmp_path / "store"
+    run("init", "--root", root)
+    assert "no feature sets registered" in run("sets", "--root", root)
+    assert run_json("sets", "--json", "--root", root) == []
+    root = _filled(tmp_path)
+    with Store.open(root) as store:
+        store.register(FeatureSet("other", [sma(3)]))
+        want = {(n, i.version): i for n in store.registry.names() for i in store.registry.versions(n)}
+    rows = run_json("sets", "--json", "--root", root)
+    assert {(r["name"], r["version"]) for r in rows} == set(want)
+    for r in rows:
+        info = want[(r["name"], r["version"])]
+        assert r["fingerprint"] == info.fingerprint and r["columns"] == list(info.columns)
+        assert datetime.fromisoformat(r["created_at"]) == info.created_at
+        assert r["symbols"] == (3 if r["name"] == "daily_core" else 0)
+    text = run("sets", "--root", root)
+    assert "daily_core" in text and "other" in text and want[("daily_core", 1)].fingerprint[:12] in text
+
+
+def test_get_on_an_unknown_symbol_says_why(tmp_path: Path) -> None:
+    """A range read with no rows for a symbol names it and says why: no bars stored, or bars but no rows."""
+    root = _filled(tmp_path)
+    out = run("get", "daily_core", "--symbols", "NOPE,S0000", "--root", root)
+    assert "no bars stored for NOPE" in out and "S0000" not in out.split("note:")[1]
+    out = run("get", "daily_core", "--symbols", "S0001", "--start", "2030-01-01T00:00:00Z", "--root", root)
+    assert "no feature rows for S0001 in this range" in out
+    assert "note:" not in run("get", "daily_core", "--symbols", "S0001", "--root", root)
+
+
+def test_warm_top_without_request_history_says_why(tmp_path: Path) -> None:
+    """`warm --top N` before any look-up was served loads nothing and says there is no request history; after
+    a look-up it loads that symbol."""
+    root = _filled(tmp_path)
+    out = run("warm", "--top", "5", "--root", root)
+    assert "warm: 0 rows" in out and "no request history yet" in out
+    with Store.open(root) as store:
+        store.get_online(["S0001"], "daily_core")
+    out = run("warm", "--top", "5", "--root", root)
+    assert "warm: 1 rows" in out and "request history" not in out

@@ -10,7 +10,7 @@ import typer
 
 import pitstore
 from pitstore.cli import demo as _demo
-from pitstore.cli import maintenance, output, serve, service
+from pitstore.cli import listing, maintenance, output, serve, service
 from pitstore.cli import tier as _tier
 from pitstore.cli.common import (
     USER_ERRORS,
@@ -221,6 +221,7 @@ def get(
     known = parse_time(as_known_at, "--as-known-at")
     if out is not None:
         output.check_out_path(out)
+    reasons: list[str] = []  # why symbols asked for have no rows
     if entities is not None:
         lookups = output.read_entities(entities)
         with open_store(ctx, root, create=False) as store:
@@ -229,6 +230,7 @@ def get(
         wanted, t_start, t_end = parse_symbols(symbols), parse_time(start, "--start"), parse_time(end, "--end")
         with open_store(ctx, root, create=False) as store:
             df = store.read(features, wanted, t_start, t_end, as_known_at=known)
+            reasons = listing.empty_range_reasons(store, wanted, df)
     if out is not None:
         output.write_frame(df, out)
         if json_out:
@@ -244,6 +246,9 @@ def get(
             caption += f"; first {shown} shown (--out FILE or --json for all)"
         print_wide(output.frame_table(df, limit))
         out_console.print(caption, style="dim", markup=False, soft_wrap=True)
+    if not json_out:
+        for reason in reasons:
+            out_console.print(f"note: {reason}", style="yellow", markup=False, soft_wrap=True)
 
 
 @app.command()
@@ -293,6 +298,8 @@ def demo(
         fail("the second pass over identical bars was not a no-op (see above): a pitstore bug")
 
 
+app.command()(listing.features)
+app.command()(listing.sets)
 app.command()(maintenance.gc)
 app.command()(maintenance.verify)
 app.command()(_tier.tier)
