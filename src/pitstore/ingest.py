@@ -27,6 +27,8 @@ from pitstore.cache.core import LOCK_DIR
 from pitstore.cache.lock import KeyLocks
 from pitstore.catalog.base import BarEntry, Catalog
 from pitstore.errors import CacheCorruptionError, ConflictError, InvalidInputError
+from pitstore.frames import to_polars
+from pitstore.layout import BarLayout
 from pitstore.offline import content_hash, encode_symbol, read_entries, write_entry
 
 __all__ = ["IngestReport", "ingest", "load_bars_source"]
@@ -46,26 +48,25 @@ class IngestReport:
     retries: int = 0  # commits retried because another process committed one of these symbols meanwhile
 
 
-def load_bars_source(source: Any) -> Any:
-    """Bars from a frame, or from a Parquet or CSV file path (CSV timestamps must carry an offset or 'Z')."""
+def load_bars_source(source: Any, layout: BarLayout | None = None) -> Any:
+    """Bars from a frame, or from a Parquet or CSV file path, in ``layout`` (default: pitstore's own columns, or
+    vendor names in any case; CSV timestamps must carry an offset or 'Z' unless ``layout.tz`` says their zone)."""
+    layout = layout or BarLayout()
     if not isinstance(source, str | os.PathLike):
-        return source
+        return layout.apply(to_polars(source))
     path = Path(source)
     if not path.is_file():
         raise InvalidInputError(f"no such file: {path}")
     suffix = path.suffix.lower()
     if suffix in (".parquet", ".pq"):
-        return _read(path, "Parquet", lambda: pl.read_parquet(path))
+        return layout.apply(_read(path, "Parquet", lambda: pl.read_parquet(path)))
     if suffix in (".csv", ".txt"):
-        df = _read(path, "CSV", lambda: pl.read_csv(path, try_parse_dates=False,
-                                                    schema_overrides={"symbol": pl.String, "ts": pl.String}))
-        if "ts" not in df.columns:
-            return df  # validation names the missing column
-        try:
-            ts = df["ts"].str.to_datetime(time_unit="us")
-        except pl.exceptions.PolarsError as exc:
-            raise InvalidInputError(f"{path}: cannot parse ts as timestamps: {exc}", column="ts") from exc
-        return df.with_columns(ts)
+        header = _read(path, "CSV", lambda: pl.read_csv(path, n_rows=0)).columns
+        # Symbols and timestamps are read as text (20240102 is a date, 0700 a symbol), then parsed by the layout.
+        text = {c: pl.String for c, target in {**dict.fromkeys(header), **layout.renames(header)}.items()
+                if (target or c) in ("symbol", "ts")}
+        df = _read(path, "CSV", lambda: pl.read_csv(path, try_parse_dates=False, schema_overrides=text))
+        return layout.apply(df)
     raise InvalidInputError(f"{path}: unsupported file type {path.suffix!r}: use .parquet or .csv")
 
 
@@ -79,10 +80,10 @@ def _read(path: Path, kind: str, read: Callable[[], pl.DataFrame]) -> pl.DataFra
         raise InvalidInputError(f"{path}: not a readable {kind} file: {exc}") from exc
 
 
-def _validated(bars: Any, max_future: timedelta | None) -> pl.DataFrame:
+def _validated(bars: Any, max_future: timedelta | None, layout: BarLayout | None) -> pl.DataFrame:
     """The bars of a frame or file, validated; a file's bad bars are reported naming the file."""
     try:
-        return validate_bars(load_bars_source(bars), max_future=max_future).select(BAR_COLUMNS)
+        return validate_bars(load_bars_source(bars, layout), max_future=max_future).select(BAR_COLUMNS)
     except InvalidInputError as exc:
         if not isinstance(bars, str | os.PathLike) or str(bars) in exc.problem:
             raise
@@ -112,15 +113,15 @@ class _Planned(NamedTuple):
 
 
 def ingest(root: Path, catalog: Catalog, bars: Any, *, replace_range: bool = False,
-           max_future: timedelta | None = None) -> IngestReport:
+           max_future: timedelta | None = None, layout: BarLayout | None = None) -> IngestReport:
     """Validate ``bars`` (all of them first: nothing is stored when any bar is bad) and store them, all or nothing.
-    ``max_future``: bars dated more than that after now are refused.
+    ``max_future``: bars dated more than that after now are refused. ``layout``: the source's vendor layout.
 
     By default the new bars overlay the stored ones: a stored bar with the same (symbol, ts) is replaced, every
     other stored bar is kept. With ``replace_range`` each symbol's new bars replace all its stored bars between
     their first and last ts (``IngestReport.removed`` counts the stored bars that are gone).
     """
-    df = _validated(bars, max_future)
+    df = _validated(bars, max_future, layout)
     names, starts, ends = symbol_runs(df["symbol"])
     spans = {s: (a, b) for s, a, b in zip(names, starts.tolist(), ends.tolist(), strict=True)}
     planned: dict[str, _Planned] = {}

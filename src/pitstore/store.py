@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
-from datetime import datetime
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, time
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -23,6 +23,7 @@ from pitstore.features.catalogue import build_feature, parse_indicator
 from pitstore.features.library import standard_features
 from pitstore.features.registry import FeatureRef, Registry, VersionInfo
 from pitstore.frames import FrameKind, frame_kind, from_polars
+from pitstore.layout import BarLayout
 from pitstore.live.engine import LiveEngine, PushReport
 from pitstore.live.marker import reconcile as reconcile_dead_pushers
 from pitstore.offline import EntryReader, read_entries
@@ -79,7 +80,9 @@ class Store:
         """Resolve a reference such as ``"daily_core@2:rsi_14"`` (no ``@`` means the latest version)."""
         return self.registry.resolve(ref)
 
-    def ingest(self, bars: Any, *, replace_range: bool = False) -> _ingest.IngestReport:
+    def ingest(self, bars: Any, *, replace_range: bool = False, columns: Mapping[str, str] | None = None,
+               tz: str | None = None, close_time: time | str | None = None,
+               symbol: str | None = None) -> _ingest.IngestReport:
         """Validate and store bars (a pandas / polars / Arrow frame, or a Parquet or CSV path), all or nothing.
 
         Nothing is stored when any bar is invalid or any symbol fails to be written or committed. A bar with
@@ -88,9 +91,16 @@ class Store:
         ``as_known_at``. With ``replace_range=True`` each symbol's bars replace all its stored bars between
         their first and last ts; ``IngestReport.removed`` counts the stored bars that are gone. Bars dated more
         than the ``max_future_days`` setting after now are refused.
+
+        Vendor layouts: ``columns`` maps source names to bar columns (``{"Date": "ts", "Adj Close": "close"}``;
+        ``Open``, ``HIGH``, ``Volume``, ``Symbol``, a single ``Date``/``Timestamp``/``Datetime`` match in any case
+        without it), ``tz`` is the zone of naive timestamps, ``close_time`` (in ``tz``) the time a date-only ts
+        stands for (required for date-only ts: a date at midnight would leak the day's close into that day),
+        ``symbol`` the symbol of a one-symbol source without a symbol column. See :class:`pitstore.layout.BarLayout`.
         """
+        layout = BarLayout(dict(columns or {}), tz, close_time, symbol)
         return _ingest.ingest(self.root, self.catalog, bars, replace_range=replace_range,
-                              max_future=self.settings.max_future)
+                              max_future=self.settings.max_future, layout=layout)
 
     def backfill(
         self,
@@ -308,18 +318,23 @@ class Store:
         to the offline tier in batches (see :meth:`flush`); ``report.rows`` has them per ``name@version``.
 
         ``feature_sets``: the sets to compute, from now on (default: every set this process registered or
-        backfilled). A bar at or before the latest of its symbol is a restatement, recomputed through the
-        offline tier, never overwriting newer online values; one identical to the latest is skipped. Bars dated
-        more than the ``max_future_days`` setting after now are refused (one would make every real bar after it
-        look like a restatement).
+        backfilled; when none, the latest version of every set in the catalog, rebuilt by
+        :meth:`Registry.rebuild`, an error naming any set with expression or Python features). A bar at or
+        before the latest of its symbol is a restatement, recomputed through the offline tier, never overwriting
+        newer online values; one identical to the latest is skipped. Bars dated more than the
+        ``max_future_days`` setting after now are refused (one would make every real bar after it look like a
+        restatement).
         """
         chosen = [feature_sets] if isinstance(feature_sets, FeatureSet) else list(feature_sets or [])
         for fs in chosen:
             self.register(fs)
+        if not chosen and not self._defined:  # another process registered them: rebuild them from the catalog
+            for name in self.registry.names():
+                self.register(self.registry.rebuild(name))
         sets = [self._defined[fs.name] for fs in chosen] if chosen else list(self._defined.values())
         if not sets:
-            raise InvalidInputError("push needs feature sets: pass feature_sets= or register() them in this process"
-                                    " (definitions with Python code cannot be rebuilt from the catalog)")
+            raise InvalidInputError("push needs feature sets: the catalog has none; pass feature_sets= or register()"
+                                    " them")
         for fs, version in sets:
             self.live.add(fs, version)
         return self.live.push(bars, max_future=self.settings.max_future)

@@ -10,7 +10,7 @@ import typer
 
 import pitstore
 from pitstore.cli import demo as _demo
-from pitstore.cli import maintenance, output, serve, service
+from pitstore.cli import listing, maintenance, output, serve, service
 from pitstore.cli import tier as _tier
 from pitstore.cli.common import (
     USER_ERRORS,
@@ -21,6 +21,7 @@ from pitstore.cli.common import (
     load_feature_set,
     open_store,
     out_console,
+    parse_mapping,
     parse_symbols,
     parse_time,
     print_wide,
@@ -28,6 +29,7 @@ from pitstore.cli.common import (
     symbol_progress,
 )
 from pitstore.config import Settings
+from pitstore.layout import BarLayout
 from pitstore.store import Store
 
 __all__ = ["app"]
@@ -99,6 +101,19 @@ def ingest(
         "--replace-range", help="Each symbol's bars replace all its stored bars between their first and last ts "
         "(stored bars in between that the file lacks are removed; the count is printed). Default: only stored "
         "bars with the same ts are replaced.")] = False,
+    mapping: Annotated[list[str] | None, typer.Option(
+        "--map", help="Source column = bar column, e.g. --map Date=ts --map 'Adj Close=close' (repeatable). "
+        "Without it Open, HIGH, Volume, Symbol, Ticker and one Date/Timestamp/Datetime column match in any case.",
+        show_default=False)] = None,
+    tz: Annotated[str | None, typer.Option(
+        "--tz", help="Timezone of naive timestamps, e.g. America/New_York (converted to UTC). Without it naive "
+        "timestamps are refused.", show_default=False)] = None,
+    close_time: Annotated[str | None, typer.Option(
+        "--close-time", help="For date-only daily files: the time of day (in --tz) each date's bar closes, e.g. "
+        "16:00. Required for date-only ts: a date read as midnight would leak the day's close into that day.",
+        show_default=False)] = None,
+    symbol: Annotated[str | None, typer.Option(
+        "--symbol", help="The symbol of a one-symbol file without a symbol column.", show_default=False)] = None,
     json_out: JsonOption = False,
     root: RootOption = None,
 ) -> None:
@@ -106,8 +121,11 @@ def ingest(
 
     Each file is ingested in turn, all-or-nothing per file. A bar with the same symbol and ts as a stored one
     replaces it (a restatement); other stored bars are kept unless --replace-range. CSV timestamps must carry
-    an offset or Z.
+    an offset or Z, or --tz gives their zone; vendor layouts (Yahoo, Stooq) need at most --map, --tz,
+    --close-time and --symbol.
     """
+    columns = parse_mapping(mapping or [])
+    BarLayout(columns, tz, close_time, symbol)  # bad options fail before any file is stored
     for path in files:  # Check every file before storing any of them.
         if not path.is_file():
             fail(f"no such file: {path}")
@@ -117,7 +135,8 @@ def ingest(
     with open_store(ctx, root, create=True) as store:
         for i, path in enumerate(files):
             try:
-                reports.append((path, store.ingest(path, replace_range=replace_range)))
+                reports.append((path, store.ingest(path, replace_range=replace_range, columns=columns, tz=tz,
+                                                   close_time=close_time, symbol=symbol)))
             except USER_ERRORS as exc:
                 message = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
                 fail(message + (f" ({i} earlier file{'s' if i != 1 else ''} stored)" if i else ""))
@@ -202,6 +221,7 @@ def get(
     known = parse_time(as_known_at, "--as-known-at")
     if out is not None:
         output.check_out_path(out)
+    reasons: list[str] = []  # why symbols asked for have no rows
     if entities is not None:
         lookups = output.read_entities(entities)
         with open_store(ctx, root, create=False) as store:
@@ -210,6 +230,7 @@ def get(
         wanted, t_start, t_end = parse_symbols(symbols), parse_time(start, "--start"), parse_time(end, "--end")
         with open_store(ctx, root, create=False) as store:
             df = store.read(features, wanted, t_start, t_end, as_known_at=known)
+            reasons = listing.empty_range_reasons(store, wanted, df)
     if out is not None:
         output.write_frame(df, out)
         if json_out:
@@ -225,6 +246,9 @@ def get(
             caption += f"; first {shown} shown (--out FILE or --json for all)"
         print_wide(output.frame_table(df, limit))
         out_console.print(caption, style="dim", markup=False, soft_wrap=True)
+    if not json_out:
+        for reason in reasons:
+            out_console.print(f"note: {reason}", style="yellow", markup=False, soft_wrap=True)
 
 
 @app.command()
@@ -274,6 +298,8 @@ def demo(
         fail("the second pass over identical bars was not a no-op (see above): a pitstore bug")
 
 
+app.command()(listing.features)
+app.command()(listing.sets)
 app.command()(maintenance.gc)
 app.command()(maintenance.verify)
 app.command()(_tier.tier)

@@ -36,6 +36,7 @@ __all__ = [
     "load_object",
     "open_store",
     "out_console",
+    "parse_mapping",
     "parse_symbols",
     "parse_time",
     "print_wide",
@@ -127,6 +128,17 @@ def parse_symbols(value: str | None) -> list[str] | None:
     if not symbols:
         raise InvalidInputError(f"--symbols {value!r} names no symbol; give e.g. --symbols AAPL,MSFT")
     return symbols
+
+
+def parse_mapping(values: list[str]) -> dict[str, str]:
+    """``["Date=ts", "Adj Close=close"]`` -> ``{"Date": "ts", "Adj Close": "close"}`` (the last ``=`` splits)."""
+    out: dict[str, str] = {}
+    for value in values:
+        source, sep, target = value.rpartition("=")
+        if not sep or not source.strip() or not target.strip():
+            raise InvalidInputError(f"--map {value!r}: expected SOURCE=COLUMN, e.g. --map Date=ts", column="--map")
+        out[source.strip()] = target.strip()
+    return out
 
 
 def load_object(spec: str, option: str) -> Any:

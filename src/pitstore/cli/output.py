@@ -20,6 +20,7 @@ from pitstore.backfill import BackfillReport
 from pitstore.errors import InvalidInputError
 from pitstore.frames import to_polars
 from pitstore.ingest import IngestReport, load_bars_source
+from pitstore.layout import BarLayout
 
 __all__ = [
     "backfill_dict",
@@ -158,7 +159,7 @@ def backfill_line(report: BackfillReport, seconds: float) -> str:
 
 def read_entities(path: Path) -> pl.DataFrame:
     """Look-ups from Parquet, or from CSV whose ``ts`` strings carry an offset or ``Z``; extra columns kept."""
-    df = to_polars(load_bars_source(path))  # the same file rules as bars
+    df = to_polars(load_bars_source(path, BarLayout(aliases=False)))  # the same file rules as bars
     for col in ("symbol", "ts"):
         if col not in df.columns:
             raise InvalidInputError(f"{path}: entities need a {col!r} column", column=col)

@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from pitstore.cli.common import RootOption, clean_errors, open_store, out_console, parse_symbols
+from pitstore.store import Store
 
 __all__ = ["materialize", "warm"]
 
@@ -41,4 +42,15 @@ def warm(
     the --top N most requested ones, or all)."""
     with open_store(ctx, root, create=False) as store:
         n = store.warm(parse_symbols(symbols), top=top)
-    out_console.print(f"warm: {n:,} rows loaded into the online tier")
+        why = "" if n else _nothing_warmed(store, top if symbols is None else None)
+    out_console.print(f"warm: {n:,} rows loaded into the online tier{why}", markup=False, soft_wrap=True)
+
+
+def _nothing_warmed(store: Store, top: int | None) -> str:
+    """Why warm loaded no row."""
+    if not store.registry.names():
+        return " (no feature sets in the store: `pitstore backfill` one first)"
+    if top is not None and not store.catalog.top_requested(top):
+        return (" (no request history yet: --top ranks symbols by the look-ups served so far, and none were; "
+                "warm --symbols A,B or all symbols without options)")
+    return " (no stored feature rows for these symbols: `pitstore backfill` them first)"

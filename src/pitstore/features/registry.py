@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from pitstore.catalog.base import Catalog, VersionRow
@@ -155,3 +155,42 @@ class Registry:
 
     def names(self) -> list[str]:
         return self._catalog.names()
+
+    def rebuild(self, name: str, version: int | None = None) -> FeatureSet:
+        """The FeatureSet of a registered version (the latest when ``version`` is None), rebuilt from its stored
+        definition, so a process that never registered it can compute it (e.g. ``push``). Only built-in and
+        TA-Lib features can be rebuilt: expressions and Python code are stored as fingerprints, not as code.
+        InvalidInputError naming the features when it cannot be rebuilt, or when the rebuilt set's fingerprint
+        is not the stored one (e.g. pitstore or a library changed since it was registered)."""
+        info = self.get(name, version)
+        specs = info.definition["features"]
+        code = [", ".join(f["outputs"]) for f in specs if f["kind"] not in ("builtin", "talib")]
+        if code:
+            raise InvalidInputError(f"feature set {name!r} version {info.version} cannot be rebuilt from the catalog:"
+                                    f" its features {'; '.join(code)} are expressions or Python code (stored as "
+                                    "fingerprints only); register() it in this process or pass it to "
+                                    "push(feature_sets=...)")
+        d = info.definition
+        ttl = d["ttl_seconds"]
+        fs = FeatureSet(name, [_rebuilt_feature(f) for f in specs], timeframe=d["timeframe"],
+                        ttl=timedelta(seconds=ttl) if ttl is not None else None,
+                        availability_lag=timedelta(seconds=d["availability_lag_seconds"]), version=d["version_tag"])
+        if fingerprint(fs) != info.fingerprint:
+            raise InvalidInputError(f"feature set {name!r} version {info.version} cannot be rebuilt from the catalog:"
+                                    " its definition rebuilt here has another fingerprint (registered with other "
+                                    f"pitstore or library versions: {d['engine_version']}, {d['libraries']}); "
+                                    "register() it in this process")
+        return fs
+
+
+def _rebuilt_feature(spec: dict[str, Any]) -> Feature:
+    """A built-in or TA-Lib feature from its stored spec: the catalogue builds it, the stored outputs name it."""
+    from pitstore.features.catalogue import build_feature  # the catalogue's modules build on this one's users
+
+    name = spec["func"] if spec["kind"] == "builtin" else f"talib.{spec['func']}"
+    feature = build_feature(name, spec["params"])
+    suffix = feature.output_suffixes[0]
+    alias = spec["outputs"][0].removesuffix(f"_{suffix}" if suffix else "")
+    if alias != feature.name:
+        feature = feature.alias(alias)
+    return feature.tagged(spec["version"]) if spec["version"] is not None else feature
