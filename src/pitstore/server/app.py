@@ -6,15 +6,16 @@ event loop (the Store is not shared between threads); ``--workers N`` runs N pro
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import asdict
 from typing import Any
+from urllib.parse import parse_qs
 
 import polars as pl
 from fastapi import FastAPI, Request
@@ -67,24 +68,39 @@ def _json(data: Any) -> Response:
     return Response(json.dumps(data, allow_nan=False, default=str).encode(), media_type=JSON)
 
 
+_RID_PREFIX = os.urandom(8).hex()  # request ids: unique per process, then a counter (uuid4 costs 1.5 µs)
+_RID_COUNTER = itertools.count()
+_HEADERS = (b"x-request-id", b"content-length", b"authorization", b"x-api-key", b"accept")
+
+FastPath = Callable[[bytes], bytes]
+
+
 class _Edge:
     """Pure ASGI middleware (cheaper than BaseHTTPMiddleware on the hot path): request ids, body bound,
-    API keys by scope, request metrics."""
+    API keys by scope, request metrics. ``GET /v1/online`` in JSON is answered here directly (``fast``), without
+    FastAPI's routing and parameter machinery (about 75 µs a request); its route stays declared for OpenAPI,
+    and serves the Arrow answers."""
 
-    def __init__(self, app: ASGIApp, keys: KeyRing, max_body: int) -> None:
-        self.app, self.keys, self.max_body = app, keys, max_body
+    def __init__(self, app: ASGIApp, keys: KeyRing, max_body: int, fast: FastPath) -> None:
+        self.app, self.keys, self.max_body, self.fast = app, keys, max_body, fast
 
     async def __call__(self, scope: Scope, receive: Callable[[], Awaitable[Message]],
                        send: Callable[[Message], Awaitable[None]]) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = dict(scope["headers"])
+        headers = {k: v for k, v in scope["headers"] if k in _HEADERS}
         given = headers.get(b"x-request-id", b"").decode("latin-1")
-        rid = given if 0 < len(given) <= 64 and given.isprintable() else uuid.uuid4().hex
+        rid = given if 0 < len(given) <= 64 and given.isprintable() else f"{_RID_PREFIX}{next(_RID_COUNTER):016x}"
         scope.setdefault("state", {})["request_id"] = rid
         path: str = scope["path"]
+        method: str = scope["method"]
         started = time.perf_counter()
+        denied = self._check(path, method, headers, rid)
+        if denied is None and method == "GET" and path == "/v1/online" and b"arrow" not in headers.get(b"accept", b""):
+            status = await self._fast(scope["query_string"], rid, send)
+            metrics.observe_request(path, method, status, time.perf_counter() - started)
+            return
         status_box = [500]
 
         async def send_with_id(message: Message) -> None:
@@ -93,14 +109,32 @@ class _Edge:
                 message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
             await send(message)
 
-        denied = self._check(path, scope["method"], headers, rid)
         if denied is not None:
             await denied(scope, receive, send_with_id)
         else:
             await self.app(scope, self._bounded(receive), send_with_id)
         # The matched route's template (bounded label set); requests that matched no route share one label.
         endpoint = getattr(scope.get("route"), "path", None) or ("denied" if denied is not None else "unmatched")
-        metrics.observe_request(endpoint, scope["method"], status_box[0], time.perf_counter() - started)
+        metrics.observe_request(endpoint, method, status_box[0], time.perf_counter() - started)
+
+    async def _fast(self, query: bytes, rid: str, send: Callable[[Message], Awaitable[None]]) -> int:
+        status, extra = 200, []
+        try:
+            body = self.fast(query)
+        except Exception as exc:  # the same answers as the exception handlers give
+            status = status_of(exc) if isinstance(exc, PitstoreError) else 500
+            if status >= 500:
+                log.error("request %s failed: %s: %s", rid, type(exc).__name__, exc, exc_info=status == 500)
+            if status == 503:
+                extra = [(b"retry-after", str(RETRY_AFTER_S).encode())]
+            message = str(exc) if isinstance(exc, PitstoreError) else f"internal error (request {rid}; see the log)"
+            kind = type(exc).__name__ if isinstance(exc, PitstoreError) else "InternalError"
+            body = json.dumps({"error": kind, "message": message, "request_id": rid}).encode()
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"x-request-id", rid.encode()), *extra]})
+        await send({"type": "http.response.body", "body": body})
+        return status
 
     def _check(self, path: str, method: str, headers: dict[bytes, bytes], rid: str) -> Response | None:
         length = headers.get(b"content-length")
@@ -330,7 +364,16 @@ def create_app(store: Store | None = None, *, settings: Settings | None = None, 
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
-    return _Edge(app, keys if keys is not None else KeyRing(()), settings.max_body_bytes)
+
+    def fast_online(query: bytes) -> bytes:
+        args = parse_qs(query.decode("latin-1"), keep_blank_values=True)
+        syms = parse_symbols(args["symbols"][-1] if "symbols" in args else None)
+        names = parse_list(args["features"][-1] if "features" in args else None, "features")
+        vectors = the_store().get_online(syms, names)
+        metrics.count_online([v.status for v in vectors], "online")
+        return vectors_json(vectors)
+
+    return _Edge(app, keys if keys is not None else KeyRing(()), settings.max_body_bytes, fast_online)
 
 
 def _standard_if_registered(store: Store) -> list[FeatureSet]:
