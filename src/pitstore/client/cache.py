@@ -175,8 +175,8 @@ _PUT = """
 local p, k = ARGV[1], ARGV[2]
 drop(p, k)
 redis.call('SET', p..'e:'..k, ARGV[3], 'PX', ARGV[4])
-redis.call('HSET', p..'size', k, string.len(ARGV[3]))
-redis.call('INCRBY', p..'bytes', string.len(ARGV[3]))
+redis.call('HSET', p..'size', k, ARGV[7])  -- the value's size, as memory mode counts it (not the expiry line)
+redis.call('INCRBY', p..'bytes', ARGV[7])
 redis.call('ZADD', p..'lru', redis.call('INCR', p..'seq'), k)
 local evicted = 0
 local max_n, max_b = tonumber(ARGV[5]), tonumber(ARGV[6])
@@ -203,7 +203,7 @@ class _RedisEntries:
     def put(self, key: str, data: bytes, expires: float, ttl: float, max_entries: int, max_bytes: int) -> int:
         px = max(1, math.ceil(ttl * 1000))
         return int(self._put(args=[self.prefix, key, repr(expires).encode() + b"\n" + data, px, max_entries,
-                                   max_bytes]))
+                                   max_bytes, len(data)]))
 
     def delete(self, key: str) -> bool:
         return bool(self._del(args=[self.prefix, key]))
