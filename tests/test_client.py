@@ -212,3 +212,30 @@ def test_push_with_keys_by_scope(tmp_path: Path) -> None:
     finally:
         code, out = server.stop()
     assert code in (0, -signal.SIGTERM), out
+
+
+def test_metrics_as_a_dict_and_for_prometheus(served: tuple[Server, Store]) -> None:
+    import json
+
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from pitstore.client import FeatureCache
+
+    server, _ = served
+    with Client(server.url, cache=FeatureCache(), feature_ttls={"daily_core": 3600 * 24 * 4}) as fs:
+        for _ in range(3):
+            fs.get_online(["AAA"], "daily_core")
+        with pytest.raises(NotFoundError):
+            fs.get_ohlcv("NOPE")
+        m = fs.metrics()
+        json.dumps(m)  # plain values
+        assert m["calls"] == {"get_online": 3, "get_ohlcv": 1} and m["errors"] == {"NotFoundError": 1}
+        assert m["latency"]["get_online"]["count"] == 3 and sum(m["latency"]["get_online"]["buckets"].values()) == 3
+        assert (m["cache"]["hits"], m["cache"]["misses"]) == (2, 1)
+        registry = CollectorRegistry()
+        registry.register(fs.metrics_collector())
+        text = generate_latest(registry).decode()
+    assert 'pitstore_client_calls_total{method="get_online"} 3.0' in text
+    assert 'pitstore_client_errors_total{type="NotFoundError"} 1.0' in text
+    assert 'pitstore_client_latency_seconds_count{method="get_online"} 3.0' in text
+    assert "pitstore_client_cache_hit_rate 0.666" in text and "pitstore_client_breaker_open 0.0" in text
