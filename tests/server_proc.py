@@ -23,8 +23,8 @@ def free_port() -> int:
 class Server:
     """``pitstore serve`` started on ``root``; ``url`` once /healthz answers."""
 
-    def __init__(self, root: Path, *args: str, env: dict[str, str] | None = None) -> None:
-        self.port = free_port()
+    def __init__(self, root: Path, *args: str, env: dict[str, str] | None = None, port: int | None = None) -> None:
+        self.port = port or free_port()  # a given port: a restart where the clients already point
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "pitstore", "serve", "--root", str(root), "--port", str(self.port),

@@ -1,0 +1,134 @@
+"""Client: the pitstore HTTP service from synchronous code; the same methods as AsyncClient."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
+from types import TracebackType
+from typing import Any, TypeVar
+
+from pitstore.client import _calls
+from pitstore.client._calls import Call
+from pitstore.client._core import Core
+from pitstore.client._http import Resilience, SyncTransport
+from pitstore.client._online import OnlineRead
+from pitstore.client.cache import FeatureCache
+from pitstore.errors import PitstoreError
+from pitstore.features.catalogue import FeatureMetadata
+from pitstore.live.engine import PushReport
+from pitstore.serving import FeatureVector
+from pitstore.store import Store
+
+__all__ = ["Client"]
+
+R = TypeVar("R")
+Time = datetime | str
+
+
+class Client:
+    """``with Client("http://127.0.0.1:8000", api_key=...) as fs: fs.get_online([...], "daily_core")``
+
+    One pooled keep-alive connection pool, retries with backoff on reads, a circuit breaker, and optionally a
+    ``cache`` (:class:`FeatureCache`, for ``get_online``; ``feature_ttls``: the online TTL in seconds of each
+    feature set read through it) and a ``fallback`` Store that answers reads when the service cannot. See
+    :class:`Resilience` for the knobs and their defaults. Arguments are checked before any request with the
+    library's errors; the service's errors come back as the same pitstore error classes.
+    """
+
+    def __init__(self, url: str, *, api_key: str | None = None, resilience: Resilience | None = None,
+                 cache: FeatureCache | None = None, feature_ttls: Mapping[str, float | timedelta] | None = None,
+                 fallback: Store | None = None) -> None:
+        self._core = Core(url, resilience=resilience, cache=cache, feature_ttls=feature_ttls, fallback=fallback)
+        self._http = SyncTransport(url, api_key, self._core.cfg, self._core.breaker, self._core.stats)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    @property
+    def breaker_state(self) -> str:
+        return self._core.breaker.state
+
+    def metrics(self) -> dict[str, Any]:
+        """Calls by method, errors by type, latency, retries, breaker state and changes, fallbacks, cache."""
+        return self._core.metrics()
+
+    def metrics_collector(self) -> Any:
+        """A prometheus_client collector of :meth:`metrics`, to ``REGISTRY.register``."""
+        return self._core.stats.collector()
+
+    def _run(self, call: Call[R], timeout: float | None) -> R:
+        started, error = time.perf_counter(), None
+        try:
+            try:
+                resp = self._http.send(call.request, call.name, timeout)
+            except PitstoreError as exc:
+                return self._core.or_fallback(call, exc)
+            return call.parse(resp)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            self._core.record(call.name, started, error)
+
+    def get_online(self, symbols: Sequence[str] | str, features: Sequence[str] | str, *,
+                         output: str | None = None, timeout: float | None = None) -> Any:
+        """As ``Store.get_online``: a FeatureVector per symbol in input order (status ``fallback`` when the
+        fallback store served it), or a frame with ``output="polars" | "pandas" | "arrow"``."""
+        started = time.perf_counter()
+        read = OnlineRead(symbols, features, output, self._core.cache, self._core.ttls)
+        if read.call is None:
+            self._core.record("get_online", started, None)
+        else:
+            read.merge(self._run(read.call, timeout))
+        return read.result()
+
+    def get_features(self, symbol: str, as_of: Time, features: Sequence[str] | str, *,
+                           as_known_at: Time | None = None, timeout: float | None = None) -> FeatureVector:
+        return self._run(_calls.features(symbol, as_of, features, as_known_at), timeout)
+
+    def get_historical(self, entities: Any, features: Sequence[str] | str, as_known_at: Time | None = None,
+                             *, timeout: float | None = None) -> Any:
+        """Features as of each entity row; the frame type follows ``entities`` (Arrow IPC on the wire)."""
+        return self._run(_calls.historical(entities, features, as_known_at), timeout)
+
+    def get_ohlcv(self, symbol: str, start: Time | None = None, end: Time | None = None, *,
+                        output: str = "polars", timeout: float | None = None) -> Any:
+        """The stored bars of ``symbol`` in [start, end] (the service serves the stored timeframe)."""
+        return self._run(_calls.ohlcv(symbol, start, end, output), timeout)
+
+    def get_indicators(self, symbol: str, start: Time | None = None, end: Time | None = None, *,
+                             indicators: Sequence[str] | str = ("sma_50", "sma_200", "rsi_14"),
+                             output: str = "polars", timeout: float | None = None) -> Any:
+        return self._run(_calls.indicators(symbol, start, end, indicators, output, self._core.catalogue),
+                               timeout)
+
+    def compute_feature(self, name: str, symbol: str, start: Time | None = None, end: Time | None = None, *,
+                              parameters: dict[str, Any] | None = None, output: str = "polars",
+                              timeout: float | None = None) -> Any:
+        return self._run(_calls.compute(name, symbol, start, end, parameters, output, self._core.catalogue),
+                               timeout)
+
+    def get_available_indicators(self, *, timeout: float | None = None) -> list[FeatureMetadata]:
+        """The service's catalogue; from then on feature and indicator names are checked before requests."""
+        return self._run(_calls.catalog(self._core.catalogue), timeout)
+
+    def get_indicator_metadata(self, name: str, *, timeout: float | None = None) -> FeatureMetadata:
+        return self._run(_calls.metadata(name, self._core.catalogue), timeout)
+
+    def stats(self, *, timeout: float | None = None) -> dict[str, Any]:
+        return self._run(_calls.stats(), timeout)
+
+    def push(self, bars: Any, *, timeout: float | None = None) -> PushReport:
+        """Live bars to the service (needs a ``write`` key); never retried, never sent to the fallback."""
+        call, symbols = _calls.push(bars)
+        try:
+            return self._run(call, timeout)
+        finally:
+            self._core.invalidate_symbols(symbols)
