@@ -431,3 +431,25 @@ def test_costs_and_freshness_in_metrics_and_the_miss_log(root: Path, caplog: pyt
             assert miss.cost == pytest.approx(0.01 + miss.compute_seconds * 2.5)  # type: ignore[attr-defined]
     finally:
         server.stop()
+
+
+def test_symbols_with_a_slash_and_serving_rules_in_listings(tmp_path: Path) -> None:
+    root = tmp_path / "fx"
+    bars = _bars().filter(pl.col("symbol") == "AAA").with_columns(pl.lit("EUR/USD").alias("symbol"))
+    with Store.open(root) as store:
+        store.ingest(bars)
+        store.backfill(standard_features())
+        as_of = bars["ts"][-3]
+        want = _vec(store.get_features("EUR/USD", as_of, "daily_core"))
+    server = Server(root)
+    try:
+        got = httpx.get(f"{server.url}/v1/features/EUR%2FUSD", params={"as_of": as_of.isoformat(),
+                                                                        "features": "daily_core"})
+        assert got.status_code == 200, got.text
+        assert got.json() == want and want["status"] == "ok"
+        assert len(httpx.get(f"{server.url}/v1/bars/EUR/USD").json()) == N_BARS
+        sets = httpx.get(f"{server.url}/v1/feature-sets").json()["feature_sets"]
+        assert sets[0]["online_ttl_seconds"] == 4 * 86400 and sets[0]["availability_lag_seconds"] == 0
+        assert sets[0]["timeframe"] == "1d"
+    finally:
+        server.stop()

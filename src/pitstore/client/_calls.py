@@ -152,7 +152,7 @@ def historical(entities: Any, names: Sequence[str] | str, as_known_at: datetime 
     body, _ = frame_response_body(df, True)
     return Call("get_historical",
                 Request("POST", "/v1/historical", True, params=_params(features=",".join(feats), as_known_at=known),
-                        content=body, headers={"Content-Type": ARROW, **_ARROW_IO}),
+                        content=bytes(body), headers={"Content-Type": ARROW, **_ARROW_IO}),
                 lambda r: from_polars(_arrow_frame(r), kind),
                 lambda s: from_polars(_fallback_frame(s.get_historical(
                     df, feats, as_known_at=None if known is None else utc(known, "as_known_at"), output="polars")),
@@ -242,7 +242,7 @@ def push(bars: Any) -> tuple[Call[PushReport], list[str]]:
     if df.is_empty() or "symbol" not in df.columns:
         raise InvalidInputError("bars must be a non-empty frame with a 'symbol' column", column="bars")
     body, _ = frame_response_body(df, True)
-    return (Call("push", Request("POST", "/v1/push", False, content=body, headers={"Content-Type": ARROW}),
+    return (Call("push", Request("POST", "/v1/push", False, content=bytes(body), headers={"Content-Type": ARROW}),
                  lambda r: _push_report(r.json())),
             sorted(set(df["symbol"].cast(pl.String).to_list())))
 

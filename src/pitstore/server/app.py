@@ -256,7 +256,7 @@ def create_app(store: Store | None = None, *, settings: Settings | None = None, 
         body = await _json_body(request)
         return _online(the_store(), request, body.get("symbols"), body.get("features"))
 
-    @app.get("/v1/features/{symbol}", tags=["features"], summary="One point-in-time look-up")
+    @app.get("/v1/features/{symbol:path}", tags=["features"], summary="One point-in-time look-up")
     async def features_of(symbol: str, as_of: str, features: str, as_known_at: str | None = None) -> Response:
         vec = the_store().get_features(parse_symbols(symbol)[0], required_time(as_of, "as_of"),
                                        parse_list(features, "features"),
@@ -276,7 +276,7 @@ def create_app(store: Store | None = None, *, settings: Settings | None = None, 
 
     # --- bars and the catalogue ------------------------------------------------------------------------
 
-    @app.get("/v1/bars/{symbol}", tags=["data"], summary="The stored OHLCV bars of a symbol in [start, end]")
+    @app.get("/v1/bars/{symbol:path}", tags=["data"], summary="The stored OHLCV bars of a symbol in [start, end]")
     async def bars(request: Request, symbol: str, start: str | None = None, end: str | None = None) -> Response:
         df = the_store().bars(parse_symbols(symbol)[0])
         t0, t1 = parse_time(start, "start"), parse_time(end, "end")
@@ -300,13 +300,14 @@ def create_app(store: Store | None = None, *, settings: Settings | None = None, 
     @app.get("/v1/feature-sets", tags=["catalogue"], summary="Registered feature sets and their latest version")
     async def feature_sets() -> Response:
         reg = the_store().registry
-        return _json({"feature_sets": [_version(reg.get(n)) for n in reg.names()]})
+        return _json({"feature_sets": [_version(the_store(), reg.get(n)) for n in reg.names()]})
 
     @app.get("/v1/feature-sets/{name}/versions", tags=["catalogue"], summary="Every version of a feature set")
     async def versions(name: str) -> Response:
-        return _json({"name": name, "versions": [_version(v) for v in the_store().versions(name)]})
+        store = the_store()
+        return _json({"name": name, "versions": [_version(store, v) for v in store.versions(name)]})
 
-    @app.get("/v1/indicators/{symbol}", tags=["data"],
+    @app.get("/v1/indicators/{symbol:path}", tags=["data"],
              summary="Indicator rows for a range by default names (sma_50, rsi_14, macd_12_26_9)")
     async def indicators(request: Request, symbol: str, indicators: str, start: str | None = None,
                          end: str | None = None) -> Response:
@@ -385,9 +386,14 @@ def _standard_if_registered(store: Store) -> list[FeatureSet]:
     return []
 
 
-def _version(v: Any) -> dict[str, Any]:
+def _version(store: Store, v: Any) -> dict[str, Any]:
+    """A version's identity and the serving rules a client needs to judge freshness itself: the online TTL
+    (the set's own, or the timeframe default) and the availability lag."""
+    table = store.serving.tables(f"{v.name}@{v.version}")[0]
     return {"name": v.name, "version": v.version, "fingerprint": v.fingerprint,
-            "created_at": v.created_at.isoformat(), "columns": list(v.definition.get("columns", []))}
+            "created_at": v.created_at.isoformat(), "columns": list(v.definition.get("columns", [])),
+            "timeframe": v.definition.get("timeframe"), "online_ttl_seconds": table.ttl.total_seconds(),
+            "availability_lag_seconds": table.lag_us / 1e6}
 
 
 def _online(store: Store, request: Request, symbols: Any, features: Any) -> Response:
