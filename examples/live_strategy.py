@@ -35,9 +35,8 @@ async def run(url: str, api_key: str | None, symbols: list[str], bars: int, inte
     positions: dict[str, bool] = {}
     skipped = trades = 0
     resilience = Resilience(timeout=1.0, breaker_failures=3, breaker_cooldown=2.0)
-    # Vectors of daily bars stay fresh 4 days (the default TTL of 1d sets); the cache holds them 1 s at most.
-    async with AsyncClient(url, api_key=api_key, resilience=resilience, cache=FeatureCache(ttl=1.0),
-                           feature_ttls={"daily_core": 4 * 86_400}) as fs:
+    # The cache holds a vector 1 s at most, and never past its freshness (the TTL the service publishes).
+    async with AsyncClient(url, api_key=api_key, resilience=resilience, cache=FeatureCache(ttl=1.0)) as fs:
         for bar in range(bars):
             try:
                 vectors = await fs.get_online(symbols, ["daily_core:mom_20d", "daily_core:mom_60d"])

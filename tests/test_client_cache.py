@@ -19,7 +19,7 @@ from server_proc import Server
 
 from pitstore import Store
 from pitstore.client import Client, FeatureCache
-from pitstore.errors import ConfigError
+from pitstore.errors import NotFoundError
 from pitstore.serving import FeatureVector
 
 
@@ -175,7 +175,18 @@ def test_online_reads_through_the_cache_never_past_freshness(served: tuple[Serve
         fs.get_online(SYMBOLS[:1], "daily_core")
         assert _online_requests(server.url) == before + 4
         assert fs.metrics()["cache"]["hits"] == 2
-    with Client(server.url, cache=FeatureCache()) as fs, pytest.raises(ConfigError, match="feature_ttls"):
-        fs.get_online(SYMBOLS, "daily_core")  # the client cannot know when these go stale: no guess
+    with Client(server.url, cache=FeatureCache(ttl=1000.0, clock=clock)) as fs:
+        clock.now = ts.timestamp() + 100.0
+        published = httpx.get(server.url + "/v1/feature-sets").json()["feature_sets"]
+        ttl = next(s["online_ttl_seconds"] for s in published if s["name"] == "daily_core")
+        before = _online_requests(server.url)
+        assert fs.get_online(SYMBOLS, "daily_core") == want  # the TTL the service publishes, asked once
+        assert fs.get_online(SYMBOLS, "daily_core") == want
+        assert _online_requests(server.url) == before + 1 and fs.metrics()["calls"]["feature_sets"] == 1
+        clock.now = ts.timestamp() + ttl  # stale by the published TTL: asked again, never served from cache
+        fs.get_online(SYMBOLS, "daily_core")
+        assert _online_requests(server.url) == before + 2 and fs.metrics()["calls"]["feature_sets"] == 1
+    with Client(server.url, cache=FeatureCache()) as fs, pytest.raises(NotFoundError):
+        fs.get_online(SYMBOLS, "no_such_set")  # neither a TTL nor values: the service says so
     with Store.open(root) as local, Client(server.url, cache=FeatureCache(), fallback=local) as fs:
         assert fs.get_online(SYMBOLS, "daily_core") == want  # the TTL read from the local registry

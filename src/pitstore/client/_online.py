@@ -10,8 +10,9 @@ from datetime import timedelta
 from typing import Any
 
 from pitstore.client._calls import Call, features_of, frame_of_vectors, online, output_of, symbols_of
+from pitstore.client._http import Request
 from pitstore.client.cache import FeatureCache
-from pitstore.errors import ConfigError, PitstoreError
+from pitstore.errors import PitstoreError
 from pitstore.frames import from_polars
 from pitstore.serving import FeatureVector
 from pitstore.status import OK
@@ -27,26 +28,42 @@ def set_name(ref: str) -> str:
 
 class TtlBook:
     """The online TTL (seconds) of each feature set, to bound cache entries: given by the user
-    (``feature_ttls=``), else read from the fallback store's registry when there is one.
+    (``feature_ttls=``), else as the service publishes it (``GET /v1/feature-sets``, asked once when a set is
+    first read), else from the fallback store's registry when the service cannot answer.
 
-    The service does not publish TTLs yet; without one the client cannot know when a vector goes stale, so it
-    refuses to cache it rather than guess."""
+    Without one the client cannot know when a vector goes stale, so it does not cache it rather than guess."""
 
     def __init__(self, given: Mapping[str, float | timedelta] | None, store: Store | None) -> None:
         self.ttls = {k: v.total_seconds() if isinstance(v, timedelta) else float(v) for k, v in (given or {}).items()}
         self.store = store
 
-    def ttl(self, features: Sequence[str]) -> float:
+    def unknown(self, features: Sequence[str] | str) -> bool:
+        return any(set_name(ref) not in self.ttls for ref in features_of(features))
+
+    def ask(self) -> Call[None]:
+        """Learn every published TTL from the service (or, when it is down, from the fallback store); a TTL
+        the user gave wins."""
+        def parse(r: Any) -> None:
+            for s in r.json()["feature_sets"]:
+                self.ttls.setdefault(s["name"], float(s["online_ttl_seconds"]))
+
+        def local(store: Store) -> None:
+            for name in store.registry.names():
+                with suppress(PitstoreError):
+                    self.ttls.setdefault(name, min(t.ttl.total_seconds() for t in store.serving.tables(name)))
+
+        return Call("feature_sets", Request("GET", "/v1/feature-sets", True), parse, local)
+
+    def ttl(self, features: Sequence[str]) -> float | None:
+        """The shortest TTL of the sets read, or None when one is unknown (then nothing is cached: no guess)."""
         out = []
         for ref in features:
             name = set_name(ref)
             if name not in self.ttls and self.store is not None:
-                with suppress(PitstoreError):  # not in the local store: the user must say
+                with suppress(PitstoreError):  # not in the local store either
                     self.ttls[name] = min(t.ttl.total_seconds() for t in self.store.serving.tables(name))
             if name not in self.ttls:
-                raise ConfigError(f"the client cache needs the online TTL of feature set {name!r} to know when its "
-                                  f"vectors go stale: pass feature_ttls={{{name!r}: seconds}} (or a fallback store "
-                                  "that holds it)")
+                return None
             out.append(self.ttls[name])
         return min(out)
 
@@ -59,8 +76,8 @@ class OnlineRead:
         self.cache = cache
         self.got: dict[str, FeatureVector] = {}
         self.prefix = "online:" + ",".join(self.features) + ":"
-        if cache is not None:
-            self.ttl = ttls.ttl(self.features)
+        self.ttl = None if cache is None else ttls.ttl(self.features)
+        if cache is not None and self.ttl is not None:
             for s in dict.fromkeys(self.symbols):
                 hit = cache.get(self.prefix + s)
                 if hit is not None:
@@ -71,7 +88,7 @@ class OnlineRead:
     def merge(self, vectors: list[FeatureVector]) -> None:
         for v in vectors:
             self.got[v.symbol] = v
-            if self.cache is not None and v.status == OK and v.ts is not None:
+            if self.cache is not None and self.ttl is not None and v.status == OK and v.ts is not None:
                 fresh_for = v.ts.timestamp() + self.ttl - self.cache.clock()
                 self.cache.set(self.prefix + v.symbol, v, min(self.cache.ttl, fresh_for))
 

@@ -30,8 +30,8 @@ class AsyncClient:
     """``async with AsyncClient("http://127.0.0.1:8000", api_key=...) as fs: await fs.get_online([...], "daily_core")``
 
     One pooled keep-alive connection pool, retries with backoff on reads, a circuit breaker, and optionally a
-    ``cache`` (:class:`FeatureCache`, for ``get_online``; ``feature_ttls``: the online TTL in seconds of each
-    feature set read through it) and a ``fallback`` Store that answers reads when the service cannot. See
+    ``cache`` (:class:`FeatureCache`, for ``get_online``; ``feature_ttls``: online TTLs in seconds that
+    override the ones the service publishes) and a ``fallback`` Store that answers reads when the service cannot. See
     :class:`Resilience` for the knobs and their defaults. Arguments are checked before any request with the
     library's errors; the service's errors come back as the same pitstore error classes.
     """
@@ -82,6 +82,8 @@ class AsyncClient:
         """As ``Store.get_online``: a FeatureVector per symbol in input order (status ``fallback`` when the
         fallback store served it), or a frame with ``output="polars" | "pandas" | "arrow"``."""
         started = time.perf_counter()
+        if self._core.cache is not None and self._core.ttls.unknown(features):
+            await self._run(self._core.ttls.ask(), timeout)
         read = OnlineRead(symbols, features, output, self._core.cache, self._core.ttls)
         if read.call is None:
             self._core.record("get_online", started, None)
