@@ -83,6 +83,10 @@ def test_every_method_equals_the_library(served: tuple[Server, Store], kind: str
         _same(fs.compute_feature("rsi", "BBB", start, end, parameters={"n": 21}, output=kind),
               store.compute_feature("rsi", "BBB", start, end, params={"n": 21}, output=kind),  # type: ignore[arg-type]
               kind)
+        _same(fs.get_ohlcv("BBB", timeframe="1w", output=kind),
+              from_polars(store.bars("BBB", timeframe="1w"), kind), kind)  # type: ignore[arg-type]
+        _same(fs.get_indicators("BBB", indicators="sma_3", timeframe="1w", output=kind),
+              store.get_indicators("BBB", "sma_3", timeframe="1w", output=kind), kind)  # type: ignore[arg-type]
     if kind == "polars":  # the calls without frames: once
         with Client(server.url) as fs:
             assert fs.get_available_indicators() == list_features()

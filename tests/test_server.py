@@ -453,3 +453,22 @@ def test_symbols_with_a_slash_and_serving_rules_in_listings(tmp_path: Path) -> N
         assert sets[0]["timeframe"] == "1d"
     finally:
         server.stop()
+
+
+def test_bars_indicators_and_compute_on_a_coarser_timeframe(served: tuple[Server, Store]) -> None:
+    server, store = served
+    want = store.bars("AAA", timeframe="1w")
+    assert want.height < N_BARS
+    got = _arrow(httpx.get(f"{server.url}/v1/bars/AAA", params={"timeframe": "1w"}, headers={"Accept": ARROW}))
+    assert got.equals(want)
+    rows = httpx.get(f"{server.url}/v1/bars/AAA", params={"timeframe": "1w"}).json()
+    assert [r["close"] for r in rows] == want["close"].to_list()
+    ind = _arrow(httpx.get(f"{server.url}/v1/indicators/AAA", headers={"Accept": ARROW},
+                           params={"indicators": "sma_3", "timeframe": "1w"}))
+    assert ind.equals(store.get_indicators("AAA", ["sma_3"], timeframe="1w"))
+    comp = _arrow(httpx.post(f"{server.url}/v1/compute", headers={"Accept": ARROW},
+                             json={"feature": "sma", "params": {"n": 3}, "symbol": "AAA", "timeframe": "1w"}))
+    assert comp.equals(ind)
+    for bad in ("1h", "weekly"):  # finer than the stored daily bars; not a timeframe
+        r = httpx.get(f"{server.url}/v1/bars/AAA", params={"timeframe": bad})
+        assert r.status_code == 422 and r.json()["error"] == "InvalidInputError", r.text

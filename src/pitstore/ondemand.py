@@ -57,13 +57,14 @@ def _stored_set(registry: Registry, features: Sequence[Feature]) -> str | None:
 
 def indicator_rows(bars: pl.DataFrame, features: Sequence[Feature], start: datetime | None, end: datetime | None,
                    *, registry: Registry, cache: ComputeCache,
-                   read: Callable[[str, datetime | None, datetime | None], pl.DataFrame]) -> tuple[pl.DataFrame, str]:
+                   read: Callable[[str, datetime | None, datetime | None], pl.DataFrame],
+                   use_stored: bool = True) -> tuple[pl.DataFrame, str]:
     """``ts`` and the features' outputs of one symbol's ``bars`` in ``[start, end]``, and where they came from
     (``"stored"`` or ``"computed"``: through the compute cache)."""
     symbol = bars["symbol"][0]
     outputs = [c for f in features for c in f.outputs]
     in_range = bars.select("ts").filter(_between(start, end))
-    ref = _stored_set(registry, features)
+    ref = _stored_set(registry, features) if use_stored else None
     if ref is not None:
         stored = read(ref, start, end)
         # Served as stored only when it has a row for every bar in the range: a set not yet backfilled over

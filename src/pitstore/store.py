@@ -28,6 +28,7 @@ from pitstore.live.engine import LiveEngine, PushReport
 from pitstore.live.marker import reconcile as reconcile_dead_pushers
 from pitstore.offline import EntryReader, read_entries
 from pitstore.ondemand import indicator_rows
+from pitstore.resample import resample_bars
 from pitstore.serving import FeatureVector, Serving
 from pitstore.timeutil import utc
 
@@ -365,38 +366,46 @@ class Store:
 
     # --- bars and statistics -------------------------------------------------------------------------
 
-    def bars(self, symbol: str) -> pl.DataFrame:
-        """The stored bars of ``symbol`` (polars), oldest first."""
+    def bars(self, symbol: str, *, timeframe: str | None = None) -> pl.DataFrame:
+        """The stored bars of ``symbol`` (polars), oldest first; with ``timeframe`` (coarser than the stored
+        bars) aggregated to it (:mod:`pitstore.resample`: UTC-aligned buckets, each stamped with its last bar)."""
         live = self.catalog.live_bars([symbol])
         if not live:
             raise NotFoundError(f"no bars stored for symbol {symbol!r}")
         df = read_entries(self.root, [live[0].path])
         assert df is not None
-        return df
+        return df if timeframe is None else resample_bars(df, timeframe)
 
     def get_indicators(self, symbol: str, indicators: Sequence[str] | str, start: datetime | None = None,
-                       end: datetime | None = None, *, output: FrameKind = "polars") -> Any:
+                       end: datetime | None = None, *, timeframe: str | None = None,
+                       output: FrameKind = "polars") -> Any:
         """Indicator rows of ``symbol`` in ``[start, end]`` by the catalogue's default names (``sma_50``,
         ``rsi_14``, ``macd_12_26_9``): from a stored feature set that holds them for the current bars, else
-        computed once from the stored bars through the compute cache (later calls, by any process, are hits)."""
+        computed once from the stored bars through the compute cache (later calls, by any process, are hits).
+        ``timeframe``: computed on the bars aggregated to it (see :meth:`bars`)."""
         names = [indicators] if isinstance(indicators, str) else list(indicators)
         if not names:
             raise InvalidInputError("no indicators given", column="indicators")
-        rows, _ = self._on_demand(symbol, [parse_indicator(n) for n in names], start, end)
+        rows, _ = self._on_demand(symbol, [parse_indicator(n) for n in names], start, end, timeframe)
         return from_polars(rows, output)
 
     def compute_feature(self, name: str, symbol: str, start: datetime | None = None, end: datetime | None = None,
-                        *, params: dict[str, Any] | None = None, output: FrameKind = "polars") -> Any:
+                        *, params: dict[str, Any] | None = None, timeframe: str | None = None,
+                        output: FrameKind = "polars") -> Any:
         """One feature of the catalogue with ``params`` (``compute_feature("rsi", "AAPL", params={"n": 21})``)
-        over the stored bars of ``symbol``, rows in ``[start, end]``, computed once through the compute cache."""
-        rows, _ = self._on_demand(symbol, [build_feature(name, params)], start, end)
+        over the stored bars of ``symbol`` (aggregated to ``timeframe`` when given), rows in ``[start, end]``,
+        computed once through the compute cache."""
+        rows, _ = self._on_demand(symbol, [build_feature(name, params)], start, end, timeframe)
         return from_polars(rows, output)
 
     def _on_demand(self, symbol: str, features: Sequence[Feature], start: datetime | None,
-                   end: datetime | None) -> tuple[pl.DataFrame, str]:
+                   end: datetime | None, timeframe: str | None) -> tuple[pl.DataFrame, str]:
         t0, t1 = _aware(start, "start"), _aware(end, "end")
-        return indicator_rows(self.bars(symbol), features, t0, t1, registry=self.registry, cache=self.cache,
-                              read=lambda ref, a, b: self.read(ref, [symbol], a, b))
+        stored = self.bars(symbol)
+        bars = stored if timeframe is None else resample_bars(stored, timeframe)
+        # Stored feature sets are computed on the stored bars: they answer only when no aggregation happened.
+        return indicator_rows(bars, features, t0, t1, registry=self.registry, cache=self.cache,
+                              read=lambda ref, a, b: self.read(ref, [symbol], a, b), use_stored=bars is stored)
 
     def newest_rows(self) -> dict[str, int]:
         """Per feature set's latest version (``name@version``): the ts (µs) of its newest row, stored or pushed

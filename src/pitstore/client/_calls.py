@@ -159,16 +159,19 @@ def historical(entities: Any, names: Sequence[str] | str, as_known_at: datetime 
                     kind))
 
 
-def ohlcv(symbol: str, start: datetime | str | None, end: datetime | str | None, output: str) -> Call[Any]:
+def ohlcv(symbol: str, start: datetime | str | None, end: datetime | str | None, timeframe: str | None,
+          output: str) -> Call[Any]:
     kind = output_of(output)
     return Call("get_ohlcv", Request("GET", _path("/v1/bars/", symbol), True, headers=_ARROW_IO,
-                                     params=_params(start=_time(start, "start"), end=_time(end, "end"))),
+                                     params=_params(start=_time(start, "start"), end=_time(end, "end"),
+                                                    timeframe=timeframe)),
                 lambda r: from_polars(_arrow_frame(r), kind),
-                lambda s: from_polars(_fallback_frame(_between(s.bars(symbol), start, end)), kind))
+                lambda s: from_polars(_fallback_frame(_between(s.bars(symbol, timeframe=timeframe), start, end)),
+                                      kind))
 
 
 def indicators(symbol: str, start: datetime | str | None, end: datetime | str | None, names: Sequence[str] | str,
-               output: str, catalogue: Catalogue) -> Call[Any]:
+               timeframe: str | None, output: str, catalogue: Catalogue) -> Call[Any]:
     kind = output_of(output)
     items = [names] if isinstance(names, str) else list(names)
     if not items or not all(isinstance(n, str) and n and "," not in n for n in items):
@@ -178,15 +181,16 @@ def indicators(symbol: str, start: datetime | str | None, end: datetime | str | 
     t0, t1 = _time(start, "start"), _time(end, "end")
     return Call("get_indicators",
                 Request("GET", _path("/v1/indicators/", symbol), True, headers=_ARROW_IO,
-                        params=_params(indicators=",".join(items), start=t0, end=t1)),
+                        params=_params(indicators=",".join(items), start=t0, end=t1, timeframe=timeframe)),
                 lambda r: from_polars(_arrow_frame(r), kind),
                 lambda s: from_polars(_fallback_frame(s.get_indicators(
-                    symbol, items, None if t0 is None else utc(t0, "start"), None if t1 is None else utc(t1, "end"))),
-                    kind))
+                    symbol, items, None if t0 is None else utc(t0, "start"), None if t1 is None else utc(t1, "end"),
+                    timeframe=timeframe)), kind))
 
 
 def compute(name: str, symbol: str, start: datetime | str | None, end: datetime | str | None,
-            parameters: dict[str, Any] | None, output: str, catalogue: Catalogue) -> Call[Any]:
+            parameters: dict[str, Any] | None, timeframe: str | None, output: str,
+            catalogue: Catalogue) -> Call[Any]:
     kind = output_of(output)
     if not isinstance(name, str) or not name:
         raise InvalidInputError("is required: a catalogue feature name", column="feature", value=name)
@@ -194,12 +198,13 @@ def compute(name: str, symbol: str, start: datetime | str | None, end: datetime 
         raise InvalidInputError("must be a dict of parameter values", column="parameters", value=parameters)
     catalogue.check_feature(name)
     t0, t1 = _time(start, "start"), _time(end, "end")
-    body = {"feature": name, "symbol": validate_symbol(symbol), "params": parameters or {}, "start": t0, "end": t1}
+    body = {"feature": name, "symbol": validate_symbol(symbol), "params": parameters or {}, "start": t0, "end": t1,
+            "timeframe": timeframe}
     return Call("compute_feature", Request("POST", "/v1/compute", True, json=body, headers=_ARROW_IO),
                 lambda r: from_polars(_arrow_frame(r), kind),
                 lambda s: from_polars(_fallback_frame(s.compute_feature(
                     name, symbol, None if t0 is None else utc(t0, "start"), None if t1 is None else utc(t1, "end"),
-                    params=parameters)), kind))
+                    params=parameters, timeframe=timeframe)), kind))
 
 
 def _metadata(d: dict[str, Any]) -> FeatureMetadata:

@@ -101,21 +101,22 @@ class Client:
         return self._run(_calls.historical(entities, features, as_known_at), timeout)
 
     def get_ohlcv(self, symbol: str, start: Time | None = None, end: Time | None = None, *,
-                        output: str = "polars", timeout: float | None = None) -> Any:
-        """The stored bars of ``symbol`` in [start, end] (the service serves the stored timeframe)."""
-        return self._run(_calls.ohlcv(symbol, start, end, output), timeout)
+                  timeframe: str | None = None, output: str = "polars", timeout: float | None = None) -> Any:
+        """The stored bars of ``symbol`` in [start, end], aggregated to ``timeframe`` when given (coarser than
+        the stored bars; see ``Store.bars``)."""
+        return self._run(_calls.ohlcv(symbol, start, end, timeframe, output), timeout)
 
     def get_indicators(self, symbol: str, start: Time | None = None, end: Time | None = None, *,
-                             indicators: Sequence[str] | str = ("sma_50", "sma_200", "rsi_14"),
-                             output: str = "polars", timeout: float | None = None) -> Any:
-        return self._run(_calls.indicators(symbol, start, end, indicators, output, self._core.catalogue),
-                               timeout)
+            indicators: Sequence[str] | str = ("sma_50", "sma_200", "rsi_14"), timeframe: str | None = None,
+            output: str = "polars", timeout: float | None = None) -> Any:
+        call = _calls.indicators(symbol, start, end, indicators, timeframe, output, self._core.catalogue)
+        return self._run(call, timeout)
 
     def compute_feature(self, name: str, symbol: str, start: Time | None = None, end: Time | None = None, *,
-                              parameters: dict[str, Any] | None = None, output: str = "polars",
-                              timeout: float | None = None) -> Any:
-        return self._run(_calls.compute(name, symbol, start, end, parameters, output, self._core.catalogue),
-                               timeout)
+            parameters: dict[str, Any] | None = None, timeframe: str | None = None, output: str = "polars",
+            timeout: float | None = None) -> Any:
+        call = _calls.compute(name, symbol, start, end, parameters, timeframe, output, self._core.catalogue)
+        return self._run(call, timeout)
 
     def get_available_indicators(self, *, timeout: float | None = None) -> list[FeatureMetadata]:
         """The service's catalogue; from then on feature and indicator names are checked before requests."""

@@ -276,9 +276,11 @@ def create_app(store: Store | None = None, *, settings: Settings | None = None, 
 
     # --- bars and the catalogue ------------------------------------------------------------------------
 
-    @app.get("/v1/bars/{symbol:path}", tags=["data"], summary="The stored OHLCV bars of a symbol in [start, end]")
-    async def bars(request: Request, symbol: str, start: str | None = None, end: str | None = None) -> Response:
-        df = the_store().bars(parse_symbols(symbol)[0])
+    @app.get("/v1/bars/{symbol:path}", tags=["data"],
+             summary="The stored OHLCV bars of a symbol in [start, end], or aggregated to a coarser timeframe")
+    async def bars(request: Request, symbol: str, start: str | None = None, end: str | None = None,
+                   timeframe: str | None = None) -> Response:
+        df = the_store().bars(parse_symbols(symbol)[0], timeframe=timeframe)
         t0, t1 = parse_time(start, "start"), parse_time(end, "end")
         if t0 is not None:
             df = df.filter(df["ts"] >= t0)
@@ -310,9 +312,9 @@ def create_app(store: Store | None = None, *, settings: Settings | None = None, 
     @app.get("/v1/indicators/{symbol:path}", tags=["data"],
              summary="Indicator rows for a range by default names (sma_50, rsi_14, macd_12_26_9)")
     async def indicators(request: Request, symbol: str, indicators: str, start: str | None = None,
-                         end: str | None = None) -> Response:
+                         end: str | None = None, timeframe: str | None = None) -> Response:
         df = the_store().get_indicators(parse_symbols(symbol)[0], parse_list(indicators, "indicators"),
-                                        parse_time(start, "start"), parse_time(end, "end"))
+                                        parse_time(start, "start"), parse_time(end, "end"), timeframe=timeframe)
         data, media = frame_response_body(df, wants_arrow(request.headers.get("accept")))
         return Response(data, media_type=media)
 
@@ -325,8 +327,12 @@ def create_app(store: Store | None = None, *, settings: Settings | None = None, 
             raise InvalidInputError("is required: a catalogue feature name", column="feature")
         if not isinstance(params, dict):
             raise InvalidInputError("must be an object of parameter values", column="params")
+        timeframe = body.get("timeframe")
+        if timeframe is not None and not isinstance(timeframe, str):
+            raise InvalidInputError("must be a timeframe such as '1h'", column="timeframe", value=timeframe)
         df = the_store().compute_feature(name, parse_symbols(body.get("symbol"))[0], parse_time(body.get("start"),
-                                         "start"), parse_time(body.get("end"), "end"), params=params)
+                                         "start"), parse_time(body.get("end"), "end"), params=params,
+                                         timeframe=timeframe)
         data, media = frame_response_body(df, wants_arrow(request.headers.get("accept")))
         return Response(data, media_type=media)
 
