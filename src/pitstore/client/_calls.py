@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 from typing import Any, Generic, TypeVar
 from urllib.parse import quote
 
@@ -45,13 +46,15 @@ class Call(Generic[R]):
 
 # --- arguments -------------------------------------------------------------------------------------------
 
+_valid_symbol = lru_cache(maxsize=65_536)(validate_symbol)  # a pure check; the hot loop asks the same symbols
+
 def symbols_of(symbols: Sequence[str] | str) -> list[str]:
     items = [symbols] if isinstance(symbols, str) else symbols
-    if not isinstance(items, Sequence) or not items:
+    if not items or (type(items) not in (list, tuple) and not isinstance(items, Sequence)):
         raise InvalidInputError("no symbols given", column="symbols", value=items or None)
     if len(items) > MAX_SYMBOLS:
         raise InvalidInputError(f"at most {MAX_SYMBOLS} symbols per request", column="symbols", value=len(items))
-    return [validate_symbol(s) for s in items]
+    return [_valid_symbol(s) if type(s) is str else validate_symbol(s) for s in items]
 
 
 def features_of(features: Sequence[str] | str) -> list[str]:

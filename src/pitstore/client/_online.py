@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from contextlib import suppress
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -18,12 +19,19 @@ from pitstore.serving import FeatureVector
 from pitstore.status import OK
 from pitstore.store import Store
 
-__all__ = ["OnlineRead", "TtlBook"]
+__all__ = ["OnlineRead", "Plan", "TtlBook"]
 
 
 def set_name(ref: str) -> str:
     """``daily_core@2:ret_5d`` -> ``daily_core``."""
     return ref.split(":", 1)[0].split("@", 1)[0]
+
+
+@dataclass(frozen=True)
+class Plan:
+    features: list[str]
+    prefix: str  # of the cache keys: online:<features>:<symbol>
+    ttl: float | None  # None: unknown, nothing is cached
 
 
 class TtlBook:
@@ -36,9 +44,23 @@ class TtlBook:
     def __init__(self, given: Mapping[str, float | timedelta] | None, store: Store | None) -> None:
         self.ttls = {k: v.total_seconds() if isinstance(v, timedelta) else float(v) for k, v in (given or {}).items()}
         self.store = store
+        self._plans: dict[Any, Plan] = {}
 
-    def unknown(self, features: Sequence[str] | str) -> bool:
-        return any(set_name(ref) not in self.ttls for ref in features_of(features))
+    def plan(self, features: Sequence[str] | str) -> Plan:
+        """The checked feature references, their cache-key prefix and TTL; remembered once the TTL is known
+        (the hot loop asks the same features every time: this keeps a warm-cache read to a few dict looks)."""
+        key: Any = features if isinstance(features, str) else tuple(features)
+        try:
+            known = self._plans.get(key)
+        except TypeError:  # unhashable items: features_of says what is wrong
+            key, known = None, None
+        if known is not None:
+            return known
+        feats = features_of(features)
+        plan = Plan(feats, "online:" + ",".join(feats) + ":", self.ttl(feats))
+        if key is not None and plan.ttl is not None and len(self._plans) < 1024:
+            self._plans[key] = plan
+        return plan
 
     def ask(self) -> Call[None]:
         """Learn every published TTL from the service (or, when it is down, from the fallback store); a TTL
@@ -69,20 +91,22 @@ class TtlBook:
 
 
 class OnlineRead:
-    def __init__(self, symbols: Sequence[str] | str, features: Sequence[str] | str, output: str | None,
-                 cache: FeatureCache | None, ttls: TtlBook) -> None:
-        self.symbols, self.features = symbols_of(symbols), features_of(features)
+    __slots__ = ("cache", "call", "features", "got", "output", "prefix", "symbols", "ttl")
+
+    def __init__(self, symbols: Sequence[str] | str, plan: Plan, output: str | None,
+                 cache: FeatureCache | None) -> None:
+        self.symbols, self.features = symbols_of(symbols), plan.features
         self.output = None if output is None else output_of(output)
         self.cache = cache
         self.got: dict[str, FeatureVector] = {}
-        self.prefix = "online:" + ",".join(self.features) + ":"
-        self.ttl = None if cache is None else ttls.ttl(self.features)
+        self.prefix, self.ttl = plan.prefix, plan.ttl
+        unique = dict.fromkeys(self.symbols)
         if cache is not None and self.ttl is not None:
-            for s in dict.fromkeys(self.symbols):
+            for s in unique:
                 hit = cache.get(self.prefix + s)
                 if hit is not None:
                     self.got[s] = hit
-        missing = [s for s in dict.fromkeys(self.symbols) if s not in self.got]
+        missing = [s for s in unique if s not in self.got]
         self.call: Call[list[FeatureVector]] | None = online(missing, self.features) if missing else None
 
     def merge(self, vectors: list[FeatureVector]) -> None:

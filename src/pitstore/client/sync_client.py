@@ -82,9 +82,11 @@ class Client:
         """As ``Store.get_online``: a FeatureVector per symbol in input order (status ``fallback`` when the
         fallback store served it), or a frame with ``output="polars" | "pandas" | "arrow"``."""
         started = time.perf_counter()
-        if self._core.cache is not None and self._core.ttls.unknown(features):
+        plan = self._core.ttls.plan(features)
+        if self._core.cache is not None and plan.ttl is None:
             self._run(self._core.ttls.ask(), timeout)
-        read = OnlineRead(symbols, features, output, self._core.cache, self._core.ttls)
+            plan = self._core.ttls.plan(features)
+        read = OnlineRead(symbols, plan, output, self._core.cache)
         if read.call is None:
             self._core.record("get_online", started, None)
         else:
