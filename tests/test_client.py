@@ -123,6 +123,46 @@ def test_the_async_client_answers_what_the_sync_one_does(served: tuple[Server, S
     assert meta == feature_metadata("rsi")
 
 
+def _online_requests(url: str) -> float:
+    import httpx
+
+    return sum(float(x.rsplit(" ", 1)[1]) for x in httpx.get(url + "/metrics").text.splitlines()
+               if x.startswith("pitstore_http_requests_total{") and 'endpoint="/v1/online"' in x)
+
+
+@pytest.mark.parametrize("coalesce", [True, False])
+def test_concurrent_online_calls_share_one_request(served: tuple[Server, Store], coalesce: bool) -> None:
+    server, store = served
+    asks = [[SYMBOLS[i % len(SYMBOLS)]] for i in range(50)] + [SYMBOLS[::-1], [SYMBOLS[0], SYMBOLS[0], "NOPE"]]
+
+    async def main() -> tuple[list[Any], BaseException | None, list[BaseException | Any]]:
+        async with AsyncClient(server.url, resilience=Resilience(coalesce=coalesce)) as fs:
+            got = await asyncio.gather(*(fs.get_online(a, "daily_core") for a in asks))
+            cancelled = None
+            if coalesce:  # a call cancelled after joining a batch: the others still get their answer
+                doomed = asyncio.ensure_future(fs.get_online(SYMBOLS[:1], "daily_core"))
+                kept = asyncio.ensure_future(fs.get_online(SYMBOLS[1:2], "daily_core"))
+                await asyncio.sleep(0)  # one loop turn (not a wait): both tasks run up to their shared request
+                doomed.cancel()
+                try:
+                    await doomed
+                except asyncio.CancelledError as exc:
+                    cancelled = exc
+                assert (await kept) == store.get_online(SYMBOLS[1:2], "daily_core")
+            bad = await asyncio.gather(*(fs.get_online([s], "no_such_set") for s in SYMBOLS),
+                                       return_exceptions=True)
+            assert fs.metrics()["calls"]["get_online"] == len(asks) + 2 * coalesce + len(SYMBOLS)
+            return got, cancelled, bad
+
+    before = _online_requests(server.url)
+    got, cancelled, bad = asyncio.run(main())
+    assert got == [store.get_online(a, "daily_core") for a in asks]  # each call its own symbols, in its order
+    assert (cancelled is not None) == coalesce
+    assert all(isinstance(e, NotFoundError) for e in bad)  # the batch's error reaches every call
+    made = _online_requests(server.url) - before
+    assert made == (3 if coalesce else len(asks) + len(SYMBOLS))
+
+
 def test_arguments_are_refused_before_any_request(served: tuple[Server, Store]) -> None:
     from datetime import datetime
 

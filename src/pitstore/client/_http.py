@@ -40,6 +40,8 @@ class Resilience:
     * ``breaker_failures`` (5) consecutive failures (connection errors, timeouts, 5xx) open the breaker; calls
       then fail fast with BackendUnavailableError for ``breaker_cooldown`` (5 s), then one trial call goes.
     * ``max_connections`` (100), ``max_keepalive`` (20), ``keepalive_expiry`` (30 s): the connection pool.
+    * ``coalesce`` (True, AsyncClient): ``get_online`` calls for the same features made in one event-loop
+      turn share one request (the union of their symbols).
     """
 
     timeout: float = 5.0
@@ -53,6 +55,7 @@ class Resilience:
     max_connections: int = 100
     max_keepalive: int = 20
     keepalive_expiry: float = 30.0
+    coalesce: bool = True
 
 
 @dataclass(frozen=True)

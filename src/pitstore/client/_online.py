@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from pitstore.client._calls import Call, features_of, frame_of_vectors, online, output_of, symbols_of
+from pitstore.client._calls import Call, features_of, frame_of_vectors, output_of, symbols_of
 from pitstore.client._http import Request
 from pitstore.client.cache import FeatureCache
 from pitstore.errors import PitstoreError
@@ -91,7 +91,7 @@ class TtlBook:
 
 
 class OnlineRead:
-    __slots__ = ("cache", "call", "features", "got", "output", "prefix", "symbols", "ttl")
+    __slots__ = ("cache", "features", "got", "missing", "output", "prefix", "symbols", "ttl")
 
     def __init__(self, symbols: Sequence[str] | str, plan: Plan, output: str | None,
                  cache: FeatureCache | None) -> None:
@@ -106,8 +106,7 @@ class OnlineRead:
                 hit = cache.get(self.prefix + s)
                 if hit is not None:
                     self.got[s] = hit
-        missing = [s for s in unique if s not in self.got]
-        self.call: Call[list[FeatureVector]] | None = online(missing, self.features) if missing else None
+        self.missing = [s for s in unique if s not in self.got]  # to ask the service
 
     def merge(self, vectors: list[FeatureVector]) -> None:
         for v in vectors:

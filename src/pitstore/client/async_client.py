@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 from pitstore.client import _calls
 from pitstore.client._calls import Call
+from pitstore.client._coalesce import Coalescer
 from pitstore.client._core import Core
 from pitstore.client._http import AsyncTransport, Resilience
 from pitstore.client._online import OnlineRead
@@ -41,6 +42,7 @@ class AsyncClient:
                  fallback: Store | None = None) -> None:
         self._core = Core(url, resilience=resilience, cache=cache, feature_ttls=feature_ttls, fallback=fallback)
         self._http = AsyncTransport(url, api_key, self._core.cfg, self._core.breaker, self._core.stats)
+        self._coalescer = Coalescer(self._send) if self._core.cfg.coalesce else None
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -63,14 +65,17 @@ class AsyncClient:
         """A prometheus_client collector of :meth:`metrics`, to ``REGISTRY.register``."""
         return self._core.stats.collector()
 
+    async def _send(self, call: Call[R], timeout: float | None) -> R:
+        try:
+            resp = await self._http.send(call.request, call.name, timeout)
+        except PitstoreError as exc:
+            return self._core.or_fallback(call, exc)
+        return call.parse(resp)
+
     async def _run(self, call: Call[R], timeout: float | None) -> R:
         started, error = time.perf_counter(), None
         try:
-            try:
-                resp = await self._http.send(call.request, call.name, timeout)
-            except PitstoreError as exc:
-                return self._core.or_fallback(call, exc)
-            return call.parse(resp)
+            return await self._send(call, timeout)
         except BaseException as exc:
             error = exc
             raise
@@ -80,18 +85,26 @@ class AsyncClient:
     async def get_online(self, symbols: Sequence[str] | str, features: Sequence[str] | str, *,
                          output: str | None = None, timeout: float | None = None) -> Any:
         """As ``Store.get_online``: a FeatureVector per symbol in input order (status ``fallback`` when the
-        fallback store served it), or a frame with ``output="polars" | "pandas" | "arrow"``."""
-        started = time.perf_counter()
+        fallback store served it), or a frame with ``output="polars" | "pandas" | "arrow"``. Concurrent calls
+        for the same features share one request (``Resilience.coalesce``)."""
+        started, error = time.perf_counter(), None
         plan = self._core.ttls.plan(features)
         if self._core.cache is not None and plan.ttl is None:
             await self._run(self._core.ttls.ask(), timeout)
             plan = self._core.ttls.plan(features)
         read = OnlineRead(symbols, plan, output, self._core.cache)
-        if read.call is None:
-            self._core.record("get_online", started, None)
-        else:
-            read.merge(await self._run(read.call, timeout))
-        return read.result()
+        try:
+            if read.missing:
+                if self._coalescer is not None:
+                    read.merge(await self._coalescer.fetch(read.missing, read.features, timeout))
+                else:
+                    read.merge(await self._send(_calls.online(read.missing, read.features), timeout))
+            return read.result()
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            self._core.record("get_online", started, error)
 
     async def get_features(self, symbol: str, as_of: Time, features: Sequence[str] | str, *,
                            as_known_at: Time | None = None, timeout: float | None = None) -> FeatureVector:

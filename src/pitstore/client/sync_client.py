@@ -87,10 +87,10 @@ class Client:
             self._run(self._core.ttls.ask(), timeout)
             plan = self._core.ttls.plan(features)
         read = OnlineRead(symbols, plan, output, self._core.cache)
-        if read.call is None:
-            self._core.record("get_online", started, None)
+        if read.missing:
+            read.merge(self._run(_calls.online(read.missing, read.features), timeout))
         else:
-            read.merge(self._run(read.call, timeout))
+            self._core.record("get_online", started, None)
         return read.result()
 
     def get_features(self, symbol: str, as_of: Time, features: Sequence[str] | str, *,
