@@ -98,15 +98,17 @@ class OnlineRead:
         self.symbols, self.features = symbols_of(symbols), plan.features
         self.output = None if output is None else output_of(output)
         self.cache = cache
-        self.got: dict[str, FeatureVector] = {}
         self.prefix, self.ttl = plan.prefix, plan.ttl
-        unique = dict.fromkeys(self.symbols)
+        unique = self.symbols if len(self.symbols) == 1 else list(dict.fromkeys(self.symbols))
+        got: dict[str, FeatureVector] = {}
         if cache is not None and self.ttl is not None:
+            get, prefix = cache.get, self.prefix
             for s in unique:
-                hit = cache.get(self.prefix + s)
+                hit = get(prefix + s)
                 if hit is not None:
-                    self.got[s] = hit
-        self.missing = [s for s in unique if s not in self.got]  # to ask the service
+                    got[s] = hit
+        self.got = got
+        self.missing = [s for s in unique if s not in got] if got else unique  # to ask the service
 
     def merge(self, vectors: list[FeatureVector]) -> None:
         for v in vectors:

@@ -71,8 +71,9 @@ class FeatureCache:
         if self._redis is not None:
             return self._get_redis(key)
         with self._lock:
-            entry = self._mem.get(key)
-            if entry is None:
+            try:
+                entry = self._mem[key]  # one expiry check (get() would check twice)
+            except KeyError:
                 self._misses += 1
                 return None
             self._hits += 1
