@@ -33,6 +33,7 @@ class Settings:
     # Redis key prefix; None: "pitstore-<store id>", one per store, so stores sharing a Redis never share keys.
     # An explicit value is used as given (stores given the same one share rows: give each its own).
     online_namespace: str | None = None
+    # The online tier on Redis when online_url is not set anywhere (online_url wins): PITSTORE_REDIS_URL alone suffices.
     redis_url: str | None = None
     postgres_url: str | None = None  # the history tier (optional): postgresql://...
     history_days: float = 30.0  # days of rows materialize keeps in the history tier
@@ -88,6 +89,8 @@ class Settings:
             if env:
                 values[key] = env
         values.update({k: v for k, v in overrides.items() if v is not None})
+        if values.get("redis_url") and not values.get("online_url"):
+            values["online_url"] = values["redis_url"]
         settings = replace(cls(), **values)
         return settings._checked()
 
@@ -109,6 +112,9 @@ class Settings:
                                                   or not self.online_namespace.isprintable()
                                                   or not self.online_namespace):
             raise ConfigError(f"online_namespace must be a non-empty printable string, got {self.online_namespace!r}")
+        if self.redis_url is not None and not (isinstance(self.redis_url, str)
+                                               and self.redis_url.startswith(("redis://", "rediss://"))):
+            raise ConfigError(f"redis_url must be a redis:// or rediss:// URL, got {self.redis_url!r}")
         if min(costs) < 0:
             raise ConfigError(f"cost_per_compute_second and cost_per_data_call must be >= 0, got {costs}")
         if max_body < 1:
