@@ -448,6 +448,10 @@ def test_cli_dry_run_then_real_run(store_history: PostgresHistory, store: Store,
     text = run("tier", *common, "--postgres-url", postgres_url, "--dry-run")
     assert "would move" in text and FS in text and "nothing changed" in text
     assert snapshot(history, root) == before
+    monkeypatch.setenv("PITSTORE_HISTORY_DAYS", "45")  # the window defaults to the store's setting
+    dry = run_json("tier", *common, "--postgres-url", postgres_url, "--dry-run", "--json", "-")
+    assert dry["window_days"] == 45 and dry["rows_archived"] == 2 * 15 + 2 * 1 + 1
+    monkeypatch.delenv("PITSTORE_HISTORY_DAYS")
 
     monkeypatch.chdir(tmp_path)  # no pitstore.toml here
     monkeypatch.delenv("PITSTORE_POSTGRES_URL", raising=False)

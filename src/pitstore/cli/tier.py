@@ -20,8 +20,9 @@ __all__ = ["tier"]
 @clean_errors
 def tier(
     ctx: typer.Context,
-    window_days: Annotated[float, typer.Option(
-        "--window-days", min=0, help="Keep this many days of rows in PostgreSQL; move older ones.")] = 30,
+    window_days: Annotated[float | None, typer.Option(
+        "--window-days", min=0, show_default=False,
+        help="Keep this many days of rows in PostgreSQL; move older ones. Default: the history_days setting.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Report what would move; change nothing.")] = False,
     postgres_url: Annotated[str | None, typer.Option(
         "--postgres-url", help="The history tier's PostgreSQL. Default: $PITSTORE_POSTGRES_URL or pitstore.toml.",
@@ -38,7 +39,8 @@ def tier(
         if not url:
             fail("no PostgreSQL URL for the history tier: give --postgres-url or set PITSTORE_POSTGRES_URL")
         with PostgresHistory(url, schema=schema, scope=catalog_scope(store.catalog)) as history:
-            report = tiering.tier(store.root, store.catalog, history, window_days=window_days, dry_run=dry_run)
+            days = store.settings.history_days if window_days is None else window_days
+            report = tiering.tier(store.root, store.catalog, history, window_days=days, dry_run=dry_run)
     if _write_json(json_file, report.to_dict()):
         return
     print_wide(_table(report))
