@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass, fields, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from pitstore.errors import ConfigError
 
-__all__ = ["Settings"]
+__all__ = ["Settings", "root_path"]
 
 # Defaults live here, one comment each.
 _DEFAULT_ROOT = "./pitstore-data"  # embedded store root, relative to the working directory
 _DEFAULT_LOCK_TIMEOUT = 30.0  # seconds a writer waits for the SQLite catalog lock before failing
 _DEFAULT_ONLINE_URL = "sqlite://"  # the online tier: online.sqlite under the root (no server needed)
+# "scheme:/..." or "scheme://...": a URL (two letters at least: "C:/data" is a Windows drive, not a scheme).
+# One slash too, since Path("s3://b/x") has already collapsed to "s3:/b/x" when it arrives here.
+_URL_ROOT = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]+):/")
 
 
 @dataclass(frozen=True)
@@ -123,6 +128,23 @@ class Settings:
             raise ConfigError(f"max_future_days must be a number of days, got {self.max_future_days!r}") from exc
         if not future >= 0:
             raise ConfigError(f"max_future_days must not be negative, got {future}")
-        return replace(self, root=Path(self.root).expanduser(), lock_timeout=lock_timeout,
+        return replace(self, root=root_path(self.root), lock_timeout=lock_timeout,
                        history_days=history_days, live_flush_bars=flush, max_future_days=future,
                        max_body_bytes=max_body, cost_per_compute_second=costs[0], cost_per_data_call=costs[1])
+
+
+def root_path(root: str | os.PathLike[str]) -> Path:
+    """The local directory of a store root: a path, or a ``file://`` URL; any other URL is a ConfigError (before
+    anything is created on disk)."""
+    text = os.fspath(root)
+    match = _URL_ROOT.match(text)
+    if match is None:
+        return Path(text).expanduser()
+    scheme = match["scheme"].lower()
+    if scheme != "file":
+        raise ConfigError(f"store root {text!r}: {scheme}:// roots are not supported; a store root is a local "
+                          "directory (team mode, a store in object storage, is not yet supported)")
+    parts = urlsplit(text)
+    if parts.netloc not in ("", "localhost") or not parts.path:
+        raise ConfigError(f"store root {text!r}: a file:// root must be a local absolute path (file:///path)")
+    return Path(unquote(parts.path))

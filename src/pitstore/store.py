@@ -59,7 +59,7 @@ class Store:
     def open(cls, path: str | os.PathLike[str] | None = None, **settings: Any) -> Store:
         """Open (creating if needed) the embedded store at ``path``, ``PITSTORE_ROOT`` or ``./pitstore-data``."""
         if path is not None:
-            settings["root"] = Path(path)
+            settings["root"] = os.fspath(path)  # not Path(): it would fold "s3://b" into "s3:/b" (see root_path)
         return cls(Settings.load(**settings))
 
     @property
