@@ -52,6 +52,9 @@ class Settings:
     # or a typo would else freeze the symbol's online row: every real bar after it looks like a restatement).
     # 1 day covers clock skew, dates labelled in time zones ahead of UTC and bars stamped at their close.
     max_future_days: float = 1.0
+    # True: every write is refused (ReadOnlyStoreError) and nothing under the root is written, reads included.
+    # None (default): read-only exactly when the root (or its catalog) exists and is not writable by this user.
+    read_only: bool | None = None
 
     @property
     def catalog_path(self) -> Path:
@@ -88,7 +91,7 @@ class Settings:
             values["root"] = env_root
         for key in ("online_url", "online_namespace", "redis_url", "postgres_url", "lock_timeout", "history_days",
                     "live_flush_bars", "max_future_days", "api_keys", "max_body_bytes", "cost_per_compute_second",
-                    "cost_per_data_call"):
+                    "cost_per_data_call", "read_only"):
             env = os.environ.get(f"PITSTORE_{key.upper()}")
             if env:
                 values[key] = env
@@ -128,9 +131,10 @@ class Settings:
             raise ConfigError(f"max_future_days must be a number of days, got {self.max_future_days!r}") from exc
         if not future >= 0:
             raise ConfigError(f"max_future_days must not be negative, got {future}")
-        return replace(self, root=root_path(self.root), lock_timeout=lock_timeout,
-                       history_days=history_days, live_flush_bars=flush, max_future_days=future,
-                       max_body_bytes=max_body, cost_per_compute_second=costs[0], cost_per_data_call=costs[1])
+        return replace(self, root=root_path(self.root), read_only=_tristate(self.read_only),
+                       lock_timeout=lock_timeout, history_days=history_days, live_flush_bars=flush,
+                       max_future_days=future, max_body_bytes=max_body, cost_per_compute_second=costs[0],
+                       cost_per_data_call=costs[1])
 
 
 def root_path(root: str | os.PathLike[str]) -> Path:
@@ -148,3 +152,15 @@ def root_path(root: str | os.PathLike[str]) -> Path:
     if parts.netloc not in ("", "localhost") or not parts.path:
         raise ConfigError(f"store root {text!r}: a file:// root must be a local absolute path (file:///path)")
     return Path(unquote(parts.path))
+
+
+def _tristate(value: object) -> bool | None:
+    """``read_only`` from a keyword, TOML or the environment: a bool, or None for "decide from the root"."""
+    if value is None or isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    for result, words in ((True, ("1", "true", "yes", "on")), (False, ("0", "false", "no", "off")),
+                          (None, ("", "auto"))):
+        if text in words:
+            return result
+    raise ConfigError(f"read_only must be true, false or auto, got {value!r}")
