@@ -122,6 +122,7 @@ def reads(root: Path, work: Path, **open_args: Any) -> dict[str, Any]:
     out["cli:get"] = _cli("get", "daily_core:ret_5d", "--symbols", ",".join(syms), "--root", r)
     out["cli:get_json"] = _cli("get", "daily_core:ret_5d", "--symbols", syms[0], "--json", "--root", r)
     out["cli:ingest"] = _cli("ingest", str(work / "more.parquet"), "--root", r)
+    out["cli:keys"] = _cli("keys", "create", "--root", r)
     return out
 
 

@@ -103,8 +103,9 @@ def _check_round(out: dict[str, Any], root: Path, catalog_mode: str) -> None:
         assert out[f"cli:{cmd}"]["code"] == 0, out[f"cli:{cmd}"]
     assert json.loads(out["cli:stats"]["output"])["read_only"] is True
     assert "daily_core" in out["cli:sets"]["output"]
-    refused = out["cli:ingest"]
-    assert refused["code"] == 1 and "read-only" in refused["output"] and "Traceback" not in refused["output"]
+    for cmd in ("ingest", "keys"):
+        refused = out[f"cli:{cmd}"]
+        assert refused["code"] == 1 and "read-only" in refused["output"] and "Traceback" not in refused["output"]
 
 
 def test_explicit_read_only_serves_every_read_and_refuses_every_write(shared: Path,

@@ -61,6 +61,16 @@ class Settings:
         return self.root / "catalog.sqlite"
 
     @property
+    def refuses_writes(self) -> bool:
+        """``read_only``, or when None (auto), whether an existing root or catalog is not writable by this process
+        (a missing root is created as usual: nothing else could be meant)."""
+        if self.read_only is not None:
+            return self.read_only
+        root, catalog = Path(self.root), self.catalog_path
+        return (root.exists() and not os.access(root, os.W_OK)) or (catalog.exists()
+                                                                   and not os.access(catalog, os.W_OK))
+
+    @property
     def max_future(self) -> timedelta:
         """How far past now a bar's ts may lie (``max_future_days``)."""
         return timedelta(days=self.max_future_days)

@@ -47,7 +47,7 @@ class Store:
 
     def __init__(self, settings: Settings) -> None:
         # settings.read_only is decided here (None: from the root's permissions), so every component sees a bool.
-        self.settings = settings = replace(settings, read_only=_read_only(settings))
+        self.settings = settings = replace(settings, read_only=settings.refuses_writes)
         self.catalog = SqliteCatalog(settings.catalog_path, timeout=settings.lock_timeout,
                                      read_only=self.read_only)
         self.registry = Registry(self.catalog)
@@ -483,12 +483,3 @@ def _symbols(symbols: Sequence[str] | str | None) -> list[str] | None:
 def _aware(t: datetime | None, name: str) -> datetime | None:
     """Every time argument of the facade goes through here: UTC, or a typed error (see :func:`timeutil.utc`)."""
     return None if t is None else utc(t, name)
-
-
-def _read_only(settings: Settings) -> bool:
-    """The ``read_only`` setting; when None (auto), whether an existing root or catalog is not writable by this
-    process (a missing root is created as usual: nothing else could be meant)."""
-    if settings.read_only is not None:
-        return settings.read_only
-    root, catalog = settings.root, settings.catalog_path
-    return (root.exists() and not os.access(root, os.W_OK)) or (catalog.exists() and not os.access(catalog, os.W_OK))
