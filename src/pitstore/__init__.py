@@ -27,6 +27,7 @@ from pitstore.errors import (
     MissingDependencyError,
     NotFoundError,
     PitstoreError,
+    ReadOnlyStoreError,
     SchemaMismatchError,
     VersionNotFoundError,
 )
@@ -84,6 +85,7 @@ __all__ = [
     "MissingDependencyError",
     "NotFoundError",
     "PitstoreError",
+    "ReadOnlyStoreError",
     "Registry",
     "SchemaMismatchError",
     "Settings",

@@ -27,6 +27,7 @@ from pitstore.catalog.base import BarEntry, Catalog, FeatureEntry
 from pitstore.features.base import FeatureSet
 from pitstore.features.engine import compute_frame
 from pitstore.features.library import is_window
+from pitstore.filenames import safe_name
 from pitstore.offline import encode_symbol, file_facts, read_entries, write_entry
 from pitstore.spacing import check_spacing
 
@@ -164,7 +165,7 @@ def _run(
                 progress(1)
             continue
         todo.append((plan, part))
-    directory = f"features/{fs.name}/v{version}"
+    directory = f"features/{safe_name(fs.name)}/v{version}"
     # Files are written on two threads (Parquet encoding releases the GIL); commits stay in order here.
     with ThreadPoolExecutor(max_workers=2) as pool:
         written = pool.map(lambda t: _write(root, f"{directory}/{encode_symbol(t[0].bars.symbol)}", t[1]), todo)

@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass, fields, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from pitstore.errors import ConfigError
 
-__all__ = ["Settings"]
+__all__ = ["Settings", "root_path"]
 
 # Defaults live here, one comment each.
 _DEFAULT_ROOT = "./pitstore-data"  # embedded store root, relative to the working directory
 _DEFAULT_LOCK_TIMEOUT = 30.0  # seconds a writer waits for the SQLite catalog lock before failing
 _DEFAULT_ONLINE_URL = "sqlite://"  # the online tier: online.sqlite under the root (no server needed)
+# "scheme:/..." or "scheme://...": a URL (two letters at least: "C:/data" is a Windows drive, not a scheme).
+# One slash too, since Path("s3://b/x") has already collapsed to "s3:/b/x" when it arrives here.
+_URL_ROOT = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]+):/")
 
 
 @dataclass(frozen=True)
@@ -48,10 +53,23 @@ class Settings:
     # or a typo would else freeze the symbol's online row: every real bar after it looks like a restatement).
     # 1 day covers clock skew, dates labelled in time zones ahead of UTC and bars stamped at their close.
     max_future_days: float = 1.0
+    # True: every write is refused (ReadOnlyStoreError) and nothing under the root is written, reads included.
+    # None (default): read-only exactly when the root (or its catalog) exists and is not writable by this user.
+    read_only: bool | None = None
 
     @property
     def catalog_path(self) -> Path:
         return self.root / "catalog.sqlite"
+
+    @property
+    def refuses_writes(self) -> bool:
+        """``read_only``, or when None (auto), whether an existing root or catalog is not writable by this process
+        (a missing root is created as usual: nothing else could be meant)."""
+        if self.read_only is not None:
+            return self.read_only
+        root, catalog = Path(self.root), self.catalog_path
+        return (root.exists() and not os.access(root, os.W_OK)) or (catalog.exists()
+                                                                   and not os.access(catalog, os.W_OK))
 
     @property
     def max_future(self) -> timedelta:
@@ -84,7 +102,7 @@ class Settings:
             values["root"] = env_root
         for key in ("online_url", "online_namespace", "redis_url", "postgres_url", "lock_timeout", "history_days",
                     "live_flush_bars", "max_future_days", "api_keys", "max_body_bytes", "cost_per_compute_second",
-                    "cost_per_data_call"):
+                    "cost_per_data_call", "read_only"):
             env = os.environ.get(f"PITSTORE_{key.upper()}")
             if env:
                 values[key] = env
@@ -129,6 +147,36 @@ class Settings:
             raise ConfigError(f"max_future_days must be a number of days, got {self.max_future_days!r}") from exc
         if not future >= 0:
             raise ConfigError(f"max_future_days must not be negative, got {future}")
-        return replace(self, root=Path(self.root).expanduser(), lock_timeout=lock_timeout,
-                       history_days=history_days, live_flush_bars=flush, max_future_days=future,
-                       max_body_bytes=max_body, cost_per_compute_second=costs[0], cost_per_data_call=costs[1])
+        return replace(self, root=root_path(self.root), read_only=_tristate(self.read_only),
+                       lock_timeout=lock_timeout, history_days=history_days, live_flush_bars=flush,
+                       max_future_days=future, max_body_bytes=max_body, cost_per_compute_second=costs[0],
+                       cost_per_data_call=costs[1])
+
+
+def root_path(root: str | os.PathLike[str]) -> Path:
+    """The local directory of a store root: a path, or a ``file://`` URL; any other URL is a ConfigError (before
+    anything is created on disk)."""
+    text = os.fspath(root)
+    match = _URL_ROOT.match(text)
+    if match is None:
+        return Path(text).expanduser()
+    scheme = match["scheme"].lower()
+    if scheme != "file":
+        raise ConfigError(f"store root {text!r}: {scheme}:// roots are not supported; a store root is a local "
+                          "directory (team mode, a store in object storage, is not yet supported)")
+    parts = urlsplit(text)
+    if parts.netloc not in ("", "localhost") or not parts.path:
+        raise ConfigError(f"store root {text!r}: a file:// root must be a local absolute path (file:///path)")
+    return Path(unquote(parts.path))
+
+
+def _tristate(value: object) -> bool | None:
+    """``read_only`` from a keyword, TOML or the environment: a bool, or None for "decide from the root"."""
+    if value is None or isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    for result, words in ((True, ("1", "true", "yes", "on")), (False, ("0", "false", "no", "off")),
+                          (None, ("", "auto"))):
+        if text in words:
+            return result
+    raise ConfigError(f"read_only must be true, false or auto, got {value!r}")

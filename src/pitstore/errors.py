@@ -4,6 +4,7 @@ Each error also subclasses the builtin a caller would naturally catch::
 
     PitstoreError
     +-- ConfigError(ValueError)             bad settings, URLs, options
+    |   +-- ReadOnlyStoreError              a write asked of a store opened read-only
     +-- DefinitionError(ValueError)         a feature or feature set that cannot be built
     |   +-- SchemaMismatchError             stored columns differ from a definition
     +-- NotFoundError(LookupError)
@@ -35,6 +36,7 @@ __all__ = [
     "MissingDependencyError",
     "NotFoundError",
     "PitstoreError",
+    "ReadOnlyStoreError",
     "SchemaMismatchError",
     "VersionNotFoundError",
 ]
@@ -46,6 +48,17 @@ class PitstoreError(Exception):
 
 class ConfigError(PitstoreError, ValueError):
     """A setting, URL or option is invalid."""
+
+
+class ReadOnlyStoreError(ConfigError):
+    """The store was opened read-only (its root is not writable, or ``read_only`` says so) and an operation
+    would write to it; nothing was changed."""
+
+    def __init__(self, root: object, operation: str) -> None:
+        self.root = root
+        self.operation = operation
+        super().__init__(f"store {root} is read-only: cannot {operation} (open it with write access, or"
+                         " read_only=False where the root is writable)")
 
 
 class DefinitionError(PitstoreError, ValueError):

@@ -8,7 +8,6 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
-from urllib.parse import quote
 
 import polars as pl
 
@@ -16,6 +15,7 @@ from pitstore.atomic import publish
 from pitstore.catalog.base import FeatureEntry
 from pitstore.datahash import file_hash, table_hash
 from pitstore.errors import CacheCorruptionError
+from pitstore.filenames import safe_name
 
 __all__ = ["CheckedRead", "EntryReader", "check_file", "content_hash", "encode_symbol", "file_facts", "read_entries",
            "write_entry"]
@@ -28,8 +28,8 @@ _CACHE_ENTRIES = 8  # decoded reads an EntryReader keeps (entries are immutable,
 
 
 def encode_symbol(symbol: str) -> str:
-    """A file-name-safe, reversible encoding of a symbol: '/', '.', '..' and the like become harmless."""
-    return "s_" + quote(symbol, safe="").replace(".", "%2E").replace("%", "~")
+    """The directory component of a symbol's entries (see :func:`pitstore.filenames.safe_name`)."""
+    return safe_name(symbol, prefix="s_")
 
 
 def content_hash(df: pl.DataFrame) -> str:

@@ -17,7 +17,7 @@ import time
 from bisect import bisect_right
 from collections import Counter
 from collections.abc import Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from operator import itemgetter
@@ -33,7 +33,7 @@ from pitstore.errors import BackendUnavailableError, InvalidInputError
 from pitstore.features.registry import Registry
 from pitstore.history.recent import HistoryTier, catalog_scope
 from pitstore.offline import EntryReader
-from pitstore.online import OnlineStore, open_online
+from pitstore.online import MemoryOnlineStore, OnlineStore, open_online
 from pitstore.online.base import OnlineRow
 from pitstore.outage import warn_outage
 from pitstore.pit import is_available, is_stale, micros
@@ -112,9 +112,13 @@ class Serving:
 
     def __init__(self, settings: Settings, catalog: Catalog, registry: Registry, reader: EntryReader) -> None:
         options = {}
-        if settings.online_url.startswith("redis"):  # keys of this store only, unless told otherwise
+        if settings.online_url.startswith("redis") and not settings.read_only:  # this store's keys only, unless told
             options["namespace"] = settings.online_namespace or f"pitstore-{catalog.store_id()}"
-        self.online: OnlineStore = open_online(settings.online_url, root=settings.root, **options)
+        # Read-only: the online file is under the root, so this process keeps its own tier, filled on demand from
+        # the offline tier (the same rows materialize would write); other online URLs are shared state: not written.
+        self.read_only = bool(settings.read_only)
+        self.online: OnlineStore = (MemoryOnlineStore() if self.read_only
+                                    else open_online(settings.online_url, root=settings.root, **options))
         self.history: HistoryTier | None = (
             HistoryTier(settings.postgres_url, settings.history_days, scope=catalog_scope(catalog))
             if settings.postgres_url else None
@@ -272,6 +276,8 @@ class Serving:
         return [again.get(s, r) if r is None else r for s, r in zip(symbols, rows, strict=True)]
 
     def _lock(self, name: str) -> AbstractContextManager[Any]:
+        if self.read_only:  # a process-local online tier needs no lock across processes (and no lock file)
+            return nullcontext()
         lock = getattr(self.online, "lock", None)
         if lock is not None:  # a server-side lock: every process sharing this Redis
             return cast(AbstractContextManager[Any], lock(name, timeout=_FILL_LOCK_SECONDS))

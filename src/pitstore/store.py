@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime, time
 from pathlib import Path
 from types import TracebackType
@@ -17,7 +18,7 @@ from pitstore import ingest as _ingest
 from pitstore.cache import ComputeCache, WarmReport
 from pitstore.catalog.sqlite import SqliteCatalog
 from pitstore.config import Settings
-from pitstore.errors import ConfigError, InvalidInputError, NotFoundError
+from pitstore.errors import ConfigError, InvalidInputError, NotFoundError, ReadOnlyStoreError
 from pitstore.features.base import Feature, FeatureSet
 from pitstore.features.catalogue import build_feature, parse_indicator
 from pitstore.features.library import standard_features
@@ -46,12 +47,14 @@ class Store:
     """
 
     def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.catalog = SqliteCatalog(settings.catalog_path, timeout=settings.lock_timeout)
+        # settings.read_only is decided here (None: from the root's permissions), so every component sees a bool.
+        self.settings = settings = replace(settings, read_only=settings.refuses_writes)
+        self.catalog = SqliteCatalog(settings.catalog_path, timeout=settings.lock_timeout,
+                                     read_only=self.read_only)
         self.registry = Registry(self.catalog)
         self.reader = EntryReader(settings.root)
         self.cache = ComputeCache(settings.root, self.catalog, cost_per_compute_second=settings.cost_per_compute_second,
-                                  cost_per_data_call=settings.cost_per_data_call)
+                                  cost_per_data_call=settings.cost_per_data_call, read_only=self.read_only)
         self._serving: Serving | None = None
         self._live: LiveEngine | None = None
         self._defined: dict[str, tuple[FeatureSet, int]] = {}  # feature sets registered by this process
@@ -60,15 +63,27 @@ class Store:
     def open(cls, path: str | os.PathLike[str] | None = None, **settings: Any) -> Store:
         """Open (creating if needed) the embedded store at ``path``, ``PITSTORE_ROOT`` or ``./pitstore-data``."""
         if path is not None:
-            settings["root"] = Path(path)
+            settings["root"] = os.fspath(path)  # not Path(): it would fold "s3://b" into "s3:/b" (see root_path)
         return cls(Settings.load(**settings))
 
     @property
     def root(self) -> Path:
         return self.settings.root
 
+    @property
+    def read_only(self) -> bool:
+        """Whether this store refuses writes (ReadOnlyStoreError) and writes nothing under its root, reads included:
+        the ``read_only`` setting, by default True exactly when the root or its catalog is not writable here."""
+        return bool(self.settings.read_only)
+
+    def _writes(self, operation: str) -> None:
+        """Called first by every operation that writes: nothing stored is touched when the store is read-only."""
+        if self.read_only:
+            raise ReadOnlyStoreError(self.root, operation)
+
     def register(self, feature_set: FeatureSet) -> int:
         """Register a feature set; returns its version (unchanged when the definition is already known)."""
+        self._writes(f"register feature set {getattr(feature_set, 'name', feature_set)!r}")
         version = self.registry.register(feature_set)
         self._defined[feature_set.name] = (feature_set, version)
         return version
@@ -99,6 +114,7 @@ class Store:
         stands for (required for date-only ts: a date at midnight would leak the day's close into that day),
         ``symbol`` the symbol of a one-symbol source without a symbol column. See :class:`pitstore.layout.BarLayout`.
         """
+        self._writes("ingest bars")
         layout = BarLayout(dict(columns or {}), tz, close_time, symbol)
         return _ingest.ingest(self.root, self.catalog, bars, replace_range=replace_range,
                               max_future=self.settings.max_future, layout=layout)
@@ -117,6 +133,7 @@ class Store:
         ``end`` limits the bars used (as if later ones were not known yet); ``start`` the rows written
         (values are still computed from the full history). ``progress`` is called with 1 per symbol done.
         """
+        self._writes(f"backfill feature set {feature_set.name!r}")
         version = self.register(feature_set)
         report = _backfill.backfill(
             self.root, self.catalog, feature_set, version, symbols=_symbols(symbols),
@@ -197,11 +214,13 @@ class Store:
         ``load(symbol)`` gives the raw frame; by default the symbol's stored bars (a polars frame).
         Already stored keys are skipped, so an interrupted nightly run resumes where it stopped.
         """
+        self._writes("warm the compute cache")
         chosen = _symbols(symbols) or (self.symbols() if symbols is None else [])
         return self.cache.warm(chosen, load or self.bars, configs, compute, progress=progress)
 
     def clear(self, symbol: str | None = None) -> int:
         """Delete cached results of ``symbol`` (all when None); returns how many were deleted."""
+        self._writes("delete compute-cache entries")
         return self.cache.clear(symbol)
 
     def invalidate(self, feature_set: str | None = None, symbols: Sequence[str] | str | None = None, *,
@@ -209,6 +228,7 @@ class Store:
         """Drop online rows of ``feature_set`` (a reference; every set and version when None) for ``symbols``
         (all when None): the next read refills them from the offline tier. With ``cache``, also delete the
         compute-cache entries of those symbols. Returns how many of each were dropped."""
+        self._writes("invalidate online rows or cache entries")
         chosen = _symbols(symbols)
         done = {"online_rows": 0, "cache_entries": 0}
         if online:
@@ -225,6 +245,7 @@ class Store:
 
     def cleanup_old_entries(self, days_old: float) -> int:
         """Delete cached results not accessed within ``days_old`` days; returns how many."""
+        self._writes("clean up compute-cache entries")
         return self.cache.cleanup_old_entries(days_old)
 
     def gc(
@@ -234,6 +255,7 @@ class Store:
         """Garbage-collect: cache entries not accessed within ``retention_weeks``, files no catalog row refers
         to, rows whose file is gone, feature-set versions beyond the newest ``max_versions``; then VACUUM.
         Safe while other processes use the store. ``dry_run`` reports what it would do and changes nothing."""
+        self._writes("garbage-collect (gc, dry runs included: they take the locks gc takes)")
         return housekeeping.gc(self.root, self.catalog, self.cache, retention_weeks=retention_weeks,
                                max_versions=max_versions, dry_run=dry_run, orphan_grace_seconds=orphan_grace_seconds)
 
@@ -245,6 +267,8 @@ class Store:
         rebuilt from the catalog), replace a broken bar snapshot by the newest older intact one, drop what cannot
         be rebuilt; ``report.repaired``, ``dropped`` and ``unrepairable`` say what happened to each.
         """
+        if repair:
+            self._writes("repair entries (verify --repair)")
         # The built-in standard set is pitstore's own code: always rebuildable (matched by fingerprint).
         known = [*feature_sets, *(fs for fs, _ in self._defined.values()), standard_features()]
         return housekeeping.verify(self.root, self.catalog, self.cache, repair=repair, feature_sets=known)
@@ -256,13 +280,15 @@ class Store:
         """The online tier and the reads through it (opened on first use)."""
         if self._serving is None:
             self._serving = Serving(self.settings, self.catalog, self.registry, self.reader)
-            # Before anything is served: online rows a killed pushing process left without their bars.
-            reconcile_dead_pushers(self.root, self.catalog, self._serving.online)
+            if not self.read_only:  # read-only: its own online tier comes from the offline one, nothing to undo
+                # Before anything is served: online rows a killed pushing process left without their bars.
+                reconcile_dead_pushers(self.root, self.catalog, self._serving.online)
         return self._serving
 
     def materialize(self, feature_set: FeatureSet | str, symbols: Sequence[str] | str | None = None) -> int:
         """Write the latest stored row of each symbol (all when None) of a feature set (a FeatureSet, or a
         reference such as ``"daily_core"`` or ``"daily_core@2"``) to the online tier; returns rows written."""
+        self._writes("materialize rows into the online tier")
         if isinstance(feature_set, FeatureSet):
             name, version = feature_set.name, self.register(feature_set)
         else:
@@ -299,6 +325,7 @@ class Store:
     def tier(self, *, window_days: float | None = None, dry_run: bool = False) -> tiering.TierReport:
         """Move history-tier rows older than ``window_days`` (default: the ``history_days`` setting) into
         Parquet archives; rows leave PostgreSQL only after their archive is committed."""
+        self._writes("tier history rows into archives")
         history = self.serving.history
         if history is None:
             raise ConfigError("no history tier: set postgres_url (PITSTORE_POSTGRES_URL) to tier its rows")
@@ -326,6 +353,7 @@ class Store:
         ``max_future_days`` setting after now are refused (one would make every real bar after it look like a
         restatement).
         """
+        self._writes("push live bars")
         chosen = [feature_sets] if isinstance(feature_sets, FeatureSet) else list(feature_sets or [])
         for fs in chosen:
             self.register(fs)
@@ -347,6 +375,7 @@ class Store:
     def warm(self, symbols: Sequence[str] | str | None = None, *, top: int | None = None) -> int:
         """Load the latest vectors of ``symbols`` (or of the ``top`` most requested ones, or all) of every
         feature set's latest version into the online tier, e.g. at market open; returns rows written."""
+        self._writes("warm the online tier")
         if symbols is None and top is not None:
             self._flush_requests()
             chosen: list[str] | None = self.catalog.top_requested(top)
@@ -360,7 +389,7 @@ class Store:
         return done
 
     def _flush_requests(self) -> None:
-        if self._serving is not None and self._serving.requests:
+        if self._serving is not None and self._serving.requests and not self.read_only:
             self.catalog.add_requests(dict(self._serving.requests))
             self._serving.requests.clear()
 
@@ -433,7 +462,8 @@ class Store:
         size = sum(p.stat().st_size for p in self.root.rglob("*.parquet"))
         names = self.registry.names()
         versions = [f"{n}@{v.version}" for n in names for v in self.catalog.versions(n)]
-        return {"root": str(self.root), "feature_sets": names, "versions": versions, **counts,
+        return {"root": str(self.root), "read_only": self.read_only, "catalog_mode": self.catalog.mode,
+                "feature_sets": names, "versions": versions, **counts,
                 "bytes_on_disk": size, "cache": self.cache.stats()}
 
     def close(self) -> None:

@@ -35,7 +35,6 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import polars as pl
 
@@ -47,6 +46,7 @@ from pitstore.catalog.base import Catalog, HistoryArchive
 from pitstore.catalog.sqlite import now_us as _clock_us
 from pitstore.datahash import file_hash
 from pitstore.errors import InvalidInputError
+from pitstore.filenames import safe_name
 from pitstore.history import PostgresHistory
 from pitstore.history.postgres import TOMBSTONE
 
@@ -154,8 +154,8 @@ def archive_dir(table_id: str) -> str:
     name encoded so that slashes, dots and ``..`` are harmless."""
     match = _TABLE_ID.fullmatch(table_id)
     if match is None:
-        return f"{ARCHIVE_DIR}/{_file_name(table_id)}"
-    return f"{ARCHIVE_DIR}/{_file_name(match['name'])}/v{int(match['version'])}"
+        return f"{ARCHIVE_DIR}/{safe_name(table_id)}"
+    return f"{ARCHIVE_DIR}/{safe_name(match['name'])}/v{int(match['version'])}"
 
 
 # --- one table ------------------------------------------------------------------------------------------
@@ -262,8 +262,4 @@ def _symbol_list(symbols: Sequence[str]) -> list[str]:
         raise InvalidInputError("symbols must be a sequence of symbols, not one string", value=symbols)
     return [validate_symbol(s) for s in symbols]
 
-
-def _file_name(name: str) -> str:
-    """A file-name-safe, reversible encoding (as for symbols): '/', '.' and '..' become harmless."""
-    return quote(name, safe="").replace(".", "%2E").replace("%", "~")
 

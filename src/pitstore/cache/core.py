@@ -20,7 +20,7 @@ from pitstore.cache.lock import KeyLocks
 from pitstore.catalog.base import CacheEntry, Catalog
 from pitstore.catalog.sqlite import now_us
 from pitstore.datahash import HASH_METHOD, file_hash
-from pitstore.errors import CacheCorruptionError, InvalidInputError
+from pitstore.errors import CacheCorruptionError, InvalidInputError, ReadOnlyStoreError
 from pitstore.offline import encode_symbol
 
 __all__ = ["CACHE_DIR", "ComputeCache", "WarmReport"]
@@ -47,9 +47,10 @@ class ComputeCache:
     """Content-addressed results of ``compute(raw, config)``, shared by every process using the store root."""
 
     def __init__(self, root: Path, catalog: Catalog, *, cost_per_compute_second: float = 0.0,
-                 cost_per_data_call: float = 0.0) -> None:
+                 cost_per_data_call: float = 0.0, read_only: bool = False) -> None:
         self.root = root
         self.catalog = catalog
+        self.read_only = read_only  # hits are served (their statistics not recorded); a miss cannot be stored
         self.locks = KeyLocks(root / CACHE_DIR / LOCK_DIR)
         # Cost tracking: a miss is one upstream data call plus its compute seconds; a hit avoids both.
         self.cost_per_compute_second = cost_per_compute_second
@@ -87,6 +88,9 @@ class ComputeCache:
         found = self._read_verified(k.key)
         if found is not None:
             return self._hit(k, *found)
+        if self.read_only:  # before the lock: taking it would create a lock file under the root
+            raise ReadOnlyStoreError(self.root, f"store a computed result of {k.symbol!r} (not in its compute cache,"
+                                                " or damaged there)")
         with self.locks.hold(k.key, timeout=wait_timeout) as holding:
             # Another process may have published while we waited; a broken entry is dropped under the lock.
             entry = self.catalog.cache_get(k.key)
@@ -137,6 +141,8 @@ class ComputeCache:
         return data
 
     def _hit(self, k: CacheKey, entry: CacheEntry, result: Any) -> Any:
+        if self.read_only:  # access statistics are writes: a read-only store serves hits without counting them
+            return result
         self.catalog.cache_record(k.symbol, hit_key=k.key, hits=1, saved_seconds=entry.compute_seconds,
                                   hash_seconds=k.data.seconds, hash_bytes=k.data.nbytes)
         return result

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import cast
 
 from pitstore.catalog.base import BarEntry, CacheEntry, CacheStatsRow, FeatureEntry, HistoryArchive, VersionRow
-from pitstore.errors import BackendError, ConflictError
+from pitstore.catalog.readonly import open_read_only, shadow_missing
+from pitstore.errors import BackendError, ConflictError, ReadOnlyStoreError
 from pitstore.sqlite_wal import immediate, switch_to_wal
 
 __all__ = ["SqliteCatalog"]
@@ -139,10 +140,21 @@ def now_us() -> int:
 class SqliteCatalog:
     """A catalog in one SQLite file. Writers serialise on SQLite's lock (``BEGIN IMMEDIATE``)."""
 
-    def __init__(self, path: str | Path, *, timeout: float = 30.0) -> None:
+    def __init__(self, path: str | Path, *, timeout: float = 30.0, read_only: bool = False) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.read_only = read_only
+        self.mode = "rw"  # how the file is open: "rw", or read-only "ro" / "immutable" (pitstore.catalog.readonly)
         self._lock = threading.Lock()
+        if read_only:
+            if not self.path.is_file():  # creating it would be a write
+                raise ReadOnlyStoreError(self.path.parent, "create a catalog (there is none to read)")
+            try:
+                self._conn, self.mode = open_read_only(self.path, timeout)
+                shadow_missing(self._conn, _SCHEMA)  # no migration: an older catalog is read as it is
+            except sqlite3.Error as exc:
+                raise BackendError(f"cannot open catalog {self.path} read-only: {exc}") from exc
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._conn = sqlite3.connect(
                 self.path, timeout=timeout, isolation_level=None, check_same_thread=False
@@ -156,6 +168,8 @@ class SqliteCatalog:
 
     def _write(self, what: str) -> AbstractContextManager[sqlite3.Cursor]:
         """A write transaction (``BEGIN IMMEDIATE``: read-then-write is atomic across processes)."""
+        if self.read_only:  # the last line of defence: the facade refuses writes before touching any file
+            raise ReadOnlyStoreError(self.path.parent, what)
         return immediate(self._conn, self._lock, f"catalog {self.path}: cannot {what}")
 
     def register_version(self, name: str, fingerprint: str, definition: str) -> VersionRow:
@@ -437,6 +451,8 @@ class SqliteCatalog:
             cur.execute("UPDATE bar_entries SET appended_only = 0 WHERE id = ?", (entry_id,))
 
     def vacuum(self) -> None:
+        if self.read_only:
+            raise ReadOnlyStoreError(self.path.parent, "vacuum the catalog")
         with self._lock:
             try:
                 self._conn.execute("VACUUM")

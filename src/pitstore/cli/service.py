@@ -11,7 +11,7 @@ import typer
 
 from pitstore.cli.common import RootOption, clean_errors, load_feature_set, out_console, resolve_root
 from pitstore.config import Settings
-from pitstore.errors import ConfigError, MissingDependencyError, NotFoundError
+from pitstore.errors import ConfigError, MissingDependencyError, NotFoundError, ReadOnlyStoreError
 
 __all__ = ["keys_app", "serve"]
 
@@ -93,6 +93,8 @@ def create(
     settings = Settings.load(root=resolve_root(ctx, root))
     if not settings.root.is_dir():
         raise NotFoundError(f"no store at {settings.root}")
+    if settings.refuses_writes:
+        raise ReadOnlyStoreError(settings.root, "create an API key (it is stored in the root's api_keys.json)")
     typer.echo(create_key(settings.root, scope, name))
 
 
