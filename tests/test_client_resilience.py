@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import signal
+import statistics
 import threading
 import time
 from collections.abc import Iterator
@@ -192,7 +193,9 @@ def test_sigkill_fail_fast_then_recovery_on_the_same_port(root: Path) -> None:
         assert all([_plain(v) for v in o] == want for o in served)  # only what the server sent
         assert len(served) == kill_at and len(failed) == n - kill_at
         fast = [d for d, o in zip(durations, outcomes, strict=True) if "circuit" in str(o)]
-        assert len(fast) > 100 and max(fast) < 0.01  # once open: fail fast, no connection attempted
+        # Once open: the breaker answers (its message), no connection attempted. Timed by the median: one
+        # call in hundreds may lose the CPU for tens of ms on a busy machine, which says nothing of the client.
+        assert len(fast) > 100 and statistics.median(fast) < 0.002 and max(fast) < cfg.timeout / 2
         m = fs.metrics()
         assert m["calls"] == {"get_online": n} and m["errors"] == {"BackendUnavailableError": len(failed)}
         assert m["breaker"]["state"] == "open" and m["breaker"]["changes"]["closed->open"] == 1
