@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from datetime import datetime, time
 from pathlib import Path
 from types import TracebackType
@@ -14,6 +15,7 @@ import polars as pl
 from pitstore import backfill as _backfill
 from pitstore import housekeeping, reads, tiering
 from pitstore import ingest as _ingest
+from pitstore import versions as _versions
 from pitstore.cache import ComputeCache, WarmReport
 from pitstore.catalog.sqlite import SqliteCatalog
 from pitstore.config import Settings
@@ -21,7 +23,7 @@ from pitstore.errors import ConfigError, InvalidInputError, NotFoundError
 from pitstore.features.base import Feature, FeatureSet
 from pitstore.features.catalogue import build_feature, parse_indicator
 from pitstore.features.library import standard_features
-from pitstore.features.registry import FeatureRef, Registry, VersionInfo
+from pitstore.features.registry import FeatureRef, Registry
 from pitstore.frames import FrameKind, frame_kind, from_polars
 from pitstore.layout import BarLayout
 from pitstore.live.engine import LiveEngine, PushReport
@@ -30,6 +32,7 @@ from pitstore.offline import EntryReader, read_entries
 from pitstore.ondemand import indicator_rows
 from pitstore.serving import FeatureVector, Serving
 from pitstore.timeutil import utc
+from pitstore.versions import VersionSummary
 
 __all__ = ["Store"]
 
@@ -72,9 +75,22 @@ class Store:
         self._defined[feature_set.name] = (feature_set, version)
         return version
 
-    def versions(self, name: str) -> list[VersionInfo]:
-        """Every registered version of a feature set, oldest first."""
-        return self.registry.versions(name)
+    def versions(self, name: str) -> list[VersionSummary]:
+        """Every readable version of a feature set, oldest first, with what the store holds of each: entries,
+        rows, bytes, symbols, whether online or history-tier rows use it (see :mod:`pitstore.versions`)."""
+        return _versions.summaries(self.root, self.catalog, self.registry.versions(name), lambda: self.serving)
+
+    def cleanup_versions(self, name: str, *, max_versions: int, dry_run: bool = False) -> _versions.CleanupReport:
+        """Retire the versions of ``name`` beyond the newest ``max_versions`` with stored entries, with their
+        files; a version a reader holds right now (its lease) is left alone and reported ``busy``."""
+        self.registry.versions(name)  # FeatureSetNotFoundError for an unknown name
+        return _versions.cleanup(self.root, self.catalog, max_versions=max_versions, names=[name], dry_run=dry_run)
+
+    def hold_version(self, ref: str) -> AbstractContextManager[None]:
+        """``with store.hold_version("daily_core@2"):`` no cleanup or gc deletes that version inside the block
+        (a long job reading it many times); VersionNotFoundError when it is retired already."""
+        r = self.resolve(ref)
+        return _versions.reading(self.root, self.catalog, r.feature_set, r.version)
 
     def resolve(self, ref: str) -> FeatureRef:
         """Resolve a reference such as ``"daily_core@2:rsi_14"`` (no ``@`` means the latest version)."""
