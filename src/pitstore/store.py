@@ -8,7 +8,7 @@ from contextlib import AbstractContextManager
 from datetime import datetime, time
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
@@ -33,6 +33,9 @@ from pitstore.ondemand import indicator_rows
 from pitstore.serving import FeatureVector, Serving
 from pitstore.timeutil import utc
 from pitstore.versions import VersionSummary
+
+if TYPE_CHECKING:
+    from pitstore.legacy.hdf5 import ImportReport
 
 __all__ = ["Store"]
 
@@ -264,6 +267,17 @@ class Store:
         known = [*feature_sets, *(fs for fs, _ in self._defined.values()), standard_features()]
         return housekeeping.verify(self.root, self.catalog, self.cache, repair=repair, feature_sets=known)
 
+    def import_hdf5(self, paths: Sequence[str | os.PathLike[str]] | str | os.PathLike[str], *, tz: str | None = None,
+                    timeframe: str | None = None) -> ImportReport:
+        """Import the HDF5 files of older in-house stores (hash-named ``AAPL_b1686acd.h5`` or the partitioned
+        ``features/<set>/symbol=.../version=v1/...`` layout): bars are ingested, feature tables become a set of
+        kind "imported", one version per legacy version (see :mod:`pitstore.legacy.hdf5`). A file holding a
+        pickle outside pandas' own types is refused before it is opened. Needs ``pip install 'pitstore[hdf5]'``."""
+        from pitstore.legacy import hdf5
+
+        return hdf5.import_hdf5(self, [Path(paths)] if isinstance(paths, str | os.PathLike) else
+                                [Path(p) for p in paths], tz=tz, timeframe=timeframe)
+
     # --- serving -------------------------------------------------------------------------------------
 
     @property
@@ -346,7 +360,8 @@ class Store:
             self.register(fs)
         if not chosen and not self._defined:  # another process registered them: rebuild them from the catalog
             for name in self.registry.names():
-                self.register(self.registry.rebuild(name))
+                if self.registry.get(name).definition.get("kind") != "imported":  # rows, not a computation
+                    self.register(self.registry.rebuild(name))
         sets = [self._defined[fs.name] for fs in chosen] if chosen else list(self._defined.values())
         if not sets:
             raise InvalidInputError("push needs feature sets: the catalog has none; pass feature_sets= or register()"
