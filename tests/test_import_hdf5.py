@@ -296,3 +296,23 @@ def test_missing_extra_names_the_install(tmp_path: Path, monkeypatch: pytest.Mon
         store.import_hdf5(tmp_path)
     result = runner.invoke(app, ["import-hdf5", str(tmp_path), "--root", str(tmp_path / "store")])
     assert result.exit_code == 1 and "pitstore[hdf5]" in result.output
+
+
+def test_push_rebuilding_sets_from_the_catalog_skips_imported_ones(tmp_path: Path) -> None:
+    """A process that registered nothing pushes with every computed set of the catalog; an imported set has no
+    computation, so it is left out rather than failing the push."""
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    b = bars_frame(30, 9)
+    write_hashed(legacy, "AAPL", b, feature_frame(b.index, ["f"], 10), key="old_alpha")
+    fs = pitstore.FeatureSet("rets", [pitstore.ret(1).alias("r1")], timeframe="1d")
+    with Store.open(tmp_path / "store") as store:
+        store.import_hdf5(legacy)
+        store.backfill(fs)
+    last = b.index[-1]
+    bar = pl.DataFrame({"symbol": ["AAPL"], "ts": [last + pd.Timedelta(days=1)], "open": [100.0], "high": [101.0],
+                        "low": [99.0], "close": [100.5], "volume": [1000.0]})
+    with Store.open(tmp_path / "store") as store:
+        report = store.push(bar.with_columns(pl.col("ts").dt.cast_time_unit("us")))
+        assert list(report.rows) == ["rets@1"]
+        store.flush()
