@@ -40,7 +40,7 @@ from pitstore.pit import is_available, is_stale, micros
 from pitstore.reads import Selection, known_at_us, load, select
 from pitstore.status import DAMAGED, FALLBACK, MISSING, NO_DATA_YET, OK, STALE, UNKNOWN_SYMBOL, worse
 from pitstore.timeutil import parse_timeframe
-from pitstore.versions import reading
+from pitstore.versions import ensure_live, reading
 
 __all__ = ["FeatureVector", "Serving"]
 
@@ -196,8 +196,11 @@ class Serving:
                        all_columns: bool = False) -> pl.DataFrame:
         """The last stored row per symbol (symbol, ts, columns), from the newest entry of each symbol."""
         cols = table.columns if all_columns else table.sel.columns
-        with reading(self.reader.root, self.catalog, table.sel.feature_set, table.sel.version):  # see versions.py
-            entries = self.catalog.feature_entries(table.sel.feature_set, table.sel.version, symbols)
+        name, version = table.sel.feature_set, table.sel.version
+        with reading(self.reader.root, self.catalog, name, version, check_live=False):  # see versions.py
+            entries = self.catalog.feature_entries(name, version, symbols)
+            if not entries:
+                ensure_live(self.catalog, name, version)
             last: dict[str, str] = {}
             for e in entries:  # ordered by symbol, then time: the last one of a symbol holds its newest row
                 last[e.symbol] = e.path

@@ -32,7 +32,7 @@ from pitstore.features.registry import VersionInfo
 if TYPE_CHECKING:
     from pitstore.serving import Serving
 
-__all__ = ["CleanupReport", "VersionSummary", "cleanup", "lease_path", "reading", "summaries"]
+__all__ = ["CleanupReport", "VersionSummary", "cleanup", "ensure_live", "lease_path", "reading", "summaries"]
 
 LEASE_DIR = "versions"
 
@@ -101,18 +101,25 @@ def not_found(catalog: Catalog, name: str, version: int) -> VersionNotFoundError
     return VersionNotFoundError(f"feature set {name!r} has no version {version}; versions: {live or 'none'}")
 
 
+def ensure_live(catalog: Catalog, name: str, version: int) -> None:
+    """VersionNotFoundError when ``name@version`` is retired. Under a lease: a cleanup that ran just before it
+    dropped the rows, and no rows must not read as a live version without data."""
+    if version not in {r.version for r in catalog.versions(name)}:
+        raise not_found(catalog, name, version)
+
+
 @contextmanager
-def reading(root: Path, catalog: Catalog, name: str, version: int) -> Iterator[None]:
+def reading(root: Path, catalog: Catalog, name: str, version: int, *, check_live: bool = True) -> Iterator[None]:
     """Hold a shared lease on ``name@version`` inside the block: no cleanup deletes its entries meanwhile.
-    Raises VersionNotFoundError when it was retired before the lease was held."""
+    Raises VersionNotFoundError when it was retired before the lease was held. ``check_live=False``: the caller
+    calls :func:`ensure_live` itself when it finds no entries (rows and retirement go in one transaction, so
+    entries listed under the lease belong to a live version): one catalog query less per read."""
     fd = _open(lease_path(root, name, version), create=True)
     try:
         if fd is not None:
             fcntl.flock(fd, fcntl.LOCK_SH)  # waits only while a cleanup retires this very version (short)
-        # Checked under the lease: a cleanup that ran just before it has dropped the rows, and no rows must not
-        # read as a live version without data.
-        if version not in {r.version for r in catalog.versions(name)}:
-            raise not_found(catalog, name, version)
+        if check_live:
+            ensure_live(catalog, name, version)
         yield
     finally:
         if fd is not None:
