@@ -51,7 +51,7 @@ class GcReport:
     retired_versions: list[str] = field(default_factory=list)  # those versions ("name@v"): no longer readable
     missing_files: list[str] = field(default_factory=list)  # catalog rows whose file is gone
     orphan_files: list[str] = field(default_factory=list)  # files no catalog row refers to (incl. temporaries)
-    busy: list[str] = field(default_factory=list)  # left alone: a process holds their key right now
+    busy: list[str] = field(default_factory=list)  # left alone: a process holds their key (or lease: "name@v")
     lock_files: int = 0
     bytes_freed: int = 0
     vacuumed: bool = False
