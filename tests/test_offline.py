@@ -82,8 +82,10 @@ def stored_bars(store: Store) -> pl.DataFrame:
 
 
 def files(root: Path) -> set[Path]:
-    """Every data file under ``root`` (the catalog's own files excluded)."""
-    return {p for p in root.rglob("*") if p.is_file() and not p.name.startswith("catalog.sqlite")}
+    """Every data file under ``root`` (the catalog's own files and lock files excluded: a read takes its
+    version's lease, pitstore.versions)."""
+    return {p for p in root.rglob("*") if p.is_file() and not p.name.startswith("catalog.sqlite")
+            and ".locks" not in p.relative_to(root).parts}
 
 
 def from_us(us: int) -> datetime:

@@ -62,6 +62,7 @@ from pitstore.features import (
 from pitstore.lookahead import check_lookahead
 from pitstore.store import Store
 from pitstore.timeutil import periods_per_year
+from pitstore.versions import CleanupReport, VersionSummary
 
 try:
     __version__ = version("pitstore")
@@ -72,6 +73,7 @@ __all__ = [
     "BackendError",
     "BackendUnavailableError",
     "CacheCorruptionError",
+    "CleanupReport",
     "ConfigError",
     "ConflictError",
     "DefinitionError",
@@ -92,6 +94,7 @@ __all__ = [
     "Store",
     "VersionInfo",
     "VersionNotFoundError",
+    "VersionSummary",
     "__version__",
     "atr",
     "bollinger",

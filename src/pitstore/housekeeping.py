@@ -4,7 +4,8 @@ Safe while other processes read and write: a cache entry or file is only deleted
 lock (so never while it is being computed or published), offline-tier files without a catalog row only
 once older than a grace period (an ingest or backfill writes its file just before committing its row),
 and catalog rows are removed before their files, so a new reader never finds a row without its file.
-A reader that already has a file open keeps reading it after the unlink (POSIX).
+A reader that already has a file open keeps reading it after the unlink (POSIX); versions beyond
+``max_versions`` are retired only while no reader holds their lease (see :mod:`pitstore.versions`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 import polars as pl
 
 from pitstore import backfill as _backfill
+from pitstore import versions as _versions
 from pitstore.atomic import TMP_SUFFIX
 from pitstore.cache.core import CACHE_DIR, LOCK_DIR, ComputeCache
 from pitstore.catalog.base import BarEntry, CacheEntry, Catalog, FeatureEntry, HistoryArchive
@@ -49,7 +51,7 @@ class GcReport:
     retired_versions: list[str] = field(default_factory=list)  # those versions ("name@v"): no longer readable
     missing_files: list[str] = field(default_factory=list)  # catalog rows whose file is gone
     orphan_files: list[str] = field(default_factory=list)  # files no catalog row refers to (incl. temporaries)
-    busy: list[str] = field(default_factory=list)  # left alone: a process holds their key right now
+    busy: list[str] = field(default_factory=list)  # left alone: a process holds their key (or lease: "name@v")
     lock_files: int = 0
     bytes_freed: int = 0
     vacuumed: bool = False
@@ -150,19 +152,12 @@ def gc(
         if gone and not dry_run:
             catalog.drop_rows(table, [r.id for r in gone])
     if max_versions is not None:
-        newest: dict[str, list[int]] = {}
-        for r in features:
-            newest.setdefault(r.feature_set, []).append(r.version)
-        keep = {name: set(sorted(set(vs))[-max_versions:]) for name, vs in newest.items()}
-        versions = sorted({(r.feature_set, r.version) for r in features if r.version not in keep[r.feature_set]})
-        report.retired_versions = [f"{name}@{v}" for name, v in versions]
-        retired = [r for r in features if r.version not in keep[r.feature_set] and (root / r.path).exists()]
-        if versions and not dry_run:
-            # Retired before its rows go: a reader gets VersionNotFoundError, never an empty answer that looks live.
-            catalog.retire_versions(versions)
-            catalog.drop_rows("feature_entries", [r.id for r in retired])
-        for r in retired:
-            delete_file(root / r.path, report.old_versions)
+        # The one implementation of `versions cleanup` (pitstore.versions): leases, retire-then-unlink order.
+        versions = _versions.cleanup(root, catalog, max_versions=max_versions, dry_run=dry_run, entries=features)
+        report.retired_versions = versions.retired
+        report.old_versions = versions.files
+        report.busy.extend(versions.busy)
+        report.bytes_freed += versions.bytes_freed
 
     # 3. Files no row refers to: temporaries of crashed writers and published-but-never-committed files.
     referenced = catalog.referenced_paths()

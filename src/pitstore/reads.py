@@ -16,6 +16,7 @@ from pitstore.frames import to_polars
 from pitstore.offline import EntryReader
 from pitstore.pit import ORDER, asof_join, worst_status
 from pitstore.status import DAMAGED, OK
+from pitstore.versions import ensure_live, reading
 
 __all__ = ["Loaded", "Selection", "get_historical", "known_at_us", "load", "read_range", "select"]
 
@@ -79,8 +80,12 @@ def load(reader: EntryReader, catalog: Catalog, sel: Selection, symbols: Sequenc
          as_known_at: int | None) -> Loaded:
     """The stored rows of ``symbols`` (all when None) visible at ``as_known_at`` (µs; now when None), in time
     order per symbol, and which symbols have rows (``present``) or are damaged: what a status is decided on."""
-    entries = catalog.feature_entries(sel.feature_set, sel.version, symbols, as_known_at)
-    rows, broken = reader.read_checked(entries, ["symbol", "ts", *sel.columns])
+    # Under the version's lease: no cleanup deletes the listed entries' files before they are read.
+    with reading(reader.root, catalog, sel.feature_set, sel.version, check_live=False):
+        entries = catalog.feature_entries(sel.feature_set, sel.version, symbols, as_known_at)
+        if not entries:
+            ensure_live(catalog, sel.feature_set, sel.version)
+        rows, broken = reader.read_checked(entries, ["symbol", "ts", *sel.columns])
     damaged: dict[str, list[str]] = {}
     for e in entries:
         if e.path in broken:

@@ -40,6 +40,7 @@ from pitstore.pit import is_available, is_stale, micros
 from pitstore.reads import Selection, known_at_us, load, select
 from pitstore.status import DAMAGED, FALLBACK, MISSING, NO_DATA_YET, OK, STALE, UNKNOWN_SYMBOL, worse
 from pitstore.timeutil import parse_timeframe
+from pitstore.versions import ensure_live, reading
 
 __all__ = ["FeatureVector", "Serving"]
 
@@ -198,12 +199,16 @@ class Serving:
     def latest_offline(self, table: _Table, symbols: Sequence[str] | None, *,
                        all_columns: bool = False) -> pl.DataFrame:
         """The last stored row per symbol (symbol, ts, columns), from the newest entry of each symbol."""
-        entries = self.catalog.feature_entries(table.sel.feature_set, table.sel.version, symbols)
-        last: dict[str, str] = {}
-        for e in entries:  # ordered by symbol, then time: the last one of a symbol holds its newest row
-            last[e.symbol] = e.path
         cols = table.columns if all_columns else table.sel.columns
-        df = self.reader.read(list(last.values()), ["symbol", "ts", *cols])
+        name, version = table.sel.feature_set, table.sel.version
+        with reading(self.reader.root, self.catalog, name, version, check_live=False):  # see versions.py
+            entries = self.catalog.feature_entries(name, version, symbols)
+            if not entries:
+                ensure_live(self.catalog, name, version)
+            last: dict[str, str] = {}
+            for e in entries:  # ordered by symbol, then time: the last one of a symbol holds its newest row
+                last[e.symbol] = e.path
+            df = self.reader.read(list(last.values()), ["symbol", "ts", *cols])
         if df is None:
             return pl.DataFrame()
         return df.group_by("symbol", maintain_order=True).last()

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import replace
 from datetime import datetime, time
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
 from pitstore import backfill as _backfill
 from pitstore import housekeeping, reads, tiering
 from pitstore import ingest as _ingest
+from pitstore import versions as _versions
 from pitstore.cache import ComputeCache, WarmReport
 from pitstore.catalog.sqlite import SqliteCatalog
 from pitstore.config import Settings
@@ -22,7 +24,7 @@ from pitstore.errors import ConfigError, InvalidInputError, NotFoundError, ReadO
 from pitstore.features.base import Feature, FeatureSet
 from pitstore.features.catalogue import build_feature, parse_indicator
 from pitstore.features.library import standard_features
-from pitstore.features.registry import FeatureRef, Registry, VersionInfo
+from pitstore.features.registry import FeatureRef, Registry
 from pitstore.frames import FrameKind, frame_kind, from_polars
 from pitstore.layout import BarLayout
 from pitstore.live.engine import LiveEngine, PushReport
@@ -32,6 +34,10 @@ from pitstore.ondemand import indicator_rows
 from pitstore.resample import resample_bars
 from pitstore.serving import FeatureVector, Serving
 from pitstore.timeutil import utc
+from pitstore.versions import VersionSummary
+
+if TYPE_CHECKING:
+    from pitstore.legacy.hdf5 import ImportReport
 
 __all__ = ["Store"]
 
@@ -88,9 +94,22 @@ class Store:
         self._defined[feature_set.name] = (feature_set, version)
         return version
 
-    def versions(self, name: str) -> list[VersionInfo]:
-        """Every registered version of a feature set, oldest first."""
-        return self.registry.versions(name)
+    def versions(self, name: str) -> list[VersionSummary]:
+        """Every readable version of a feature set, oldest first, with what the store holds of each: entries,
+        rows, bytes, symbols, whether online or history-tier rows use it (see :mod:`pitstore.versions`)."""
+        return _versions.summaries(self.root, self.catalog, self.registry.versions(name), lambda: self.serving)
+
+    def cleanup_versions(self, name: str, *, max_versions: int, dry_run: bool = False) -> _versions.CleanupReport:
+        """Retire the versions of ``name`` beyond the newest ``max_versions`` with stored entries, with their
+        files; a version a reader holds right now (its lease) is left alone and reported ``busy``."""
+        self.registry.versions(name)  # FeatureSetNotFoundError for an unknown name
+        return _versions.cleanup(self.root, self.catalog, max_versions=max_versions, names=[name], dry_run=dry_run)
+
+    def hold_version(self, ref: str) -> AbstractContextManager[None]:
+        """``with store.hold_version("daily_core@2"):`` no cleanup or gc deletes that version inside the block
+        (a long job reading it many times); VersionNotFoundError when it is retired already."""
+        r = self.resolve(ref)
+        return _versions.reading(self.root, self.catalog, r.feature_set, r.version)
 
     def resolve(self, ref: str) -> FeatureRef:
         """Resolve a reference such as ``"daily_core@2:rsi_14"`` (no ``@`` means the latest version)."""
@@ -273,6 +292,17 @@ class Store:
         known = [*feature_sets, *(fs for fs, _ in self._defined.values()), standard_features()]
         return housekeeping.verify(self.root, self.catalog, self.cache, repair=repair, feature_sets=known)
 
+    def import_hdf5(self, paths: Sequence[str | os.PathLike[str]] | str | os.PathLike[str], *, tz: str | None = None,
+                    timeframe: str | None = None) -> ImportReport:
+        """Import the HDF5 files of older in-house stores (hash-named ``AAPL_b1686acd.h5`` or the partitioned
+        ``features/<set>/symbol=.../version=v1/...`` layout): bars are ingested, feature tables become a set of
+        kind "imported", one version per legacy version (see :mod:`pitstore.legacy.hdf5`). A file holding a
+        pickle outside pandas' own types is refused before it is opened. Needs ``pip install 'pitstore[hdf5]'``."""
+        from pitstore.legacy import hdf5
+
+        return hdf5.import_hdf5(self, [Path(paths)] if isinstance(paths, str | os.PathLike) else
+                                [Path(p) for p in paths], tz=tz, timeframe=timeframe)
+
     # --- serving -------------------------------------------------------------------------------------
 
     @property
@@ -359,7 +389,8 @@ class Store:
             self.register(fs)
         if not chosen and not self._defined:  # another process registered them: rebuild them from the catalog
             for name in self.registry.names():
-                self.register(self.registry.rebuild(name))
+                if self.registry.get(name).definition.get("kind") != "imported":  # rows, not a computation
+                    self.register(self.registry.rebuild(name))
         sets = [self._defined[fs.name] for fs in chosen] if chosen else list(self._defined.values())
         if not sets:
             raise InvalidInputError("push needs feature sets: the catalog has none; pass feature_sets= or register()"

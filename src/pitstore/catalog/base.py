@@ -109,8 +109,9 @@ class Catalog(Protocol):
         retired one is live again."""
         ...
 
-    def retire_versions(self, versions: Sequence[tuple[str, int]]) -> None:
-        """Retire (name, version) pairs whose entries gc deleted: :meth:`versions` no longer lists them."""
+    def retire_versions(self, versions: Sequence[tuple[str, int]], *, drop_entries: bool = False) -> None:
+        """Retire (name, version) pairs: :meth:`versions` no longer lists them. ``drop_entries``: also delete
+        every feature entry row of them, in the same transaction (their files are deleted after it)."""
         ...
 
     def versions(self, name: str) -> list[VersionRow]:
@@ -235,4 +236,9 @@ class Catalog(Protocol):
 
     def store_id(self) -> str:
         """This store's identity, made once and kept: what keeps its rows apart on shared servers."""
+        ...
+
+    @property
+    def mode(self) -> str:
+        """``"rw"``, or read-only: ``"ro"`` / ``"immutable"`` (then nothing may be written under the root)."""
         ...

@@ -189,10 +189,12 @@ class SqliteCatalog:
                 cur.execute("DELETE FROM retired_versions WHERE name = ? AND version = ?", (name, row[1]))
         return VersionRow(*row)
 
-    def retire_versions(self, versions: Sequence[tuple[str, int]]) -> None:
+    def retire_versions(self, versions: Sequence[tuple[str, int]], *, drop_entries: bool = False) -> None:
         with self._write("retire versions") as cur:
             cur.executemany("INSERT INTO retired_versions VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
                             [(name, v, now_us()) for name, v in versions])
+            if drop_entries:
+                cur.executemany("DELETE FROM feature_entries WHERE feature_set = ? AND version = ?", versions)
 
     # --- bars -----------------------------------------------------------------------------------------
 

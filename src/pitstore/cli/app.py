@@ -10,8 +10,9 @@ import typer
 
 import pitstore
 from pitstore.cli import demo as _demo
-from pitstore.cli import listing, maintenance, output, serve, service
+from pitstore.cli import legacy, listing, maintenance, output, serve, service
 from pitstore.cli import tier as _tier
+from pitstore.cli import versions as _versions
 from pitstore.cli.common import (
     USER_ERRORS,
     JsonOption,
@@ -306,5 +307,7 @@ app.command()(_tier.tier)
 app.command()(serve.materialize)
 app.command()(serve.warm)
 app.add_typer(maintenance.cache_app, name="cache")
+app.add_typer(_versions.versions_app, name="versions")
+app.command("import-hdf5")(legacy.import_hdf5)
 app.command()(service.serve)
 app.add_typer(service.keys_app, name="keys")

@@ -1,0 +1,1 @@
+"""Imports from the older in-house stores (``pitstore[hdf5]``)."""
