@@ -135,7 +135,10 @@ def test_bars_catalogue_sets_and_stats(served: tuple[Server, Store]) -> None:
     sets = httpx.get(f"{server.url}/v1/feature-sets").json()["feature_sets"]
     assert [(s["name"], s["version"]) for s in sets] == [("daily_core", 1)]
     versions = httpx.get(f"{server.url}/v1/feature-sets/daily_core/versions").json()["versions"]
-    assert versions[0]["fingerprint"] == store.versions("daily_core")[0].fingerprint
+    summary = store.versions("daily_core")[0]
+    assert versions[0]["fingerprint"] == summary.fingerprint
+    assert (versions[0]["symbols"], versions[0]["rows"], versions[0]["bytes"]) == (
+        len(SYMBOLS), summary.rows, summary.bytes) and summary.rows == len(SYMBOLS) * N_BARS
     stats = httpx.get(f"{server.url}/v1/stats").json()
     assert stats["feature_sets"] == ["daily_core"]
     assert stats["bars_live"] == store.stats()["bars_live"] == len(SYMBOLS) * N_BARS

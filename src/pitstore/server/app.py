@@ -304,10 +304,11 @@ def create_app(store: Store | None = None, *, settings: Settings | None = None, 
         reg = the_store().registry
         return _json({"feature_sets": [_version(the_store(), reg.get(n)) for n in reg.names()]})
 
-    @app.get("/v1/feature-sets/{name}/versions", tags=["catalogue"], summary="Every version of a feature set")
+    @app.get("/v1/feature-sets/{name}/versions", tags=["catalogue"],
+             summary="Every live version of a feature set, with its entries, rows, bytes and symbols")
     async def versions(name: str) -> Response:
         store = the_store()
-        return _json({"name": name, "versions": [_version(store, v) for v in store.versions(name)]})
+        return _json({"name": name, "versions": [{**_version(store, v), **v.to_dict()} for v in store.versions(name)]})
 
     @app.get("/v1/indicators/{symbol:path}", tags=["data"],
              summary="Indicator rows for a range by default names (sma_50, rsi_14, macd_12_26_9)")
