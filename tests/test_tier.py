@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
 import struct
 import subprocess
@@ -25,7 +24,7 @@ from pitstore.catalog.sqlite import now_us
 from pitstore.errors import BackendError
 from pitstore.history import PostgresHistory
 from pitstore.history.recent import catalog_scope
-from pitstore.tiering import CRASH_ENV, TierReport, archive_dir, latest_versions, read_archive, tier
+from pitstore.tiering import TierReport, archive_dir, latest_versions, read_archive, tier
 
 DAY = 86_400_000_000
 NOW = 1_700_000_000_000_000  # 2023-11-14, µs: the clock of the in-process runs
@@ -371,12 +370,11 @@ def test_bad_arguments(history: PostgresHistory, store: Store, postgres_url: str
 
 def run_cli(root: Path, url: str, schema: str, *args: str, crash_at: str | None = None
             ) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != CRASH_ENV}
-    if crash_at is not None:
-        env[CRASH_ENV] = crash_at
-    return subprocess.run(
-        [sys.executable, "-m", "pitstore", "tier", "--root", str(root), "--postgres-url", url, "--schema", schema,
-         *args], env=env, capture_output=True, text=True, timeout=120, check=False)
+    args = ("tier", "--root", str(root), "--postgres-url", url, "--schema", schema, *args)
+    # With crash_at, the run SIGKILLs itself at that step (tests/tier_workers.py patches the kill point in).
+    cmd = [sys.executable, str(Path(__file__).with_name("tier_workers.py")), crash_at, *args] if crash_at else \
+        [sys.executable, "-m", "pitstore", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
 
 
 @pytest.mark.parametrize("step", ["published", "committed"])

@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import io
 import math
-import os
 import re
-import signal
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -50,11 +48,10 @@ from pitstore.filenames import safe_name
 from pitstore.history import PostgresHistory
 from pitstore.history.postgres import TOMBSTONE
 
-__all__ = ["ARCHIVE_DIR", "CRASH_ENV", "TableTier", "TierReport", "archive_dir", "latest_versions", "read_archive",
+__all__ = ["ARCHIVE_DIR", "TableTier", "TierReport", "archive_dir", "latest_versions", "read_archive",
            "tier"]
 
 ARCHIVE_DIR = "history"  # under the store root
-CRASH_ENV = "PITSTORE_TIER_CRASH_AT"  # test hook: SIGKILL this process at the named step ("published", "committed")
 KEY = ["symbol", "ts", "recorded_at"]
 _DAY_US = 86_400_000_000
 _COMPRESSION_LEVEL = 3  # zstd's default: archives are written once, off the hot path, and kept for years
@@ -176,7 +173,6 @@ def _tier_table(root: Path, catalog: Catalog, history: PostgresHistory, table_id
         return result
     if fresh.height:
         result.path = _archive(root, catalog, table_id, fresh, cutoff).path
-    _crash_point("committed")
     result.rows_deleted = history.delete_versions(table_id, old.select(KEY))
     return result
 
@@ -198,7 +194,6 @@ def _archive(root: Path, catalog: Catalog, table_id: str, rows: pl.DataFrame, cu
     data = buf.getbuffer()
     directory, name = archive_dir(table_id), f"{uuid.uuid4().hex}.parquet"
     publish_bytes(root / directory, name, data)
-    _crash_point("published")
     first, last = _ts_range(rows)
     return catalog.commit_history_archive(HistoryArchive(
         0, table_id, f"{directory}/{name}", rows.height, first, last, cutoff, len(data), file_hash(data), 0))
@@ -224,12 +219,6 @@ def _run_lock(root: Path, dry_run: bool) -> Iterator[None]:
         return
     with KeyLocks(root / ARCHIVE_DIR / LOCK_DIR).hold("tier"):
         yield
-
-
-def _crash_point(step: str) -> None:
-    # A real SIGKILL at a named step for the crash tests: no cleanup handler runs, as in a power cut.
-    if os.environ.get(CRASH_ENV) == step:
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _scan_archive(path: str) -> pl.LazyFrame:
