@@ -19,6 +19,17 @@ REDIS_URL = os.environ.get("PITSTORE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"
 POSTGRES_URL = os.environ.get("PITSTORE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 
+# A test that needs a server says so by its fixtures; it is marked for it (``pytest -m "not postgres"``).
+_SERVER_MARKS = {"redis_url": "redis", "postgres_url": "postgres"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        for fixture in getattr(item, "fixturenames", ()):
+            if fixture in _SERVER_MARKS:
+                item.add_marker(_SERVER_MARKS[fixture])
+
+
 def _unavailable(what: str, exc: Exception) -> None:
     message = f"{what} is not reachable: {exc}"
     if os.environ.get("CI") == "true":
