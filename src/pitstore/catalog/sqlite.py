@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 from pitstore.catalog.base import BarEntry, CacheEntry, CacheStatsRow, FeatureEntry, HistoryArchive, VersionRow
 from pitstore.catalog.readonly import open_read_only, shadow_missing
@@ -166,6 +166,13 @@ class SqliteCatalog:
         except sqlite3.Error as exc:
             raise BackendError(f"cannot open catalog {self.path}: {exc}") from exc
 
+    def _read(self, sql: str, params: Sequence[object] | dict[str, object] = ()) -> list[Any]:
+        with self._lock:
+            try:
+                return self._conn.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:  # every read: a locked or broken file is a BackendError, never sqlite3's
+                raise BackendError(f"catalog {self.path}: cannot read: {exc}") from exc
+
     def _write(self, what: str) -> AbstractContextManager[sqlite3.Cursor]:
         """A write transaction (``BEGIN IMMEDIATE``: read-then-write is atomic across processes)."""
         if self.read_only:  # the last line of defence: the facade refuses writes before touching any file
@@ -202,17 +209,14 @@ class SqliteCatalog:
         """The bar entry of each symbol visible at ``as_known_at`` (now when None)."""
         t = _FAR_FUTURE if as_known_at is None else as_known_at
         sql = f"SELECT {_BAR_COLS} FROM bar_entries WHERE {_VISIBLE}"
-        with self._lock:
-            rows = self._conn.execute(sql + " ORDER BY symbol", {"t": t}).fetchall()
+        rows = self._read(sql + " ORDER BY symbol", {"t": t})
         wanted = None if symbols is None else set(symbols)
         return [BarEntry(*r) for r in rows if wanted is None or r[1] in wanted]
 
     def bar_history(self, symbol: str, after_id: int) -> list[BarEntry]:
         """Bar entries of ``symbol`` with id greater than ``after_id``, oldest first."""
-        with self._lock:
-            rows = self._conn.execute(
-                f"SELECT {_BAR_COLS} FROM bar_entries WHERE symbol = ? AND id > ? ORDER BY id", (symbol, after_id)
-            ).fetchall()
+        rows = self._read(f"SELECT {_BAR_COLS} FROM bar_entries WHERE symbol = ? AND id > ? ORDER BY id",
+                          (symbol, after_id))
         return [BarEntry(*r) for r in rows]
 
     def commit_bars(self, entry: BarEntry, expected_live_id: int | None) -> BarEntry:
@@ -265,12 +269,9 @@ class SqliteCatalog:
         if symbols is not None and len(symbols) == 1:
             # One symbol (a point look-up): an index seek, not a scan of every symbol's entries.
             by_symbol, params["s"] = " AND symbol = :s", symbols[0]
-        with self._lock:
-            rows = self._conn.execute(
-                f"SELECT {_FEATURE_COLS} FROM feature_entries WHERE feature_set = :fs AND version = :v AND {_VISIBLE}"
-                f"{by_symbol} ORDER BY symbol, first_ts",
-                params,
-            ).fetchall()
+        rows = self._read(
+            f"SELECT {_FEATURE_COLS} FROM feature_entries WHERE feature_set = :fs AND version = :v AND {_VISIBLE}"
+            f"{by_symbol} ORDER BY symbol, first_ts", params)
         wanted = None if symbols is None else set(symbols)
         return [FeatureEntry(*r) for r in rows if wanted is None or r[3] in wanted]
 
@@ -297,48 +298,32 @@ class SqliteCatalog:
 
     def counts(self) -> dict[str, int]:
         """Row counts for stats: live and total entries."""
-        with self._lock:
-            c = self._conn.execute
-            return {
-                "bar_entries_live": c("SELECT COUNT(*) FROM bar_entries WHERE superseded_at IS NULL").fetchone()[0],
-                "bar_entries_total": c("SELECT COUNT(*) FROM bar_entries").fetchone()[0],
-                "bars_live": c("SELECT COALESCE(SUM(n_rows), 0) FROM bar_entries WHERE superseded_at IS NULL")
-                .fetchone()[0],
-                "feature_entries_live": c("SELECT COUNT(*) FROM feature_entries WHERE superseded_at IS NULL")
-                .fetchone()[0],
-                "feature_entries_total": c("SELECT COUNT(*) FROM feature_entries").fetchone()[0],
-                "feature_rows_live": c(
-                    "SELECT COALESCE(SUM(n_rows), 0) FROM feature_entries WHERE superseded_at IS NULL"
-                ).fetchone()[0],
-            }
+        live = "superseded_at IS NULL"
+        (row,) = self._read(
+            f"SELECT (SELECT COUNT(*) FROM bar_entries WHERE {live}), (SELECT COUNT(*) FROM bar_entries),"
+            f" (SELECT COALESCE(SUM(n_rows), 0) FROM bar_entries WHERE {live}),"
+            f" (SELECT COUNT(*) FROM feature_entries WHERE {live}), (SELECT COUNT(*) FROM feature_entries),"
+            f" (SELECT COALESCE(SUM(n_rows), 0) FROM feature_entries WHERE {live})")
+        names = ("bar_entries_live", "bar_entries_total", "bars_live", "feature_entries_live",
+                 "feature_entries_total", "feature_rows_live")
+        return {k: int(v) for k, v in zip(names, row, strict=True)}
 
     def versions(self, name: str) -> list[VersionRow]:
-        with self._lock:
-            rows = self._conn.execute(
-                "SELECT name, version, fingerprint, definition, created_at FROM feature_set_versions v"
-                " WHERE name = ? AND NOT EXISTS (SELECT 1 FROM retired_versions r"
-                " WHERE r.name = v.name AND r.version = v.version) ORDER BY version",
-                (name,),
-            ).fetchall()
+        rows = self._read(
+            "SELECT name, version, fingerprint, definition, created_at FROM feature_set_versions v"
+            " WHERE name = ? AND NOT EXISTS (SELECT 1 FROM retired_versions r"
+            " WHERE r.name = v.name AND r.version = v.version) ORDER BY version", (name,))
         return [VersionRow(*r) for r in rows]
 
     def names(self) -> list[str]:
-        with self._lock:
-            rows = self._conn.execute("SELECT DISTINCT name FROM feature_set_versions ORDER BY name").fetchall()
+        rows = self._read("SELECT DISTINCT name FROM feature_set_versions ORDER BY name")
         return [r[0] for r in rows]
 
     # --- compute cache ---------------------------------------------------------------------------------
 
-    def _read(self, sql: str, params: Sequence[object] | dict[str, object] = ()) -> list[tuple[object, ...]]:
-        with self._lock:
-            try:
-                return self._conn.execute(sql, params).fetchall()
-            except sqlite3.Error as exc:
-                raise BackendError(f"catalog {self.path}: cannot read: {exc}") from exc
-
     def cache_get(self, key: str) -> CacheEntry | None:
         rows = self._read(f"SELECT {_CACHE_COLS} FROM cache_entries WHERE key = ?", (key,))
-        return CacheEntry(*rows[0]) if rows else None  # type: ignore[arg-type]
+        return CacheEntry(*rows[0]) if rows else None
 
     def cache_put(self, entry: CacheEntry) -> None:
         with self._write(f"record cache entry of {entry.symbol!r}") as cur:
@@ -353,7 +338,7 @@ class SqliteCatalog:
     def cache_entries(self, symbol: str | None = None, accessed_before: int | None = None) -> list[CacheEntry]:
         sql = f"SELECT {_CACHE_COLS} FROM cache_entries WHERE (:s IS NULL OR symbol = :s)" \
               " AND (:t IS NULL OR last_access < :t) ORDER BY symbol, created_at"
-        return [CacheEntry(*r) for r in self._read(sql, {"s": symbol, "t": accessed_before})]  # type: ignore[arg-type]
+        return [CacheEntry(*r) for r in self._read(sql, {"s": symbol, "t": accessed_before})]
 
     def cache_record(self, symbol: str, *, hit_key: str | None = None, hits: int = 0, misses: int = 0,
                      compute_seconds: float = 0.0, saved_seconds: float = 0.0, hash_seconds: float = 0.0,
@@ -373,7 +358,7 @@ class SqliteCatalog:
                             (now_us(), hit_key))
 
     def cache_stats(self) -> list[CacheStatsRow]:
-        return [CacheStatsRow(*r) for r in self._read("SELECT * FROM cache_stats ORDER BY symbol")]  # type: ignore[arg-type]
+        return [CacheStatsRow(*r) for r in self._read("SELECT * FROM cache_stats ORDER BY symbol")]
 
     # --- history archives ------------------------------------------------------------------------------
 
@@ -393,7 +378,7 @@ class SqliteCatalog:
     def history_archives(self, table_id: str | None = None) -> list[HistoryArchive]:
         rows = self._read(f"SELECT {_ARCHIVE_COLS} FROM history_archives WHERE (:t IS NULL OR table_id = :t)"
                           " ORDER BY table_id, first_ts, id", {"t": table_id})
-        return [HistoryArchive(*r) for r in rows]  # type: ignore[arg-type]
+        return [HistoryArchive(*r) for r in rows]
 
     # --- history tier sync markers -------------------------------------------------------------------
 
@@ -437,11 +422,11 @@ class SqliteCatalog:
         return len(ids)
 
     def all_bar_entries(self) -> list[BarEntry]:
-        return [BarEntry(*r) for r in self._read(f"SELECT {_BAR_COLS} FROM bar_entries ORDER BY id")]  # type: ignore[arg-type]
+        return [BarEntry(*r) for r in self._read(f"SELECT {_BAR_COLS} FROM bar_entries ORDER BY id")]
 
     def all_feature_entries(self) -> list[FeatureEntry]:
         rows = self._read(f"SELECT {_FEATURE_COLS} FROM feature_entries ORDER BY id")
-        return [FeatureEntry(*r) for r in rows]  # type: ignore[arg-type]
+        return [FeatureEntry(*r) for r in rows]
 
     def replace_feature_file(self, entry_id: int, path: str, size: int, file_hash: str) -> None:
         with self._write(f"repair feature entry {entry_id}") as cur:
