@@ -596,3 +596,28 @@ def test_pandas_entities_with_restatement(tmp_path: Path) -> None:
         old = store.get_historical(entities.to_pandas(), "pd", as_known_at=t_known)
         assert isinstance(old, pd.DataFrame)
         assert pl.from_pandas(old).equals(store.get_historical(entities, "pd", as_known_at=t_known))
+
+
+def test_the_decoded_entry_cache_is_bounded_in_bytes(tmp_path: Path) -> None:
+    """Decoded reads are kept up to ``entry_cache_bytes``, least recently used out first; bigger ones not kept."""
+    from pitstore.offline import EntryReader
+
+    with Store.open(tmp_path / "s", entry_cache_bytes=0) as store:
+        store.ingest(synthetic_bars(3, 400, seed=4))
+        fs = standard_features()
+        store.backfill(fs)
+        paths = {e.symbol: [e.path] for e in store.catalog.feature_entries(fs.name, 1)}
+        assert store.reader.max_bytes == 0
+        store.get_historical(pl.DataFrame({"symbol": ["S0000"], "ts": [datetime(2016, 1, 4, tzinfo=UTC)]}),
+                             fs.name)
+        assert store.reader.cached_bytes == 0  # 0: nothing kept
+    one = EntryReader(tmp_path / "s").read(paths["S0000"])
+    assert one is not None
+    size = int(one.estimated_size())
+    reader = EntryReader(tmp_path / "s", max_bytes=2 * size + size // 2)  # room for two
+    got = {s: reader.read(paths[s]) for s in ("S0000", "S0001", "S0000", "S0002")}  # S0001: least recent
+    assert reader.cached_bytes <= reader.max_bytes
+    kept = {s for s in ("S0000", "S0002", "S0001") if reader.read(paths[s]) is got[s]}  # a hit: the same frame
+    assert kept == {"S0000", "S0002"}
+    small = EntryReader(tmp_path / "s", max_bytes=size - 1)
+    assert small.read(paths["S0001"]) is not None and small.cached_bytes == 0  # too big to keep, still read

@@ -56,6 +56,8 @@ class Settings:
     # True: every write is refused (ReadOnlyStoreError) and nothing under the root is written, reads included.
     # None (default): read-only exactly when the root (or its catalog) exists and is not writable by this user.
     read_only: bool | None = None
+    # Bytes of decoded entries a store keeps in memory between reads; None: 1/8 of this machine's RAM; 0: none.
+    entry_cache_bytes: int | None = None
 
     @property
     def catalog_path(self) -> Path:
@@ -102,7 +104,7 @@ class Settings:
             values["root"] = env_root
         for key in ("online_url", "online_namespace", "redis_url", "postgres_url", "lock_timeout", "history_days",
                     "live_flush_bars", "max_future_days", "api_keys", "max_body_bytes", "cost_per_compute_second",
-                    "cost_per_data_call", "read_only"):
+                    "cost_per_data_call", "read_only", "entry_cache_bytes"):
             env = os.environ.get(f"PITSTORE_{key.upper()}")
             if env:
                 values[key] = env
@@ -147,7 +149,14 @@ class Settings:
             raise ConfigError(f"max_future_days must be a number of days, got {self.max_future_days!r}") from exc
         if not future >= 0:
             raise ConfigError(f"max_future_days must not be negative, got {future}")
+        try:
+            entry_bytes = None if self.entry_cache_bytes is None else int(self.entry_cache_bytes)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"entry_cache_bytes must be a number of bytes, got {self.entry_cache_bytes!r}") from exc
+        if entry_bytes is not None and entry_bytes < 0:
+            raise ConfigError(f"entry_cache_bytes must not be negative, got {entry_bytes}")
         return replace(self, root=root_path(self.root), read_only=_tristate(self.read_only),
+                       entry_cache_bytes=entry_bytes,
                        lock_timeout=lock_timeout, history_days=history_days, live_flush_bars=flush,
                        max_future_days=future, max_body_bytes=max_body, cost_per_compute_second=costs[0],
                        cost_per_data_call=costs[1])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import uuid
 from collections import OrderedDict
@@ -24,7 +25,7 @@ log = logging.getLogger("pitstore.offline")
 _UNREADABLE = (OSError, pl.exceptions.PolarsError)
 
 _COMPRESSION_LEVEL = 1  # zstd level: float features barely compress, level 1 writes fastest (measured)
-_CACHE_ENTRIES = 8  # decoded reads an EntryReader keeps (entries are immutable, so a hit is never stale)
+_RAM_FRACTION = 8  # by default an EntryReader keeps decoded reads up to 1/8 of the machine's memory
 
 
 def encode_symbol(symbol: str) -> str:
@@ -103,18 +104,40 @@ def read_entries(root: Path, paths: Sequence[str], columns: Sequence[str] | None
 CheckedRead = tuple[pl.DataFrame | None, dict[str, str]]  # rows of the intact entries; damaged path -> problem
 
 
+def default_cache_bytes() -> int:
+    """1/8 of this machine's physical memory (what ``entry_cache_bytes`` defaults to)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // _RAM_FRACTION
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
+        return 1 << 30
+
+
 class EntryReader:
-    """Reads entries through a small LRU of decoded results.
+    """Reads entries through an LRU of decoded results bounded in bytes (``max_bytes``; None: 1/8 of RAM,
+    0: nothing kept). A result larger than the bound is returned, not kept.
 
     Safe because an entry file never changes once published and the caller asks the catalog which entries
     are visible before every read: a new entry is a new path, so a cached result can never be stale.
     """
 
-    def __init__(self, root: Path, max_items: int = _CACHE_ENTRIES) -> None:
+    def __init__(self, root: Path, max_bytes: int | None = None) -> None:
         self.root = root
-        self._max = max_items
+        self.max_bytes = default_cache_bytes() if max_bytes is None else max_bytes
         self._cache: OrderedDict[tuple[tuple[str, ...], tuple[str, ...] | None], pl.DataFrame] = OrderedDict()
+        self._sizes: dict[tuple[tuple[str, ...], tuple[str, ...] | None], int] = {}
+        self.cached_bytes = 0
         self._lock = threading.Lock()
+
+    def _keep(self, key: tuple[tuple[str, ...], tuple[str, ...] | None], df: pl.DataFrame) -> None:
+        """Under the lock: remember ``df``, evicting the least recently used until the bound holds."""
+        size = int(df.estimated_size())
+        if size > self.max_bytes or key in self._cache:
+            return
+        self._cache[key], self._sizes[key] = df, size
+        self.cached_bytes += size
+        while self.cached_bytes > self.max_bytes:
+            old, _ = self._cache.popitem(last=False)
+            self.cached_bytes -= self._sizes.pop(old)
 
     def read(self, paths: Sequence[str], columns: Sequence[str] | None = None) -> pl.DataFrame | None:
         key = (tuple(paths), tuple(columns) if columns is not None else None)
@@ -126,9 +149,7 @@ class EntryReader:
         df = read_entries(self.root, paths, columns)
         if df is not None:
             with self._lock:
-                self._cache[key] = df
-                while len(self._cache) > self._max:
-                    self._cache.popitem(last=False)
+                self._keep(key, df)
         return df
 
     def read_checked(self, entries: Sequence[FeatureEntry], columns: Sequence[str]) -> CheckedRead:
@@ -158,9 +179,7 @@ class EntryReader:
                 rows = pl.concat(parts).rechunk() if parts else None
         if not damaged and rows is not None:
             with self._lock:
-                self._cache[key] = rows
-                while len(self._cache) > self._max:
-                    self._cache.popitem(last=False)
+                self._keep(key, rows)
         for p, what in damaged.items():
             log.warning("damaged entry %s: %s; its symbol reads as 'damaged' (run `pitstore verify --repair`)",
                         p, what)

@@ -58,7 +58,7 @@ class Store:
         self.catalog = SqliteCatalog(settings.catalog_path, timeout=settings.lock_timeout,
                                      read_only=self.read_only)
         self.registry = Registry(self.catalog)
-        self.reader = EntryReader(settings.root)
+        self.reader = EntryReader(settings.root, settings.entry_cache_bytes)
         self.cache = ComputeCache(settings.root, self.catalog, cost_per_compute_second=settings.cost_per_compute_second,
                                   cost_per_data_call=settings.cost_per_data_call, read_only=self.read_only)
         self._serving: Serving | None = None
