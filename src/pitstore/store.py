@@ -411,12 +411,12 @@ class Store:
         """Per feature set's latest version (``name@version``): the ts (µs) of its newest row, stored or pushed
         by this process and not yet flushed; the age of what the store can serve."""
         out: dict[str, int] = {}
-        pending = self._serving.pending if self._serving is not None else {}
+        pending = self._serving.pending.newest() if self._serving is not None else {}
         for name in self.registry.names():
             version = self.registry.get(name).version
             table = f"{name}@{version}"
             stored = [e.last_ts for e in self.catalog.feature_entries(name, version)]
-            pushed = [rows[-1][0] for rows in pending.get(table, {}).values() if rows]
+            pushed = [pending[table]] if table in pending else []
             if stored or pushed:
                 out[table] = max(stored + pushed)
         return out
