@@ -277,8 +277,8 @@ class Store:
 
         Returns a list of :class:`FeatureVector` (symbol, ts, status, values) in input order, or a frame when
         ``output`` is given. ``status``: ``ok``; ``stale`` when older than the feature set's TTL (values are
-        null, never served as fresh); ``missing``; ``fallback`` when the online tier is unreachable and the
-        offline tier answered.
+        null, never served as fresh); ``unknown_symbol``; ``no_data_yet``; ``fallback`` when the online tier is
+        unreachable and a lower tier answered. The answer at now is :meth:`get_features`'s (:mod:`pitstore.rules`).
         """
         vectors = self.serving.get_online(_symbols(symbols) or [], features)
         if output is None:
