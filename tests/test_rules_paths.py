@@ -103,9 +103,10 @@ class _Clock:
 
 
 def _check_paths(store: Store, fs: FeatureSet, lag: timedelta, ttl: timedelta, *, online_ok: str = "ok",
-                 historical: bool = True) -> set[str]:
-    """Every look-up through every read path of ``store`` equals the brute-force rule; returns the statuses."""
-    bars = store.read(fs.name)
+                 historical: bool = True, rows: pl.DataFrame | None = None) -> set[str]:
+    """Every look-up through every read path of ``store`` equals the brute-force rule over ``rows`` (default:
+    the stored ones); returns the statuses."""
+    bars = store.read(fs.name) if rows is None else rows
     columns = list(fs.columns)
     symbols = [*SYMBOLS, UNKNOWN]
     times = _times(bars, lag, ttl)
@@ -153,6 +154,30 @@ def test_every_path_gives_the_same_answer(online_store: Store, namespace: str, w
     fs, lag, ttl = _sets(namespace)[which]
     statuses = _check_paths(online_store, fs, lag, ttl)
     assert statuses == {"ok", "stale", "no_data_yet", "unknown_symbol"}
+
+
+def test_pushed_rows_not_yet_stored_give_the_same_answer(tmp_path: Path, namespace: str) -> None:
+    """Rows pushed and not yet flushed (answered from memory) follow the same rules as stored ones."""
+    bars = _bars()
+    last = bars["ts"].max()
+    sets = _sets(namespace)
+    with Store.open(tmp_path / "batch", online_url="memory://") as batch:
+        batch.ingest(bars)
+        want = {}
+        for fs, _, _ in sets:
+            batch.backfill(fs)
+            want[fs.name] = batch.read(fs.name)
+    with Store.open(tmp_path / "live", online_url="memory://", live_flush_bars=1_000) as live:
+        live.ingest(bars.filter(pl.col("ts") < last - 2 * STEP))
+        for fs, _, _ in sets:
+            live.backfill(fs)
+        report = live.push(bars.filter(pl.col("ts") >= last - 2 * STEP), feature_sets=[fs for fs, _, _ in sets])
+        assert report.pending_offline == 3 * len(SYMBOLS)
+        for fs, lag, ttl in sets:
+            _check_paths(live, fs, lag, ttl, historical=False, rows=want[fs.name])
+        live.flush()
+        for fs, lag, ttl in sets:
+            _check_paths(live, fs, lag, ttl, rows=want[fs.name])
 
 
 # --- the PostgreSQL history tier ------------------------------------------------------------------------------
