@@ -70,7 +70,8 @@ def reads(root: Path, work: Path, **open_args: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     store = Store.open(root, **open_args)
     syms = store.symbols()
-    entities = pl.DataFrame({"symbol": syms, "ts": [LATE] * len(syms)})
+    # As of each symbol's last bar: the as-of row, within the set's TTL (later it would read stale).
+    entities = pl.DataFrame({"symbol": syms, "ts": [store.bars(s)["ts"][-1] for s in syms]})
     _try(out, "read_only", lambda: store.read_only)
     _try(out, "symbols", lambda: syms)
     _try(out, "read", lambda: store.read("daily_core").height)

@@ -21,6 +21,6 @@ def test_catalog_reads_wrap_driver_errors(tmp_path: Path) -> None:
             other.execute("DROP TABLE bar_entries")
             other.execute("DROP TABLE feature_set_versions")
         for read in (store.symbols, store.stats, lambda: store.versions("daily_core"), store.registry.names):
-            with pytest.raises(BackendError, match="catalog.sqlite: cannot read") as err:
+            with pytest.raises(BackendError, match=r"catalog\.sqlite: cannot read") as err:
                 read()
             assert isinstance(err.value.__cause__, sqlite3.OperationalError)

@@ -187,12 +187,12 @@ def _compare_tiers(store: Store, fs: FeatureSet, symbols: Sequence[str], seed: i
         rows = offline.filter(pl.col("symbol") == symbol)
         entries = store.catalog.feature_entries(fs.name, version, [symbol])
         for t in _probes(rows, fs.availability_lag, cutoff, rng):
-            want = _expected(rows, t, fs.availability_lag, fs.ttl, fs.columns)
-            off = serving._offline_asof(table, symbol, t)
+            want = _expected(rows, t, fs.availability_lag, table.ttl, fs.columns)
+            off = serving.router.offline_asof(table, symbol, _us(t))
             assert (off.status, off.ts, off.values) == want, ("offline", symbol, t)
             answers: dict[str, FeatureVector | None] = {
-                "online": serving._online_asof(table, symbol, _us(t), entries),
-                "history": serving._history_asof(table, symbol, _us(t), entries),
+                "online": serving.router.online_asof(table, symbol, _us(t), entries),
+                "history": serving.router.history_asof(table, symbol, _us(t), entries),
                 "public": store.get_features(symbol, t, fs.name),
             }
             for tier, got in answers.items():
@@ -353,7 +353,7 @@ def test_pushed_rows_reach_the_history_tier_before_any_flush(open_store: Callabl
     for symbol in ("S0000", "S0001", "S0002"):
         for t in probes:
             for fs in (core, lagged):
-                want = batch.serving._offline_asof(batch.serving.tables(fs.name)[0], symbol, t)
+                want = batch.serving.router.offline_asof(batch.serving.tables(fs.name)[0], symbol, _us(t))
                 assert live.get_features(symbol, t, fs.name) == want, (symbol, t, fs.name)
                 assert reader.get_features(symbol, t, fs.name) == want, (symbol, t, fs.name)
 

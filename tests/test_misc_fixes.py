@@ -48,9 +48,9 @@ def online_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Sto
 
 
 @pytest.mark.parametrize(("symbols", "statuses"), [
-    (["NOPE", "NADA"], ["missing", "missing"]),
+    (["NOPE", "NADA"], ["unknown_symbol", "unknown_symbol"]),
     (["OLD", "OLD"], ["stale", "stale"]),
-    (["OLD", "NOPE", "FRESH"], ["stale", "missing", "ok"]),
+    (["OLD", "NOPE", "FRESH"], ["stale", "unknown_symbol", "ok"]),
 ], ids=["all-missing", "all-stale", "mixed"])
 def test_get_online_frame_keeps_float64_when_values_are_stale_or_missing(
         online_store: Store, symbols: list[str], statuses: list[str]) -> None:

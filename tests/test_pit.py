@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 import pitstore
 from pitstore import FeatureSet, InvalidInputError, Store, ret, rsi, sma
+from pitstore.rules import effective_ttl
 
 BASE = datetime(2024, 3, 1, tzinfo=UTC)
 STEP = timedelta(minutes=30)
@@ -90,7 +91,8 @@ def check_against_reference(store: Store, bars: pl.DataFrame, lag: timedelta, tt
                             lookups: list[tuple[str, datetime]]) -> list[str]:
     """Backfill both sets, query them alone and together, compare with the reference; returns the statuses."""
     sets = [base_set(), lagged_set(lag, ttl)]
-    rules = {"base": (timedelta(0), None), "lagged": (lag, ttl)}
+    # Every read applies the effective TTL: a set's own, else its timeframe's default (pitstore.rules).
+    rules = {"base": (timedelta(0), effective_ttl(None, "1m")), "lagged": (lag, effective_ttl(ttl, "1m", lag))}
     store.ingest(bars)
     refs: dict[str, list[tuple[dict[str, float | None], str]]] = {}
     for fs in sets:
@@ -152,8 +154,8 @@ def scenarios(draw: st.DrawFn) -> tuple[pl.DataFrame, timedelta, timedelta | Non
                                                      timedelta(hours=3), timedelta(days=1)) if t > lag]))
     bar_times = sorted({ts for points in series.values() for ts, _ in points}) or [BASE]
     offsets = [timedelta(0), -US, US, lag, lag - US, lag + US, STEP, -STEP]
-    if ttl is not None:
-        offsets += [ttl, ttl + US, ttl - US, lag + ttl, lag + ttl + US]
+    for edge in {effective_ttl(ttl, "1m", lag), effective_ttl(None, "1m")}:  # the lagged and the base set's
+        offsets += [edge, edge + US, edge - US, lag + edge, lag + edge + US]
     lookups = []
     for _ in range(draw(st.integers(0, 30))):
         symbol = draw(st.sampled_from([*SYMBOLS, UNKNOWN]))
@@ -242,11 +244,15 @@ def test_one_million_lookups_equal_pandas_merge_asof(tmp_path: Any) -> None:
     t4 = time.perf_counter()
 
     # Compare in polars: the reference back from pandas, nulls equal, floats bit for bit.
+    ttl = effective_ttl(fs.ttl, fs.timeframe)  # older rows are stale: values null
     ref = pl.from_pandas(expected).with_columns(
         pl.when(~pl.col("symbol").is_in(known)).then(pl.lit("unknown_symbol"))
         .when(pl.col("feature_ts").is_null()).then(pl.lit("no_data_yet"))
+        .when(pl.col("feature_ts") < pl.col("ts") - ttl).then(pl.lit("stale"))
         .otherwise(pl.lit("ok")).alias("status")
     )
+    ref = ref.with_columns(pl.when(pl.col("status") == "stale").then(None).otherwise(pl.col(c)).alias(c)
+                           for c in fs.columns)
     assert got.height == ref.height == n_lookups
     assert got.select("symbol", "ts", "row").equals(entities)
     assert got.select("symbol", "ts", "row").equals(ref.select("symbol", "ts", "row"))
@@ -256,7 +262,7 @@ def test_one_million_lookups_equal_pandas_merge_asof(tmp_path: Any) -> None:
         assert g.fill_null(0.0).to_numpy().view(np.int64).tobytes() == e.fill_null(0.0).to_numpy().view(
             np.int64).tobytes(), f"{col}: values differ"
     assert got["status"].equals(ref["status"])
-    assert set(ref["status"]) == {"ok", "no_data_yet", "unknown_symbol"}
+    assert set(ref["status"]) == {"ok", "stale", "no_data_yet", "unknown_symbol"}
     print(f"\ningest+backfill {t1 - t0:.2f}s, get_historical(1M) {t3 - t2:.2f}s, pandas merge_asof {t4 - t3:.2f}s, "
           f"total {time.perf_counter() - t0:.2f}s")
 

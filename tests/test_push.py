@@ -405,7 +405,7 @@ def test_get_features_between_the_last_flushed_and_the_latest_pushed_row(tmp_pat
 
             check()
             s.flush()
-            assert s.live._buffered == 0 and not any(s.serving.pending.get(t) for t in ("plain@1", "lagged@1"))
+            assert s.live._buffered == 0 and not any(s.serving.pending.snapshot(["plain@1", "lagged@1"]).values())
             check()
 
 
@@ -432,13 +432,13 @@ def test_invalid_bars_raise_and_change_nothing(live: Live,
     good = more.sort("symbol", descending=True)
     stored = {sym: s.bars(sym) for sym in symbols}
     online = _online(s, "live_all@1", symbols)
-    pending = {k: {sym: list(v) for sym, v in d.items()} for k, d in s.serving.pending.items()}
+    pending = s.serving.pending.snapshot()
     for what, bad in _bad_batches(good).items():
         with pytest.raises(InvalidInputError) as info:
             s.push(bad)
         assert isinstance(info.value, ValueError), what
         assert _online(s, "live_all@1", symbols) == online, what
-        assert s.serving.pending == pending, what
+        assert s.serving.pending.snapshot() == pending, what
         assert s.live._buffered == 30, what
     s.flush()
     for sym in symbols:
@@ -549,7 +549,7 @@ def test_a_full_buffer_is_written_in_the_background(tmp_path: Path, monkeypatch:
         b.flush()
         assert b.live.pending == 0
         assert b.read(fs.name).equals(want)
-        assert not any(b.serving.pending.values())
+        assert not b.serving.pending.snapshot()
 
 
 def test_a_failed_background_flush_loses_no_bar(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

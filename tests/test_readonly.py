@@ -90,7 +90,7 @@ def _check_round(out: dict[str, Any], root: Path, catalog_mode: str) -> None:
     assert out["read_only"] is True
     assert out["symbols"] == ["S0000", "S0001", "S0002"]
     assert out["read"] == 3 * 80 and out["bars"] == 80
-    assert out["historical"] == ["ok"] * 3  # no TTL on the set: the last row is the as-of answer
+    assert out["historical"] == ["ok"] * 3  # as of the last bar: the last row is the answer
     assert out["cache_hit"] == [81]
     assert out["verify"] is True
     assert out["stats"] == {"read_only": True, "catalog_mode": catalog_mode, "bar_entries_live": 3}

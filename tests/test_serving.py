@@ -15,6 +15,7 @@ import pytest
 from pitstore import FeatureSet, Store, standard_features
 from pitstore.features.library import ret
 from pitstore.pit import micros
+from pitstore.rules import to_us
 from pitstore.testing import synthetic_bars
 from pitstore.timeutil import parse_timeframe
 
@@ -49,7 +50,7 @@ def test_materialize_then_get_online_returns_the_last_stored_row(store: Store) -
     offline = store.read("daily_core").group_by("symbol", maintain_order=True).last()
     vectors = store.get_online(["S0003", "NOPE", "S0001"], "daily_core")
     assert [v.symbol for v in vectors] == ["S0003", "NOPE", "S0001"]
-    assert [v.status for v in vectors] == ["ok", "missing", "ok"]
+    assert [v.status for v in vectors] == ["ok", "unknown_symbol", "ok"]
     for v in (vectors[0], vectors[2]):
         want = offline.filter(pl.col("symbol") == v.symbol).row(0, named=True)
         assert v.ts == want["ts"]
@@ -148,9 +149,22 @@ def test_default_ttl_counts_from_when_the_row_becomes_available(tmp_path: Path) 
     spacings once available (a TTL below the lag would make every row stale on arrival)."""
     lag = timedelta(minutes=30)
     with _serving_at(tmp_path, "5m", FRIDAY_CLOSE, lag=lag) as status:
-        assert status(FRIDAY_CLOSE + lag - US) == "stale"  # not available yet
         assert status(FRIDAY_CLOSE + lag + timedelta(minutes=10)) == "ok"
         assert status(FRIDAY_CLOSE + lag + timedelta(minutes=10) + US) == "stale"
+
+
+def test_a_row_not_available_yet_is_never_served_online(tmp_path: Path) -> None:
+    """The latest row before ``ts + lag``: get_online answers as of now, with the bar before (what get_features
+    at now says), never the row not knowable yet and never a made-up stale."""
+    lag, step = timedelta(minutes=30), timedelta(minutes=5)
+    with Store.open(tmp_path, online_url="memory://") as store:
+        store.ingest(synthetic_bars(1, 80, timeframe="5m", start=FRIDAY_CLOSE - 79 * step))
+        store.backfill(FeatureSet("tf_5m", [ret(5)], timeframe="5m", availability_lag=lag))
+        store.materialize("tf_5m")
+        t = FRIDAY_CLOSE + lag - US
+        before = store.serving.get_online(["S0000"], "tf_5m", now_us=to_us(t))[0]
+        assert (before.status, before.ts) == ("ok", FRIDAY_CLOSE - step)
+        assert before == store.get_features("S0000", t, "tf_5m")
 
 
 def test_get_features_is_the_same_whichever_tier_answers(store: Store) -> None:
@@ -165,7 +179,7 @@ def test_get_features_is_the_same_whichever_tier_answers(store: Store) -> None:
     table = store.serving.tables("daily_core")[0]
     for t in probes:
         got = store.get_features("S0002", t, "daily_core")
-        want = store.serving._offline_asof(table, "S0002", t)
+        want = store.serving.router.offline_asof(table, "S0002", to_us(t))
         assert (got.status, got.ts, got.values) == (want.status, want.ts, want.values), t
         expected = rows.filter(pl.col("ts") <= t)
         if expected.is_empty():
@@ -217,7 +231,7 @@ def test_unreachable_online_tier_falls_back_to_the_offline_tier(tmp_path: Path) 
         s.ingest(_recent_bars())
         s.backfill(standard_features())
         vectors = s.get_online(["S0001", "NOPE"], "daily_core")
-        assert [v.status for v in vectors] == ["fallback", "missing"]
+        assert [v.status for v in vectors] == ["fallback", "unknown_symbol"]
         want = s.read("daily_core", symbols=["S0001"]).row(-1, named=True)
         assert vectors[0].values == {k: want[k] for k in vectors[0].values}
         assert s.get_features("S0001", NOW, "daily_core").values == vectors[0].values

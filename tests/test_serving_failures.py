@@ -6,7 +6,7 @@ filled once across real processes.
   then replayed within a second of Redis coming back, none lost.
 * PostgreSQL down: online reads are unaffected, point-in-time look-ups fall back to the offline tier with the
   same answer; history writes are queued and drained by the next write once it is back.
-* Every server down: requests are still answered from the offline tier (``missing`` for unknown symbols);
+* Every server down: requests are still answered from the offline tier (``unknown_symbol`` for unknown symbols);
   the one place an error surfaces is ``close`` with queued online writes that could not be written.
 * Online misses requested by 8 processes at once are filled once (Redis lock, or file lock with SQLite).
 """
@@ -133,7 +133,7 @@ def test_redis_down_reads_fall_back_pushes_are_queued_and_replayed(
 
         redis_server.kill()
         vectors = store.get_online([*symbols, "NOPE"], "minute_core")
-        assert [v.status for v in vectors] == ["fallback"] * N_SYMBOLS + ["missing"]
+        assert [v.status for v in vectors] == ["fallback"] * N_SYMBOLS + ["unknown_symbol"]
         assert all(_same(v, offline[v.symbol]) for v in vectors[:-1])
 
         # Pushes while Redis is down: nothing raises, every row is queued. Each push holds the newest row of
@@ -212,7 +212,7 @@ def test_postgres_down_online_unaffected_lookups_fall_back_writes_queued(pg: Pri
         answers = {}
         for s, as_of in probes:
             entries = store.catalog.feature_entries("minute_core", 1, [s])
-            via_history = store.serving._history_asof(table, s, int(as_of.timestamp() * 1_000_000), entries)
+            via_history = store.serving.router.history_asof(table, s, int(as_of.timestamp() * 1_000_000), entries)
             answers[(s, as_of)] = store.get_features(s, as_of, "minute_core")
             assert via_history is not None and via_history == answers[(s, as_of)]
             assert answers[(s, as_of)].status == "ok"
@@ -221,7 +221,7 @@ def test_postgres_down_online_unaffected_lookups_fall_back_writes_queued(pg: Pri
         assert store.get_online(symbols, "minute_core") == before
         for (s, as_of), want in answers.items():
             entries = store.catalog.feature_entries("minute_core", 1, [s])
-            assert store.serving._history_asof(table, s, int(as_of.timestamp() * 1_000_000), entries) is None
+            assert store.serving.router.history_asof(table, s, int(as_of.timestamp() * 1_000_000), entries) is None
             assert store.get_features(s, as_of, "minute_core") == want  # from the offline tier
 
         first = store.push(_live_bars(symbols, t - timedelta(minutes=9), seed=1))  # does not raise
@@ -268,7 +268,7 @@ def test_every_server_down_the_offline_tier_still_answers(
         redis_server.kill()
         pg.stop()
         vectors = store.get_online([*symbols, "NOPE"], "minute_core")
-        assert [v.status for v in vectors] == ["fallback"] * N_SYMBOLS + ["missing"]
+        assert [v.status for v in vectors] == ["fallback"] * N_SYMBOLS + ["unknown_symbol"]
         assert all(_same(v, offline[v.symbol]) for v in vectors[:-1])
         assert vectors[-1].ts is None and vectors[-1].values == dict.fromkeys(NAMES)
         assert store.get_features("S0001", as_of, "minute_core") == want_past

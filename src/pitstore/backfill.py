@@ -29,6 +29,7 @@ from pitstore.features.engine import compute_frame
 from pitstore.features.library import is_window
 from pitstore.filenames import safe_name
 from pitstore.offline import encode_symbol, file_facts, read_entries, write_entry
+from pitstore.rules import to_us
 from pitstore.spacing import check_spacing
 
 __all__ = ["BackfillReport", "backfill"]
@@ -63,7 +64,7 @@ class _Plan:
 
 
 def _us(t: datetime | None) -> int | None:
-    return None if t is None else int(t.timestamp() * 1_000_000)
+    return None if t is None else to_us(t)  # the one conversion (pitstore.rules): integer arithmetic, no float
 
 
 def _plan(catalog: Catalog, bars: BarEntry, live: list[FeatureEntry], start_us: int | None,

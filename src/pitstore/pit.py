@@ -1,10 +1,11 @@
-"""THE point-in-time join: the only place where the as-of, availability-lag and TTL rules live.
+"""THE point-in-time join, vectorised: the rules of :mod:`pitstore.rules` over frames.
 
 As-of rule (DESIGN.md section 2): a look-up at time t for symbol s gets the row of s with the greatest
-``ts`` such that ``ts + availability_lag <= t`` (equality counts). If the feature set has a TTL and that
-row's ``ts < t - ttl``, the values are null and the status is ``stale``. Every look-up row comes back, in
-input order, with a status: ``ok``, ``unknown_symbol``, ``no_data_yet``, ``stale`` or ``damaged`` (the symbol's
-stored entry is missing, truncated or does not match its hash: values null, never an older row instead).
+``ts`` such that ``ts + availability_lag <= t`` (equality counts). If that row's ``ts < t - ttl`` (the reads
+pass the effective TTL, :func:`pitstore.rules.effective_ttl`), the values are null and the status is
+``stale``. Every look-up row comes back, in input order, with a status: ``ok``, ``unknown_symbol``,
+``no_data_yet``, ``stale`` or ``damaged`` (the symbol's stored entry is missing, truncated or does not match
+its hash: values null, never an older row instead).
 """
 
 from __future__ import annotations
@@ -15,7 +16,18 @@ from datetime import timedelta
 import numpy as np
 import polars as pl
 
-from pitstore.status import DAMAGED, NO_DATA_YET, OK, STALE, STATUSES, UNKNOWN_SYMBOL
+from pitstore.rules import (
+    DAMAGED,
+    NO_DATA_YET,
+    OK,
+    STALE,
+    STATUSES,
+    UNKNOWN_SYMBOL,
+    is_available,
+    is_stale,
+    micros,
+    stale_expr,
+)
 
 __all__ = ["asof_join", "is_available", "is_stale", "micros", "worst_status"]
 ORDER = "__pitstore_order"
@@ -59,7 +71,7 @@ def asof_join(
     joined = joined[inverse]  # back to input order (ORDER is 0..n-1)
     known = pl.col("symbol").is_in(pl.Series(list(known_symbols), dtype=pl.String).implode())
     missing = pl.col(_FEATURE_TS).is_null()
-    stale = pl.col(_FEATURE_TS) < (pl.col("ts") - ttl) if ttl is not None else pl.lit(False)
+    stale = stale_expr(pl.col(_FEATURE_TS), pl.col("ts"), ttl)
     damaged = pl.col("symbol").is_in(pl.Series(list(damaged_symbols), dtype=pl.String).implode())
     status = (
         pl.when(damaged).then(pl.lit(DAMAGED))
@@ -84,17 +96,3 @@ def worst_status(statuses: Sequence[pl.Expr]) -> pl.Expr:
     worst = pl.max_horizontal([s.cast(rank).to_physical() for s in statuses])
     return worst.replace_strict(dict(enumerate(STATUSES)), return_dtype=pl.String)
 
-
-def micros(d: timedelta) -> int:
-    """A duration in integer microseconds, the unit of the single look-up rules below."""
-    return d // timedelta(microseconds=1)
-
-
-def is_stale(row_ts_us: int, t_us: int, ttl_us: int | None) -> bool:
-    """The TTL rule for one look-up (integer µs): the row at ``row_ts_us`` is too old to serve at ``t_us``."""
-    return ttl_us is not None and row_ts_us < t_us - ttl_us
-
-
-def is_available(row_ts_us: int, t_us: int, lag_us: int) -> bool:
-    """The as-of rule for one look-up (integer µs): the row at ``row_ts_us`` may be served at ``t_us``."""
-    return row_ts_us + lag_us <= t_us

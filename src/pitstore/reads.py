@@ -15,7 +15,7 @@ from pitstore.features.registry import Registry
 from pitstore.frames import to_polars
 from pitstore.offline import EntryReader
 from pitstore.pit import ORDER, asof_join, worst_status
-from pitstore.status import DAMAGED, OK
+from pitstore.rules import DAMAGED, OK, effective_ttl, to_us
 from pitstore.versions import ensure_live, reading
 
 __all__ = ["Loaded", "Selection", "get_historical", "known_at_us", "load", "read_range", "select"]
@@ -30,7 +30,7 @@ class Selection:
     columns: tuple[str, ...]
     names: tuple[str, ...]  # output column names (the bare column unless two selections share it)
     availability_lag: timedelta
-    ttl: timedelta | None
+    ttl: timedelta  # the effective TTL (pitstore.rules.effective_ttl): the set's own, else its timeframe's default
 
 
 def select(registry: Registry, features: str | Sequence[str]) -> list[Selection]:
@@ -50,23 +50,18 @@ def select(registry: Registry, features: str | Sequence[str]) -> list[Selection]
     out = []
     for (name, version), cols in grouped.items():
         d = registry.get(name, version).definition
-        ttl = d.get("ttl_seconds")
+        own = d.get("ttl_seconds")
+        lag = timedelta(seconds=d.get("availability_lag_seconds") or 0)
         out.append(Selection(
             name, version, tuple(cols),
             tuple(c if counts[c] == 1 else f"{name}@{version}:{c}" for c in cols),
-            timedelta(seconds=d.get("availability_lag_seconds") or 0),
-            timedelta(seconds=ttl) if ttl is not None else None,
+            lag, effective_ttl(timedelta(seconds=own) if own is not None else None, d["timeframe"], lag),
         ))
     return out
 
 
 def known_at_us(as_known_at: datetime | None) -> int | None:
-    if as_known_at is None:
-        return None
-    if as_known_at.tzinfo is None:
-        raise InvalidInputError("as_known_at is timezone-naive; give a timezone-aware UTC datetime",
-                                value=as_known_at)
-    return int(as_known_at.timestamp() * 1_000_000)
+    return None if as_known_at is None else to_us(as_known_at, "as_known_at")
 
 
 @dataclass(frozen=True)

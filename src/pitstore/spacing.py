@@ -11,7 +11,7 @@ and cannot be told apart by spacing.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import numpy as np
 import polars as pl
@@ -19,11 +19,10 @@ import polars as pl
 from pitstore.bars import symbol_runs
 from pitstore.errors import InvalidInputError
 from pitstore.features.base import FeatureSet
+from pitstore.rules import from_us
 from pitstore.timeutil import parse_timeframe
 
 __all__ = ["check_spacing", "min_gap_us", "spacing_error"]
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def min_gap_us(feature_set: FeatureSet) -> int:
@@ -33,7 +32,7 @@ def min_gap_us(feature_set: FeatureSet) -> int:
 
 def spacing_error(feature_set: FeatureSet, symbol: str, before_us: int, after_us: int) -> InvalidInputError:
     """The error for two bars of ``symbol`` (ts in µs) closer together than ``feature_set``'s timeframe allows."""
-    before, after = (_EPOCH + timedelta(microseconds=t) for t in (before_us, after_us))
+    before, after = from_us(before_us), from_us(after_us)
     return InvalidInputError(
         f"bars {before.isoformat()} and {after.isoformat()} are {after - before} apart, closer than half the "
         f"{feature_set.timeframe} timeframe of feature set {feature_set.name!r} allows: bars of another timeframe "

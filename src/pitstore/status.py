@@ -1,17 +1,19 @@
-"""The status words of every read, in one place: each read path says why a value is null with these.
+"""The status words of every read, in one place: each read path says why a value is null with these (the rules
+that decide them: :mod:`pitstore.rules`, which re-exports this module).
 
-Point-in-time reads (``get_historical``, ``get_features``; DESIGN section 2):
+Every read (``get_historical``, ``get_features``, ``get_online``; DESIGN section 2):
 
 * ``ok``: the as-of row, served.
-* ``stale``: the as-of row is older than the feature set's TTL: values null, never served as fresh.
-* ``no_data_yet``: the store has rows of the symbol, none available at or before the time asked.
+* ``stale``: the as-of row is older than the feature set's effective TTL: values null, never served as fresh.
+* ``no_data_yet``: the store has rows of the symbol, none available at or before the time asked (online: now).
 * ``unknown_symbol``: the store has no rows of the symbol for that feature-set version.
 * ``damaged``: the symbol's stored entry is missing, truncated or does not match its hash: values null.
 
-Online reads (``get_online``: the latest vector, no time asked) use ``ok`` and ``stale`` too, and:
+Online reads (``get_online``) also:
 
-* ``missing``: no tier has a row of the symbol.
-* ``fallback``: the online tier is unreachable; a lower tier answered.
+* ``fallback``: the online tier is unreachable; a lower tier answered (what would be ``ok``).
+* ``missing``: no longer given (``get_online`` says ``unknown_symbol``); kept, with its rank, for answers of
+  older servers.
 """
 
 from __future__ import annotations

@@ -333,8 +333,8 @@ class Store:
 
         Returns a list of :class:`FeatureVector` (symbol, ts, status, values) in input order, or a frame when
         ``output`` is given. ``status``: ``ok``; ``stale`` when older than the feature set's TTL (values are
-        null, never served as fresh); ``missing``; ``fallback`` when the online tier is unreachable and the
-        offline tier answered.
+        null, never served as fresh); ``unknown_symbol``; ``no_data_yet``; ``fallback`` when the online tier is
+        unreachable and a lower tier answered. The answer at now is :meth:`get_features`'s (:mod:`pitstore.rules`).
         """
         vectors = self.serving.get_online(_symbols(symbols) or [], features)
         if output is None:
@@ -471,12 +471,12 @@ class Store:
         """Per feature set's latest version (``name@version``): the ts (µs) of its newest row, stored or pushed
         by this process and not yet flushed; the age of what the store can serve."""
         out: dict[str, int] = {}
-        pending = self._serving.pending if self._serving is not None else {}
+        pending = self._serving.pending.newest() if self._serving is not None else {}
         for name in self.registry.names():
             version = self.registry.get(name).version
             table = f"{name}@{version}"
             stored = [e.last_ts for e in self.catalog.feature_entries(name, version)]
-            pushed = [rows[-1][0] for rows in pending.get(table, {}).values() if rows]
+            pushed = [pending[table]] if table in pending else []
             if stored or pushed:
                 out[table] = max(stored + pushed)
         return out

@@ -69,6 +69,7 @@ from pitstore.history._rows import (
     encode_rows,
     micros,
 )
+from pitstore.rules import asof_bound
 
 __all__ = ["SCHEMA_VERSION", "TOMBSTONE", "AsofRow", "PostgresHistory", "StoreScope"]
 
@@ -825,11 +826,12 @@ def _version_keys(keys: pa.Table) -> tuple[list[str], list[int], list[int]]:
 
 
 def _bound(t: int, lag: int) -> int:
-    """Greatest visible ts, ``t - lag``, clamped into bigint (the rule ``ts + lag <= t`` on integers)."""
+    """:func:`pitstore.rules.asof_bound` clamped into bigint: the statements compare ``ts <= bound``, which is
+    the as-of rule ``ts + lag <= t`` (tests/test_rules_paths.py checks the answers against the rule)."""
     at, by = micros(t, "t"), micros(lag, "lag")
     if by < 0:
         raise InvalidInputError("lag must be >= 0: a negative lag would serve rows before they exist", value=lag)
-    return max(at - by, INT8_MIN)
+    return max(asof_bound(at, by), INT8_MIN)
 
 
 def _known(as_known_at: int | None) -> int:

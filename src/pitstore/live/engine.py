@@ -45,13 +45,11 @@ from pitstore import backfill as _backfill
 from pitstore import ingest as _ingest
 from pitstore.bars import BAR_COLUMNS, symbol_runs, validate_bars
 from pitstore.catalog.base import Catalog
-from pitstore.errors import BackendUnavailableError
 from pitstore.features.base import Feature, FeatureSet
 from pitstore.features.library import is_window
 from pitstore.live.marker import PushMarker
 from pitstore.live.steppers import Stepper, WindowBlock, stepper_for
 from pitstore.offline import read_entries
-from pitstore.reads import read_range
 from pitstore.serving import Serving
 from pitstore.spacing import check_spacing, min_gap_us, spacing_error
 
@@ -123,7 +121,7 @@ class LiveEngine:
         self._symbols: dict[str, _Symbol] = {}
         self._buffer: list[pl.DataFrame] = []
         self._buffered = 0
-        self._lock = threading.Lock()  # the buffer and serving.pending, shared with the flush thread
+        self._lock = threading.Lock()  # the buffer, shared with the flush thread (pushed rows have their own)
         self._flushing: threading.Thread | None = None
         self._in_flight = 0  # bars the flush thread is writing
         self._flying: pl.DataFrame | None = None  # those bars
@@ -270,27 +268,16 @@ class LiveEngine:
         try:
             for table_id, new in rows.items():
                 if new:
-                    table = self.serving.tables(table_id)[0]
-                    self.serving.online.put_latest(table_id, list(table.columns), new,
-                                                   expire_seconds=self.serving.expiry(table))
+                    self.serving.put_pushed(table_id, new)
                     written.append(table_id)
         except BaseException:
             self._take_back(written, sorted({s for new in rows.values() for s, _, _ in new}))
             raise
         for table_id in written:
             new = rows[table_id]
-            table = self.serving.tables(table_id)[0]
-            frame = _frame(new, table.columns)
+            frame = _frame(new, self.serving.columns(table_id))
             report.rows[table_id] = frame
-            with self._lock:
-                pending = self.serving.pending.setdefault(table_id, {})
-                for symbol, t, values in new:
-                    pending.setdefault(symbol, []).append((t, values))
-            if self.serving.history is not None:
-                try:
-                    self.serving.history.write_later(table_id, table.columns, frame)
-                except BackendUnavailableError as exc:
-                    log.warning("history write of %s refused: %s", table_id, exc)
+            self.serving.keep_pushed(table_id, new, frame)
 
     def _take_back(self, table_ids: list[str], symbols: list[str]) -> None:
         """A push failed after writing the online rows of ``table_ids``: those rows are of bars that were not
@@ -298,14 +285,7 @@ class LiveEngine:
         stored one)."""
         for table_id in table_ids:
             try:
-                table = self.serving.tables(table_id)[0]
-                self.serving.online.delete(table_id, symbols)
-                with self._lock:
-                    pending = self.serving.pending.get(table_id, {})
-                    last = [(s, *pending[s][-1]) for s in symbols if pending.get(s)]
-                if last:
-                    self.serving.online.put_latest(table_id, list(table.columns), last,
-                                                   expire_seconds=self.serving.expiry(table))
+                self.serving.take_back(table_id, symbols)
             except Exception as exc:  # the push's own error is the one raised
                 log.error("online rows of a failed push of %s not taken back: %s", table_id, exc)
 
@@ -323,11 +303,9 @@ class LiveEngine:
         for table_id, (fs, version) in self.sets.items():
             _backfill.backfill(self.root, self.catalog, fs, version, symbols=symbols)
             self.serving.refresh(fs.name, version, symbols)
-            table = self.serving.tables(table_id)[0]
-            changed = read_range(self.serving.reader, self.catalog, self.serving.registry, table_id, symbols,
-                                 None, None, None)
+            changed = self.serving.stored_rows(table_id, symbols)
             changed = changed.join(first, on="symbol", suffix="_from").filter(pl.col("ts") >= pl.col("ts_from"))
-            frame = changed.select("symbol", "ts", *table.columns)
+            frame = changed.select("symbol", "ts", *self.serving.columns(table_id))
             report.rows[table_id] = pl.concat([report.rows[table_id], frame]) if table_id in report.rows else frame
 
     # --- state --------------------------------------------------------------------------------------------
@@ -465,14 +443,11 @@ class LiveEngine:
         upto = dict(bars.group_by("symbol").agg(pl.col("ts").max().dt.epoch("us")).iter_rows())
         symbols = sorted(upto)
         _ingest.ingest(self.root, self.catalog, bars)
-        history = self.serving.history
         for table_id, (fs, version) in self.sets.items():
             before = {e.id for e in self.catalog.feature_entries(fs.name, version, symbols)}
             _backfill.backfill(self.root, self.catalog, fs, version, symbols=symbols)
-            pending = self.serving.pending.get(table_id, {})
-            with self._lock:
-                flushed = {s: [r for r in pending.get(s, []) if r[0] <= t] for s, t in upto.items()}
-            if history is not None and history.wait_written(_HISTORY_WAIT_SECONDS) and history.dropped == 0:
+            flushed = self.serving.pushed_upto(table_id, upto)
+            if self.serving.history_written(_HISTORY_WAIT_SECONDS):
                 # The new entries hold the rows this process pushed and wrote to the history tier, unless
                 # another process restated bars meanwhile: mark them synced only when the values agree.
                 new = [e for e in self.catalog.feature_entries(fs.name, version, symbols) if e.id not in before]
@@ -482,13 +457,7 @@ class LiveEngine:
                 differ = sorted({e.symbol for e in new} - {e.symbol for e in same})
                 if differ:
                     self.serving.refresh(fs.name, version, differ)
-            with self._lock:  # rows pushed since the bars were taken stay
-                for s, t in upto.items():
-                    rest = [r for r in pending.get(s, []) if r[0] > t]
-                    if rest:
-                        pending[s] = rest
-                    else:
-                        pending.pop(s, None)
+            self.serving.pushed_stored(table_id, upto)  # rows pushed since the bars were taken stay
 
     def _pushed_equal(self, path: str, pushed: list[tuple[int, tuple[float | None, ...]]]) -> bool:
         stored = read_entries(self.root, [path])
