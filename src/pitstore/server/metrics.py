@@ -30,7 +30,7 @@ REQUESTS = Counter("pitstore_http_requests_total", "HTTP requests by endpoint, m
 LATENCY = Histogram("pitstore_http_request_seconds", "HTTP request latency by endpoint", ["endpoint"],
                     buckets=_LATENCY_BUCKETS)
 ONLINE = Counter("pitstore_online_reads_total", "Feature vectors served, by path and status "
-                 "(ok / stale / missing / fallback / no_data_yet / unknown_symbol / damaged)", ["path", "status"])
+                 "(ok / stale / fallback / no_data_yet / unknown_symbol / damaged)", ["path", "status"])
 BACKEND_UP = Gauge("pitstore_backend_up", "1 when the tier answered its last readiness probe", ["tier"],
                    multiprocess_mode="liveall")
 
