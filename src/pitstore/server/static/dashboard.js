@@ -36,6 +36,12 @@
     return num(s / 86400, 1) + " d";
   }
   const clock = (t) => new Date(t * 1000).toISOString().replace("T", " ").slice(0, 19) + "Z";
+  // A short time: the time of day when today (UTC), else the date and minute.
+  function when(t, now) {
+    const iso = new Date(t * 1000).toISOString();
+    const today = new Date(now * 1000).toISOString().slice(0, 10);
+    return iso.slice(0, 10) === today ? iso.slice(11, 19) + "Z" : iso.slice(0, 10) + " " + iso.slice(11, 16) + "Z";
+  }
 
   function tile(id, value, text, sub) {
     const el = document.getElementById(id);
@@ -79,8 +85,8 @@
     tile("tile-online-hit", req.online.hit_rate, pct(req.online.hit_rate),
       int(req.online.ok) + " ok of " + int(req.online.reads) + " reads; last " + span + " " + pct(req.online_hit_rate));
     tile("tile-cache-hit", now.cache.hit_rate, pct(now.cache.hit_rate),
-      int(now.cache.hits) + " hits, " + int(now.cache.misses) + " misses");
-    tile("tile-fallbacks", req.online.fallbacks, int(req.online.fallbacks), "reads served by a lower tier");
+      "compute cache: " + int(now.cache.hits) + " hits, " + int(now.cache.misses) + " misses");
+    tile("tile-fallbacks", req.online.fallbacks, int(req.online.fallbacks), "served by a lower tier");
     tile("tile-errors", req.errors_total, int(req.errors_total),
       Object.entries(req.errors).map(([k, v]) => k + ": " + int(v)).join(", ") || "none");
     tile("tile-avoided", now.cost.avoided, money(now.cost.avoided), "spent " + money(now.cost.spent));
@@ -96,7 +102,7 @@
     rows("#freshness", now.freshness, (tr, f) => {
       tr.dataset.set = f.feature_set;
       tr.dataset.fresh = String(f.fresh);
-      tr.append(cell(f.feature_set), cell(clock(f.newest)), cell(duration(f.age_s), "num", { value: f.age_s }),
+      tr.append(cell(f.feature_set), cell(when(f.newest, now.t)), cell(duration(f.age_s), "num", { value: f.age_s }),
         cell(duration(f.ttl_s), "num", { value: f.ttl_s }), badge(f.fresh, f.fresh ? "fresh" : "stale"));
     });
     if (!now.freshness.length) rows("#freshness", [0], (tr) => tr.append(cell("no feature rows yet", "muted")));
@@ -106,7 +112,7 @@
       tr.dataset.up = String(t.up);
       tr.title = t.error || "";
       tr.append(cell(name + (t.required ? "" : " (optional)")), badge(t.up, t.up ? "up" : "down"),
-        cell(clock(t.since) + " (" + duration(now.t - t.since) + ")"));
+        cell(when(t.since, now.t) + " (" + duration(now.t - t.since) + ")"));
     });
 
     rows("#storage", now.storage.sets, (tr, s) => {
@@ -177,7 +183,7 @@
     }
     parts.push(el("text", { x: PAD.l, y: H - 3 }, "-15 min"));
     parts.push(el("text", { x: W - PAD.r, y: H - 3, "text-anchor": "end" }, "now"));
-    let drawn = 0;
+    let drawn = 0, lx = PAD.l + 6;
     values.forEach((s, i) => {
       let run = [];
       const flush = () => {
@@ -191,9 +197,9 @@
         drawn++;
       }
       flush();
-      const lx = W - PAD.r - 4 - (series.length - 1 - i) * 70;
-      parts.push(el("text", { class: "legend", x: lx, y: PAD.t + 8, "text-anchor": "end" }, series[i][0]));
-      parts.push(el("line", { class: "s" + i, x1: lx + 1, x2: lx + 4, y1: PAD.t + 5, y2: PAD.t + 5, "stroke-width": 3 }));
+      parts.push(el("line", { class: "s" + i, x1: lx, x2: lx + 8, y1: PAD.t + 5, y2: PAD.t + 5, "stroke-width": 3 }));
+      parts.push(el("text", { class: "legend", x: lx + 11, y: PAD.t + 8 }, series[i][0]));
+      lx += 20 + 5 * series[i][0].length;
     });
     svg.replaceChildren(...parts);
     svg.dataset.points = String(drawn);
