@@ -262,3 +262,61 @@ def test_series_quantiles_rates_and_the_ring() -> None:
         ring.add(Sample(t=float(i), requests=float(i * 5)))
     assert len(ring.samples) == 4 and [p["rps"] for p in ring.points()] == [5.0, 5.0, 5.0]
     assert ring.base(9.5, 2.0) is not None and ring.base(9.5, 2.0).t == 7.0  # type: ignore[union-attr]
+
+
+def _in_a_terminal(args: list[str], done: Callable[[str], bool], env: dict[str, str] | None = None) -> tuple[int, str]:
+    """Run the CLI in a pseudo-terminal until ``done(output)``, then press Ctrl-C; (exit code, output)."""
+    import pty
+    import select
+    import sys
+    import time
+
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the pty is its controlling terminal
+        os.execve(sys.executable, [sys.executable, "-m", "pitstore", *args],
+                  {**os.environ, "COLUMNS": "120", "LINES": "50", **(env or {})})
+    out = b""
+    deadline = time.monotonic() + 30
+    pressed = False
+    while True:
+        ready, _, _ = select.select([fd], [], [], 0.5)
+        if ready:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:  # the child has exited and closed the terminal
+                break
+            if not chunk:
+                break
+            out += chunk
+        if not pressed and done(out.decode(errors="replace")):
+            os.write(fd, b"\x03")  # Ctrl-C, as typed: the terminal sends SIGINT to the command
+            pressed = True
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            break
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    return os.waitstatus_to_exitcode(status), out.decode(errors="replace")
+
+
+def test_stats_watch_refreshes_in_place_and_exits_cleanly_on_ctrl_c(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    _store(root)
+    code, out = _in_a_terminal(["stats", "--watch", "--root", str(root), "--interval", "0.2"],
+                               lambda o: o.count("updated ") >= 2 and "fresh" in o)
+    assert code == 0 and "Traceback" not in out, out
+    assert "daily_core@1" in out and "offline" in out and "--url URL" in out
+    server = Server(root)
+    try:
+        with httpx.Client(base_url=server.url) as c:
+            for _ in range(7):
+                c.get("/v1/online", params={"symbols": "AAA,NOPE", "features": "daily_core"})
+            c.get("/v1/nothing-here")  # with the /healthz of the start: 9 requests
+        code, out = _in_a_terminal(["stats", "--watch", "--url", server.url, "--interval", "0.2"],
+                                   lambda o: o.count("updated ") >= 3)
+        assert code == 0 and "Traceback" not in out, out
+        screen = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out[out.rindex("updated "):])  # the last refresh
+        assert re.search(r"total\s+9\b", screen) and "404: 1" in screen and "50.0%" in screen, screen
+        assert "\x1b[" in out  # redrawn in place (cursor movement), not appended
+    finally:
+        server.stop()
