@@ -320,3 +320,38 @@ def test_stats_watch_refreshes_in_place_and_exits_cleanly_on_ctrl_c(tmp_path: Pa
         assert "\x1b[" in out  # redrawn in place (cursor movement), not appended
     finally:
         server.stop()
+
+
+def test_two_workers_serve_the_same_series(tmp_path: Path) -> None:
+    """With --workers 2 each worker samples the shared multiprocess files: both report the totals over both."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    root = tmp_path / "store"
+    _store(root)
+    shared = tmp_path / "metrics"
+    shared.mkdir()
+    server = Server(root, "--workers", "2", env={"PROMETHEUS_MULTIPROC_DIR": str(shared),
+                                                 "PITSTORE_DASHBOARD_INTERVAL": "0.5"})
+    try:
+        def one(_: int) -> int:  # a new connection each: the kernel spreads them over both workers
+            return httpx.get(server.url + "/v1/online", params={"symbols": "AAA", "features": "daily_core"}).status_code
+
+        sent = 0
+        with ThreadPoolExecutor(8) as pool:
+            while len(list(shared.glob("counter_*.db"))) < 2 and sent < 4000:
+                assert set(pool.map(one, range(100))) == {200}
+                sent += 100
+            by_worker: dict[str, dict[str, Any]] = {}
+            for _ in range(50):
+                for r in pool.map(lambda _: httpx.get(server.url + "/v1/metrics/series"), range(8)):
+                    by_worker[r.headers["x-request-id"][:16]] = r.json()  # the id's prefix is per process
+                if len(by_worker) == 2:
+                    break
+        assert len(by_worker) == 2
+        for series in by_worker.values():
+            assert series["now"]["requests"]["total"] == sent + 1  # with the /healthz of the start
+            assert series["now"]["requests"]["online"]["reads"] == sent
+            assert series["points"] and all(p["rps"] is not None for p in series["points"])
+    finally:
+        code, out = server.stop()
+    assert code in (0, -signal.SIGTERM), out
