@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test lint typecheck bench demo services clean
+.PHONY: test lint typecheck bench demo services browser clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +15,7 @@ $(STAMP): $(PY) pyproject.toml
 	touch $(STAMP)
 
 ## test: install the package with its test extras and run the whole suite (lint, types, tests)
-test: $(STAMP) services
+test: $(STAMP) services browser
 	$(PY) -m ruff check src tests bench examples
 	$(PY) -m mypy src
 	$(PY) -m pytest -q --doctest-modules src tests
@@ -44,6 +44,10 @@ demo: $(STAMP)
 ## services: start the local Redis and PostgreSQL the tests and benchmarks talk to, if installed but stopped
 services:
 	./scripts/services.sh
+
+## browser: install the headless Chromium and chromedriver the dashboard test drives, if missing (apt-get)
+browser:
+	./scripts/install-browser.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache pitstore-data

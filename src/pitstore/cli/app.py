@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -254,9 +257,25 @@ def get(
 
 @app.command()
 @clean_errors
-def stats(ctx: typer.Context, json_out: JsonOption = False, root: RootOption = None) -> None:
+def stats(
+    ctx: typer.Context,
+    json_out: JsonOption = False,
+    root: RootOption = None,
+    watch: Annotated[bool, typer.Option("--watch", help="Refresh the dashboard's key figures in place until Ctrl-C."
+                                        )] = False,
+    url: Annotated[str | None, typer.Option("--url", help="A running server (e.g. http://127.0.0.1:8000): its "
+                                            "figures, with requests, latency and errors.", show_default=False)] = None,
+    interval: Annotated[float, typer.Option("--interval", min=0.1, help="Seconds between refreshes (--watch).")]
+    = 2.0,
+    key: Annotated[str | None, typer.Option("--key", envvar="PITSTORE_API_KEY", help="A read API key for --url.",
+                                            show_default=False)] = None,
+) -> None:
     """Feature sets and their versions, counts of symbols, bars, feature entries and bytes on disk, and the
-    compute cache's hits, misses, hit rate, compute seconds spent and saved and hashing, per symbol and in total."""
+    compute cache's hits, misses, hit rate, compute seconds spent and saved and hashing, per symbol and in total.
+    With --url or --watch: the dashboard's key figures (of a server, or of the local store)."""
+    if url is not None or watch:
+        _watch_stats(ctx, root, url, key, interval, watch, json_out)
+        return
     with open_store(ctx, root, create=False) as store:
         data = store.stats()
         data = {"root": str(Path(data.pop("root")).resolve()), "symbols": len(store.symbols()), **data}
@@ -265,6 +284,32 @@ def stats(ctx: typer.Context, json_out: JsonOption = False, root: RootOption = N
     else:
         out_console.print(output.stats_table(data))
         out_console.print(output.cache_table(data["cache"]))
+
+
+def _watch_stats(ctx: typer.Context, root: Path | None, url: str | None, key: str | None, interval: float,
+                 repeat: bool, json_out: bool) -> None:
+    from pitstore.cli import watch as _watch
+    from pitstore.server.figures import TierWatch
+
+    with contextlib.ExitStack() as stack:
+        if url is not None:
+            source = url
+            get: Callable[[], dict[str, Any]] = lambda: _watch.fetch_figures(url, key)  # noqa: E731
+        else:
+            store = stack.enter_context(open_store(ctx, root, create=False))
+            source, tiers = str(store.root), TierWatch()
+            get = lambda: _watch.local_figures(store, tiers)  # noqa: E731
+        if repeat and not json_out:
+            _watch.watch(get, source, interval, out_console)
+        elif repeat:  # one JSON line per refresh
+            with contextlib.suppress(KeyboardInterrupt):
+                while True:
+                    typer.echo(json.dumps(get(), default=str))
+                    time.sleep(interval)
+        elif json_out:
+            output.echo_json(get())
+        else:
+            print_wide(_watch.render(get(), source))
 
 
 @app.command()

@@ -30,7 +30,7 @@ from pitstore.features.base import FeatureSet
 from pitstore.features.catalogue import feature_metadata, list_features
 from pitstore.features.library import standard_features
 from pitstore.features.registry import fingerprint
-from pitstore.server import metrics, schema
+from pitstore.server import dashboard, metrics, schema
 from pitstore.server.auth import KeyRing
 from pitstore.server.errors import RETRY_AFTER_S, status_of
 from pitstore.server.wire import (
@@ -56,7 +56,8 @@ Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 ASGIApp = Callable[[Scope, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]], Awaitable[None]]
 
-_OPEN = ("/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc")
+_OPEN = ("/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc",
+         *dashboard.OPEN_PATHS)
 
 
 def _error(status: int, kind: str, message: str, request_id: str, **headers: str) -> Response:
@@ -364,6 +365,8 @@ def create_app(store: Store | None = None, *, settings: Settings | None = None, 
         done = the_store().invalidate(feature_set, None if symbols is None else parse_symbols(symbols),
                                       online=body.get("online", True), cache=body.get("cache", False))
         return _json(done)
+
+    dashboard.mount(app, the_store)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

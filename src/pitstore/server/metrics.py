@@ -9,7 +9,6 @@ hits and computations of batch jobs on the same store.
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +16,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
+
+from pitstore.server.figures import store_figures
 
 if TYPE_CHECKING:
     from pitstore.store import Store
@@ -71,25 +72,40 @@ class _StoreCollector(Collector):
         self.store = store
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
-        stats = self.store.cache.stats()
+        fig = store_figures(self.store)  # the figures of the dashboard: one source for both
+        cache, cost = fig["cache"], fig["cost"]
         for name, key, doc in (("hits", "hits", "compute-cache hits"), ("misses", "misses", "compute-cache misses"),
                                ("compute_seconds", "compute_seconds", "seconds spent computing cache misses"),
                                ("saved_seconds", "saved_seconds", "compute seconds saved by cache hits")):
-            yield CounterMetricFamily(f"pitstore_cache_{name}", doc, value=float(stats[key]))
-        yield GaugeMetricFamily("pitstore_cache_entries", "compute-cache entries stored", value=stats["entries"])
-        yield GaugeMetricFamily("pitstore_cache_bytes", "bytes of compute-cache entries", value=stats["bytes"])
-        cost = stats["cost"]
+            yield CounterMetricFamily(f"pitstore_cache_{name}", doc, value=float(cache[key]))
+        yield GaugeMetricFamily("pitstore_cache_entries", "compute-cache entries stored", value=cache["entries"])
+        yield GaugeMetricFamily("pitstore_cache_bytes", "bytes of compute-cache entries", value=cache["bytes"])
         yield CounterMetricFamily("pitstore_cost_spent", "cost of cache misses (data calls and compute seconds at"
                                   " the configured rates)", value=cost["spent"])
         yield CounterMetricFamily("pitstore_cost_avoided", "cost avoided by cache hits", value=cost["avoided"])
         yield GaugeMetricFamily("pitstore_cost_per_query", "cost spent per compute-cache query",
                                 value=cost["per_query"])
+        yield GaugeMetricFamily("pitstore_price_per_compute_second", "configured cost of one compute second",
+                                value=cost["per_compute_second"])
+        yield GaugeMetricFamily("pitstore_price_per_data_call", "configured cost of one upstream data call",
+                                value=cost["per_data_call"])
         fresh = GaugeMetricFamily("pitstore_feature_age_seconds", "age of the newest stored row of each feature"
                                   " set's latest version", labels=["feature_set"])
-        now_us = time.time_ns() // 1000
-        for name, newest in self.store.newest_rows().items():
-            fresh.add_metric([name], (now_us - newest) / 1e6)
+        ttl = GaugeMetricFamily("pitstore_feature_ttl_seconds", "online TTL of each feature set's latest version:"
+                                " older rows are served as stale", labels=["feature_set"])
+        for f in fig["freshness"]:
+            fresh.add_metric([f["feature_set"]], f["age_s"])
+            ttl.add_metric([f["feature_set"]], f["ttl_s"])
         yield fresh
+        yield ttl
+        per_set = {name: GaugeMetricFamily(f"pitstore_feature_{name}", doc, labels=["feature_set"]) for name, doc in (
+            ("versions", "registered versions of each feature set"),
+            ("entries", "live feature entries of each feature set's latest version"),
+            ("bytes", "bytes of the live feature entries of each feature set's latest version"))}
+        for s in fig["storage"]["sets"]:
+            for name, family in per_set.items():
+                family.add_metric([s["name"]], s[name])
+        yield from per_set.values()
 
 
 def render(store: Store) -> tuple[bytes, str]:
