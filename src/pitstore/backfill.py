@@ -8,8 +8,9 @@ for ``as_known_at`` queries.
 Values are computed from the symbol's full stored history: recursive indicators need it, and TA-Lib's
 running sums give last-bit differences when started elsewhere. Computing from the same start is what makes
 incremental rows equal a full recompute bit for bit. The one exception: when every feature of the set is a
-window feature (:func:`pitstore.features.library.is_window`), a value depends on its window alone
-(:mod:`pitstore.features.windows`), so new rows are computed from the lookback bars before them only.
+window feature (:func:`pitstore.features.library.is_window`), a value depends on its window and its absolute
+position alone (:mod:`pitstore.features.windows`), so new rows are computed from the lookback bars before them
+only, with the position of the first of those passed on.
 """
 
 from __future__ import annotations
@@ -84,20 +85,24 @@ def _plan(catalog: Catalog, bars: BarEntry, live: list[FeatureEntry], start_us: 
     return _Plan(bars, live, True, None)
 
 
-def _needed(bars: pl.DataFrame, fs: FeatureSet, plans: Sequence[_Plan]) -> pl.DataFrame:
+def _needed(bars: pl.DataFrame, fs: FeatureSet, plans: Sequence[_Plan]) -> tuple[pl.DataFrame, dict[str, int]]:
     """The bars the new rows need: all of them, except for the incremental symbols of a set of window features
-    only, which need just the lookback bars before their first new row."""
+    only, which need just the lookback bars before their first new row; and per symbol cut so, the absolute
+    position of its first bar kept (window blocks are anchored to it: pitstore.features.windows)."""
     after = {p.bars.symbol: p.after_us for p in plans if not p.full and p.after_us is not None}
     if not after or not all(is_window(f) for f in fs.features):
-        return bars
+        return bars, {}
     lookback = max(f.lookback for f in fs.features)
     cut = pl.DataFrame({"symbol": list(after), "after": list(after.values())},
                        schema={"symbol": pl.String, "after": pl.Int64})
     # Bars already computed, per symbol (0 for full plans: their "after" is null); signed, to subtract from.
     stored = (pl.col("ts").dt.epoch("us") <= pl.col("after")).sum().over("symbol").cast(pl.Int64)
-    return (bars.join(cut, on="symbol", how="left", maintain_order="left")
-            .filter(pl.int_range(pl.len()).over("symbol") >= stored - lookback)
-            .drop("after"))
+    marked = (bars.join(cut, on="symbol", how="left", maintain_order="left")
+              .with_columns(_first=(stored - lookback).clip(lower_bound=0)))
+    kept = marked.filter(pl.int_range(pl.len()).over("symbol") >= pl.col("_first"))
+    firsts = kept.group_by("symbol").agg(pl.col("_first").first())
+    offsets = {s: int(f) for s, f in firsts.iter_rows() if f}
+    return kept.drop("after", "_first"), offsets
 
 
 def backfill(
@@ -147,7 +152,8 @@ def _run(
     if end_us is not None:
         bars = bars.filter(pl.col("ts").dt.epoch("us") <= end_us)
     check_spacing(bars, fs)  # before anything of the batch is written
-    out = compute_frame(fs.features, _needed(bars, fs, plans))
+    needed, offsets = _needed(bars, fs, plans)
+    out = compute_frame(fs.features, needed, offsets=offsets)
     report.computed_rows += out.height
     parts: dict[str, pl.DataFrame] = {}
     if out.height:

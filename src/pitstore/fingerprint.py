@@ -130,8 +130,16 @@ def library_versions() -> dict[str, str]:
 
 
 def _is_library(fn: types.FunctionType) -> bool:
+    return _is_library_code(fn.__code__, fn.__code__.co_filename)
+
+
+# Code objects are immutable: what is derived from one alone (its source, the names it reads) is computed once
+# (rebuilding it on every call made a cache hit on a small frame slower than recomputing). Equal code objects
+# of two files compare equal: the file name is part of the key.
+@functools.lru_cache(maxsize=4096)
+def _is_library_code(code: types.CodeType, filename: str) -> bool:
     try:
-        src = inspect.getsourcefile(fn)
+        src = inspect.getsourcefile(code)
     except TypeError:
         return True
     if src is None:
@@ -152,31 +160,39 @@ class _StripDocstrings(ast.NodeTransformer):
 
 
 def _source_of(fn: types.FunctionType) -> str:
+    return _source_of_code(fn.__code__, fn.__code__.co_filename)
+
+
+@functools.lru_cache(maxsize=4096)
+def _source_of_code(code: types.CodeType, filename: str) -> str:
     """The function's code with comments, docstrings and formatting normalised away."""
+    fn = code
     try:
         src = textwrap.dedent(inspect.getsource(fn))
         tree = _StripDocstrings().visit(ast.parse(src))
         return ast.dump(tree, annotate_fields=False, include_attributes=False)
     except (OSError, TypeError, SyntaxError, IndentationError):
         # No source (REPL, exec): fall back to the bytecode and its constants.
-        return _code_bytes(fn.__code__)
+        return _code_bytes(fn)
 
 
-def _names(code: types.CodeType) -> set[str]:
+@functools.lru_cache(maxsize=4096)
+def _names(code: types.CodeType) -> frozenset[str]:
     names = set(code.co_names)
     for const in code.co_consts:
         if isinstance(const, types.CodeType):
             names |= _names(const)
-    return names
+    return frozenset(names)
 
 
-def _stored_globals(code: types.CodeType) -> set[str]:
+@functools.lru_cache(maxsize=4096)
+def _stored_globals(code: types.CodeType) -> frozenset[str]:
     """Globals the code assigns (``global n; n += 1``): state such as call counters, not constants."""
     names = {i.argval for i in dis.get_instructions(code) if i.opname in ("STORE_GLOBAL", "DELETE_GLOBAL")}
     for const in code.co_consts:
         if isinstance(const, types.CodeType):
             names |= _stored_globals(const)
-    return names
+    return frozenset(names)
 
 
 _CONSTANT_TYPES = (bool, int, float, str, bytes, tuple, frozenset, list, dict, set, type(None))

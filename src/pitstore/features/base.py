@@ -17,8 +17,10 @@ from pitstore.timeutil import parse_timeframe, to_timedelta
 __all__ = ["Feature", "FeatureKind", "FeatureSet", "Kernel", "TalibCall", "param_suffix"]
 
 FeatureKind = Literal["builtin", "talib", "expr", "python"]
-# A kernel computes one feature for one symbol: input columns (float64, time order) in, outputs out.
-Kernel = Callable[[Mapping[str, np.ndarray]], Sequence[np.ndarray]]
+# A kernel computes one feature for one symbol: input columns (float64, time order) in, outputs out; the second
+# argument is the absolute position of the first value (0: the symbol's first stored bar; one int per row for a
+# matrix), which window kernels anchor their blocks to (pitstore.features.windows).
+Kernel = Callable[[Mapping[str, np.ndarray], "int | np.ndarray"], Sequence[np.ndarray]]
 # The TA-Lib function behind a feature: its name and keyword parameters (its inputs are the feature's inputs,
 # in order). The batch engine calls it; a live update steps TA-Lib's streaming handle of the same function.
 TalibCall = tuple[str, Mapping[str, Any]]

@@ -8,7 +8,7 @@ numpy views.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -22,7 +22,9 @@ from pitstore.frames import FrameKind, frame_kind, from_polars
 __all__ = ["ENGINE_VERSION", "compute", "compute_frame", "flatten_features"]
 
 # Bump when a built-in kernel or the engine's rules change numbers: it is part of every fingerprint.
-ENGINE_VERSION = "2"  # 2: vwap and zscore sum each window on its own (start-independent)
+# 2: vwap and zscore sum each window on its own (start-independent); 3: window sums and moments from blocks
+# anchored at absolute bar positions (O(n), still start-independent; last bits differ from 2).
+ENGINE_VERSION = "3"
 
 FeatureLike = Feature | FeatureSet | Iterable["Feature | FeatureSet"]
 
@@ -62,8 +64,13 @@ def compute(features: FeatureLike, bars: Any, *, output: FrameKind | None = None
     return from_polars(compute_frame(feats, validate_bars(bars)), kind)
 
 
-def compute_frame(features: Sequence[Feature], df: pl.DataFrame) -> pl.DataFrame:
-    """Compute on validated bars (sorted by symbol, ts); returns ``symbol``, ``ts`` and the outputs."""
+def compute_frame(features: Sequence[Feature], df: pl.DataFrame, *,
+                  offsets: Mapping[str, int] | None = None) -> pl.DataFrame:
+    """Compute on validated bars (sorted by symbol, ts); returns ``symbol``, ``ts`` and the outputs.
+
+    ``offsets``: per symbol, the absolute position of its first row here when the bars are a tail of its
+    stored history (default 0: they start at its first stored bar). Only window features can start late
+    (:func:`pitstore.features.library.is_window`); the first ``lookback`` rows given are null either way."""
     if not features:
         raise DefinitionError("no features to compute")
     check_unique_outputs(features)
@@ -74,11 +81,12 @@ def compute_frame(features: Sequence[Feature], df: pl.DataFrame) -> pl.DataFrame
             "(TA-Lib features can map an input to another column with inputs={...})"
         )
     n_rows = df.height
-    _, starts, ends = symbol_runs(df["symbol"]) if n_rows else ([], np.zeros(0, np.int64), np.zeros(0, np.int64))
+    names, starts, ends = symbol_runs(df["symbol"]) if n_rows else ([], np.zeros(0, np.int64), np.zeros(0, np.int64))
+    first = np.array([offsets.get(s, 0) for s in names] if offsets else np.zeros(len(names)), np.int64)
     columns: dict[str, pl.Series] = {}
     kernel_feats = [f for f in features if f.kernel is not None]
     if kernel_feats:
-        columns.update(_run_kernels(kernel_feats, df, starts, ends))
+        columns.update(_run_kernels(kernel_feats, df, starts, ends, first))
     in_group: np.ndarray | None = None
     for f in features:
         if f.kind == "expr":
@@ -96,19 +104,19 @@ def compute_frame(features: Sequence[Feature], df: pl.DataFrame) -> pl.DataFrame
 
 
 def _run_kernels(
-    features: Sequence[Feature], df: pl.DataFrame, starts: np.ndarray, ends: np.ndarray
+    features: Sequence[Feature], df: pl.DataFrame, starts: np.ndarray, ends: np.ndarray, first: np.ndarray
 ) -> dict[str, pl.Series]:
     needed = sorted({c for f in features for c in f.inputs})
     arrays = {c: df[c].cast(pl.Float64).to_numpy() for c in needed}
     outs = {f.name: [np.empty(df.height) for _ in f.outputs] for f in features}
-    for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
+    for a, b, pos in zip(starts.tolist(), ends.tolist(), first.tolist(), strict=True):
         view = {c: arr[a:b] for c, arr in arrays.items()}
         for f in features:
             assert f.kernel is not None
-            results = f.kernel(view)
+            results = f.kernel(view, pos)
             for out, res in zip(outs[f.name], results, strict=True):
                 out[a:b] = res
-                out[a : min(a + f.lookback, b)] = np.nan
+                out[a : min(a + f.lookback, b)] = np.nan  # windows reaching before the first row given
     return {
         col: pl.Series(col, arr, nan_to_null=True)
         for f in features

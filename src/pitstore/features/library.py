@@ -18,10 +18,10 @@ pitstore follows TA-Lib's definitions everywhere it has the function; the defini
 log_ret, vol, mom, vwap, zscore) are written in each docstring.
 
 Exactness: the recursive features (ema, rsi, macd, atr) are TA-Lib's own code, bit for bit. The window
-features (sma, vol, mom, bollinger, vwap, zscore) sum each window on its own, in the fixed order of
-:mod:`pitstore.features.windows`, where TA-Lib keeps a running total from the first bar: they equal TA-Lib to
-about 1e-12 relative, and a value depends only on its window, never on where the computation started, which
-is what lets a live update (:mod:`pitstore.live`) equal a batch backfill bit for bit.
+features (sma, vol, mom, bollinger, vwap, zscore) build each window's sums from blocks anchored at absolute bar
+positions (:mod:`pitstore.features.windows`), where TA-Lib keeps a running total from the first bar: they equal
+TA-Lib to about 1e-12 relative, and a value depends only on its window and its position, never on where the
+computation started, which is what lets a live update (:mod:`pitstore.live`) equal a batch backfill bit for bit.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from pitstore import timeutil
 from pitstore.errors import DefinitionError
 from pitstore.features.base import Feature, FeatureSet, Kernel, TalibCall, make_feature, param_suffix
 from pitstore.features.talib_features import talib_kernel
-from pitstore.features.windows import window_moments, window_sum
+from pitstore.features.windows import Position, window_moments, window_sum, window_sums2
 
 __all__ = [
     "BUILTINS",
@@ -162,27 +162,31 @@ def _build(func: str, **params: Any) -> Feature:
 
 
 def _shift_ratio(c: np.ndarray, n: int) -> np.ndarray:
-    out = np.full(c.shape, np.nan)
-    out[..., n:] = c[..., n:] / c[..., :-n]
+    out = np.empty(c.shape)
+    out[..., :n] = np.nan
+    np.divide(c[..., n:], c[..., :-n], out=out[..., n:])
     return out
 
 
 # --- window kernels: one symbol's float64 columns in time order -> output arrays of the same length. ---
 # Every built-in with a kernel of its own is a window feature: its value at a bar depends only on the last
 # lookback + 1 bars. The kernels work along the last axis, so a live update runs them on a matrix whose rows
-# are many symbols' last bars (pitstore.live.steppers.WindowBlock): the same code, the same bits.
+# are many symbols' last bars (pitstore.live.steppers.WindowBlock): the same code, the same bits. ``start`` is
+# the absolute position of the first value (bars counted from the symbol's first stored bar; one per row).
 
 
 @_register("ret", params={"n": 1}, lookback=lambda n: n,
            description="simple return over n bars: close_t / close_{t-n} - 1")
-def _ret(a: Arrays, *, n: int) -> Sequence[np.ndarray]:
-    return [_shift_ratio(a["close"], n) - 1.0]
+def _ret(a: Arrays, start: Position, *, n: int) -> Sequence[np.ndarray]:
+    out = _shift_ratio(a["close"], n)
+    return [np.subtract(out, 1.0, out=out)]
 
 
 @_register("log_ret", params={"n": 1}, lookback=lambda n: n,
            description="log return over n bars: ln(close_t / close_{t-n})")
-def _log_ret(a: Arrays, *, n: int) -> Sequence[np.ndarray]:
-    return [np.log(_shift_ratio(a["close"], n))]
+def _log_ret(a: Arrays, start: Position, *, n: int) -> Sequence[np.ndarray]:
+    out = _shift_ratio(a["close"], n)
+    return [np.log(out, out=out)]
 
 
 # periods_per_year is a real number (4h bars: 409.5 a year); 252.0 names and fingerprints as 252 did.
@@ -190,26 +194,36 @@ def _log_ret(a: Arrays, *, n: int) -> Sequence[np.ndarray]:
            minimums={"n": 2, "periods_per_year": 1.0},
            description="annualised volatility: sample std (ddof=1) of the last n one-bar log returns "
                        "* sqrt(periods_per_year)")
-def _vol(a: Arrays, *, n: int, periods_per_year: float) -> Sequence[np.ndarray]:
+def _vol(a: Arrays, start: Position, *, n: int, periods_per_year: float) -> Sequence[np.ndarray]:
     c = a["close"]
     out = np.full(c.shape, np.nan)
     if c.shape[-1] > n:
-        _, m2 = window_moments(np.log(c[..., 1:] / c[..., :-1]), n)
-        out[..., 1:] = np.sqrt(m2 / (n - 1)) * math.sqrt(periods_per_year)
+        r = np.divide(c[..., 1:], c[..., :-1])
+        # One-bar log returns are centred (their mean is small against their spread): the unshifted sums
+        # do not cancel, and skip the shift's passes.
+        s1, s2 = window_sums2(np.log(r, out=r), n, start + 1)
+        u = s1 / n
+        np.multiply(s1, u, out=s1)
+        m2 = np.maximum(np.subtract(s2, s1, out=s2), 0.0, out=s2)
+        m2 *= periods_per_year / (n - 1)
+        out[..., 1:] = np.sqrt(m2, out=m2)
     return [out]
 
 
 @_register("mom", params={"n": 20}, lookback=lambda n: n - 1,
            description="momentum: close_t / mean(close over the last n bars) - 1")
-def _mom(a: Arrays, *, n: int) -> Sequence[np.ndarray]:
+def _mom(a: Arrays, start: Position, *, n: int) -> Sequence[np.ndarray]:
     c = a["close"]
-    return [c / (window_sum(c, n) / n) - 1.0]
+    s = window_sum(c, n, start)
+    s /= n
+    np.divide(c, s, out=s)
+    return [np.subtract(s, 1.0, out=s)]
 
 
 @_register("sma", params={"n": 20}, lookback=lambda n: n - 1,
            description="simple moving average of close over n bars (TA-Lib SMA's definition)")
-def _sma(a: Arrays, *, n: int) -> Sequence[np.ndarray]:
-    return [window_sum(a["close"], n) / n]
+def _sma(a: Arrays, start: Position, *, n: int) -> Sequence[np.ndarray]:
+    return [window_sum(a["close"], n, start) / n]
 
 
 _register_talib("ema", lambda n: ("EMA", {"timeperiod": n}), params={"n": 20}, lookback=lambda n: n - 1,
@@ -226,8 +240,8 @@ _register_talib("macd",
 @_register("bollinger", params={"n": 20, "k": 2.0}, suffixes=("upper", "middle", "lower"),
            lookback=lambda n, k: n - 1, minimums={"n": 2, "k": 0.0},
            description="Bollinger bands: SMA(n) ± k population std of close (TA-Lib BBANDS' definition)")
-def _bollinger(a: Arrays, *, n: int, k: float) -> Sequence[np.ndarray]:
-    middle, m2 = window_moments(a["close"], n)
+def _bollinger(a: Arrays, start: Position, *, n: int, k: float) -> Sequence[np.ndarray]:
+    middle, m2 = window_moments(a["close"], n, start)
     dev = np.sqrt(m2 / n) * k
     return [middle + dev, middle, middle - dev]
 
@@ -239,18 +253,18 @@ _register_talib("atr", lambda n: ("ATR", {"timeperiod": n}), params={"n": 14}, i
 @_register("vwap", params={"n": 20}, inputs=("high", "low", "close", "volume"), lookback=lambda n: n - 1,
            description="rolling VWAP over n bars of the typical price (high+low+close)/3; "
                        "null while the window has no volume")
-def _vwap(a: Arrays, *, n: int) -> Sequence[np.ndarray]:
+def _vwap(a: Arrays, start: Position, *, n: int) -> Sequence[np.ndarray]:
     typical = (a["high"] + a["low"] + a["close"]) / 3.0
     with np.errstate(divide="ignore", invalid="ignore"):
-        out = window_sum(typical * a["volume"], n) / window_sum(a["volume"], n)
+        out = window_sum(typical * a["volume"], n, start) / window_sum(a["volume"], n, start)
     out[~np.isfinite(out)] = np.nan
     return [out]
 
 
 @_register("zscore", params={"n": 20}, lookback=lambda n: n - 1, minimums={"n": 2},
            description="z-score of close against its last n bars: (close - mean) / std (ddof=1)")
-def _zscore(a: Arrays, *, n: int) -> Sequence[np.ndarray]:
-    mean, m2 = window_moments(a["close"], n)
+def _zscore(a: Arrays, start: Position, *, n: int) -> Sequence[np.ndarray]:
+    mean, m2 = window_moments(a["close"], n, start)
     with np.errstate(divide="ignore", invalid="ignore"):
         out = (a["close"] - mean) / np.sqrt(m2 / (n - 1))
     out[~np.isfinite(out)] = np.nan

@@ -66,7 +66,8 @@ def talib_kernel(call: TalibCall, inputs: Sequence[str]) -> Kernel:
     name, params = call
     fn = getattr(_ta, name)
 
-    def kernel(a: Mapping[str, np.ndarray]) -> Sequence[np.ndarray]:
+    def kernel(a: Mapping[str, np.ndarray], start: int | np.ndarray = 0) -> Sequence[np.ndarray]:
+        del start  # TA-Lib runs from the first value it is given
         out = fn(*(a[c] for c in inputs), **params)
         outs = out if isinstance(out, tuple | list) else (out,)
         return [np.asarray(o, dtype=np.float64) for o in outs]

@@ -1,68 +1,195 @@
-"""Window statistics in one fixed order of operations, shared by the batch kernels and the live steppers.
+"""Window sums and moments in O(n), the same bits wherever the computation starts.
 
-Each window is computed on its own, never as a running total, so a value depends only on the values in
-its window, not on where the computation started; and a live stepper that applies the same operations in
-the same order to the same values gets the same bits. The order: a window's sum adds its values left to
-right starting from the first; its moments are the mean (sum / n) and the sum of squared deviations from
-that mean, added the same way (two passes: stable on price levels, where a sum of squares cancels).
+Method: blocks anchored at absolute positions (van Herk / Gil-Werman for sums). A symbol's bars are cut into
+blocks of ``n`` (the window length) at absolute positions that are multiples of ``n``, counted from the
+symbol's first stored bar (position 0): the caller says where its first value sits (``start``). A window of
+``n`` values either is one block, or ends in block k and starts in block k-1. Its sum is then
+``suffix(k-1) + prefix(k)``: the suffix of block k-1 added right to left from the block's end, the prefix of
+block k added left to right from the block's start (an aligned window: the prefix alone). Every term is fixed
+by the window's own values and by its position modulo ``n``, never by where the computation started, so a
+backfill from any (position-aware) start and a live stepper holding only the last window get the same bits.
 
-Windows run along the last axis: a 1-D series (a backfill) or a matrix of rows, one symbol's last bars each
-(a live update of many symbols at once). Many windows (a backfill) are added as n shifted passes; fewer
-windows than values per window (a live update: one or two per row) as one left-to-right ``np.add.accumulate``
-over each window, which adds in the same order and so gives the same bits (never ``np.sum``: it adds pairwise).
+Moments are shifted by a value inside the window, the first value of block k (``K``): with ``d = x - K`` the
+mean is ``sum(d) / n + K`` and the sum of squared deviations ``sum(d*d) - sum(d) * (sum(d) / n)`` (clamped at 0),
+both sums built as above. The shift keeps the one-pass formula stable on price levels (a flat window gives
+exactly 0), and ``K`` is a function of the window alone.
+
+Why this and not an exactly rounded running sum (order-independent too): measured on 98,280 values, a
+block window sum costs about 0.2-0.3 ms at n = 20 and 60, against 0.4 ms (n = 20) and 1.2 ms (n = 60) for
+summing each window on its own (the previous method, O(n*w)); an exactly rounded sum needs a sequential
+expansion per prefix (not vectorisable in numpy) or multi-limb integer arithmetic (several passes more per
+sum); prefix sums restarted every B bars need a subtraction (cancellation on flat stretches) and state
+reaching B bars back, which a live row of the last window does not have. Accuracy is that of a plain sum
+of n values. ``window_sums2`` gives unshifted sums of values and squares, for centred values (log returns).
+
+Layout: 1-D series (a backfill) are reshaped into an ``(n, blocks)`` array so that the prefix and suffix
+scans are n vector adds over all blocks at once. Matrices of rows (a live update: each row one symbol's last
+bars, few windows each) use per-row masks: the values outside a part are replaced by -0.0, the exact identity
+of IEEE addition (-0.0 + x == x for every x, -0.0 included), so a masked scan adds the same values in the
+same order as the block scan.
 """
 
 from __future__ import annotations
 
+import threading
+from typing import Literal
+
 import numpy as np
 
-__all__ = ["window_moments", "window_sum"]
+__all__ = ["Position", "window_moments", "window_sum", "window_sums2"]
 
-_CHUNK = 1 << 14  # outputs per block: the n shifted passes over a block stay in the CPU cache
+# Absolute position of the first value along the last axis: one int, or one per row (shape x.shape[:-1]).
+Position = int | np.ndarray
 
 
-def window_sum(x: np.ndarray, n: int) -> np.ndarray:
+def window_sum(x: np.ndarray, n: int, start: Position = 0) -> np.ndarray:
     """The sum of the ``n`` values ending at each index; NaN before the first full window."""
-    out = np.full(x.shape, np.nan)
-    m = x.shape[-1] - n + 1
-    if 0 < m < n:
-        for i in range(m):
-            out[..., n - 1 + i] = _total(x[..., i : i + n])
-        return out
-    for s in range(0, max(m, 0), _CHUNK):
-        e = min(m, s + _CHUNK)
-        acc = x[..., s:e].copy()
-        for j in range(1, n):
-            acc += x[..., s + j : e + j]
-        out[..., n - 1 + s : n - 1 + e] = acc
-    return out
+    return _windows(x, n, start, "sum")[0]
 
 
-def window_moments(x: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+def window_moments(x: np.ndarray, n: int, start: Position = 0) -> tuple[np.ndarray, np.ndarray]:
     """Per window of ``n`` values ending at each index: the mean and the sum of squared deviations from it."""
-    mean = window_sum(x, n) / n
-    m2 = np.full(x.shape, np.nan)
-    m = x.shape[-1] - n + 1
-    if 0 < m < n:
-        for i in range(m):
-            d = x[..., i : i + n] - mean[..., n - 1 + i, None]
-            d *= d
-            m2[..., n - 1 + i] = _total(d)
-        return mean, m2
-    for s in range(0, max(m, 0), _CHUNK):
-        e = min(m, s + _CHUNK)
-        mu = mean[..., n - 1 + s : n - 1 + e]
-        acc = x[..., s:e] - mu
-        acc *= acc
-        d = np.empty_like(acc)
-        for j in range(1, n):
-            np.subtract(x[..., s + j : e + j], mu, out=d)
-            d *= d
-            acc += d
-        m2[..., n - 1 + s : n - 1 + e] = acc
+    m2, mean = _windows(x, n, start, "moments")
     return mean, m2
 
 
-def _total(windows: np.ndarray) -> np.ndarray:
-    """Each window's (last axis) sum, added left to right from its first value, as the shifted passes do."""
-    return np.add.accumulate(windows, axis=-1)[..., -1]
+def window_sums2(x: np.ndarray, n: int, start: Position = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Per window: the sum of the values and the sum of their squares, unshifted (for centred values such as
+    one-bar log returns, whose mean is small against their spread: no cancellation to guard against)."""
+    total, squares = _windows(x, n, start, "sums2")
+    return total, squares
+
+
+Kind = Literal["sum", "sums2", "moments"]
+
+
+def _windows(x: np.ndarray, n: int, start: Position, kind: Kind) -> list[np.ndarray]:
+    if x.ndim == 1 and np.ndim(start) == 0:
+        return _series(x, n, int(start), kind)
+    return _rows(x, n, np.broadcast_to(np.asarray(start, np.int64), x.shape[:-1]), kind)
+
+
+_POOL = threading.local()
+_POOL_MAX = 1 << 21  # elements of one kept buffer (16 MB); larger arrays come in huge pages, few faults
+
+
+def _scratch(slot: int, rows: int, cols: int) -> np.ndarray:
+    """A per-thread reused buffer: fresh memory costs page faults, measured as much as the arithmetic."""
+    size = rows * cols
+    if size > _POOL_MAX:
+        return np.empty((rows, cols))
+    bufs: dict[int, np.ndarray] = _POOL.__dict__.setdefault("bufs", {})
+    buf = bufs.get(slot)
+    if buf is None or buf.size < size:
+        buf = bufs[slot] = np.empty(size)
+    return buf[:size].reshape(rows, cols)
+
+
+def _scan(a: np.ndarray, out: np.ndarray, reverse: bool) -> np.ndarray:
+    """Running sums of ``a`` down axis 0 into ``out`` (one vector add per step, over all blocks; ``out`` may be
+    ``a``); reversed: from the last row up."""
+    if reverse:
+        out[-1] = a[-1]
+        for j in range(len(a) - 2, -1, -1):
+            np.add(out[j + 1], a[j], out=out[j])
+    else:
+        out[0] = a[0]
+        for j in range(1, len(a)):
+            np.add(out[j - 1], a[j], out=out[j])
+    return out
+
+
+def _series(x: np.ndarray, n: int, start: int, kind: Kind) -> list[np.ndarray]:
+    size = x.shape[0]
+    count = 1 if kind == "sum" else 2
+    if size < n:
+        return [np.full(size, np.nan) for _ in range(count)]
+    p = start % n  # padded index of x[0]: blocks begin at padded multiples of n
+    nb = -(-(p + size) // n)
+    blocks = _to_blocks(x, n, p, nb)
+    results: list[np.ndarray]
+    if kind == "sum":
+        results = [_totals(blocks, blocks[:, :-1], 1)]
+    elif kind == "sums2":
+        squares = np.multiply(blocks, blocks, out=_scratch(2, n, nb))
+        results = [_totals(blocks, blocks[:, :-1], 1), _totals(squares, squares[:, :-1], 1)]
+    else:
+        shift = blocks[0].copy()  # each block's first value: the shift of every window that ends in it
+        d_next = np.subtract(blocks[:, :-1], shift[1:], out=_scratch(3, n, nb - 1))  # block k-1, k's shift
+        blocks -= shift
+        sq_own = np.multiply(blocks, blocks, out=_scratch(2, n, nb))
+        s1 = _totals(blocks, d_next, 1)
+        s2 = _totals(sq_own, np.multiply(d_next, d_next, out=d_next), 1)
+        u = np.divide(s1, n, out=_scratch(4, n, nb))
+        np.multiply(s1, u, out=s1)
+        np.subtract(s2, s1, out=s2)
+        results = [np.maximum(s2, 0.0, out=s2), np.add(u, shift, out=u)]  # m2, mean
+    outs = []
+    for r in results:  # back from block layout to the series
+        o = np.empty(nb * n)
+        o.reshape(nb, n)[...] = r.T
+        o[p : p + n - 1] = np.nan
+        outs.append(o[p : p + size])
+    return outs
+
+
+def _totals(own: np.ndarray, prev: np.ndarray, slot: int) -> np.ndarray:
+    """Window sums in block layout, in ``own``: a window ending at row j of block k is the suffix of block k-1
+    from row j + 1 (from ``prev[:, k-1]``, added from the block's end) plus the prefix of block k to row j
+    (from ``own``, added from the block's start); the last row's windows are one block each (the prefix)."""
+    suffix = _scan(prev, _scratch(slot, prev.shape[0], prev.shape[1]), reverse=True)  # before own changes
+    prefix = _scan(own, own, reverse=False)
+    np.add(suffix[1:], prefix[:-1, 1:], out=prefix[:-1, 1:])
+    return prefix
+
+
+def _to_blocks(x: np.ndarray, n: int, p: int, nb: int) -> np.ndarray:
+    """``x`` after ``p`` pads as contiguous columns of ``n`` (column k: block k), pads and the tail -0.0."""
+    blocks = _scratch(0, n, nb)
+    rows = blocks.T  # (nb, n) view: row k is block k
+    head = min(n - p, x.shape[0])
+    rows[0, :p] = -0.0
+    rows[0, p : p + head] = x[:head]
+    full = (x.shape[0] - head) // n
+    rows[1 : 1 + full] = x[head : head + full * n].reshape(full, n)
+    rest = x[head + full * n :]
+    if 1 + full < nb:
+        rows[1 + full, : rest.shape[0]] = rest
+        rows[1 + full, rest.shape[0] :] = -0.0
+    elif head < n - p:
+        rows[0, p + head :] = -0.0
+    return blocks
+
+
+def _rows(x: np.ndarray, n: int, start: np.ndarray, kind: Kind) -> list[np.ndarray]:
+    """Few windows per row, each summed with per-row masks (a live update); outputs as :func:`_series`."""
+    outs = [np.full(x.shape, np.nan) for _ in range(1 if kind == "sum" else 2)]
+    offsets = np.arange(n)
+    for i in range(max(x.shape[-1] - n + 1, 0)):
+        w = x[..., i : i + n]
+        cut = ((-(start + i)) % n)[..., None]  # values before the cut: the suffix of the previous block
+        in_suffix = offsets < cut
+        if kind != "moments":
+            outs[0][..., n - 1 + i] = _masked(w, in_suffix)
+            if kind == "sums2":
+                outs[1][..., n - 1 + i] = _masked(w * w, in_suffix)
+            continue
+        shift = np.take_along_axis(w, cut, axis=-1)  # block k's first value
+        d = w - shift
+        s1, s2 = _masked(d, in_suffix), _masked(d * d, in_suffix)
+        for out, value in zip(outs, _finish(shift[..., 0], s1, s2, n), strict=False):
+            out[..., n - 1 + i] = value
+    return outs
+
+
+def _masked(w: np.ndarray, in_suffix: np.ndarray) -> np.ndarray:
+    """suffix (right to left) + prefix (left to right), each a left-to-right accumulate over -0.0-masked values."""
+    suffix = np.add.accumulate(np.where(in_suffix, w, -0.0)[..., ::-1], axis=-1)[..., -1]
+    prefix = np.add.accumulate(np.where(in_suffix, -0.0, w), axis=-1)[..., -1]
+    return np.asarray(suffix + prefix)
+
+
+def _finish(shift: np.ndarray, s1: np.ndarray, s2: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The sum of squared deviations and the mean from the shifted sums (the operations of :func:`_series`)."""
+    u = s1 / n
+    return np.maximum(s2 - s1 * u, 0.0), u + shift

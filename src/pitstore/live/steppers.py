@@ -5,9 +5,11 @@ for bit) the values :func:`pitstore.features.engine.compute_frame` computes over
 keep it:
 
 * window features (every built-in with a kernel of its own: ret, log_ret, vol, mom, sma, bollinger, vwap,
-  zscore) depend only on their last lookback + 1 bars. A :class:`WindowBlock` keeps those bars for many
-  symbols, one row each, and runs the batch kernels themselves on the rows: one numpy call per feature for
-  all the symbols a push updates, the same code as a backfill;
+  zscore) depend only on their last lookback + 1 bars and on their absolute position (the blocks of
+  :mod:`pitstore.features.windows` are anchored at multiples of the window, counted from the symbol's first
+  stored bar). A :class:`WindowBlock` keeps those bars for many symbols, one row each, with the count of bars
+  each has seen (its position), and runs the batch kernels themselves on the rows: one numpy call per feature
+  for all the symbols a push updates, the same code as a backfill;
 * TA-Lib features (the recursive built-ins ema, rsi, macd, atr, and every ``talib(...)`` feature) step TA-Lib's
   streaming handle of the same function (:mod:`talib.stream`), which TA-Lib makes bit-identical to its
   function API: O(1) per bar, a couple of microseconds. Until the symbol has the bars a handle needs to
@@ -91,7 +93,8 @@ class WindowBlock:
             self.count[row] = 0
 
     def prime(self, symbol: str, history: pl.DataFrame) -> None:
-        """Consume ``symbol``'s stored bars (oldest first): only the last ``keep`` are kept."""
+        """Consume ``symbol``'s stored bars (oldest first, from its first stored bar on: the count of bars seen
+        is the absolute position the window blocks are anchored to); only the last ``keep`` are kept."""
         row = self._row(symbol)
         m = min(history.height, self.keep)
         if m:
@@ -117,7 +120,7 @@ class WindowBlock:
             for f in self.features:
                 k = f.lookback + 1
                 assert f.kernel is not None
-                results = f.kernel({c: windows[c][:, self.keep - k :] for c in f.inputs})
+                results = f.kernel({c: windows[c][:, self.keep - k :] for c in f.inputs}, index - (k - 1))
                 for r in results:
                     out[:, col] = r[:, -1]
                     out[index < f.lookback, col] = NAN
@@ -212,7 +215,7 @@ class _TalibStepper:
             if self._try_open():
                 out = self.handle.value
             else:  # too few bars for a handle: the batch kernel over them (cheap: they are few)
-                outs = self.kernel({c: s.all() for c, s in self.series.items()})
+                outs = self.kernel({c: s.all() for c, s in self.series.items()}, 0)
                 out = tuple(float(o[-1]) for o in outs)
         if i < self.lookback:
             return self.blank
