@@ -265,7 +265,8 @@ def serve() -> None:
             raw = make_raw(call["symbol"], call.get("n", 200))
             _say("key " + cache_key(call["symbol"], raw, call["config"], COMPUTES[call["compute"]]).key)
             continue
-        with Store.open(order["root"]) as store:
+        # catalog_url: a team store (PostgreSQL catalog, the cache's locks advisory locks there).
+        with Store.open(order["root"], catalog_url=order.get("catalog_url")) as store:
             if op == "get":  # one call, announced: the parent may kill us at any moment after "started"
                 _say("started")
                 _say("done " + digest(_call(store, order["call"])))

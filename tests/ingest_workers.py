@@ -23,9 +23,15 @@ def interleaved_bars(i: int, n_proc: int, n: int) -> pl.DataFrame:
 
 def ingest_interleaved(root: str, i: int, n_proc: int, n: int, barrier: Any, results: Any) -> None:
     """Ingest this process's bars once every process is ready; put (i, retries) or (i, the error)."""
+    ingest_interleaved_team(root, None, i, n_proc, n, barrier, results)
+
+
+def ingest_interleaved_team(root: str, catalog_url: str | None, i: int, n_proc: int, n: int, barrier: Any,
+                            results: Any) -> None:
+    """:func:`ingest_interleaved` on a store whose catalog is ``catalog_url`` (None: the embedded one)."""
     import pitstore
 
-    with pitstore.Store.open(root) as store:
+    with pitstore.Store.open(root, catalog_url=catalog_url) as store:
         bars = interleaved_bars(i, n_proc, n)
         barrier.wait()
         try:

@@ -23,6 +23,7 @@ SAMPLES = {
     "history_days": "7", "live_flush_bars": "7", "max_future_days": "2.5", "api_keys": "read:" + "0" * 64,
     "max_body_bytes": "4096", "cost_per_compute_second": "0.5", "cost_per_data_call": "0.25", "read_only": "true",
     "entry_cache_bytes": "1048576",
+    "catalog_url": "postgresql://h/catalog", "catalog_schema": "cat_env",
 }
 
 

@@ -58,6 +58,10 @@ class Settings:
     read_only: bool | None = None
     # Bytes of decoded entries a store keeps in memory between reads; None: 1/8 of this machine's RAM; 0: none.
     entry_cache_bytes: int | None = None
+    # Team mode: the catalog in PostgreSQL (postgresql://...; "?schema=" picks its schema), data files still under
+    # root. None: the embedded SQLite catalog, root/catalog.sqlite.
+    catalog_url: str | None = None
+    catalog_schema: str = "pitstore_catalog"  # the catalog's PostgreSQL schema when catalog_url has no ?schema=
 
     @property
     def catalog_path(self) -> Path:
@@ -70,7 +74,7 @@ class Settings:
         if self.read_only is not None:
             return self.read_only
         root, catalog = Path(self.root), self.catalog_path
-        return (root.exists() and not os.access(root, os.W_OK)) or (catalog.exists()
+        return (root.exists() and not os.access(root, os.W_OK)) or (not self.catalog_url and catalog.exists()
                                                                    and not os.access(catalog, os.W_OK))
 
     @property
@@ -104,7 +108,7 @@ class Settings:
             values["root"] = env_root
         for key in ("online_url", "online_namespace", "redis_url", "postgres_url", "lock_timeout", "history_days",
                     "live_flush_bars", "max_future_days", "api_keys", "max_body_bytes", "cost_per_compute_second",
-                    "cost_per_data_call", "read_only", "entry_cache_bytes"):
+                    "cost_per_data_call", "read_only", "entry_cache_bytes", "catalog_url", "catalog_schema"):
             env = os.environ.get(f"PITSTORE_{key.upper()}")
             if env:
                 values[key] = env
@@ -135,6 +139,12 @@ class Settings:
         if self.redis_url is not None and not (isinstance(self.redis_url, str)
                                                and self.redis_url.startswith(("redis://", "rediss://"))):
             raise ConfigError(f"redis_url must be a redis:// or rediss:// URL, got {self.redis_url!r}")
+        if self.catalog_url is not None and not (isinstance(self.catalog_url, str) and self.catalog_url.startswith(
+                ("postgresql://", "postgres://"))):
+            raise ConfigError(f"catalog_url must be a postgresql:// URL, got {self.catalog_url!r}")
+        if not isinstance(self.catalog_schema, str) or not 0 < len(self.catalog_schema.encode()) <= 63:
+            raise ConfigError(f"catalog_schema must be a PostgreSQL schema name of 1 to 63 bytes, got"
+                              f" {self.catalog_schema!r}")
         if min(costs) < 0:
             raise ConfigError(f"cost_per_compute_second and cost_per_data_call must be >= 0, got {costs}")
         if max_body < 1:

@@ -18,7 +18,7 @@ from pitstore import housekeeping, reads, tiering
 from pitstore import ingest as _ingest
 from pitstore import versions as _versions
 from pitstore.cache import ComputeCache, WarmReport
-from pitstore.catalog.sqlite import SqliteCatalog
+from pitstore.catalog import open_catalog, shared_locks
 from pitstore.config import Settings
 from pitstore.errors import ConfigError, InvalidInputError, NotFoundError, ReadOnlyStoreError
 from pitstore.features.base import Feature, FeatureSet
@@ -55,19 +55,23 @@ class Store:
     def __init__(self, settings: Settings) -> None:
         # settings.read_only is decided here (None: from the root's permissions), so every component sees a bool.
         self.settings = settings = replace(settings, read_only=settings.refuses_writes)
-        self.catalog = SqliteCatalog(settings.catalog_path, timeout=settings.lock_timeout,
-                                     read_only=self.read_only)
+        self.catalog = open_catalog(settings, read_only=self.read_only)
         self.registry = Registry(self.catalog)
         self.reader = EntryReader(settings.root, settings.entry_cache_bytes)
         self.cache = ComputeCache(settings.root, self.catalog, cost_per_compute_second=settings.cost_per_compute_second,
-                                  cost_per_data_call=settings.cost_per_data_call, read_only=self.read_only)
+                                  cost_per_data_call=settings.cost_per_data_call, read_only=self.read_only,
+                                  locks=shared_locks(self.catalog, "cache"))
         self._serving: Serving | None = None
         self._live: LiveEngine | None = None
         self._defined: dict[str, tuple[FeatureSet, int]] = {}  # feature sets registered by this process
 
     @classmethod
     def open(cls, path: str | os.PathLike[str] | None = None, **settings: Any) -> Store:
-        """Open (creating if needed) the embedded store at ``path``, ``PITSTORE_ROOT`` or ``./pitstore-data``."""
+        """Open (creating if needed) the store at ``path``, ``PITSTORE_ROOT`` or ``./pitstore-data``.
+
+        ``catalog_url="postgresql://host/db?schema=name"`` (or ``PITSTORE_CATALOG_URL``) puts the catalog in
+        PostgreSQL (team mode: every process on every machine that opens the same catalog and root shares the
+        store); the data files stay under ``path``, a directory they all see."""
         if path is not None:
             settings["root"] = os.fspath(path)  # not Path(): it would fold "s3://b" into "s3:/b" (see root_path)
         return cls(Settings.load(**settings))

@@ -16,7 +16,7 @@ import pyarrow as pa
 from pitstore.atomic import publish_bytes
 from pitstore.cache import codec
 from pitstore.cache.keys import CacheKey, cache_key, raw_table
-from pitstore.cache.lock import KeyLocks
+from pitstore.cache.lock import KeyLocks, ProcessLocks
 from pitstore.catalog.base import CacheEntry, Catalog
 from pitstore.catalog.sqlite import now_us
 from pitstore.datahash import HASH_METHOD, file_hash
@@ -47,11 +47,13 @@ class ComputeCache:
     """Content-addressed results of ``compute(raw, config)``, shared by every process using the store root."""
 
     def __init__(self, root: Path, catalog: Catalog, *, cost_per_compute_second: float = 0.0,
-                 cost_per_data_call: float = 0.0, read_only: bool = False) -> None:
+                 cost_per_data_call: float = 0.0, read_only: bool = False,
+                 locks: ProcessLocks | None = None) -> None:
         self.root = root
         self.catalog = catalog
         self.read_only = read_only  # hits are served (their statistics not recorded); a miss cannot be stored
-        self.locks = KeyLocks(root / CACHE_DIR / LOCK_DIR)
+        # Single flight: the given locks (a team store's advisory locks), else file locks under the root.
+        self.locks: ProcessLocks = locks if locks is not None else KeyLocks(root / CACHE_DIR / LOCK_DIR)
         # Cost tracking: a miss is one upstream data call plus its compute seconds; a hit avoids both.
         self.cost_per_compute_second = cost_per_compute_second
         self.cost_per_data_call = cost_per_data_call

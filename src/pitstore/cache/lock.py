@@ -1,8 +1,11 @@
 """One lock per cache key, across threads and processes: single flight for ``get_or_compute``.
 
-Threads of one process queue on a ``threading.Lock``; processes on an ``flock`` of ``<key>.lock``. The kernel
-drops the flock of a process that dies (even by SIGKILL), so a waiter takes over a killed peer's key at once.
-``gc`` may delete a lock file: a holder checks after locking that its file is still the one at that path.
+:class:`ProcessLocks` is the interface (``hold`` and ``remove_unused``); threads of one process queue on a
+``threading.Lock`` per key before a subclass takes the cross-process lock. :class:`KeyLocks`, the embedded one,
+uses an ``flock`` of ``<key>.lock``: the kernel drops the flock of a process that dies (even by SIGKILL), so a
+waiter takes over a killed peer's key at once. ``gc`` may delete a lock file: a holder checks after locking that
+its file is still the one at that path. Team stores use PostgreSQL advisory locks instead
+(:class:`pitstore.catalog.postgres.AdvisoryLocks`), which the server drops with a dead holder's session.
 """
 
 from __future__ import annotations
@@ -11,25 +14,21 @@ import fcntl
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["KeyLocks"]
+__all__ = ["KeyLocks", "ProcessLocks"]
 
 _POLL_MAX = 0.05  # seconds between tries when waiting with a timeout (flock itself cannot time out)
 
 
-class KeyLocks:
-    """Exclusive locks named by cache key, under ``directory``."""
+class ProcessLocks:
+    """Exclusive locks named by key: threads queue here, :meth:`_acquire` takes the cross-process lock."""
 
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
+    def __init__(self) -> None:
         self._guard = threading.Lock()
         self._local: dict[str, tuple[threading.Lock, int]] = {}  # key -> (lock, holders and waiters)
-
-    def path(self, key: str) -> Path:
-        return self.directory / f"{key}.lock"
 
     @contextmanager
     def hold(self, key: str, *, timeout: float | None = None, blocking: bool = True) -> Iterator[bool]:
@@ -44,15 +43,14 @@ class KeyLocks:
                 yield False
                 return
             try:
-                fd = self._flock(key, timeout if blocking else 0.0)
-                if fd is None:
+                release = self._acquire(key, timeout if blocking else 0.0)
+                if release is None:
                     yield False
                     return
                 try:
                     yield True
                 finally:
-                    fcntl.flock(fd, fcntl.LOCK_UN)
-                    os.close(fd)
+                    release()
             finally:
                 local.release()
         finally:
@@ -62,6 +60,40 @@ class KeyLocks:
                     del self._local[key]
                 else:
                     self._local[key] = (local, users - 1)
+
+    def _acquire(self, key: str, timeout: float | None) -> Callable[[], None] | None:
+        """Take ``key``'s cross-process lock (waiting at most ``timeout`` seconds, forever when None); returns
+        what releases it, or None when the time ran out."""
+        raise NotImplementedError
+
+    def remove_unused(self) -> int:
+        """Delete what unused locks leave behind (gc); returns how many were deleted."""
+        return 0
+
+    def close(self) -> None:
+        """Release what the locks keep open between holds."""
+
+
+class KeyLocks(ProcessLocks):
+    """Exclusive locks named by cache key, under ``directory``."""
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__()
+        self.directory = directory
+
+    def path(self, key: str) -> Path:
+        return self.directory / f"{key}.lock"
+
+    def _acquire(self, key: str, timeout: float | None) -> Callable[[], None] | None:
+        fd = self._flock(key, timeout)
+        if fd is None:
+            return None
+
+        def release() -> None:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+        return release
 
     def _flock(self, key: str, timeout: float | None) -> int | None:
         self.directory.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,32 @@
 """Catalogs: the relational manifest of a store (registry of feature sets and versions, entries)."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from pitstore.catalog.base import Catalog, VersionRow
 from pitstore.catalog.sqlite import SqliteCatalog
 
-__all__ = ["Catalog", "SqliteCatalog", "VersionRow"]
+if TYPE_CHECKING:
+    from pitstore.cache.lock import ProcessLocks
+    from pitstore.config import Settings
+
+__all__ = ["Catalog", "SqliteCatalog", "VersionRow", "open_catalog", "shared_locks"]
+
+
+def open_catalog(settings: Settings, *, read_only: bool) -> Catalog:
+    """The catalog the settings name: PostgreSQL when ``catalog_url`` is set (team mode), else the SQLite file
+    under the root."""
+    if settings.catalog_url:
+        from pitstore.catalog.postgres import PostgresCatalog  # psycopg only when a team store is opened
+
+        return PostgresCatalog(settings.catalog_url, schema=settings.catalog_schema, read_only=read_only)
+    return SqliteCatalog(settings.catalog_path, timeout=settings.lock_timeout, read_only=read_only)
+
+
+def shared_locks(catalog: Catalog, name: str) -> ProcessLocks | None:
+    """Single-flight locks of ``name`` keys that every machine using ``catalog`` sees (PostgreSQL advisory locks);
+    None for an embedded catalog, whose processes share file locks under the root instead."""
+    from pitstore.catalog.postgres import PostgresCatalog
+
+    return catalog.key_locks(name) if isinstance(catalog, PostgresCatalog) else None

@@ -104,6 +104,8 @@ class VersionRow:
 class Catalog(Protocol):
     """Transactions over feature sets and versions."""
 
+    mode: str  # how it is open: "rw", or read-only ("ro"; SQLite also "immutable")
+
     def register_version(self, name: str, fingerprint: str, definition: str) -> VersionRow:
         """Return the version with this fingerprint, creating the next integer version if new (atomic); a
         retired one is live again."""
@@ -147,6 +149,10 @@ class Catalog(Protocol):
 
     def commit_features(self, entry: FeatureEntry, *, supersede: Sequence[int], expected_live: Sequence[int]) -> bool:
         """Publish a feature entry unless the symbol's live entries changed meanwhile (then False)."""
+        ...
+
+    def counts(self) -> dict[str, int]:
+        """Row counts for stats: live and total bar and feature entries, and their rows."""
         ...
 
     # --- compute cache ---------------------------------------------------------------------------------
@@ -236,9 +242,4 @@ class Catalog(Protocol):
 
     def store_id(self) -> str:
         """This store's identity, made once and kept: what keeps its rows apart on shared servers."""
-        ...
-
-    @property
-    def mode(self) -> str:
-        """``"rw"``, or read-only: ``"ro"`` / ``"immutable"`` (then nothing may be written under the root)."""
         ...

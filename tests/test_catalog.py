@@ -1,0 +1,192 @@
+"""The catalog conformance suite on SQLite and on PostgreSQL, and what only the PostgreSQL catalog has: its
+schema, its URL, its errors and its advisory locks. PostgreSQL is the real local server, one schema per test."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from catalog_conformance import CatalogConformance, Opener, bar
+from servers import drop_schema, free_port
+
+from pitstore.catalog import SqliteCatalog
+from pitstore.catalog.postgres import DEFAULT_SCHEMA, PostgresCatalog, catalog_target
+from pitstore.errors import BackendError, BackendUnavailableError, ConfigError, ReadOnlyStoreError
+
+
+def _terminate(conn: psycopg.Connection[Any], kind: str) -> int:
+    """End this process's ``kind`` sessions ("catalog" or "lock"), never another test's; returns how many."""
+    rows = conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+                        (f"pitstore-{kind}-{os.getpid()}",)).fetchall()
+    return len(rows)
+
+
+class TestSqliteCatalog(CatalogConformance):
+    @pytest.fixture
+    def opener(self, tmp_path: Path) -> Iterator[Opener]:
+        opened: list[SqliteCatalog] = []
+
+        def open_one() -> SqliteCatalog:
+            opened.append(SqliteCatalog(tmp_path / "catalog.sqlite"))
+            return opened[-1]
+
+        yield open_one
+        for c in opened:
+            c.close()
+
+
+@pytest.fixture
+def pg_url(postgres_url: str, namespace: str) -> Iterator[str]:
+    """A catalog URL of a schema of this test's own, dropped afterwards."""
+    yield f"{postgres_url}?schema={namespace}"
+    drop_schema(postgres_url, namespace)
+
+
+class TestPostgresCatalog(CatalogConformance):
+    @pytest.fixture
+    def opener(self, pg_url: str) -> Iterator[Opener]:
+        opened: list[PostgresCatalog] = []
+
+        def open_one() -> PostgresCatalog:
+            opened.append(PostgresCatalog(pg_url))
+            return opened[-1]
+
+        yield open_one
+        for c in opened:
+            c.close()
+
+
+# --- PostgreSQL only ---------------------------------------------------------------------------------------
+
+
+def test_schema_is_created_once_with_its_version_row(pg_url: str, postgres_url: str, namespace: str) -> None:
+    openers: list[PostgresCatalog] = []
+    threads = [threading.Thread(target=lambda: openers.append(PostgresCatalog(pg_url))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(openers) == 4
+    with psycopg.connect(postgres_url) as conn:
+        rows = conn.execute(f'SELECT component, version FROM "{namespace}".schema_version').fetchall()
+    assert rows == [("catalog", 1)]
+    for c in openers:
+        c.close()
+
+
+def test_schema_comes_from_the_url_then_the_setting_then_the_default() -> None:
+    assert catalog_target("postgresql://h/db?schema=mine&sslmode=disable", "other") == \
+        ("postgresql://h/db?sslmode=disable", "mine")
+    assert catalog_target("postgresql://h/db", "other") == ("postgresql://h/db", "other")
+    assert catalog_target("postgres://h/db") == ("postgres://h/db", DEFAULT_SCHEMA)
+    for bad in ("mysql://h/db", "postgresql://h/db?schema=", "postgresql://h/db?nonsense=1"):
+        with pytest.raises(ConfigError):
+            catalog_target(bad)
+
+
+def test_unreachable_server_is_backend_unavailable() -> None:
+    with pytest.raises(BackendUnavailableError, match="unavailable"):
+        PostgresCatalog(f"postgresql://postgres@127.0.0.1:{free_port()}/test?schema=x", connect_timeout=2)
+
+
+def test_a_lost_connection_is_replaced(pg_url: str, postgres_url: str) -> None:
+    catalog = PostgresCatalog(pg_url)
+    first = catalog.commit_bars(bar("A"), None)
+    with psycopg.connect(postgres_url, autocommit=True) as conn:  # the server ends every catalog session
+        _terminate(conn, "catalog")
+    assert catalog.live_bars() == [first]  # a read: retried on a new connection
+    catalog.close()
+    catalog = PostgresCatalog(pg_url)
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        _terminate(conn, "catalog")
+    second = catalog.commit_bars(bar("A", n=11), first.id)  # a write lost before COMMIT: rolled back, retried
+    assert catalog.live_bars() == [second] and len(catalog.all_bar_entries()) == 2
+    catalog.close()
+
+
+def test_read_only_catalog(pg_url: str) -> None:
+    with pytest.raises(ReadOnlyStoreError, match="none to read"):
+        PostgresCatalog(pg_url, read_only=True)
+    writer = PostgresCatalog(pg_url)
+    writer.commit_bars(bar("A"), None)
+    reader = PostgresCatalog(pg_url, read_only=True)
+    assert reader.mode == "ro" and [e.symbol for e in reader.live_bars()] == ["A"]
+    with pytest.raises(ReadOnlyStoreError):
+        reader.commit_bars(bar("B"), None)
+    with pytest.raises(ReadOnlyStoreError):
+        reader.vacuum()
+    writer.close()
+    reader.close()
+
+
+def test_a_newer_catalog_version_is_refused(pg_url: str, postgres_url: str, namespace: str) -> None:
+    PostgresCatalog(pg_url).close()
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f"INSERT INTO \"{namespace}\".schema_version (component, version) VALUES ('catalog', 99)")
+    with pytest.raises(BackendError, match="newer"):
+        PostgresCatalog(pg_url)
+
+
+def test_a_broken_schema_is_a_backend_error(pg_url: str, postgres_url: str, namespace: str) -> None:
+    catalog = PostgresCatalog(pg_url)
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f'DROP TABLE "{namespace}".cache_entries')
+    with pytest.raises(BackendError, match="no pitstore catalog"):
+        catalog.cache_get("k")
+    catalog.close()
+
+
+# --- advisory locks ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def two_locks(pg_url: str) -> Iterator[tuple[Any, Any]]:
+    """Two catalogs' cache locks: two processes' views of one store's locks."""
+    a, b = PostgresCatalog(pg_url), PostgresCatalog(pg_url)
+    yield a.key_locks("cache"), b.key_locks("cache")
+    a.close()
+    b.close()
+
+
+def test_advisory_lock_excludes_other_sessions(two_locks: tuple[Any, Any]) -> None:
+    one, two = two_locks
+    with one.hold("k") as held:
+        assert held
+        with two.hold("k", blocking=False) as other:
+            assert not other
+        t0 = time.monotonic()
+        with two.hold("k", timeout=0.3) as other:
+            assert not other
+        assert 0.25 <= time.monotonic() - t0 < 5
+        with two.hold("other-key", blocking=False) as other:
+            assert other  # keys are independent
+    with two.hold("k", blocking=False) as other:
+        assert other
+    assert one.remove_unused() == 0
+
+
+def test_a_waiter_takes_over_when_the_holders_session_ends(two_locks: tuple[Any, Any], postgres_url: str) -> None:
+    one, two = two_locks
+    got = threading.Event()
+    entered = threading.Event()
+
+    def holder() -> None:
+        with one.hold("k"):  # its release finds the session gone: the lock went with it
+            entered.set()
+            got.wait(30)
+
+    t = threading.Thread(target=holder)
+    t.start()
+    assert entered.wait(10)
+    with psycopg.connect(postgres_url, autocommit=True) as conn:  # the holder's session dies (a killed holder)
+        assert _terminate(conn, "lock") == 1
+    with two.hold("k", timeout=10) as held:
+        assert held
+    got.set()
+    t.join(10)
