@@ -121,6 +121,20 @@ def test_catalog_url_comes_from_the_environment(tmp_path: Path, catalog_url: str
         assert store.stats()["catalog_mode"] == "rw"
 
 
+def test_the_command_line_on_a_team_store(tmp_path: Path, catalog_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With PITSTORE_CATALOG_URL the commands find the store by its catalog, not by a catalog.sqlite file."""
+    from clirun import run, run_json
+
+    monkeypatch.setenv("PITSTORE_CATALOG_URL", catalog_url)
+    root = tmp_path / "team"
+    synthetic_bars(2, 60, seed=9).write_parquet(tmp_path / "bars.parquet")
+    assert "postgresql://" in run("init", "--root", root) and "?schema=" in run("init", "--root", root)
+    run("ingest", tmp_path / "bars.parquet", "--root", root)
+    run("backfill", "--root", root)
+    assert run_json("stats", "--root", root, "--json")["bars_live"] == 2 * 60
+    assert not (root / "catalog.sqlite").exists()
+
+
 # --- across processes ------------------------------------------------------------------------------------
 
 

@@ -68,6 +68,22 @@ class Settings:
         return self.root / "catalog.sqlite"
 
     @property
+    def catalog_exists(self) -> bool:
+        """Whether a store is there to open: the SQLite file under the root, or, in team mode, a catalog URL (its
+        schema is made on first open, as ``pitstore init`` does)."""
+        return bool(self.catalog_url) or self.catalog_path.is_file()
+
+    @property
+    def catalog_location(self) -> str:
+        """Where the catalog is, for messages: the SQLite file, or the PostgreSQL URL without its password."""
+        if not self.catalog_url:
+            return str(self.catalog_path.resolve())
+        parts = urlsplit(self.catalog_url)
+        host = parts.hostname or ""
+        netloc = (f"{parts.username}@" if parts.username else "") + host + (f":{parts.port}" if parts.port else "")
+        return parts._replace(netloc=netloc).geturl()
+
+    @property
     def refuses_writes(self) -> bool:
         """``read_only``, or when None (auto), whether an existing root or catalog is not writable by this process
         (a missing root is created as usual: nothing else could be meant)."""

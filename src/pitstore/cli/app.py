@@ -90,7 +90,7 @@ def init(ctx: typer.Context, root: RootOption = None) -> None:
     existed = Settings.load(root=resolve_root(ctx, root)).catalog_path.is_file()
     with open_store(ctx, root, create=True) as store:
         where = store.root.resolve()
-        catalog = store.settings.catalog_path.resolve()
+        catalog = store.settings.catalog_location
     verb = "store already exists at" if existed else "created store at"
     out_console.print(f"{verb} {where}  (catalog: {catalog})", soft_wrap=True)
 

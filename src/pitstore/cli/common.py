@@ -107,10 +107,10 @@ def open_store(ctx: typer.Context, root: Path | None, *, create: bool) -> Store:
     """Open the store; unless ``create``, a missing store is an error rather than a new empty one."""
     root = resolve_root(ctx, root)
     if not create:
-        catalog = Settings.load(root=root).catalog_path
-        if not catalog.is_file():
+        settings = Settings.load(root=root)
+        if not settings.catalog_exists:
             raise NotFoundError(
-                f"no store at {catalog.parent}: run `pitstore init` or `pitstore ingest FILE` first, or give --root"
+                f"no store at {settings.root}: run `pitstore init` or `pitstore ingest FILE` first, or give --root"
             )
     return Store.open(root)
 

@@ -56,7 +56,7 @@ def serve(
         raise MissingDependencyError(f"pitstore serve needs its extra: pip install 'pitstore[server]' ({exc})") \
             from exc
     settings = Settings.load(root=resolve_root(ctx, root), online_url=online_url, postgres_url=postgres_url)
-    if not settings.catalog_path.is_file():
+    if not settings.catalog_exists:
         raise NotFoundError(f"no store at {settings.root}: run `pitstore demo` or `pitstore ingest FILE` first")
     keys = KeyRing.load(settings.root, settings.api_keys)
     if not keys and not _loopback(host) and not insecure:
