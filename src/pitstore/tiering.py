@@ -32,7 +32,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
@@ -45,8 +45,10 @@ from pitstore.catalog.sqlite import now_us as _clock_us
 from pitstore.datahash import file_hash
 from pitstore.errors import InvalidInputError
 from pitstore.filenames import safe_name
-from pitstore.history import PostgresHistory
-from pitstore.history.postgres import TOMBSTONE
+from pitstore.history.base import TOMBSTONE
+
+if TYPE_CHECKING:
+    from pitstore.history.postgres import PostgresHistory
 
 __all__ = ["ARCHIVE_DIR", "TableTier", "TierReport", "archive_dir", "latest_versions", "read_archive",
            "tier"]

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from pitstore.catalog.base import Catalog, VersionRow
 from pitstore.catalog.sqlite import SqliteCatalog
+from pitstore.deps import missing
 
 if TYPE_CHECKING:
     from pitstore.cache.lock import ProcessLocks
@@ -18,8 +19,10 @@ def open_catalog(settings: Settings, *, read_only: bool) -> Catalog:
     """The catalog the settings name: PostgreSQL when ``catalog_url`` is set (team mode), else the SQLite file
     under the root."""
     if settings.catalog_url:
-        from pitstore.catalog.postgres import PostgresCatalog  # psycopg only when a team store is opened
-
+        try:  # psycopg only when a team store is opened
+            from pitstore.catalog.postgres import PostgresCatalog
+        except ImportError as exc:
+            raise missing("postgres", "a catalog in PostgreSQL (catalog_url)", exc) from exc
         return PostgresCatalog(settings.catalog_url, schema=settings.catalog_schema, read_only=read_only)
     return SqliteCatalog(settings.catalog_path, timeout=settings.lock_timeout, read_only=read_only)
 
@@ -27,6 +30,5 @@ def open_catalog(settings: Settings, *, read_only: bool) -> Catalog:
 def shared_locks(catalog: Catalog, name: str) -> ProcessLocks | None:
     """Single-flight locks of ``name`` keys that every machine using ``catalog`` sees (PostgreSQL advisory locks);
     None for an embedded catalog, whose processes share file locks under the root instead."""
-    from pitstore.catalog.postgres import PostgresCatalog
-
-    return catalog.key_locks(name) if isinstance(catalog, PostgresCatalog) else None
+    key_locks = getattr(catalog, "key_locks", None)  # only a PostgreSQL catalog has them (no driver import here)
+    return key_locks(name) if callable(key_locks) else None

@@ -11,7 +11,6 @@ from rich.table import Table
 from pitstore import tiering
 from pitstore.cli.common import RootOption, clean_errors, fail, open_store, print_wide
 from pitstore.cli.maintenance import JsonFileOption, _write_json
-from pitstore.history import PostgresHistory
 from pitstore.history.recent import catalog_scope
 
 __all__ = ["tier"]
@@ -38,6 +37,8 @@ def tier(
         url = postgres_url or store.settings.postgres_url
         if not url:
             fail("no PostgreSQL URL for the history tier: give --postgres-url or set PITSTORE_POSTGRES_URL")
+        from pitstore.history import PostgresHistory  # psycopg: only for this command
+
         with PostgresHistory(url, schema=schema, scope=catalog_scope(store.catalog)) as history:
             days = store.settings.history_days if window_days is None else window_days
             report = tiering.tier(store.root, store.catalog, history, window_days=days, dry_run=dry_run)

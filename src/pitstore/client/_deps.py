@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import importlib
 from types import ModuleType
 
-from pitstore.errors import MissingDependencyError
+from pitstore.deps import need as _need
 
 __all__ = ["need"]
 
 
 def need(module: str) -> ModuleType:
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        raise MissingDependencyError(
-            f"pitstore.client needs {module!r}: pip install 'pitstore[client]' ({exc})") from exc
+    return _need(module, "client", "pitstore.client")

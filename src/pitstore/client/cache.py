@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from pitstore.client import _codec
-from pitstore.client._deps import need
+from pitstore.deps import need as need_extra
 from pitstore.errors import ConfigError, MissingDependencyError
 
 try:
@@ -193,7 +193,7 @@ _DEL = "return drop(ARGV[1], ARGV[2])"
 
 class _RedisEntries:
     def __init__(self, url: str, prefix: str) -> None:
-        redis = need("redis")
+        redis = need_extra("redis", "redis", "FeatureCache(url=redis://...)")
         self.prefix = prefix
         self.db = redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
         self._get, self._put, self._del = (self.db.register_script(_DROP + s) for s in (_GET, _PUT, _DEL))

@@ -69,16 +69,12 @@ from pitstore.history._rows import (
     encode_rows,
     micros,
 )
+from pitstore.history.base import TOMBSTONE, AsofRow, StoreScope
 from pitstore.rules import asof_bound
 
 __all__ = ["SCHEMA_VERSION", "TOMBSTONE", "AsofRow", "PostgresHistory", "StoreScope"]
 
-AsofRow = tuple[int, tuple[float | None, ...]]
-"""``(ts, values)`` of one stored row, values in the table's column order."""
-
 SCHEMA_VERSION = 3
-TOMBSTONE = "tombstone"
-"""The boolean column that marks tombstones in ``scan(all_versions=True)`` (and in tiering's archives)."""
 _COMPONENT = "history"
 _T = TypeVar("_T")
 _Conn = psycopg.Connection[Any]
@@ -193,17 +189,6 @@ _EXPLAINED = "pitstore_history_explained_asof"
 class _Table(NamedTuple):
     key: int
     columns: tuple[str, ...]
-
-
-class StoreScope(NamedTuple):
-    """The tables a :class:`PostgresHistory` sees: one store's, each of one definition."""
-
-    store_id: str
-    """The store's identity (non-empty), kept in its catalog."""
-    fingerprint: Callable[[str], str | None]
-    """The fingerprint of a table_id's definition in this store; None when the store has no such version."""
-    adopt: Callable[[str], bool]
-    """Whether an unscoped table of this table_id (written before schema version 3) holds this store's rows."""
 
 
 class _Queries:

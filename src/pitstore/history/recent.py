@@ -24,16 +24,19 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import partial
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import polars as pl
 
 from pitstore.catalog.base import Catalog
 from pitstore.catalog.sqlite import now_us
 from pitstore.errors import BackendUnavailableError
-from pitstore.history.postgres import AsofRow, PostgresHistory, StoreScope
+from pitstore.history.base import AsofRow, StoreScope
 from pitstore.offline import EntryReader
 from pitstore.outage import warn_outage
+
+if TYPE_CHECKING:
+    from pitstore.history.postgres import PostgresHistory
 
 __all__ = ["HistoryTier", "catalog_scope"]
 
@@ -88,6 +91,8 @@ class HistoryTier:
     """Recent feature rows per table (``feature_set@version``) of one store (``scope``) in PostgreSQL."""
 
     def __init__(self, url: str, days: float, *, schema: str = "pitstore", scope: StoreScope | None = None) -> None:
+        from pitstore.history import PostgresHistory  # psycopg: only when a history tier is configured
+
         self.db = PostgresHistory(url, schema=schema, scope=scope)
         self.window = timedelta(days=days)
         self._migrated = False

@@ -14,6 +14,7 @@ import inspect
 from pathlib import Path
 from typing import Any
 
+from pitstore.deps import missing
 from pitstore.errors import ConfigError
 from pitstore.online.base import InputRow, OnlineRow, OnlineStore
 from pitstore.online.memory import MemoryOnlineStore
@@ -36,8 +37,10 @@ def open_online(url: str, *, root: Path, **options: Any) -> OnlineStore:
         _check_options(SqliteOnlineStore, options, url)
         return SqliteOnlineStore(Path(rest) if rest else Path(root) / "online.sqlite", **options)
     if scheme in ("redis", "rediss") and sep:
-        from pitstore.online.redis import RedisOnlineStore  # imports redis-py only when used
-
+        try:  # redis-py only when used
+            from pitstore.online.redis import RedisOnlineStore
+        except ImportError as exc:
+            raise missing("redis", "an online tier on Redis", exc) from exc
         _check_options(RedisOnlineStore, options, url)
         return RedisOnlineStore(url, **options)
     raise ConfigError(f"unsupported online store URL {url!r}: expected {_URL_FORMS}")
