@@ -7,7 +7,7 @@ import os
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import polars as pl
@@ -17,6 +17,7 @@ from pitstore.catalog.base import FeatureEntry
 from pitstore.datahash import file_hash, table_hash
 from pitstore.errors import CacheCorruptionError
 from pitstore.filenames import safe_name
+from pitstore.rules import from_us
 
 __all__ = ["CheckedRead", "EntryReader", "check_file", "content_hash", "encode_symbol", "file_facts", "read_entries",
            "write_entry"]
@@ -25,6 +26,9 @@ log = logging.getLogger("pitstore.offline")
 _UNREADABLE = (OSError, pl.exceptions.PolarsError)
 
 _COMPRESSION_LEVEL = 1  # zstd level: float features barely compress, level 1 writes fastest (measured)
+# Rows per Parquet row group: a read of a short span decodes only the groups whose ts statistics overlap it
+# (pitstore.prune); polars' default (262,144) makes a 98k-bar file one group, decoded whole for one look-up.
+ROW_GROUP_ROWS = 16_384
 _RAM_FRACTION = 8  # by default an EntryReader keeps decoded reads up to 1/8 of the machine's memory
 
 
@@ -46,7 +50,8 @@ def write_entry(root: Path, relative_dir: str, df: pl.DataFrame) -> str:
     """
     name = f"{uuid.uuid4().hex}.parquet"
     publish(root / relative_dir, name, lambda tmp: df.write_parquet(
-        tmp, compression="zstd", compression_level=_COMPRESSION_LEVEL, statistics=True))
+        tmp, compression="zstd", compression_level=_COMPRESSION_LEVEL, statistics=True,
+        row_group_size=ROW_GROUP_ROWS))
     return f"{relative_dir}/{name}"
 
 
@@ -74,8 +79,26 @@ def check_file(path: Path, size: int | None, expected_hash: str | None) -> str |
     return None
 
 
-def _scan(root: Path, paths: Sequence[str], columns: Sequence[str] | None) -> pl.DataFrame:
-    lf = pl.scan_parquet([str(root / p) for p in paths])
+Span = tuple[int | None, int | None]  # ts bounds in µs, inclusive, None: open (see pitstore.prune)
+
+
+def _between(span: Span) -> pl.Expr:
+    lo, hi = span
+    ts = pl.col("ts")
+    # Datetime literals (not epoch integers) so the bounds reach the row-group statistics of the scan.
+    lower = ts >= pl.lit(from_us(lo), dtype=pl.Datetime("us", "UTC")) if lo is not None else pl.lit(True)
+    upper = ts <= pl.lit(from_us(hi), dtype=pl.Datetime("us", "UTC")) if hi is not None else pl.lit(True)
+    return lower & upper
+
+
+def _scan(root: Path, paths: Sequence[str], columns: Sequence[str] | None,
+          spans: Sequence[Span] | None = None) -> pl.DataFrame:
+    if spans is None or all(s == (None, None) for s in spans):
+        lf = pl.scan_parquet([str(root / p) for p in paths])
+    else:  # one scan per file, each with its own bounds; polars runs them together
+        lf = pl.concat([pl.scan_parquet(str(root / p)) if s == (None, None)
+                        else pl.scan_parquet(str(root / p)).filter(_between(s)) for p, s in zip(paths, spans,
+                                                                                                 strict=True)])
     if columns is not None:
         lf = lf.select(columns)
     # One chunk per column: sorts and gathers over 500 small chunks are twice as slow.
@@ -126,6 +149,7 @@ class EntryReader:
         self._cache: OrderedDict[tuple[tuple[str, ...], tuple[str, ...] | None], pl.DataFrame] = OrderedDict()
         self._sizes: dict[tuple[tuple[str, ...], tuple[str, ...] | None], int] = {}
         self.cached_bytes = 0
+        self._intact: set[tuple[str, int, int, int]] = set()  # files found intact: (path, size, mtime_ns, inode)
         self._lock = threading.Lock()
 
     def _keep(self, key: tuple[tuple[str, ...], tuple[str, ...] | None], df: pl.DataFrame) -> None:
@@ -152,28 +176,36 @@ class EntryReader:
                 self._keep(key, df)
         return df
 
-    def read_checked(self, entries: Sequence[FeatureEntry], columns: Sequence[str]) -> CheckedRead:
+    def read_checked(self, entries: Sequence[FeatureEntry], columns: Sequence[str],
+                     spans: Mapping[str, Span] | None = None) -> CheckedRead:
         """The rows of the intact ``entries`` and the problem of each damaged one (missing, truncated, not
         matching its recorded size or hash, undecodable), each logged as a warning: one damaged file must not
-        fail a read of every symbol. Hashing reads every byte once per decode; cached results skip it."""
-        key = (("\0checked", *(e.path for e in entries)), tuple(columns))
+        fail a read of every symbol. Hashing reads every byte once per decode; cached results skip it.
+
+        ``spans`` (path -> ts bounds, see :mod:`pitstore.prune`): only those entries are decoded, each only
+        within its span; every entry is still checked, so a damaged one marks its symbol whether it is read or
+        not (the statuses of a pruned read are those of a full one).
+        """
+        wanted = [e for e in entries if spans is None or e.path in spans]
+        bounds = None if spans is None else [spans[e.path] for e in wanted]
+        key = (("\0checked", *(e.path for e in entries)), (*columns, "\0spans", *map(str, bounds or ())))
         with self._lock:
             hit = self._cache.get(key)
             if hit is not None:  # only intact reads are cached: damage is re-checked and re-logged every time
                 self._cache.move_to_end(key)
                 return hit, {}
-        damaged = {e.path: what for e in entries
-                   if (what := check_file(self.root / e.path, e.size, e.file_hash)) is not None}
-        good = [e.path for e in entries if e.path not in damaged]
+        damaged = {e.path: what for e in entries if (what := self._check(e)) is not None}
+        good = [(e.path, b) for e, b in zip(wanted, bounds or [(None, None)] * len(wanted), strict=True)
+                if e.path not in damaged]
         rows = None
         if good:
             try:
-                rows = _scan(self.root, good, columns)
+                rows = _scan(self.root, [p for p, _ in good], columns, [b for _, b in good])
             except _UNREADABLE:
                 parts = []
-                for p in good:  # find the undecodable ones (entries recorded without a hash)
+                for p, b in good:  # find the undecodable ones (entries recorded without a hash)
                     try:
-                        parts.append(_scan(self.root, [p], columns))
+                        parts.append(_scan(self.root, [p], columns, [b]))
                     except _UNREADABLE as exc:
                         damaged[p] = f"undecodable: {exc}"
                 rows = pl.concat(parts).rechunk() if parts else None
@@ -184,3 +216,22 @@ class EntryReader:
             log.warning("damaged entry %s: %s; its symbol reads as 'damaged' (run `pitstore verify --repair`)",
                         p, what)
         return rows, damaged
+
+    def _check(self, e: FeatureEntry) -> str | None:
+        """:func:`check_file`, once per file version: a file found intact is not hashed again while its size,
+        mtime and inode stay the same (entries never change once published; a damaged one is rewritten or
+        replaced, which changes them). A pruned read of one day of a long history must not cost a hash of all
+        of it on every call."""
+        path = self.root / e.path
+        try:
+            st = path.stat()
+            stamp = (e.path, st.st_size, st.st_mtime_ns, st.st_ino)
+        except OSError:
+            stamp = None
+        if stamp is not None and stamp in self._intact:
+            return None
+        what = check_file(path, e.size, e.file_hash)
+        if what is None and stamp is not None:
+            with self._lock:
+                self._intact.add(stamp)
+        return what
