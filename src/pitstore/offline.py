@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import mmap
 import os
 import threading
 import uuid
@@ -67,16 +68,22 @@ def check_file(path: Path, size: int | None, expected_hash: str | None) -> str |
     try:
         if size is None and expected_hash is None:
             return None if path.is_file() else "file is missing"
-        data = path.read_bytes()
+        with path.open("rb") as f:
+            n = os.fstat(f.fileno()).st_size
+            if size is not None and n != size:
+                return f"{n} bytes, the catalog says {size}"
+            if expected_hash is None:
+                return None
+            if n == 0:
+                digest = file_hash(b"")
+            else:  # mapped, not read: no copy of the file in memory (a third faster, measured)
+                with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+                    digest = file_hash(mapped)
     except FileNotFoundError:
         return "file is missing"
     except OSError as exc:
         return f"unreadable: {exc}"
-    if size is not None and len(data) != size:
-        return f"{len(data)} bytes, the catalog says {size}"
-    if expected_hash is not None and file_hash(data) != expected_hash:
-        return "content does not match its hash"
-    return None
+    return None if digest == expected_hash else "content does not match its hash"
 
 
 Span = tuple[int | None, int | None]  # ts bounds in µs, inclusive, None: open (see pitstore.prune)
@@ -91,14 +98,27 @@ def _between(span: Span) -> pl.Expr:
     return lower & upper
 
 
+def _groups(entries: Sequence[FeatureEntry], spans: Sequence[Span]) -> list[tuple[list[str], Span]]:
+    """How to scan ``entries`` cut to ``spans``: all in one scan under the hull of the spans when that decodes
+    at most about twice the rows (one scan of many files is twice as fast as one scan per file, measured),
+    else one scan per file. More rows than a span are harmless: each is a real stored row, and every row of
+    the spans is read (see pitstore.prune)."""
+    exact = [(e.first_ts if lo is None else lo, e.last_ts if hi is None else hi)
+             for e, (lo, hi) in zip(entries, spans, strict=True)]
+    lo, hi = min(a for a, _ in exact), max(b for _, b in exact)
+    own = sum(b - a + 1 for a, b in exact)
+    hull = sum(min(hi, e.last_ts) - max(lo, e.first_ts) + 1 for e in entries)
+    if hull <= 2 * own:
+        return [([e.path for e in entries], (lo, hi))]
+    return [([e.path], s) for e, s in zip(entries, spans, strict=True)]
+
+
 def _scan(root: Path, paths: Sequence[str], columns: Sequence[str] | None,
-          spans: Sequence[Span] | None = None) -> pl.DataFrame:
-    if spans is None or all(s == (None, None) for s in spans):
+          groups: Sequence[tuple[Sequence[str], Span]] | None = None) -> pl.DataFrame:
+    if groups is None:
         lf = pl.scan_parquet([str(root / p) for p in paths])
-    else:  # one scan per file, each with its own bounds; polars runs them together
-        lf = pl.concat([pl.scan_parquet(str(root / p)) if s == (None, None)
-                        else pl.scan_parquet(str(root / p)).filter(_between(s)) for p, s in zip(paths, spans,
-                                                                                                 strict=True)])
+    else:  # polars runs the scans together
+        lf = pl.concat([pl.scan_parquet([str(root / p) for p in ps]).filter(_between(span)) for ps, span in groups])
     if columns is not None:
         lf = lf.select(columns)
     # One chunk per column: sorts and gathers over 500 small chunks are twice as slow.
@@ -195,19 +215,20 @@ class EntryReader:
                 self._cache.move_to_end(key)
                 return hit, {}
         damaged = {e.path: what for e in entries if (what := self._check(e)) is not None}
-        good = [(e.path, b) for e, b in zip(wanted, bounds or [(None, None)] * len(wanted), strict=True)
+        good = [(e, b) for e, b in zip(wanted, bounds or [(None, None)] * len(wanted), strict=True)
                 if e.path not in damaged]
         rows = None
         if good:
             try:
-                rows = _scan(self.root, [p for p, _ in good], columns, [b for _, b in good])
+                rows = _scan(self.root, [e.path for e, _ in good], columns,
+                             None if spans is None else _groups([e for e, _ in good], [b for _, b in good]))
             except _UNREADABLE:
                 parts = []
-                for p, b in good:  # find the undecodable ones (entries recorded without a hash)
+                for e, b in good:  # find the undecodable ones (entries recorded without a hash)
                     try:
-                        parts.append(_scan(self.root, [p], columns, [b]))
+                        parts.append(_scan(self.root, [e.path], columns, None if spans is None else [([e.path], b)]))
                     except _UNREADABLE as exc:
-                        damaged[p] = f"undecodable: {exc}"
+                        damaged[e.path] = f"undecodable: {exc}"
                 rows = pl.concat(parts).rechunk() if parts else None
         if not damaged and rows is not None:
             with self._lock:
