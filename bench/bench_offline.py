@@ -26,6 +26,12 @@ What is timed:
   ``--backfill-runs`` after one warm-up; then ``--noop-runs`` re-backfills of the last one with nothing to
   do. Each full backfill writes ~260 MB of new files: on a VM whose memory is backed lazily by the host,
   page-cache writes into never-touched memory are slow and vary from run to run (see the encode stage).
+* pruning (``--only pruning``, written to ``bench/results/bench_offline_pruning.txt``): 1,000 look-ups in the
+  last day of a store of minute bars (200 symbols x 98,280 by default, the seven standard features), each
+  variant in its own worker process (cold call after Store.open, then warm calls; peak RSS = VmHWM): pitstore
+  with pruning (pitstore.prune.ENABLED, the default), without (the module flag turned off: every touched
+  symbol's full history decoded, as before #18), and polars reading the same files with a ts filter plus
+  ``join_asof`` (the floor). The variants' answers are compared by hash before anything is reported.
 * one more backfill and one more get_historical call run instrumented: pitstore's stage functions are
   wrapped with timers (catalog calls, Parquet reads, compute, Parquet encode, fsync, commits) to show
   where the time goes. The instrumented runs are not the timed ones.
@@ -67,6 +73,7 @@ from _common import Report, git_commit, load_average, machine, timed  # bench/ i
 import pitstore
 from pitstore import Store, standard_features
 from pitstore import backfill as backfill_module
+from pitstore import prune as prune_module
 from pitstore import reads as reads_module
 from pitstore.catalog.sqlite import SqliteCatalog
 from pitstore.offline import EntryReader
@@ -74,11 +81,16 @@ from pitstore.testing import synthetic_bars
 
 BENCH_DIR = Path(__file__).resolve().parent
 DEFAULT_OUT = BENCH_DIR / "results" / "bench_offline.txt"
+DEFAULT_OUT_PRUNING = BENCH_DIR / "results" / "bench_offline_pruning.txt"
 
 SEED = 42
 HIST_SYMBOLS, HIST_BARS, LOOKUPS = 500, 2_520, 1_000_000
 BF_SYMBOLS, BF_BARS = 50, 98_280
 QUICK_HIST_SYMBOLS, QUICK_LOOKUPS, QUICK_BF_SYMBOLS = 20, 50_000, 5
+PRUNE_SYMBOLS, PRUNE_BARS, PRUNE_LOOKUPS = 200, 98_280, 1_000
+QUICK_PRUNE_SYMBOLS, QUICK_PRUNE_BARS = 10, 20_000
+PRUNE_FS = "minute_core"
+PRUNE_FEATURES = ["ret_5", "ret_20", "ret_60", "vol_20", "vol_60", "mom_20", "mom_60"]  # the 1m names
 START = datetime(2015, 1, 2, tzinfo=UTC)  # synthetic_bars' default start
 FS = "daily_core"
 FEATURES = ["ret_5d", "ret_20d", "ret_60d", "vol_20d", "vol_60d", "mom_20d", "mom_60d"]
@@ -138,6 +150,57 @@ def worker(root: str, n_symbols: int, n_bars: int, n_lookups: int, runs: int) ->
     store.close()
     print(json.dumps({"open": open_s, "cold": cold, "warm": warm, "rss_before": rss_before, "peak": peak_rss_mb()}),
           flush=True)
+
+
+def last_day_lookups(n_symbols: int, n_bars: int, n: int) -> pl.DataFrame:
+    """``n`` seeded look-ups of uniform symbols at uniform times within the last day of the minute bars."""
+    rng = np.random.default_rng(SEED + 2)
+    names = np.array([f"S{i:04d}" for i in range(n_symbols)])
+    last = int((START + timedelta(minutes=n_bars - 1)).timestamp() * 1e6)
+    return pl.DataFrame({
+        "symbol": names[rng.integers(0, n_symbols, n)],
+        "ts": pl.Series(rng.integers(last - 86_400 * 10**6, last + 1, n), dtype=pl.Int64)
+        .cast(pl.Datetime("us", "UTC")),
+    })
+
+
+def prune_worker(root: str, n_symbols: int, n_bars: int, n_lookups: int, runs: int, mode: str) -> None:
+    """Runs in its own process: one variant (``on``, ``off``: pitstore with or without pruning; ``polars``: the
+    floor) cold after open, then ``runs`` warm; prints JSON with times, peak RSS and a hash of the answer."""
+    spine = last_day_lookups(n_symbols, n_bars, n_lookups)
+    rss_before = peak_rss_mb()
+    store = Store.open(root)
+    if mode == "polars":
+        sel = reads_module.select(store.registry, PRUNE_FS)[0]
+        paths = [str(store.root / e.path) for e in store.catalog.feature_entries(sel.feature_set, sel.version)]
+        indexed = spine.with_row_index("i")
+
+        def call() -> pl.DataFrame:
+            # What a hand-written reader would do: the files, only rows young enough to be fresh, as-of join.
+            since = spine["ts"].min() - sel.ttl  # type: ignore[operator]
+            young = pl.scan_parquet(paths).filter(pl.col("ts") >= since)
+            rows = young.select("symbol", "ts", *PRUNE_FEATURES).collect()
+            joined = indexed.sort("ts").join_asof(rows.sort("ts"), on="ts", by="symbol", check_sortedness=False)
+            return joined.sort("i").drop("i")
+    else:
+        prune_module.ENABLED = mode == "on"
+
+        def call() -> pl.DataFrame:
+            out = store.get_historical(spine, PRUNE_FS)
+            assert isinstance(out, pl.DataFrame)
+            return out
+    t0 = time.perf_counter()
+    out = call()
+    cold = time.perf_counter() - t0
+    peak_cold = peak_rss_mb()
+    # Values only (polars does not null stale rows: the look-ups are all fresh here, checked by the caller).
+    digest = pitstore.datahash.table_hash(out.select(PRUNE_FEATURES).to_arrow()).hex
+    statuses = dict(out["status"].value_counts().iter_rows()) if "status" in out.columns else {}
+    del out
+    warm = timed(call, runs, warmup=False)
+    store.close()
+    print(json.dumps({"cold": cold, "warm": warm, "rss_before": rss_before, "peak_cold": peak_cold,
+                      "peak": peak_rss_mb(), "digest": digest, "statuses": statuses}), flush=True)
 
 
 @dataclass
@@ -239,12 +302,23 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "with --out")
     parser.add_argument("--out", type=Path, default=None,
                         help=f"also write the report here (default for a full run: {DEFAULT_OUT})")
+    parser.add_argument("--only", choices=("all", "historical", "backfill", "pruning"), default="all",
+                        help="run one section (pruning alone writes bench/results/bench_offline_pruning.txt)")
+    parser.add_argument("--prune-symbols", type=int, default=None,
+                        help=f"symbols of the pruning store (default {PRUNE_SYMBOLS}; quick {QUICK_PRUNE_SYMBOLS})")
+    parser.add_argument("--prune-bars", type=int, default=None,
+                        help=f"minute bars per symbol of the pruning store (default {PRUNE_BARS:_})")
     parser.add_argument("--worker", nargs=5, metavar=("ROOT", "SYMBOLS", "BARS", "LOOKUPS", "RUNS"),
                         help=argparse.SUPPRESS)
+    parser.add_argument("--prune-worker", nargs=6, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         root, *nums = args.worker
         worker(root, *(int(n) for n in nums))
+        return 0
+    if args.prune_worker:
+        root, *nums, mode = args.prune_worker
+        prune_worker(root, *(int(n) for n in nums), mode)
         return 0
     if min(args.runs, args.cold_runs, args.pandas_runs, args.backfill_runs, args.noop_runs) < 1:
         parser.error("run counts must be at least 1")
@@ -257,7 +331,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     pandas_runs = 1 if q else args.pandas_runs
     bf_runs = min(args.backfill_runs, 2) if q else args.backfill_runs
     noop_runs = min(args.noop_runs, 2) if q else args.noop_runs
-    out_path: Path | None = args.out if args.out is not None else (None if q else DEFAULT_OUT)
+    default_out = DEFAULT_OUT_PRUNING if args.only == "pruning" else DEFAULT_OUT
+    out_path: Path | None = args.out if args.out is not None else (None if q else default_out)
+    prune_symbols = args.prune_symbols or (QUICK_PRUNE_SYMBOLS if q else PRUNE_SYMBOLS)
+    prune_bars = args.prune_bars or (QUICK_PRUNE_BARS if q else PRUNE_BARS)
 
     emit = Report()
     with contextlib.ExitStack() as stack:
@@ -271,10 +348,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         emit(machine(f"polars threads {pl.thread_pool_size()}", f"load average at start {load_average()}"))
         emit(f"stores:    {base} (zstd Parquet entries, fsynced; SQLite catalog in WAL mode)")
         emit()
-        verdicts = historical(emit, base / "daily", hist_symbols, n_lookups, runs, cold_runs, pandas_runs)
-        emit()
-        verdicts += backfill(emit, base / "minute", bf_symbols, bf_runs, noop_runs)
-        emit()
+        verdicts: list[str] = []
+        if args.only in ("all", "historical"):
+            verdicts += historical(emit, base / "daily", hist_symbols, n_lookups, runs, cold_runs, pandas_runs)
+            emit()
+        if args.only in ("all", "backfill"):
+            verdicts += backfill(emit, base / "minute", bf_symbols, bf_runs, noop_runs)
+            emit()
+        if args.only in ("all", "pruning"):
+            verdicts += pruning(emit, base / "pruning", prune_symbols, prune_bars, runs, cold_runs)
+            emit()
         emit(f"load average at end: {load_average()}")
         emit("summary:")
         for v in verdicts:
@@ -463,6 +546,69 @@ def backfill(emit: Callable[[str], None], root: Path, n_symbols: int, runs: int,
         f"no-change re-backfill < {TARGET_NOOP_S:g} s (worst of {len(noop)}): {max(noop) * 1e3:.1f} ms -> "
         f"{'PASS' if max(noop) < TARGET_NOOP_S else 'FAIL'}",
     ]
+
+
+
+def pruning(emit: Callable[[str], None], root: Path, n_symbols: int, n_bars: int, runs: int,
+            cold_runs: int) -> list[str]:
+    """1,000 look-ups in the last day of a large minute-bar store: pruned, unpruned, polars floor."""
+    t0 = time.perf_counter()
+    with Store.open(root) as store:
+        for first in range(0, n_symbols, 50):  # ingested 50 symbols at a time: the bars frame stays small
+            bars = synthetic_bars(min(50, n_symbols - first), n_bars, timeframe="1m", seed=SEED + first)
+            names = {f"S{i:04d}": f"S{first + i:04d}" for i in range(50)}
+            store.ingest(bars.with_columns(pl.col("symbol").replace(names)))
+            del bars
+        ingest_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        store.backfill(standard_features(PRUNE_FS, timeframe="1m"))
+        backfill_s = time.perf_counter() - t0
+        counts = store.catalog.counts()
+        disk = store.stats()["bytes_on_disk"]
+    gc.collect()
+    emit(f"pruning: {PRUNE_LOOKUPS:,} look-ups in the last day, {n_symbols} symbols x {n_bars:,} one-minute bars "
+         f"({counts['feature_rows_live']:,} stored rows of {PRUNE_FS}, {len(PRUNE_FEATURES)} features, "
+         f"{disk / 1e6:,.0f} MB on disk)")
+    emit(f"  setup (not timed): ingest {ingest_s:.2f} s, backfill {backfill_s:.2f} s")
+
+    def run(mode: str) -> dict[str, Any]:
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--prune-worker", str(root), str(n_symbols),
+               str(n_bars), str(PRUNE_LOOKUPS), str(runs), mode]
+        res = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)
+        if res.returncode != 0:
+            raise SystemExit(f"pruning worker ({mode}) failed with exit code {res.returncode}")
+        out: dict[str, Any] = json.loads(res.stdout.strip().splitlines()[-1])
+        return out
+
+    # Interleaved (on, off, polars, on, off, ...): a change in the machine's load hits every variant alike.
+    results: dict[str, list[dict[str, Any]]] = {"on": [], "off": [], "polars": []}
+    for _ in range(cold_runs):
+        for mode in results:
+            results[mode].append(run(mode))
+    digests = {m: {r["digest"] for r in rs} for m, rs in results.items()}
+    same = len(set().union(*digests.values())) == 1
+    statuses = results["on"][0]["statuses"]
+    emit(f"  check: pruned == unpruned == polars (values, by hash): {'yes' if same else 'NO'}; statuses {statuses}")
+    if not same or set(statuses) != {"ok"}:
+        raise SystemExit("ABORT: the variants disagree (or some look-up is not ok), the timings would not compare")
+    names = {"on": "pitstore, pruned", "off": "pitstore, unpruned", "polars": "polars ts filter + join"}
+    emit(f"  {'variant':<24} {'cold best s':>11} {'cold med s':>10} {'warm best s':>11} {'peak RSS cold MB':>16}"
+         f" {'peak RSS MB':>11}")
+    for mode, rs in results.items():
+        cb, cm = best_median([r["cold"] for r in rs])
+        wb, _ = best_median([t for r in rs for t in r["warm"]])
+        emit(f"  {names[mode]:<24} {cb:>11.3f} {cm:>10.3f} {wb:>11.3f} {max(r['peak_cold'] for r in rs):>16,.0f}"
+             f" {max(r['peak'] for r in rs):>11,.0f}")
+    emit(f"  ({len(results['on'])} worker processes per variant, interleaved; {runs} warm calls each; peak RSS is"
+         f" VmHWM after the cold call and at the end; {results['on'][0]['rss_before']:,.0f} MB before Store.open)")
+    for mode, rs in results.items():
+        emit(f"  {names[mode]} cold runs (s): " + ", ".join(f"{r['cold']:.3f}" for r in rs))
+    on = min(r["cold"] for r in results["on"])
+    off = min(r["cold"] for r in results["off"])
+    floor = min(r["cold"] for r in results["polars"])
+    return [f"pruning: cold 1,000 last-day look-ups {off:.3f} s -> {on:.3f} s ({off / on:.1f}x faster), "
+            f"{on / floor:.2f}x the polars floor; peak RSS {max(r['peak_cold'] for r in results['off']):,.0f} MB -> "
+            f"{max(r['peak_cold'] for r in results['on']):,.0f} MB"]
 
 
 if __name__ == "__main__":

@@ -220,6 +220,27 @@ class CatalogConformance:
         old = [e for e in catalog.all_feature_entries() if e.id in (a0.id, a10.id)]
         assert all(e.superseded_at == now[0].recorded_at for e in old)
 
+    def test_drop_superseded_keeps_the_restatement_chain_and_records_the_horizon(self, catalog: Catalog) -> None:
+        first = catalog.commit_bars(bar("AAA", n=10), None)
+        restated = catalog.commit_bars(bar("AAA", n=11)._replace(appended_only=False, restated_rows=1), first.id)
+        live = catalog.commit_bars(bar("AAA", n=12), restated.id)  # appended to the restated snapshot
+        other = catalog.commit_bars(bar("BBB", n=5), None)
+        assert catalog.commit_features(feature("AAA", 0, 9), supersede=[], expected_live=[])
+        (f0,) = catalog.feature_entries("fs", 1, ["AAA"])
+        assert catalog.commit_features(feature("AAA", 0, 11), supersede=[f0.id], expected_live=[f0.id])
+        assert catalog.replay_from() is None
+        cut = max(e.superseded_at or 0 for e in (*catalog.all_bar_entries(), *catalog.all_feature_entries()))
+        bars, features = catalog.drop_superseded(cut)
+        assert {b.id for b in bars} == {first.id, restated.id} and [f.id for f in features] == [f0.id]
+        kept = {b.id: b for b in catalog.all_bar_entries()}
+        assert set(kept) == {live.id, other.id}
+        assert not kept[live.id].appended_only  # the restatement it followed is on record in its place
+        assert kept[other.id].appended_only
+        assert [f.first_ts for f in catalog.all_feature_entries()] == [0]
+        assert catalog.replay_from() == cut
+        assert catalog.drop_superseded(cut - 10) == ([], [])
+        assert catalog.replay_from() == cut  # never moves back
+
     def test_versions_and_feature_sets_keep_their_entries_apart(self, catalog: Catalog) -> None:
         assert catalog.commit_features(feature("AAA", 0, 9, version=1), supersede=[], expected_live=[])
         assert catalog.commit_features(feature("AAA", 0, 9, version=2), supersede=[], expected_live=[])

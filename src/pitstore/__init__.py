@@ -28,6 +28,7 @@ from pitstore.errors import (
     NotFoundError,
     PitstoreError,
     ReadOnlyStoreError,
+    RetentionError,
     SchemaMismatchError,
     VersionNotFoundError,
 )
@@ -89,6 +90,7 @@ __all__ = [
     "PitstoreError",
     "ReadOnlyStoreError",
     "Registry",
+    "RetentionError",
     "SchemaMismatchError",
     "Settings",
     "Store",

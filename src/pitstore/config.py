@@ -62,6 +62,9 @@ class Settings:
     # root. None: the embedded SQLite catalog, root/catalog.sqlite.
     catalog_url: str | None = None
     catalog_schema: str = "pitstore_catalog"  # the catalog's PostgreSQL schema when catalog_url has no ?schema=
+    # Days superseded bar snapshots and feature entries are kept for as_known_at replays; gc then deletes them,
+    # and as_known_at further back is refused (RetentionError): pitstore.retention.
+    retention_days: float = 90.0
 
     @property
     def catalog_path(self) -> Path:
@@ -124,7 +127,8 @@ class Settings:
             values["root"] = env_root
         for key in ("online_url", "online_namespace", "redis_url", "postgres_url", "lock_timeout", "history_days",
                     "live_flush_bars", "max_future_days", "api_keys", "max_body_bytes", "cost_per_compute_second",
-                    "cost_per_data_call", "read_only", "entry_cache_bytes", "catalog_url", "catalog_schema"):
+                    "cost_per_data_call", "read_only", "entry_cache_bytes", "catalog_url", "catalog_schema",
+                    "retention_days"):
             env = os.environ.get(f"PITSTORE_{key.upper()}")
             if env:
                 values[key] = env
@@ -181,8 +185,15 @@ class Settings:
             raise ConfigError(f"entry_cache_bytes must be a number of bytes, got {self.entry_cache_bytes!r}") from exc
         if entry_bytes is not None and entry_bytes < 0:
             raise ConfigError(f"entry_cache_bytes must not be negative, got {entry_bytes}")
+        try:
+            retention = float(self.retention_days)
+            timedelta(days=retention)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise ConfigError(f"retention_days must be a number of days, got {self.retention_days!r}") from exc
+        if not retention >= 0:
+            raise ConfigError(f"retention_days must not be negative, got {retention}")
         return replace(self, root=root_path(self.root), read_only=_tristate(self.read_only),
-                       entry_cache_bytes=entry_bytes,
+                       entry_cache_bytes=entry_bytes, retention_days=retention,
                        lock_timeout=lock_timeout, history_days=history_days, live_flush_bars=flush,
                        max_future_days=future, max_body_bytes=max_body, cost_per_compute_second=costs[0],
                        cost_per_data_call=costs[1])

@@ -17,6 +17,7 @@ Each error also subclasses the builtin a caller would naturally catch::
     +-- MissingDependencyError(ImportError) an optional extra is not installed
     +-- CacheCorruptionError                a stored entry does not match its catalog row
     +-- InvalidInputError(ValueError)       bad bars or arguments at the API edge
+        +-- RetentionError                  as_known_at older than the retained history (retention_days)
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ __all__ = [
     "NotFoundError",
     "PitstoreError",
     "ReadOnlyStoreError",
+    "RetentionError",
     "SchemaMismatchError",
     "VersionNotFoundError",
 ]
@@ -135,3 +137,17 @@ class InvalidInputError(PitstoreError, ValueError):
         if value is not None:
             msg += f": got {value!r}"
         super().__init__(msg)
+
+
+class RetentionError(InvalidInputError):
+    """``as_known_at`` lies before the history the store keeps: superseded entries are deleted by ``gc`` once
+    older than the ``retention_days`` setting, so an answer that far back could silently miss rows."""
+
+    def __init__(self, as_known_at: Any, horizon: Any, retention_days: float) -> None:
+        self.horizon = horizon
+        self.retention_days = retention_days
+        super().__init__(
+            f"as_known_at {as_known_at} is before {horizon}, the earliest time this store can replay: superseded"
+            f" entries are kept for retention_days = {retention_days:g} days (setting `retention_days`, or a"
+            " shorter one of the process that last ran gc), then gc deletes them; raise retention_days before"
+            " gc runs to replay further back", column="as_known_at")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -48,6 +48,9 @@ class GcReport:
     dry_run: bool
     stale_entries: list[str] = field(default_factory=list)  # cache entries not accessed within the retention
     old_versions: list[str] = field(default_factory=list)  # feature entries of versions beyond max_versions
+    # Bar snapshots and feature entries superseded before the retention (pitstore.retention): as_known_at no
+    # longer reaches them.
+    superseded: list[str] = field(default_factory=list)
     retired_versions: list[str] = field(default_factory=list)  # those versions ("name@v"): no longer readable
     missing_files: list[str] = field(default_factory=list)  # catalog rows whose file is gone
     orphan_files: list[str] = field(default_factory=list)  # files no catalog row refers to (incl. temporaries)
@@ -59,7 +62,7 @@ class GcReport:
 
     @property
     def files_deleted(self) -> int:
-        return len(self.stale_entries) + len(self.old_versions) + len(self.orphan_files)
+        return len(self.stale_entries) + len(self.old_versions) + len(self.superseded) + len(self.orphan_files)
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "files_deleted": self.files_deleted}
@@ -102,11 +105,15 @@ def _size(path: Path) -> int:
 def gc(
     root: Path, catalog: Catalog, cache: ComputeCache, *, retention_weeks: float | None = None,
     max_versions: int | None = None, dry_run: bool = False, orphan_grace_seconds: float = ORPHAN_GRACE_SECONDS,
+    superseded_before: int | None = None,
 ) -> GcReport:
     """Delete stale cache entries, files nobody refers to, rows whose file is gone and versions beyond
     ``max_versions`` per feature set (among those with stored entries); then VACUUM/ANALYZE the catalog.
     ``dry_run`` only reports. A version whose entries are deleted is retired: no longer listed, and reading it
-    raises VersionNotFoundError (registering its definition again brings the number back)."""
+    raises VersionNotFoundError (registering its definition again brings the number back).
+    ``superseded_before`` (µs; :func:`pitstore.retention.gc_horizon`): bar snapshots and feature entries
+    superseded at or before it are deleted, rows first in one transaction, then their files (a crash between
+    leaves only unreferenced files, which the next gc removes)."""
     if retention_weeks is not None and retention_weeks < 0:
         raise InvalidInputError(f"retention weeks must be >= 0, got {retention_weeks}")
     if max_versions is not None and max_versions < 1:
@@ -143,7 +150,9 @@ def gc(
             else:
                 delete_file(path, report.stale_entries)
 
-    # 2. Offline entries whose file is missing, then versions beyond max_versions.
+    # 2. Superseded entries past the retention; then entries whose file is missing, versions beyond max_versions.
+    if superseded_before is not None:
+        _drop_superseded(root, catalog, superseded_before, report, delete_file)
     bars = catalog.all_bar_entries()
     features = catalog.all_feature_entries()
     for table, rows in (("bar_entries", bars), ("feature_entries", features)):
@@ -194,6 +203,18 @@ def gc(
         report.vacuumed = True
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def _drop_superseded(root: Path, catalog: Catalog, before: int, report: GcReport,
+                     delete_file: Callable[[Path, list[str]], None]) -> None:
+    if report.dry_run:
+        rows: list[BarEntry | FeatureEntry] = [*catalog.all_bar_entries(), *catalog.all_feature_entries()]
+        old = [e for e in rows if e.superseded_at is not None and e.superseded_at <= before]
+    else:
+        bars, features = catalog.drop_superseded(before)  # rows first: no reader finds a row without its file
+        old = [*bars, *features]
+    for e in old:
+        delete_file(root / e.path, report.superseded)
 
 
 @dataclass(frozen=True)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+import mmap
 import os
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import polars as pl
@@ -17,6 +18,7 @@ from pitstore.catalog.base import FeatureEntry
 from pitstore.datahash import file_hash, table_hash
 from pitstore.errors import CacheCorruptionError
 from pitstore.filenames import safe_name
+from pitstore.rules import from_us
 
 __all__ = ["CheckedRead", "EntryReader", "check_file", "content_hash", "encode_symbol", "file_facts", "read_entries",
            "write_entry"]
@@ -25,6 +27,9 @@ log = logging.getLogger("pitstore.offline")
 _UNREADABLE = (OSError, pl.exceptions.PolarsError)
 
 _COMPRESSION_LEVEL = 1  # zstd level: float features barely compress, level 1 writes fastest (measured)
+# Rows per Parquet row group: a read of a short span decodes only the groups whose ts statistics overlap it
+# (pitstore.prune); polars' default (262,144) makes a 98k-bar file one group, decoded whole for one look-up.
+ROW_GROUP_ROWS = 16_384
 _RAM_FRACTION = 8  # by default an EntryReader keeps decoded reads up to 1/8 of the machine's memory
 
 
@@ -46,7 +51,8 @@ def write_entry(root: Path, relative_dir: str, df: pl.DataFrame) -> str:
     """
     name = f"{uuid.uuid4().hex}.parquet"
     publish(root / relative_dir, name, lambda tmp: df.write_parquet(
-        tmp, compression="zstd", compression_level=_COMPRESSION_LEVEL, statistics=True))
+        tmp, compression="zstd", compression_level=_COMPRESSION_LEVEL, statistics=True,
+        row_group_size=ROW_GROUP_ROWS))
     return f"{relative_dir}/{name}"
 
 
@@ -62,20 +68,57 @@ def check_file(path: Path, size: int | None, expected_hash: str | None) -> str |
     try:
         if size is None and expected_hash is None:
             return None if path.is_file() else "file is missing"
-        data = path.read_bytes()
+        with path.open("rb") as f:
+            n = os.fstat(f.fileno()).st_size
+            if size is not None and n != size:
+                return f"{n} bytes, the catalog says {size}"
+            if expected_hash is None:
+                return None
+            if n == 0:
+                digest = file_hash(b"")
+            else:  # mapped, not read: no copy of the file in memory (a third faster, measured)
+                with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+                    digest = file_hash(mapped)
     except FileNotFoundError:
         return "file is missing"
     except OSError as exc:
         return f"unreadable: {exc}"
-    if size is not None and len(data) != size:
-        return f"{len(data)} bytes, the catalog says {size}"
-    if expected_hash is not None and file_hash(data) != expected_hash:
-        return "content does not match its hash"
-    return None
+    return None if digest == expected_hash else "content does not match its hash"
 
 
-def _scan(root: Path, paths: Sequence[str], columns: Sequence[str] | None) -> pl.DataFrame:
-    lf = pl.scan_parquet([str(root / p) for p in paths])
+Span = tuple[int | None, int | None]  # ts bounds in µs, inclusive, None: open (see pitstore.prune)
+
+
+def _between(span: Span) -> pl.Expr:
+    lo, hi = span
+    ts = pl.col("ts")
+    # Datetime literals (not epoch integers) so the bounds reach the row-group statistics of the scan.
+    lower = ts >= pl.lit(from_us(lo), dtype=pl.Datetime("us", "UTC")) if lo is not None else pl.lit(True)
+    upper = ts <= pl.lit(from_us(hi), dtype=pl.Datetime("us", "UTC")) if hi is not None else pl.lit(True)
+    return lower & upper
+
+
+def _groups(entries: Sequence[FeatureEntry], spans: Sequence[Span]) -> list[tuple[list[str], Span]]:
+    """How to scan ``entries`` cut to ``spans``: all in one scan under the hull of the spans when that decodes
+    at most about twice the rows (one scan of many files is twice as fast as one scan per file, measured),
+    else one scan per file. More rows than a span are harmless: each is a real stored row, and every row of
+    the spans is read (see pitstore.prune)."""
+    exact = [(e.first_ts if lo is None else lo, e.last_ts if hi is None else hi)
+             for e, (lo, hi) in zip(entries, spans, strict=True)]
+    lo, hi = min(a for a, _ in exact), max(b for _, b in exact)
+    own = sum(b - a + 1 for a, b in exact)
+    hull = sum(min(hi, e.last_ts) - max(lo, e.first_ts) + 1 for e in entries)
+    if hull <= 2 * own:
+        return [([e.path for e in entries], (lo, hi))]
+    return [([e.path], s) for e, s in zip(entries, spans, strict=True)]
+
+
+def _scan(root: Path, paths: Sequence[str], columns: Sequence[str] | None,
+          groups: Sequence[tuple[Sequence[str], Span]] | None = None) -> pl.DataFrame:
+    if groups is None:
+        lf = pl.scan_parquet([str(root / p) for p in paths])
+    else:  # polars runs the scans together
+        lf = pl.concat([pl.scan_parquet([str(root / p) for p in ps]).filter(_between(span)) for ps, span in groups])
     if columns is not None:
         lf = lf.select(columns)
     # One chunk per column: sorts and gathers over 500 small chunks are twice as slow.
@@ -126,6 +169,7 @@ class EntryReader:
         self._cache: OrderedDict[tuple[tuple[str, ...], tuple[str, ...] | None], pl.DataFrame] = OrderedDict()
         self._sizes: dict[tuple[tuple[str, ...], tuple[str, ...] | None], int] = {}
         self.cached_bytes = 0
+        self._intact: set[tuple[str, int, int, int]] = set()  # files found intact: (path, size, mtime_ns, inode)
         self._lock = threading.Lock()
 
     def _keep(self, key: tuple[tuple[str, ...], tuple[str, ...] | None], df: pl.DataFrame) -> None:
@@ -152,30 +196,39 @@ class EntryReader:
                 self._keep(key, df)
         return df
 
-    def read_checked(self, entries: Sequence[FeatureEntry], columns: Sequence[str]) -> CheckedRead:
+    def read_checked(self, entries: Sequence[FeatureEntry], columns: Sequence[str],
+                     spans: Mapping[str, Span] | None = None) -> CheckedRead:
         """The rows of the intact ``entries`` and the problem of each damaged one (missing, truncated, not
         matching its recorded size or hash, undecodable), each logged as a warning: one damaged file must not
-        fail a read of every symbol. Hashing reads every byte once per decode; cached results skip it."""
-        key = (("\0checked", *(e.path for e in entries)), tuple(columns))
+        fail a read of every symbol. Hashing reads every byte once per decode; cached results skip it.
+
+        ``spans`` (path -> ts bounds, see :mod:`pitstore.prune`): only those entries are decoded, each only
+        within its span; every entry is still checked, so a damaged one marks its symbol whether it is read or
+        not (the statuses of a pruned read are those of a full one).
+        """
+        wanted = [e for e in entries if spans is None or e.path in spans]
+        bounds = None if spans is None else [spans[e.path] for e in wanted]
+        key = (("\0checked", *(e.path for e in entries)), (*columns, "\0spans", *map(str, bounds or ())))
         with self._lock:
             hit = self._cache.get(key)
             if hit is not None:  # only intact reads are cached: damage is re-checked and re-logged every time
                 self._cache.move_to_end(key)
                 return hit, {}
-        damaged = {e.path: what for e in entries
-                   if (what := check_file(self.root / e.path, e.size, e.file_hash)) is not None}
-        good = [e.path for e in entries if e.path not in damaged]
+        damaged = {e.path: what for e in entries if (what := self._check(e)) is not None}
+        good = [(e, b) for e, b in zip(wanted, bounds or [(None, None)] * len(wanted), strict=True)
+                if e.path not in damaged]
         rows = None
         if good:
             try:
-                rows = _scan(self.root, good, columns)
+                rows = _scan(self.root, [e.path for e, _ in good], columns,
+                             None if spans is None else _groups([e for e, _ in good], [b for _, b in good]))
             except _UNREADABLE:
                 parts = []
-                for p in good:  # find the undecodable ones (entries recorded without a hash)
+                for e, b in good:  # find the undecodable ones (entries recorded without a hash)
                     try:
-                        parts.append(_scan(self.root, [p], columns))
+                        parts.append(_scan(self.root, [e.path], columns, None if spans is None else [([e.path], b)]))
                     except _UNREADABLE as exc:
-                        damaged[p] = f"undecodable: {exc}"
+                        damaged[e.path] = f"undecodable: {exc}"
                 rows = pl.concat(parts).rechunk() if parts else None
         if not damaged and rows is not None:
             with self._lock:
@@ -184,3 +237,22 @@ class EntryReader:
             log.warning("damaged entry %s: %s; its symbol reads as 'damaged' (run `pitstore verify --repair`)",
                         p, what)
         return rows, damaged
+
+    def _check(self, e: FeatureEntry) -> str | None:
+        """:func:`check_file`, once per file version: a file found intact is not hashed again while its size,
+        mtime and inode stay the same (entries never change once published; a damaged one is rewritten or
+        replaced, which changes them). A pruned read of one day of a long history must not cost a hash of all
+        of it on every call."""
+        path = self.root / e.path
+        try:
+            st = path.stat()
+            stamp = (e.path, st.st_size, st.st_mtime_ns, st.st_ino)
+        except OSError:
+            stamp = None
+        if stamp is not None and stamp in self._intact:
+            return None
+        what = check_file(path, e.size, e.file_hash)
+        if what is None and stamp is not None:
+            with self._lock:
+                self._intact.add(stamp)
+        return what

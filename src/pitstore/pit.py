@@ -10,7 +10,7 @@ its hash: values null, never an older row instead).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 
 import numpy as np
@@ -34,6 +34,7 @@ ORDER = "__pitstore_order"
 _FEATURE_TS = "__pitstore_feature_ts"
 _AVAILABLE = "__pitstore_available"
 _ROW = "__pitstore_row"
+_FIRST = "__pitstore_first_ts"
 
 
 def asof_join(
@@ -46,6 +47,7 @@ def asof_join(
     ttl: timedelta | None = None,
     status_name: str = "status",
     damaged_symbols: Sequence[str] = (),
+    stored_from: Mapping[str, int] | None = None,
 ) -> pl.DataFrame:
     """Join ``rows`` (symbol, ts, columns; ts ascending within each symbol) onto ``spine`` (ORDER, symbol, ts).
 
@@ -53,6 +55,9 @@ def asof_join(
     ORDER must be 0..n-1).
     ``known_symbols`` are the symbols the store has data for (others are ``unknown_symbol``);
     ``damaged_symbols`` those whose stored rows could not be read (``damaged``; ``rows`` must hold none of theirs).
+    ``stored_from``: symbol -> its first stored ts (µs), for ``rows`` cut to what the look-ups need
+    (:mod:`pitstore.prune`: nothing older than the smallest ``t - ttl``): a look-up left without a row although
+    the symbol has one available is ``stale`` (that row is older than ``t - ttl``), not ``no_data_yet``.
     """
     # Join narrow (keys and a row index only), then gather the feature columns once in input order:
     # sorting wide frames is what a naive as-of join spends its time on.
@@ -70,8 +75,16 @@ def asof_join(
     inverse[order] = np.arange(len(order), dtype=order.dtype)
     joined = joined[inverse]  # back to input order (ORDER is 0..n-1)
     known = pl.col("symbol").is_in(pl.Series(list(known_symbols), dtype=pl.String).implode())
-    missing = pl.col(_FEATURE_TS).is_null()
+    unmatched = pl.col(_FEATURE_TS).is_null()
     stale = stale_expr(pl.col(_FEATURE_TS), pl.col("ts"), ttl)
+    if stored_from:
+        firsts = pl.DataFrame({"symbol": list(stored_from), _FIRST: list(stored_from.values())},
+                              schema={"symbol": pl.String, _FIRST: pl.Int64})
+        joined = joined.join(firsts, on="symbol", how="left", maintain_order="left")
+        earlier = unmatched & (pl.col(_FIRST) + micros(availability_lag) <= pl.col("ts").dt.epoch("us"))
+        missing, stale = unmatched & ~earlier.fill_null(False), stale.fill_null(False) | earlier.fill_null(False)
+    else:
+        missing = unmatched
     damaged = pl.col("symbol").is_in(pl.Series(list(damaged_symbols), dtype=pl.String).implode())
     status = (
         pl.when(damaged).then(pl.lit(DAMAGED))

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any, Literal
 
 import polars as pl
 
-from pitstore.catalog.base import Catalog
+from pitstore import prune
+from pitstore.catalog.base import Catalog, FeatureEntry
 from pitstore.errors import CacheCorruptionError, InvalidInputError
 from pitstore.features.registry import Registry
 from pitstore.frames import to_polars
-from pitstore.offline import EntryReader
+from pitstore.offline import EntryReader, Span
 from pitstore.pit import ORDER, asof_join, worst_status
+from pitstore.prune import range_spans, window_spans, windows_of
 from pitstore.rules import DAMAGED, OK, effective_ttl, to_us
 from pitstore.versions import ensure_live, reading
 
@@ -69,18 +72,24 @@ class Loaded:
     rows: pl.DataFrame  # symbol, ts and the selection's columns, of the intact symbols only
     present: list[str]  # symbols with intact stored rows
     damaged: dict[str, list[str]]  # symbol -> its damaged entry files (all its rows are left out of ``rows``)
+    first_ts: dict[str, int]  # symbol -> its first stored ts (µs), whether or not ``rows`` were cut to a span
+
+
+Needs = Callable[[Sequence[FeatureEntry]], dict[str, Span]]  # which entries a read needs, and which rows of them
 
 
 def load(reader: EntryReader, catalog: Catalog, sel: Selection, symbols: Sequence[str] | None,
-         as_known_at: int | None) -> Loaded:
+         as_known_at: int | None, needs: Needs | None = None) -> Loaded:
     """The stored rows of ``symbols`` (all when None) visible at ``as_known_at`` (µs; now when None), in time
-    order per symbol, and which symbols have rows (``present``) or are damaged: what a status is decided on."""
+    order per symbol, and which symbols have rows (``present``) or are damaged: what a status is decided on.
+    ``needs`` (:mod:`pitstore.prune`): only the rows it names are read (the statuses stay those of all)."""
     # Under the version's lease: no cleanup deletes the listed entries' files before they are read.
     with reading(reader.root, catalog, sel.feature_set, sel.version, check_live=False):
         entries = catalog.feature_entries(sel.feature_set, sel.version, symbols, as_known_at)
         if not entries:
             ensure_live(catalog, sel.feature_set, sel.version)
-        rows, broken = reader.read_checked(entries, ["symbol", "ts", *sel.columns])
+        spans = needs(entries) if needs is not None and prune.ENABLED else None
+        rows, broken = reader.read_checked(entries, ["symbol", "ts", *sel.columns], spans)
     damaged: dict[str, list[str]] = {}
     for e in entries:
         if e.path in broken:
@@ -92,7 +101,10 @@ def load(reader: EntryReader, catalog: Catalog, sel: Selection, symbols: Sequenc
         # The whole symbol, not just the broken segment: an as-of look-up must not fall back to an older row.
         rows = rows.filter(~pl.col("symbol").is_in(pl.Series(list(damaged), dtype=pl.String).implode()))
     present = sorted({e.symbol for e in entries} - damaged.keys())
-    return Loaded(rows, present, damaged)
+    first_ts: dict[str, int] = {}
+    for e in entries:
+        first_ts[e.symbol] = min(first_ts.get(e.symbol, e.first_ts), e.first_ts)
+    return Loaded(rows, present, damaged, first_ts)
 
 
 def _spine(entities: Any) -> pl.DataFrame:
@@ -148,11 +160,12 @@ def get_historical(reader: EntryReader, catalog: Catalog, registry: Registry, en
     result = spine
     statuses = []
     for i, sel in enumerate(sels):
-        loaded = load(reader, catalog, sel, symbols, known)
+        windows = windows_of(spine, sel.availability_lag, sel.ttl)
+        loaded = load(reader, catalog, sel, symbols, known, partial(window_spans, windows=windows))
         status = f"__status{i}"
         joined = asof_join(spine, loaded.rows.rename(dict(zip(sel.columns, sel.names, strict=True))), sel.names,
                            known_symbols=loaded.present, availability_lag=sel.availability_lag, ttl=sel.ttl,
-                           status_name=status, damaged_symbols=list(loaded.damaged))
+                           status_name=status, damaged_symbols=list(loaded.damaged), stored_from=loaded.first_ts)
         result = result.with_columns(joined.drop(ORDER))
         statuses.append(status)
     result = result.with_columns(worst_status([pl.col(s) for s in statuses]).alias("status"))
@@ -173,8 +186,9 @@ def read_range(reader: EntryReader, catalog: Catalog, registry: Registry, featur
     known = known_at_us(as_known_at)
     out: pl.DataFrame | None = None
     damaged: dict[str, list[str]] = {}
+    lo, hi = (None if start is None else to_us(start, "start")), (None if end is None else to_us(end, "end"))
     for sel in select(registry, features):
-        loaded = load(reader, catalog, sel, symbols, known)
+        loaded = load(reader, catalog, sel, symbols, known, partial(range_spans, start=lo, end=hi))
         for symbol, paths in loaded.damaged.items():
             damaged.setdefault(symbol, []).extend(paths)
         rows = loaded.rows

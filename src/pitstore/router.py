@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any, NamedTuple, cast
 
 import polars as pl
@@ -33,6 +34,7 @@ from pitstore.online import OnlineStore
 from pitstore.online.base import OnlineRow
 from pitstore.outage import warn_outage
 from pitstore.pending import PendingRows
+from pitstore.prune import Window, window_spans
 from pitstore.reads import Selection, known_at_us, load
 from pitstore.rules import (
     DAMAGED,
@@ -278,12 +280,15 @@ class TierRouter:
     def offline_asof(self, table: Table, symbol: str, t: int, as_known_at: datetime | None = None) -> FeatureVector:
         """The as-of rule over the symbol's stored rows: the statuses :func:`pitstore.pit.asof_join` gives
         ``get_historical`` for the same look-up."""
-        loaded = load(self.reader, self.catalog, table.sel, [symbol], known_at_us(as_known_at))
+        bound = asof_bound(t, table.lag_us)
+        # No TTL cut (pitstore.prune): a stale answer reports the ts of its row, which must then be read.
+        needs = partial(window_spans, windows={symbol: Window(bound, bound, None)})
+        loaded = load(self.reader, self.catalog, table.sel, [symbol], known_at_us(as_known_at), needs)
         if loaded.damaged:
             return table.empty(symbol, DAMAGED)
         if not loaded.present:
             return table.empty(symbol, UNKNOWN_SYMBOL)
-        rows = loaded.rows.filter(pl.col("ts") <= from_us(asof_bound(t, table.lag_us)))
+        rows = loaded.rows.filter(pl.col("ts") <= from_us(bound))
         if rows.is_empty():
             return table.empty(symbol, NO_DATA_YET)
         last = rows.row(-1, named=True)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from pitstore import backfill as _backfill
-from pitstore import housekeeping, reads, tiering
+from pitstore import housekeeping, reads, retention, tiering
 from pitstore import ingest as _ingest
 from pitstore import versions as _versions
 from pitstore.cache import ComputeCache, WarmReport
@@ -167,6 +167,13 @@ class Store:
             self.serving.refresh(feature_set.name, version, report.full)
         return report
 
+    def _known_at(self, as_known_at: datetime | None) -> datetime | None:
+        """``as_known_at`` checked: timezone-aware, and not before what the retained entries replay exactly
+        (RetentionError naming ``retention_days`` otherwise: pitstore.retention)."""
+        known = _aware(as_known_at, "as_known_at")
+        retention.check_known_at(self.catalog, self.settings.retention_days, known)
+        return known
+
     def get_historical(
         self,
         entities: Any,
@@ -186,7 +193,7 @@ class Store:
         (before later restatements).
         """
         out = reads.get_historical(self.reader, self.catalog, self.registry, entities, features,
-                                   _aware(as_known_at, "as_known_at"))
+                                   self._known_at(as_known_at))
         return from_polars(out, output or frame_kind(entities))
 
     def read(
@@ -205,7 +212,7 @@ class Store:
         the rows read and ``damaged`` on one row per such symbol (ts and values null); a warning names the file.
         """
         out = reads.read_range(self.reader, self.catalog, self.registry, features, _symbols(symbols),
-                               _aware(start, "start"), _aware(end, "end"), _aware(as_known_at, "as_known_at"),
+                               _aware(start, "start"), _aware(end, "end"), self._known_at(as_known_at),
                                on_damage="status")
         return from_polars(out, output)
 
@@ -275,12 +282,15 @@ class Store:
         self, *, retention_weeks: float | None = None, max_versions: int | None = None, dry_run: bool = False,
         orphan_grace_seconds: float = housekeeping.ORPHAN_GRACE_SECONDS,
     ) -> housekeeping.GcReport:
-        """Garbage-collect: cache entries not accessed within ``retention_weeks``, files no catalog row refers
-        to, rows whose file is gone, feature-set versions beyond the newest ``max_versions``; then VACUUM.
-        Safe while other processes use the store. ``dry_run`` reports what it would do and changes nothing."""
+        """Garbage-collect: cache entries not accessed within ``retention_weeks``, bar snapshots and feature
+        entries superseded more than the ``retention_days`` setting ago (``as_known_at`` cannot go back that far:
+        :mod:`pitstore.retention`), files no catalog row refers to, rows whose file is gone, feature-set versions
+        beyond the newest ``max_versions``; then VACUUM. Safe while other processes use the store. ``dry_run``
+        reports what it would do and changes nothing."""
         self._writes("garbage-collect (gc, dry runs included: they take the locks gc takes)")
         return housekeeping.gc(self.root, self.catalog, self.cache, retention_weeks=retention_weeks,
-                               max_versions=max_versions, dry_run=dry_run, orphan_grace_seconds=orphan_grace_seconds)
+                               max_versions=max_versions, dry_run=dry_run, orphan_grace_seconds=orphan_grace_seconds,
+                               superseded_before=retention.gc_horizon(self.settings.retention_days))
 
     def verify(self, *, repair: bool = False, feature_sets: Sequence[FeatureSet] = ()) -> housekeeping.VerifyReport:
         """Check every entry's file against the catalog (exists, size, hash); ``report.ok`` when all pass.
@@ -354,7 +364,7 @@ class Store:
         :meth:`get_historical` gives for the same look-up: ``ok``, ``stale``, ``no_data_yet``, ``unknown_symbol``
         or ``damaged``."""
         return self.serving.get_features(symbol, utc(as_of, "as_of"), names,
-                                         as_known_at=_aware(as_known_at, "as_known_at"))
+                                         as_known_at=self._known_at(as_known_at))
 
     def tier(self, *, window_days: float | None = None, dry_run: bool = False) -> tiering.TierReport:
         """Move history-tier rows older than ``window_days`` (default: the ``history_days`` setting) into

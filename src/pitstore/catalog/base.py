@@ -222,6 +222,17 @@ class Catalog(Protocol):
         """Delete rows of ``bar_entries`` or ``feature_entries`` by id (their files are gone or retired)."""
         ...
 
+    def drop_superseded(self, before: int) -> tuple[list[BarEntry], list[FeatureEntry]]:
+        """In one transaction: delete every bar snapshot and feature entry superseded at or before ``before``
+        (µs), mark the next kept snapshot of a symbol restated where a deleted one was (backfill reads
+        restatements off that chain), and record ``before`` as the replay horizon (:meth:`replay_from`; it
+        only ever moves forward). Returns the deleted rows: their files are deleted after the commit."""
+        ...
+
+    def replay_from(self) -> int | None:
+        """The earliest ``as_known_at`` (µs) the catalog still holds every entry for (None: nothing dropped)."""
+        ...
+
     def all_bar_entries(self) -> list[BarEntry]: ...
 
     def all_feature_entries(self) -> list[FeatureEntry]: ...

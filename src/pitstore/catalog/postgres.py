@@ -511,6 +511,34 @@ class PostgresCatalog:
         self._write(f"delete rows of {table}", lambda conn: conn.execute(query, (list(ids),)))
         return len(ids)
 
+    def drop_superseded(self, before: int) -> tuple[list[BarEntry], list[FeatureEntry]]:
+        old = "superseded_at IS NOT NULL AND superseded_at <= %(t)s"
+
+        def op(conn: _Conn) -> tuple[list[BarEntry], list[FeatureEntry]]:
+            params = {"t": before}
+            bars = [BarEntry(*r) for r in conn.execute(
+                f"SELECT {_BAR_COLS} FROM bar_entries WHERE {old} ORDER BY id".encode(), params).fetchall()]
+            features = [FeatureEntry(*r) for r in conn.execute(
+                f"SELECT {_FEATURE_COLS} FROM feature_entries WHERE {old} ORDER BY id".encode(), params).fetchall()]
+            for bar in (b for b in bars if not b.appended_only):
+                # The restatement must stay on record for a backfill computed from a snapshot before it.
+                conn.execute(f"UPDATE bar_entries SET appended_only = false WHERE id = (SELECT MIN(id) FROM bar_entries"
+                             f" WHERE symbol = %(s)s AND id > %(i)s AND NOT ({old}))".encode(),
+                             {**params, "s": bar.symbol, "i": bar.id})
+            ids = [f.id for f in features]
+            conn.execute("DELETE FROM history_synced WHERE entry_id = ANY(%s)", (ids,))
+            conn.execute("DELETE FROM feature_entries WHERE id = ANY(%s)", (ids,))
+            conn.execute("DELETE FROM bar_entries WHERE id = ANY(%s)", ([b.id for b in bars],))
+            conn.execute("INSERT INTO store_meta VALUES ('replay_from', %s) ON CONFLICT (key) DO UPDATE SET value ="
+                         " GREATEST(store_meta.value::bigint, excluded.value::bigint)::text", (str(before),))
+            return bars, features
+
+        return self._write("drop superseded entries", op)
+
+    def replay_from(self) -> int | None:
+        rows = self._rows("SELECT value FROM store_meta WHERE key = 'replay_from'")
+        return int(rows[0][0]) if rows else None
+
     def all_bar_entries(self) -> list[BarEntry]:
         return [BarEntry(*r) for r in self._rows(f"SELECT {_BAR_COLS} FROM bar_entries ORDER BY id")]
 

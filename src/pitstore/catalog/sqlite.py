@@ -421,6 +421,31 @@ class SqliteCatalog:
             cur.executemany(f"DELETE FROM {table} WHERE id = ?", [(i,) for i in ids])
         return len(ids)
 
+    def drop_superseded(self, before: int) -> tuple[list[BarEntry], list[FeatureEntry]]:
+        old = "superseded_at IS NOT NULL AND superseded_at <= ?"
+        with self._write("drop superseded entries") as cur:
+            bars = [BarEntry(*r) for r in cur.execute(
+                f"SELECT {_BAR_COLS} FROM bar_entries WHERE {old} ORDER BY id", (before,)).fetchall()]
+            features = [FeatureEntry(*r) for r in cur.execute(
+                f"SELECT {_FEATURE_COLS} FROM feature_entries WHERE {old} ORDER BY id", (before,)).fetchall()]
+            for bar in (b for b in bars if not b.appended_only):
+                # The restatement must stay on record for a backfill computed from a snapshot before it.
+                cur.execute(f"UPDATE bar_entries SET appended_only = 0 WHERE id = (SELECT MIN(id) FROM bar_entries"
+                            f" WHERE symbol = ? AND id > ? AND NOT ({old}))", (bar.symbol, bar.id, before))
+            cur.executemany("DELETE FROM history_synced WHERE entry_id = ?", [(f.id,) for f in features])
+            cur.executemany("DELETE FROM feature_entries WHERE id = ?", [(f.id,) for f in features])
+            cur.executemany("DELETE FROM bar_entries WHERE id = ?", [(b.id,) for b in bars])
+            cur.execute("CREATE TABLE IF NOT EXISTS store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            cur.execute("INSERT INTO store_meta VALUES ('replay_from', ?) ON CONFLICT (key) DO UPDATE SET value ="
+                        " CAST(MAX(CAST(value AS INTEGER), CAST(excluded.value AS INTEGER)) AS TEXT)", (str(before),))
+        return bars, features
+
+    def replay_from(self) -> int | None:
+        if not self._read("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'store_meta'"):
+            return None  # created by the first store_id() or gc: a catalog without it never dropped anything
+        rows = self._read("SELECT value FROM store_meta WHERE key = 'replay_from'")
+        return int(rows[0][0]) if rows else None
+
     def all_bar_entries(self) -> list[BarEntry]:
         return [BarEntry(*r) for r in self._read(f"SELECT {_BAR_COLS} FROM bar_entries ORDER BY id")]
 

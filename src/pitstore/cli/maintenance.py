@@ -60,7 +60,8 @@ def gc(
     json_file: JsonFileOption = None,
     root: RootOption = None,
 ) -> None:
-    """Delete cached results not accessed within the retention, files no catalog row refers to (left by
+    """Delete cached results not accessed within the retention, bar snapshots and feature entries superseded
+    more than the retention_days setting ago (as_known_at cannot reach them), files no catalog row refers to (left by
     crashes), catalog rows whose file is missing, and versions beyond --max-versions; then VACUUM/ANALYZE the
     catalog. Safe while other processes read and write the store."""
     with open_store(ctx, root, create=False) as store:
@@ -73,6 +74,8 @@ def gc(
         (f"{len(report.stale_entries):,} cached results not accessed for {retention_weeks:g} weeks", True),
         (f"{len(report.old_versions):,} files of versions beyond the newest {max_versions}"
          + (f" (retired: {', '.join(report.retired_versions)})" if report.retired_versions else ""), max_versions),
+        (f"{len(report.superseded):,} superseded bar snapshots and feature entries older than retention_days = "
+         f"{store.settings.retention_days:g}", True),
         (f"{len(report.orphan_files):,} orphan files (no catalog row)", True),
         (f"{len(report.missing_files):,} catalog rows whose file is missing", True),
     ]
