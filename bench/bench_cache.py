@@ -217,7 +217,9 @@ def hits(emit: Callable[[str], None], root: Path, bars: pl.DataFrame, runs: int,
     emit(f"b) get_or_compute on the same bars: features(bars, config) -> {reference.height:,} rows x "
          f"{reference.width} columns ({', '.join(reference.columns)}), {reference.estimated_size() / 1e6:,.0f} MB")
 
-    with Store.open(root) as store:
+    # entry_cache_bytes=0: every hit reads and decodes its file (the figure here); a process's own repeated
+    # hits are served from memory otherwise (bench_cache_small.py shows that path).
+    with Store.open(root, entry_cache_bytes=0) as store:
 
         def call() -> pl.DataFrame:
             out: pl.DataFrame = store.get_or_compute(SYMBOL, bars, CONFIG, features)

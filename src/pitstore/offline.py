@@ -7,9 +7,9 @@ import mmap
 import os
 import threading
 import uuid
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import cast
 
 import polars as pl
 
@@ -18,6 +18,7 @@ from pitstore.catalog.base import FeatureEntry
 from pitstore.datahash import file_hash, table_hash
 from pitstore.errors import CacheCorruptionError
 from pitstore.filenames import safe_name
+from pitstore.memo import BytesLRU
 from pitstore.rules import from_us
 
 __all__ = ["CheckedRead", "EntryReader", "check_file", "content_hash", "encode_symbol", "file_facts", "read_entries",
@@ -165,35 +166,26 @@ class EntryReader:
 
     def __init__(self, root: Path, max_bytes: int | None = None) -> None:
         self.root = root
-        self.max_bytes = default_cache_bytes() if max_bytes is None else max_bytes
-        self._cache: OrderedDict[tuple[tuple[str, ...], tuple[str, ...] | None], pl.DataFrame] = OrderedDict()
-        self._sizes: dict[tuple[tuple[str, ...], tuple[str, ...] | None], int] = {}
-        self.cached_bytes = 0
+        self._memo = BytesLRU(default_cache_bytes() if max_bytes is None else max_bytes)
         self._intact: set[tuple[str, int, int, int]] = set()  # files found intact: (path, size, mtime_ns, inode)
         self._lock = threading.Lock()
 
-    def _keep(self, key: tuple[tuple[str, ...], tuple[str, ...] | None], df: pl.DataFrame) -> None:
-        """Under the lock: remember ``df``, evicting the least recently used until the bound holds."""
-        size = int(df.estimated_size())
-        if size > self.max_bytes or key in self._cache:
-            return
-        self._cache[key], self._sizes[key] = df, size
-        self.cached_bytes += size
-        while self.cached_bytes > self.max_bytes:
-            old, _ = self._cache.popitem(last=False)
-            self.cached_bytes -= self._sizes.pop(old)
+    @property
+    def max_bytes(self) -> int:
+        return self._memo.max_bytes
+
+    @property
+    def cached_bytes(self) -> int:
+        return self._memo.cached_bytes
 
     def read(self, paths: Sequence[str], columns: Sequence[str] | None = None) -> pl.DataFrame | None:
         key = (tuple(paths), tuple(columns) if columns is not None else None)
-        with self._lock:
-            hit = self._cache.get(key)
-            if hit is not None:
-                self._cache.move_to_end(key)
-                return hit
+        hit = self._memo.get(key)
+        if hit is not None:
+            return cast(pl.DataFrame, hit)
         df = read_entries(self.root, paths, columns)
         if df is not None:
-            with self._lock:
-                self._keep(key, df)
+            self._memo.put(key, df)
         return df
 
     def read_checked(self, entries: Sequence[FeatureEntry], columns: Sequence[str],
@@ -209,11 +201,9 @@ class EntryReader:
         wanted = [e for e in entries if spans is None or e.path in spans]
         bounds = None if spans is None else [spans[e.path] for e in wanted]
         key = (("\0checked", *(e.path for e in entries)), (*columns, "\0spans", *map(str, bounds or ())))
-        with self._lock:
-            hit = self._cache.get(key)
-            if hit is not None:  # only intact reads are cached: damage is re-checked and re-logged every time
-                self._cache.move_to_end(key)
-                return hit, {}
+        hit = self._memo.get(key)
+        if hit is not None:  # only intact reads are cached: damage is re-checked and re-logged every time
+            return cast(pl.DataFrame, hit), {}
         damaged = {e.path: what for e in entries if (what := self._check(e)) is not None}
         good = [(e, b) for e, b in zip(wanted, bounds or [(None, None)] * len(wanted), strict=True)
                 if e.path not in damaged]
@@ -231,8 +221,7 @@ class EntryReader:
                         damaged[e.path] = f"undecodable: {exc}"
                 rows = pl.concat(parts).rechunk() if parts else None
         if not damaged and rows is not None:
-            with self._lock:
-                self._keep(key, rows)
+            self._memo.put(key, rows)
         for p, what in damaged.items():
             log.warning("damaged entry %s: %s; its symbol reads as 'damaged' (run `pitstore verify --repair`)",
                         p, what)

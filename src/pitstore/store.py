@@ -60,7 +60,7 @@ class Store:
         self.reader = EntryReader(settings.root, settings.entry_cache_bytes)
         self.cache = ComputeCache(settings.root, self.catalog, cost_per_compute_second=settings.cost_per_compute_second,
                                   cost_per_data_call=settings.cost_per_data_call, read_only=self.read_only,
-                                  locks=shared_locks(self.catalog, "cache"))
+                                  locks=shared_locks(self.catalog, "cache"), memory_bytes=settings.entry_cache_bytes)
         self._serving: Serving | None = None
         self._live: LiveEngine | None = None
         self._defined: dict[str, tuple[FeatureSet, int]] = {}  # feature sets registered by this process

@@ -21,7 +21,8 @@ from pitstore.catalog.base import CacheEntry, Catalog
 from pitstore.catalog.sqlite import now_us
 from pitstore.datahash import HASH_METHOD, file_hash
 from pitstore.errors import CacheCorruptionError, InvalidInputError, ReadOnlyStoreError
-from pitstore.offline import encode_symbol
+from pitstore.memo import BytesLRU
+from pitstore.offline import default_cache_bytes, encode_symbol
 
 __all__ = ["CACHE_DIR", "ComputeCache", "WarmReport"]
 
@@ -48,8 +49,12 @@ class ComputeCache:
 
     def __init__(self, root: Path, catalog: Catalog, *, cost_per_compute_second: float = 0.0,
                  cost_per_data_call: float = 0.0, read_only: bool = False,
-                 locks: ProcessLocks | None = None) -> None:
+                 locks: ProcessLocks | None = None, memory_bytes: int | None = None) -> None:
         self.root = root
+        # Decoded results of this process, by (key, file hash): a small frame decodes slower than many computes
+        # run, and a key's result never changes (the key covers raw data, config and code). The file is still
+        # checked on every hit (xxh3 is cheap; decoding is what costs).
+        self._memo = BytesLRU(default_cache_bytes() if memory_bytes is None else memory_bytes)
         self.catalog = catalog
         self.read_only = read_only  # hits are served (their statistics not recorded); a miss cannot be stored
         # Single flight: the given locks (a team store's advisory locks), else file locks under the root.
@@ -120,13 +125,19 @@ class ComputeCache:
             return None  # handled under the key's lock
 
     def _load(self, entry: CacheEntry) -> Any:
-        data = self.check(entry)
+        data = self.check(entry)  # still checked when kept: a damaged file is found (and replaced) as before
+        memo = (entry.key, entry.file_hash)
+        kept = self._memo.get(memo)
+        if kept is not None:
+            return _fresh(kept, entry.kind)
         try:
             # The file was just checked byte for byte and entries are immutable, so it may be decoded by path.
-            return codec.decode(data, entry.kind, self.root / entry.path)
+            result = codec.decode(data, entry.kind, self.root / entry.path)
         except (pa.ArrowException, pl.exceptions.PolarsError, OSError) as exc:  # unexpected: the bytes were checked
             raise CacheCorruptionError(f"cache entry {entry.path} of {entry.symbol!r} cannot be decoded: {exc}") \
                 from exc
+        self._memo.put(memo, result)
+        return _fresh(result, entry.kind)
 
     def check(self, entry: CacheEntry) -> pa.Buffer:
         """An entry's bytes, checked complete and unchanged (size, then xxh3-128 of every byte)."""
@@ -174,7 +185,9 @@ class ComputeCache:
                  extra={"event": "cache_miss", "symbol": k.symbol, "key": k.key, "compute_seconds": seconds,
                         "cost": cost, "rows": table.num_rows})
         # Return what every later hit returns (decoded from the stored bytes), so all callers see the same frame.
-        return codec.decode(data, kind)
+        decoded = codec.decode(data, kind)
+        self._memo.put((k.key, file_hash(data)), decoded)
+        return _fresh(decoded, kind)
 
     # --- warming, housekeeping and statistics ---------------------------------------------------------
 
@@ -209,6 +222,7 @@ class ComputeCache:
     def clear(self, symbol: str | None = None) -> int:
         """Delete the cached results of ``symbol`` (all when None); returns how many. Entries a process is
         computing right now are left alone."""
+        self._memo.clear()
         return self._delete(self.catalog.cache_entries(symbol))
 
     def cleanup_old_entries(self, days_old: float) -> int:
@@ -273,3 +287,8 @@ def _only_symbol(raw: Any) -> str:
         if len(values) == 1 and isinstance(values[0], str):
             return values[0]
     raise InvalidInputError("pass symbol=...: raw has no 'symbol' column holding a single value")
+
+
+def _fresh(result: Any, kind: str) -> Any:
+    """A kept result as a caller may have it: polars and Arrow frames are immutable, a pandas one is copied."""
+    return result.copy() if kind == "pandas" else result

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from typing import Any, NamedTuple
 
@@ -54,7 +55,7 @@ def _time_bounds(table: pa.Table) -> tuple[int | None, int | None]:
         if not pa.types.is_timestamp(col.type) or len(col) == 0:
             continue
         per_us = {"s": 1e-6, "ms": 1e-3, "us": 1, "ns": 1000}[col.type.unit]
-        ends = col.cast(pa.int64()).take([0, len(col) - 1]).to_pylist()
+        ends = (col[0].value, col[len(col) - 1].value)  # two scalars: no cast or take of the whole column
         first, last = (None if v is None else int(v // per_us) for v in ends)
         return first, last
     return None, None
@@ -80,6 +81,12 @@ def cache_key(symbol: str, raw: Any, config: Any, compute: Any) -> CacheKey:
     data = table_hash(table)
     recipe = "\x1f".join([
         f"pitstore-cache-{KEY_FORMAT}", symbol, str(first), str(last), data.hex, config_text,
-        code, canonical_json(library_versions()),
+        code, _versions_text(),
     ])
     return CacheKey(hashlib.sha256(recipe.encode()).hexdigest(), symbol, first, last, data)
+
+
+@functools.cache
+def _versions_text() -> str:
+    """The library versions of the key, once per process (they cannot change while it runs)."""
+    return canonical_json(library_versions())
