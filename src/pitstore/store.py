@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from pitstore import backfill as _backfill
-from pitstore import housekeeping, reads, tiering
+from pitstore import housekeeping, reads, scale, tiering
 from pitstore import ingest as _ingest
 from pitstore import versions as _versions
 from pitstore.cache import ComputeCache, WarmReport
@@ -150,18 +150,29 @@ class Store:
         end: datetime | None = None,
         *,
         progress: Callable[[int], None] | None = None,
+        engine: str = "local",
+        scheduler: Any = None,
+        partition_rows: int | None = None,
     ) -> _backfill.BackfillReport:
         """Compute and store ``feature_set`` for every (or the given) symbol; only what changed is computed.
 
         ``end`` limits the bars used (as if later ones were not known yet); ``start`` the rows written
         (values are still computed from the full history). ``progress`` is called with 1 per symbol done.
+        ``engine="dask"`` computes and writes on a Dask cluster (``scheduler``: None for the current Client or a
+        local cluster, an address, or a Client; tasks of whole symbols, about ``partition_rows`` bars each) and
+        commits here; the same entries as the local engine (:mod:`pitstore.scale`, ``pitstore[dask]``).
         """
         self._writes(f"backfill feature set {feature_set.name!r}")
+        _engine(engine, scheduler, partition_rows)
         version = self.register(feature_set)
-        report = _backfill.backfill(
-            self.root, self.catalog, feature_set, version, symbols=_symbols(symbols),
-            start=_aware(start, "start"), end=_aware(end, "end"), progress=progress,
-        )
+        args = (self.root, self.catalog, feature_set, version)
+        kwargs: dict[str, Any] = {"symbols": _symbols(symbols), "start": _aware(start, "start"),
+                                  "end": _aware(end, "end"), "progress": progress}
+        if engine == "dask":
+            report: _backfill.BackfillReport = scale.backfill(*args, **kwargs, scheduler=scheduler,
+                                                              **_partition(partition_rows))
+        else:
+            report = _backfill.backfill(*args, **kwargs)
         if report.full:
             # Recomputed symbols (restatements): the serving tiers must not keep serving the old values.
             self.serving.refresh(feature_set.name, version, report.full)
@@ -518,6 +529,20 @@ class Store:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+def _engine(engine: str, scheduler: Any, partition_rows: int | None) -> None:
+    """Refuse an unknown engine, and Dask options without the Dask engine (they would be silently ignored)."""
+    if engine not in scale.ENGINES:
+        raise InvalidInputError(f"engine must be one of {', '.join(scale.ENGINES)}, got {engine!r}", column="engine")
+    if engine != "dask" and (scheduler is not None or partition_rows is not None):
+        raise InvalidInputError("scheduler= and partition_rows= need engine='dask'", column="engine")
+    if partition_rows is not None and partition_rows < 1:
+        raise InvalidInputError(f"partition_rows must be positive, got {partition_rows}", column="partition_rows")
+
+
+def _partition(partition_rows: int | None) -> dict[str, int]:
+    return {} if partition_rows is None else {"partition_rows": partition_rows}
 
 
 def _symbols(symbols: Sequence[str] | str | None) -> list[str] | None:
