@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -172,6 +173,8 @@ def test_missing_dask_names_the_extra(tmp_path: Path, monkeypatch: pytest.Monkey
     monkeypatch.setitem(sys.modules, "distributed", None)  # import distributed now raises ImportError
     with pytest.raises(MissingDependencyError, match=r"pip install 'pitstore\[dask\]'"):
         store.backfill(FS, engine="dask")
+    with pytest.raises(MissingDependencyError, match=r"pip install 'pitstore\[dask\]'"):
+        store.get_historical("entities/", "core", engine="dask")
 
 
 def test_engine_arguments_are_checked(tmp_path: Path) -> None:
@@ -182,3 +185,81 @@ def test_engine_arguments_are_checked(tmp_path: Path) -> None:
         store.backfill(FS, engine="spark")
     with pytest.raises(InvalidInputError, match="engine='dask'"):
         store.backfill(FS, scheduler="tcp://127.0.0.1:1")
+
+
+def _entities(n: int, bars: pl.DataFrame, seed: int = 7) -> pl.DataFrame:
+    """``n`` look-ups in random order: stored symbols and one unknown, times before, inside and after the bars."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    symbols = [*bars["symbol"].unique().sort().to_list(), "NOPE"]
+    lo, hi = bars["ts"].min(), bars["ts"].max()
+    span = int((hi - lo).total_seconds() * 1e6)  # type: ignore[operator, union-attr]
+    ts = pl.Series(rng.integers(-span // 20, span + span // 20, n), dtype=pl.Int64)
+    return pl.DataFrame({
+        "symbol": pl.Series(rng.choice(symbols, n), dtype=pl.String),
+        "ts": (ts + int(lo.timestamp() * 1e6)).cast(pl.Datetime("us", "UTC")),  # type: ignore[union-attr]
+        "weight": rng.random(n),
+    })
+
+
+@pytest.fixture(scope="module")
+def joined_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
+    bars = synthetic_bars(40, 2_500, ragged=True, seed=11)
+    store = _store(tmp_path_factory.mktemp("join"), bars)
+    store.backfill(FS)
+    store.backfill(FeatureSet("fast", [rsi(5)], ttl=timedelta(days=3)))
+    yield store
+    store.close()
+
+
+def test_get_historical_equals_local_on_100k_rows(tmp_path: Path, client: Any, joined_store: Store) -> None:
+    import dask.dataframe as dd
+
+    store = joined_store
+    bars = pl.concat([store.bars(s) for s in store.symbols()])
+    entities = _entities(100_000, bars)
+    features = ["core", "fast:rsi_5"]
+    expected = store.get_historical(entities, features)
+    assert expected["status"].n_unique() >= 3  # ok, unknown_symbol, no_data_yet (and stale via the TTL)
+    ddf = dd.from_pandas(entities.to_pandas(), npartitions=4)
+    got = store.get_historical(ddf, features, engine="dask", scheduler=client, partitions=3)
+    assert got.equals(expected, null_equal=True)
+    # A Parquet dataset path in, a Parquet dataset out: written by the workers, each file sorted by input_row.
+    src = tmp_path / "entities"
+    src.mkdir()
+    for i, chunk in enumerate(entities.iter_slices(30_000)):
+        chunk.write_parquet(src / f"part-{i}.parquet")
+    done = store.get_historical(str(src), features, engine="dask", scheduler=client, out=tmp_path / "out")
+    assert done.rows == 100_000 and len(done.files) == 4
+    parts = [pl.read_parquet(tmp_path / "out" / f) for f in done.files]
+    assert all(p["input_row"].is_sorted() for p in parts)
+    back = pl.concat(parts).sort("input_row")
+    assert back["input_row"].to_list() == list(range(100_000))
+    assert back.drop("input_row").equals(expected, null_equal=True)
+
+
+def test_get_historical_as_known_at_and_refusals(tmp_path: Path, client: Any, joined_store: Store) -> None:
+    import dask.dataframe as dd
+
+    store = joined_store
+    bars = pl.concat([store.bars(s) for s in store.symbols()[:3]])
+    entities = _entities(2_000, bars, seed=1)
+    at = datetime(2000, 1, 1, tzinfo=UTC)  # before anything
+    expected = store.get_historical(entities, "core", as_known_at=at)
+    ddf = dd.from_pandas(entities.to_pandas(), npartitions=2)
+    assert store.get_historical(ddf, "core", as_known_at=at, engine="dask", scheduler=client).equals(
+        expected, null_equal=True)
+    assert store.get_historical(ddf, "core", engine="dask", scheduler=client, output="pandas").shape[0] == 2_000
+    from pitstore import InvalidInputError
+
+    with pytest.raises(InvalidInputError, match="Dask DataFrame or a Parquet"):
+        store.get_historical(entities, "core", engine="dask", scheduler=client)
+    with pytest.raises(InvalidInputError, match="input_row"):
+        store.get_historical(ddf.assign(input_row=1), "core", engine="dask", scheduler=client)
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("")
+    with pytest.raises(InvalidInputError, match="not empty"):
+        store.get_historical(ddf, "core", engine="dask", scheduler=client, out=tmp_path / "full")
+    with pytest.raises(InvalidInputError, match="engine='dask'"):
+        store.get_historical(entities, "core", out=tmp_path / "o")

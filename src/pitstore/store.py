@@ -185,8 +185,17 @@ class Store:
         *,
         as_known_at: datetime | None = None,
         output: FrameKind | None = None,
+        engine: str = "local",
+        scheduler: Any = None,
+        out: str | os.PathLike[str] | None = None,
+        partitions: int | None = None,
     ) -> Any:
         """Features as of each (symbol, ts) of ``entities``: one row per input row, in input order.
+
+        ``engine="dask"`` (``pitstore[dask]``): ``entities`` a Dask DataFrame or a Parquet dataset path, joined
+        on a Dask cluster (``scheduler`` as for :meth:`backfill`) in ``partitions`` partitions by symbol; the
+        local engine's answer, or with ``out="dir/"`` written there by the workers as a Parquet dataset with an
+        ``input_row`` column (nothing gathered here; returns a :class:`pitstore.scale.dask_join.HistoricalDataset`).
 
         Extra entity columns pass through, untouched: one named ``status``, ``status_<set>`` or like an output
         feature column is refused (InvalidInputError naming them). ``status`` says ``ok``, ``stale``,
@@ -196,9 +205,14 @@ class Store:
         for two versions of one set) gives each set's own. ``as_known_at`` replays what the store knew then
         (before later restatements).
         """
-        out = reads.get_historical(self.reader, self.catalog, self.registry, entities, features,
-                                   _aware(as_known_at, "as_known_at"))
-        return from_polars(out, output or frame_kind(entities))
+        _engine(engine, scheduler, partitions, out)
+        if engine == "dask":
+            return scale.get_historical(self.root, self.catalog, self.registry, entities, features,
+                                        _aware(as_known_at, "as_known_at"), scheduler=scheduler, out=out,
+                                        partitions=partitions, output=output)
+        rows = reads.get_historical(self.reader, self.catalog, self.registry, entities, features,
+                                    _aware(as_known_at, "as_known_at"))
+        return from_polars(rows, output or frame_kind(entities))
 
     def read(
         self,
@@ -531,14 +545,15 @@ class Store:
         self.close()
 
 
-def _engine(engine: str, scheduler: Any, partition_rows: int | None) -> None:
+def _engine(engine: str, scheduler: Any, size: int | None, out: object = None) -> None:
     """Refuse an unknown engine, and Dask options without the Dask engine (they would be silently ignored)."""
     if engine not in scale.ENGINES:
         raise InvalidInputError(f"engine must be one of {', '.join(scale.ENGINES)}, got {engine!r}", column="engine")
-    if engine != "dask" and (scheduler is not None or partition_rows is not None):
-        raise InvalidInputError("scheduler= and partition_rows= need engine='dask'", column="engine")
-    if partition_rows is not None and partition_rows < 1:
-        raise InvalidInputError(f"partition_rows must be positive, got {partition_rows}", column="partition_rows")
+    if engine != "dask" and (scheduler is not None or size is not None or out is not None):
+        raise InvalidInputError("scheduler=, out=, partitions= and partition_rows= need engine='dask'",
+                                column="engine")
+    if size is not None and size < 1:
+        raise InvalidInputError(f"partitions and partition_rows must be positive, got {size}", column="engine")
 
 
 def _partition(partition_rows: int | None) -> dict[str, int]:

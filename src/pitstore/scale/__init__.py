@@ -10,7 +10,7 @@ from typing import Any
 
 from pitstore.errors import MissingDependencyError
 
-__all__ = ["ENGINES", "backfill"]
+__all__ = ["ENGINES", "backfill", "get_historical"]
 
 ENGINES = ("local", "dask")
 
@@ -27,3 +27,12 @@ def backfill(*args: Any, **kwargs: Any) -> Any:
         raise _missing(exc) from exc
     return dask_backfill.backfill(*args, **kwargs)
 
+
+
+def get_historical(*args: Any, **kwargs: Any) -> Any:
+    """:func:`pitstore.scale.dask_join.get_historical`; needs ``pip install 'pitstore[dask]'``."""
+    try:
+        from pitstore.scale import dask_join
+    except ImportError as exc:
+        raise _missing(exc) from exc
+    return dask_join.get_historical(*args, **kwargs)
