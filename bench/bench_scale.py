@@ -9,8 +9,10 @@ What runs, all in one process run so the ratios are side by side:
   Dask runs' entries are checked equal (catalog rows and decoded frames) to the local run's.
 * get_historical of ``--rows`` look-ups (default 10M) over those feature rows: the local engine on the frame in
   memory; the Dask engine reading the same look-ups from a Parquet dataset (files of ``--join-partition-rows``
-  rows) and writing its answer as a Parquet dataset (``out=``: nothing gathered), checked equal to the local
-  answer; and a 1M-row Dask join gathered in input order, checked equal to the local engine.
+  rows, as many partitions) and writing its answer as a Parquet dataset (``out=``: nothing gathered), checked
+  equal to the local answer; on 2 workers also with files and partitions twice as large (the split by symbol
+  is all-to-all: partitions x files pieces, each a task); and a 1M-row Dask join gathered in input order,
+  checked equal to the local engine.
 
 Per-partition overhead, from the client's task stream (``distributed.get_task_stream``): for each worker, the
 time from submission to its last task's end minus the time its tasks computed is what scheduling, result and
@@ -153,6 +155,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     src.mkdir()
     for i, chunk in enumerate(lookups.iter_slices(args.join_partition_rows)):
         chunk.write_parquet(src / f"part-{i:05d}.parquet")
+    src_big = base / "lookups_big"  # the same look-ups in files (and partitions) twice as large
+    src_big.mkdir()
+    for i, chunk in enumerate(lookups.iter_slices(2 * args.join_partition_rows)):
+        chunk.write_parquet(src_big / f"part-{i:05d}.parquet")
     small = lookups.head(min(1_000_000, args.rows))
     (base / "small").mkdir()
     small.write_parquet(base / "small" / "part-0.parquet")
@@ -191,6 +197,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             checks.append((f"{args.rows:,}-row join on {workers} worker(s): dataset equal to local",
                            back.equals(expected, null_equal=True)))
             del back
+            if workers == 2:
+                target = base / "joined_big"
+                run, _ = _timed_on(client, f"dask, 2 workers, out=, {2 * args.join_partition_rows // 1000}k/part",
+                                   2, lambda: store.get_historical(str(src_big), name, engine="dask",  # noqa: B023
+                                                                   scheduler=client, out=target))  # noqa: B023
+                joins.append(run)
+                checks.append((f"{args.rows:,}-row join on 2 workers, larger partitions: dataset equal to local",
+                               pl.read_parquet(target).sort("input_row").drop("input_row").equals(
+                                   expected, null_equal=True)))
             got = store.get_historical(str(base / "small"), name, engine="dask", scheduler=client, partitions=2)
             checks.append((f"{small.height:,}-row join on {workers} worker(s), gathered: equal to local",
                            got.equals(expected_small, null_equal=True)))
@@ -205,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
          " in, Parquet dataset out; includes the shuffle by symbol)")
     for r in joins:
         emit(r.line(joins[0].wall))
-    emit(f"  2 workers vs 1: {joins[1].wall / joins[2].wall:.2f}x")
+    emit(f"  2 workers vs 1: {joins[1].wall / joins[2].wall:.2f}x (same partitions)")
     emit()
     emit("checks:")
     for text, ok in checks:
@@ -218,6 +233,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         (f"join per-partition overhead < {TARGET_OVERHEAD:.0%} of the work on 2 workers ({joins[2].overhead:.1%})"
          + ("" if args.join_partition_rows >= 500_000 else " [partitions < 500k: no target]"),
          joins[2].overhead < TARGET_OVERHEAD or args.join_partition_rows < 500_000),
+        (f"join per-partition overhead < {TARGET_OVERHEAD:.0%} of the work on 2 workers, partitions of "
+         f"{2 * args.join_partition_rows:,} ({joins[3].overhead:.1%})", joins[3].overhead < TARGET_OVERHEAD),
     ])
     emit.write(out_path)
     store.close()
