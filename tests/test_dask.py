@@ -264,3 +264,13 @@ def test_get_historical_as_known_at_and_refusals(tmp_path: Path, client: Any, jo
         store.get_historical(ddf, "core", engine="dask", scheduler=client, out=tmp_path / "full")
     with pytest.raises(InvalidInputError, match="engine='dask'"):
         store.get_historical(entities, "core", out=tmp_path / "o")
+
+
+def test_scheduler_none_is_the_current_client_and_an_address_connects(tmp_path: Path, client: Any) -> None:
+    store = _store(tmp_path / "s", synthetic_bars(4, 200))
+    # The fixture's Client is this process's current one: scheduler=None runs on it.
+    assert len(store.backfill(FS, engine="dask").full) == 4
+    store.ingest(synthetic_bars(4, 210))
+    report = store.backfill(FS, engine="dask", scheduler=client.scheduler.address)  # a Client of its own, closed
+    assert len(report.incremental) == 4 and store.verify().ok
+    assert client.status == "running"
