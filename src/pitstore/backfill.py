@@ -15,7 +15,7 @@ only, with the position of the first of those passed on.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -33,7 +33,7 @@ from pitstore.offline import encode_symbol, file_facts, read_entries, write_entr
 from pitstore.rules import to_us
 from pitstore.spacing import check_spacing
 
-__all__ = ["BackfillReport", "backfill"]
+__all__ = ["BackfillReport", "Written", "backfill", "batches", "commit_batch", "compute_batch", "plan"]
 
 Progress = Callable[[int], None]
 
@@ -105,6 +105,37 @@ def _needed(bars: pl.DataFrame, fs: FeatureSet, plans: Sequence[_Plan]) -> tuple
     return kept.drop("after", "_first"), offsets
 
 
+def plan(catalog: Catalog, feature_set: FeatureSet, version: int, symbols: Sequence[str] | None,
+         start_us: int | None, end_us: int | None, report: BackfillReport) -> list[_Plan]:
+    """What each symbol needs (symbols already up to date go to ``report.up_to_date``): read on the client only,
+    so every engine (local, Dask) starts from the same catalog snapshot and commits against it."""
+    live_by_symbol: dict[str, list[FeatureEntry]] = {}
+    for e in catalog.feature_entries(feature_set.name, version, symbols):
+        live_by_symbol.setdefault(e.symbol, []).append(e)
+    plans: list[_Plan] = []
+    for bars in catalog.live_bars(symbols):
+        p = _plan(catalog, bars, live_by_symbol.get(bars.symbol, []), start_us, end_us)
+        if p is None:
+            report.up_to_date.append(bars.symbol)
+        else:
+            plans.append(p)
+    return plans
+
+
+def batches(plans: Sequence[_Plan], max_rows: int) -> Iterator[list[_Plan]]:
+    """Whole symbols in batches of about ``max_rows`` bars (one vectorised pass each keeps memory bounded)."""
+    batch: list[_Plan] = []
+    rows = 0
+    for p in plans:
+        batch.append(p)
+        rows += p.bars.n_rows
+        if rows >= max_rows:
+            yield batch
+            batch, rows = [], 0
+    if batch:
+        yield batch
+
+
 def backfill(
     root: Path,
     catalog: Catalog,
@@ -119,26 +150,7 @@ def backfill(
     """Bring the stored features of ``feature_set`` (registered as ``version``) up to date."""
     report = BackfillReport(feature_set.name, version)
     start_us, end_us = _us(start), _us(end)
-    live_by_symbol: dict[str, list[FeatureEntry]] = {}
-    for e in catalog.feature_entries(feature_set.name, version, symbols):
-        live_by_symbol.setdefault(e.symbol, []).append(e)
-    plans: list[_Plan] = []
-    for bars in catalog.live_bars(symbols):
-        plan = _plan(catalog, bars, live_by_symbol.get(bars.symbol, []), start_us, end_us)
-        if plan is None:
-            report.up_to_date.append(bars.symbol)
-        else:
-            plans.append(plan)
-    # Compute in batches of symbols: one vectorised pass per batch keeps memory bounded.
-    batch: list[_Plan] = []
-    rows = 0
-    for plan in plans:
-        batch.append(plan)
-        rows += plan.bars.n_rows
-        if rows >= 2_000_000:
-            _run(root, catalog, feature_set, version, batch, start_us, end_us, report, progress)
-            batch, rows = [], 0
-    if batch:
+    for batch in batches(plan(catalog, feature_set, version, symbols, start_us, end_us, report), 2_000_000):
         _run(root, catalog, feature_set, version, batch, start_us, end_us, report, progress)
     return report
 
@@ -147,6 +159,28 @@ def _run(
     root: Path, catalog: Catalog, fs: FeatureSet, version: int, plans: list[_Plan],
     start_us: int | None, end_us: int | None, report: BackfillReport, progress: Progress | None,
 ) -> None:
+    """One batch on this machine: compute and write, then commit (the Dask engine splits the two)."""
+    computed, written = compute_batch(root, fs, version, plans, start_us, end_us)
+    commit_batch(root, catalog, fs, version, plans, computed, written, report, progress)
+
+
+@dataclass(frozen=True)
+class Written:
+    """An entry file written for one plan, not yet committed (an orphan until it is: gc removes it)."""
+
+    path: str
+    size: int
+    file_hash: str
+    n_rows: int
+    first_ts: int
+    last_ts: int
+
+
+def compute_batch(
+    root: Path, fs: FeatureSet, version: int, plans: Sequence[_Plan], start_us: int | None, end_us: int | None,
+) -> tuple[int, list[Written | None]]:
+    """Compute a batch and write its entry files (no catalog access: a Dask worker runs this as is); returns
+    the rows computed and, per plan, the file written (None: no new rows)."""
     bars = read_entries(root, [p.bars.path for p in plans])
     assert bars is not None
     if end_us is not None:
@@ -154,44 +188,53 @@ def _run(
     check_spacing(bars, fs)  # before anything of the batch is written
     needed, offsets = _needed(bars, fs, plans)
     out = compute_frame(fs.features, needed, offsets=offsets)
-    report.computed_rows += out.height
     parts: dict[str, pl.DataFrame] = {}
     if out.height:
         names, starts, ends = symbol_runs(out["symbol"])
         parts = {n: out.slice(a, b - a) for n, a, b in zip(names, starts.tolist(), ends.tolist(), strict=True)}
-    todo: list[tuple[_Plan, pl.DataFrame]] = []
-    for plan in plans:
-        part = parts.get(plan.bars.symbol)
+    todo: list[pl.DataFrame | None] = []
+    for p in plans:
+        part = parts.get(p.bars.symbol)
         if part is not None:
-            lower = plan.after_us if not plan.full else (start_us - 1 if start_us is not None else None)
+            lower = p.after_us if not p.full else (start_us - 1 if start_us is not None else None)
             if lower is not None:
                 part = part.filter(pl.col("ts").dt.epoch("us") > lower)
-        if part is None or part.height == 0:
-            report.up_to_date.append(plan.bars.symbol)
-            if progress:
-                progress(1)
-            continue
-        todo.append((plan, part))
+        todo.append(part if part is not None and part.height else None)
     directory = f"features/{safe_name(fs.name)}/v{version}"
-    # Files are written on two threads (Parquet encoding releases the GIL); commits stay in order here.
+    # Files are written on two threads (Parquet encoding releases the GIL).
     with ThreadPoolExecutor(max_workers=2) as pool:
-        written = pool.map(lambda t: _write(root, f"{directory}/{encode_symbol(t[0].bars.symbol)}", t[1]), todo)
-        for (plan, part), (path, size, digest) in zip(todo, written, strict=True):
-            epochs = part["ts"].dt.epoch("us")
-            entry = FeatureEntry(0, fs.name, version, plan.bars.symbol, path, part.height, int(epochs[0]),
-                                 int(epochs[-1]), plan.bars.id, 0, None, size, digest)
-            supersede = [e.id for e in plan.live] if plan.full else []
-            if catalog.commit_features(entry, supersede=supersede, expected_live=[e.id for e in plan.live]):
-                report.written_rows += part.height
-                (report.full if plan.full else report.incremental).append(plan.bars.symbol)
+        written = list(pool.map(
+            lambda t: None if t[1] is None else _write(root, f"{directory}/{encode_symbol(t[0].bars.symbol)}", t[1]),
+            zip(plans, todo, strict=True)))
+    return out.height, written
+
+
+def commit_batch(
+    root: Path, catalog: Catalog, fs: FeatureSet, version: int, plans: Sequence[_Plan], computed: int,
+    written: Sequence[Written | None], report: BackfillReport, progress: Progress | None,
+) -> None:
+    """Commit the files :func:`compute_batch` wrote, one transaction per symbol, each checked against the live
+    entries the plan saw (optimistic: a symbol another process committed meanwhile is ``lost_race``)."""
+    report.computed_rows += computed
+    for p, w in zip(plans, written, strict=True):
+        if w is None:
+            report.up_to_date.append(p.bars.symbol)
+        else:
+            entry = FeatureEntry(0, fs.name, version, p.bars.symbol, w.path, w.n_rows, w.first_ts, w.last_ts,
+                                 p.bars.id, 0, None, w.size, w.file_hash)
+            supersede = [e.id for e in p.live] if p.full else []
+            if catalog.commit_features(entry, supersede=supersede, expected_live=[e.id for e in p.live]):
+                report.written_rows += w.n_rows
+                (report.full if p.full else report.incremental).append(p.bars.symbol)
             else:
-                (root / path).unlink(missing_ok=True)
-                report.lost_race.append(plan.bars.symbol)
-            if progress:
-                progress(1)
+                (root / w.path).unlink(missing_ok=True)
+                report.lost_race.append(p.bars.symbol)
+        if progress:
+            progress(1)
 
 
-def _write(root: Path, directory: str, part: pl.DataFrame) -> tuple[str, int, str]:
+def _write(root: Path, directory: str, part: pl.DataFrame) -> Written:
     """Publish ``part`` as an entry; its path, size and hash (recorded in the catalog for verify and reads)."""
     path = write_entry(root, directory, part)
-    return (path, *file_facts(root, path))
+    epochs = part["ts"].dt.epoch("us")
+    return Written(path, *file_facts(root, path), part.height, int(epochs[0]), int(epochs[-1]))

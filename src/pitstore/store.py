@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from pitstore import backfill as _backfill
-from pitstore import housekeeping, reads, retention, tiering
+from pitstore import housekeeping, reads, retention, scale, tiering
 from pitstore import ingest as _ingest
 from pitstore import versions as _versions
 from pitstore.cache import ComputeCache, WarmReport
@@ -150,18 +150,29 @@ class Store:
         end: datetime | None = None,
         *,
         progress: Callable[[int], None] | None = None,
+        engine: str = "local",
+        scheduler: Any = None,
+        partition_rows: int | None = None,
     ) -> _backfill.BackfillReport:
         """Compute and store ``feature_set`` for every (or the given) symbol; only what changed is computed.
 
         ``end`` limits the bars used (as if later ones were not known yet); ``start`` the rows written
         (values are still computed from the full history). ``progress`` is called with 1 per symbol done.
+        ``engine="dask"`` computes and writes on a Dask cluster (``scheduler``: None for the current Client or a
+        local cluster, an address, or a Client; tasks of whole symbols, about ``partition_rows`` bars each) and
+        commits here; the same entries as the local engine (:mod:`pitstore.scale`, ``pitstore[dask]``).
         """
         self._writes(f"backfill feature set {feature_set.name!r}")
+        _engine(engine, scheduler, partition_rows)
         version = self.register(feature_set)
-        report = _backfill.backfill(
-            self.root, self.catalog, feature_set, version, symbols=_symbols(symbols),
-            start=_aware(start, "start"), end=_aware(end, "end"), progress=progress,
-        )
+        args = (self.root, self.catalog, feature_set, version)
+        kwargs: dict[str, Any] = {"symbols": _symbols(symbols), "start": _aware(start, "start"),
+                                  "end": _aware(end, "end"), "progress": progress}
+        if engine == "dask":
+            report: _backfill.BackfillReport = scale.backfill(*args, **kwargs, scheduler=scheduler,
+                                                              **_partition(partition_rows))
+        else:
+            report = _backfill.backfill(*args, **kwargs)
         if report.full:
             # Recomputed symbols (restatements): the serving tiers must not keep serving the old values.
             self.serving.refresh(feature_set.name, version, report.full)
@@ -181,8 +192,17 @@ class Store:
         *,
         as_known_at: datetime | None = None,
         output: FrameKind | None = None,
+        engine: str = "local",
+        scheduler: Any = None,
+        out: str | os.PathLike[str] | None = None,
+        partitions: int | None = None,
     ) -> Any:
         """Features as of each (symbol, ts) of ``entities``: one row per input row, in input order.
+
+        ``engine="dask"`` (``pitstore[dask]``): ``entities`` a Dask DataFrame or a Parquet dataset path, joined
+        on a Dask cluster (``scheduler`` as for :meth:`backfill`) in ``partitions`` partitions by symbol; the
+        local engine's answer, or with ``out="dir/"`` written there by the workers as a Parquet dataset with an
+        ``input_row`` column (nothing gathered here; returns a :class:`pitstore.scale.dask_join.HistoricalDataset`).
 
         Extra entity columns pass through, untouched: one named ``status``, ``status_<set>`` or like an output
         feature column is refused (InvalidInputError naming them). ``status`` says ``ok``, ``stale``,
@@ -192,9 +212,13 @@ class Store:
         for two versions of one set) gives each set's own. ``as_known_at`` replays what the store knew then
         (before later restatements).
         """
-        out = reads.get_historical(self.reader, self.catalog, self.registry, entities, features,
-                                   self._known_at(as_known_at))
-        return from_polars(out, output or frame_kind(entities))
+        _engine(engine, scheduler, partitions, out)
+        known = self._known_at(as_known_at)
+        if engine == "dask":
+            return scale.get_historical(self.root, self.catalog, self.registry, entities, features, known,
+                                        scheduler=scheduler, out=out, partitions=partitions, output=output)
+        rows = reads.get_historical(self.reader, self.catalog, self.registry, entities, features, known)
+        return from_polars(rows, output or frame_kind(entities))
 
     def read(
         self,
@@ -528,6 +552,21 @@ class Store:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+def _engine(engine: str, scheduler: Any, size: int | None, out: object = None) -> None:
+    """Refuse an unknown engine, and Dask options without the Dask engine (they would be silently ignored)."""
+    if engine not in scale.ENGINES:
+        raise InvalidInputError(f"engine must be one of {', '.join(scale.ENGINES)}, got {engine!r}", column="engine")
+    if engine != "dask" and (scheduler is not None or size is not None or out is not None):
+        raise InvalidInputError("scheduler=, out=, partitions= and partition_rows= need engine='dask'",
+                                column="engine")
+    if size is not None and size < 1:
+        raise InvalidInputError(f"partitions and partition_rows must be positive, got {size}", column="engine")
+
+
+def _partition(partition_rows: int | None) -> dict[str, int]:
+    return {} if partition_rows is None else {"partition_rows": partition_rows}
 
 
 def _symbols(symbols: Sequence[str] | str | None) -> list[str] | None:
