@@ -9,7 +9,7 @@ numpy views.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import polars as pl
@@ -17,6 +17,7 @@ import polars as pl
 from pitstore.bars import symbol_runs, validate_bars
 from pitstore.errors import DefinitionError
 from pitstore.features.base import Feature, FeatureSet, check_unique_outputs
+from pitstore.features.library import WindowKernel, is_window
 from pitstore.frames import FrameKind, frame_kind, from_polars
 
 __all__ = ["ENGINE_VERSION", "compute", "compute_frame", "flatten_features"]
@@ -109,14 +110,21 @@ def _run_kernels(
     needed = sorted({c for f in features for c in f.inputs})
     arrays = {c: df[c].cast(pl.Float64).to_numpy() for c in needed}
     outs = {f.name: [np.empty(df.height) for _ in f.outputs] for f in features}
+    windows = [is_window(f) for f in features]
     for a, b, pos in zip(starts.tolist(), ends.tolist(), first.tolist(), strict=True):
         view = {c: arr[a:b] for c, arr in arrays.items()}
-        for f in features:
+        shared: dict[str, np.ndarray] = {}  # intermediates the window kernels share over this symbol's slice
+        for f, window in zip(features, windows, strict=True):
             assert f.kernel is not None
-            results = f.kernel(view, pos)
-            for out, res in zip(outs[f.name], results, strict=True):
-                out[a:b] = res
-                out[a : min(a + f.lookback, b)] = np.nan  # windows reaching before the first row given
+            columns = [out[a:b] for out in outs[f.name]]
+            if window:  # writes into the output columns
+                results = cast("WindowKernel", f.kernel)(view, pos, out=columns, shared=shared)
+            else:
+                results = f.kernel(view, pos)
+            for column, res in zip(columns, results, strict=True):
+                if res is not column:
+                    column[...] = res
+                column[: f.lookback] = np.nan  # windows reaching before the first row given
     return {
         col: pl.Series(col, arr, nan_to_null=True)
         for f in features
