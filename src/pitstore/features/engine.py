@@ -14,7 +14,7 @@ from typing import Any, cast
 import numpy as np
 import polars as pl
 
-from pitstore.bars import symbol_runs, validate_bars
+from pitstore.bars import Runs, checked_bars, symbol_runs
 from pitstore.errors import DefinitionError
 from pitstore.features.base import Feature, FeatureSet, check_unique_outputs
 from pitstore.features.library import WindowKernel, is_window
@@ -62,16 +62,18 @@ def compute(features: FeatureLike, bars: Any, *, output: FrameKind | None = None
     """
     kind = output or frame_kind(bars)
     feats = flatten_features(features)
-    return from_polars(compute_frame(feats, validate_bars(bars)), kind)
+    df, runs = checked_bars(bars)
+    return from_polars(compute_frame(feats, df, runs=runs), kind)
 
 
 def compute_frame(features: Sequence[Feature], df: pl.DataFrame, *,
-                  offsets: Mapping[str, int] | None = None) -> pl.DataFrame:
+                  offsets: Mapping[str, int] | None = None, runs: Runs | None = None) -> pl.DataFrame:
     """Compute on validated bars (sorted by symbol, ts); returns ``symbol``, ``ts`` and the outputs.
 
     ``offsets``: per symbol, the absolute position of its first row here when the bars are a tail of its
     stored history (default 0: they start at its first stored bar). Only window features can start late
-    (:func:`pitstore.features.library.is_window`); the first ``lookback`` rows given are null either way."""
+    (:func:`pitstore.features.library.is_window`); the first ``lookback`` rows given are null either way.
+    ``runs``: the :func:`pitstore.bars.symbol_runs` of ``df`` when the caller has them already."""
     if not features:
         raise DefinitionError("no features to compute")
     check_unique_outputs(features)
@@ -82,7 +84,7 @@ def compute_frame(features: Sequence[Feature], df: pl.DataFrame, *,
             "(TA-Lib features can map an input to another column with inputs={...})"
         )
     n_rows = df.height
-    names, starts, ends = symbol_runs(df["symbol"]) if n_rows else ([], np.zeros(0, np.int64), np.zeros(0, np.int64))
+    names, starts, ends = runs if runs is not None else symbol_runs(df["symbol"])
     first = np.array([offsets.get(s, 0) for s in names] if offsets else np.zeros(len(names)), np.int64)
     columns: dict[str, pl.Series] = {}
     kernel_feats = [f for f in features if f.kernel is not None]
