@@ -27,6 +27,13 @@ scans are n vector adds over all blocks at once. Matrices of rows (a live update
 bars, few windows each) use per-row masks: the values outside a part are replaced by -0.0, the exact identity
 of IEEE addition (-0.0 + x == x for every x, -0.0 included), so a masked scan adds the same values in the
 same order as the block scan.
+
+Memory: the block arrays are per-thread scratch buffers (:func:`scratch`), reused from one symbol to the next;
+the results go straight into the caller's array (``out``: the engine's output column), and
+:func:`window_stat2` applies the caller's elementwise ``finish`` (vol's variance and square root) in block
+layout, so one array goes back to the series layout instead of two. A sum and a sum of squares are stacked
+``(2, n, blocks)`` so that each step of a scan is one vector add for both. None of this changes an operation
+or its order: the bits are those of the plain layout.
 """
 
 from __future__ import annotations
