@@ -114,6 +114,8 @@ def checked_bars(data: Any, *, columns: tuple[str, ...] = BAR_COLUMNS,
     df = _cast_symbol(df)
     df = _cast_ts(df)
     df = _cast_numeric(df, [c for c in ("open", "high", "low", "close", "volume") if c in columns])
+    if df.n_chunks("all") != [1] * df.width:  # one copy now, then every numpy view below is zero-copy
+        df = df.rechunk()
     if not _values_ok(df, columns, max_future):
         # Some check fails: find the first offending row and its problem (raises; in the rare case of a near
         # miss, such as a ts just at the future bound while the clock moved on, nothing is raised).
