@@ -1,8 +1,11 @@
 """Benchmark: the seven standard features over 4.9M one-minute bars, pitstore vs TA-Lib vs pandas.
 
-Target (from the issue): ``pitstore.compute(pitstore.standard_features(), bars)`` over 50 symbols x
-98,280 one-minute bars (seeded synthetic data) runs at >= 15 M bars/s on the 2-core reference machine,
-about half of TA-Lib's own speed on the same data.
+Target (issue #18, item 3): ``pitstore.compute(pitstore.standard_features(), bars)`` over 50 symbols x
+98,280 one-minute bars (seeded synthetic data), validation included, reaches at least 0.6x the throughput of
+the TA-Lib reference below, measured in the same run (best of ``--runs`` each; the median ratio is reported
+too), with window values independent of where the computation starts, bit for bit (tests/test_windows.py,
+tests/test_steppers.py). The machine is shared: the ratio within one run is the figure, absolute M bars/s
+follow the load (printed with the result).
 
 What is timed:
 
@@ -32,6 +35,7 @@ from __future__ import annotations
 import argparse
 import gc
 import math
+import os
 import platform
 import resource
 import statistics
@@ -62,7 +66,7 @@ N_BARS = 98_280
 QUICK_SYMBOLS = 5
 TIMEFRAME = "1m"
 SEED = 42
-TARGET_M_BARS_PER_S = 15.0
+TARGET_VS_TALIB = 0.6  # issue #18 item 3: pitstore at least 0.6x TA-Lib's throughput, same run
 PERIODS_PER_YEAR = 252  # vol's default annualisation, as in standard_features()
 
 # Agreement required between pitstore and pandas (same definitions, different summation orders).
@@ -85,6 +89,15 @@ class Timing:
     @property
     def median(self) -> float:
         return statistics.median(self.runs)
+
+
+def _load() -> str:
+    """The 1, 5 and 15 minute load averages (other processes share the cores: context for the timings)."""
+    try:
+        one, five, fifteen = os.getloadavg()
+    except OSError:
+        return "unknown"
+    return f"{one:.2f}, {five:.2f}, {fifteen:.2f} (1, 5, 15 min) on {os.cpu_count()} cores"
 
 
 def _minor_faults() -> int:
@@ -283,6 +296,7 @@ def main(argv: Sequence[str] | None = None) -> int:
          f"polars {pl.__version__}, numpy {np.__version__}, talib {talib.__version__}, "
          f"pandas {pd.__version__}")
     emit(machine(f"polars threads {pl.thread_pool_size()}"))
+    emit(f"load:      {_load()} at the start")
     emit()
 
     # Inputs for the other two methods, prepared outside the timings.
@@ -347,15 +361,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     emit()
 
     pit = timings[0]
-    best_rate = n_rows / pit.best / 1e6
-    median_rate = n_rows / pit.median / 1e6
-    verdict = "PASS" if best_rate >= TARGET_M_BARS_PER_S else "FAIL"
+    best_ratio = talib_best / pit.best
+    median_ratio = talib_median / pit.median
+    verdict = "PASS" if best_ratio >= TARGET_VS_TALIB else "FAIL"
     if args.quick:
         verdict += " (quick run: not the benchmark configuration)"
-    emit(f"target:    pitstore >= {TARGET_M_BARS_PER_S:g} M bars/s "
-         f"(best of {len(pit.runs)}, validation included)")
-    emit(f"result:    {best_rate:.1f} M bars/s best, {median_rate:.1f} M bars/s median -> {verdict}")
-    emit(f"context:   {talib_best / pit.best:.2f}x TA-Lib's throughput (issue's expectation: about 0.5x)")
+    emit(f"target:    pitstore >= {TARGET_VS_TALIB:g}x TA-Lib's throughput in the same run "
+         f"(best of {len(pit.runs)} each, validation included)")
+    emit(f"result:    {best_ratio:.2f}x best, {median_ratio:.2f}x median "
+         f"({n_rows / pit.best / 1e6:.1f} vs {n_rows / talib_best / 1e6:.1f} M bars/s best) -> {verdict}")
+    emit(f"load:      {_load()} at the end")
     emit.write(out_path)
     if out_path is not None:
         print(f"wrote {out_path}")

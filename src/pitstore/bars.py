@@ -7,11 +7,12 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 
 from pitstore.errors import InvalidInputError
 from pitstore.frames import to_polars
 
-__all__ = ["BAR_COLUMNS", "PRICE_COLUMNS", "symbol_runs", "validate_bars", "validate_symbol"]
+__all__ = ["BAR_COLUMNS", "PRICE_COLUMNS", "Runs", "checked_bars", "symbol_runs", "validate_bars", "validate_symbol"]
 
 BAR_COLUMNS = ("symbol", "ts", "open", "high", "low", "close", "volume")
 PRICE_COLUMNS = ("open", "high", "low", "close")
@@ -42,12 +43,45 @@ def validate_symbol(symbol: Any, *, row: int | None = None) -> str:
     return symbol
 
 
-def symbol_runs(symbols: pl.Series) -> tuple[list[str], np.ndarray, np.ndarray]:
+Runs = tuple[list[str], np.ndarray, np.ndarray]  # names, start offsets, end offsets of a column's runs
+
+
+def symbol_runs(symbols: pl.Series) -> Runs:
     """Names, start offsets and end offsets of the runs of equal symbols in a sorted column."""
-    runs = symbols.rle()
-    lengths = runs.struct.field("len").to_numpy().astype(np.int64)
-    ends = np.cumsum(lengths)
-    return runs.struct.field("value").to_list(), ends - lengths, ends
+    starts = _run_starts(symbols)
+    return symbols.gather(starts).to_list(), starts, _ends(starts, len(symbols))
+
+
+def _ends(starts: np.ndarray, size: int) -> np.ndarray:
+    return np.append(starts[1:], size).astype(np.int64) if len(starts) else starts
+
+
+def _run_starts(symbols: pl.Series) -> np.ndarray:
+    """Where each run of equal values of a string column (without nulls) starts, as int64 offsets.
+
+    One comparison of neighbouring Arrow string views (16 bytes each, zero-copy): identical views are equal
+    strings, so the runs start among the positions where the views differ. Strings of up to 12 bytes sit in
+    their view whole, and then a differing view is a differing string; longer ones keep a prefix and a pointer,
+    so those positions are confirmed by comparing the strings themselves (polars' own comparison is the
+    fallback when that would be most of the column)."""
+    size = len(symbols)
+    if size == 0:
+        return np.zeros(0, np.int64)
+    arr = symbols.rechunk().to_arrow(compat_level=pl.CompatLevel.newest())
+    if isinstance(arr, pa.StringViewArray) and arr.null_count == 0:
+        words = np.frombuffer(arr.buffers()[1], np.uint64)[2 * arr.offset : 2 * (arr.offset + size)]
+        changed = np.not_equal(words[2:], words[:-2])  # two words a row
+        if np.count_nonzero(changed) <= size // 8:
+            rows = np.flatnonzero(changed) >> 1  # sorted, a row twice when both its words differ
+            candidates = rows[np.append(True, rows[1:] != rows[:-1])] + 1 if len(rows) else rows + 1
+            long = (words[2 * candidates] & 0xFFFFFFFF) > 12  # a view's first 4 bytes: the string's length
+            if long.any():  # an equal string may sit in another view: compare the strings
+                check = candidates[long]
+                same = (symbols.gather(check) == symbols.gather(check - 1)).to_numpy()
+                candidates = np.setdiff1d(candidates, check[same], assume_unique=True)
+            return np.concatenate([np.zeros(1, np.int64), candidates.astype(np.int64)])
+    diff = (symbols != symbols.shift(1)).fill_null(True).to_numpy()
+    return np.flatnonzero(diff).astype(np.int64)
 
 
 def validate_bars(data: Any, *, columns: tuple[str, ...] = BAR_COLUMNS,
@@ -61,23 +95,124 @@ def validate_bars(data: Any, *, columns: tuple[str, ...] = BAR_COLUMNS,
     open or close outside [low, high], negative or non-finite volume, and invalid symbol names.
     Unsorted input is sorted, not rejected. Extra columns are kept.
     """
+    return checked_bars(data, columns=columns, max_future=max_future)[0]
+
+
+def checked_bars(data: Any, *, columns: tuple[str, ...] = BAR_COLUMNS,
+                 max_future: timedelta | None = None) -> tuple[pl.DataFrame, Runs]:
+    """:func:`validate_bars`, and the :func:`symbol_runs` of the frame it returns (found on the way).
+
+    Valid input costs a few numpy passes over the columns (least and greatest values, comparisons in
+    cache-sized chunks) and one comparison of neighbouring symbols and timestamps, with no sort when the bars
+    are already sorted; the checks in polars that name the first offending row run only when one fails."""
     df = to_polars(data)
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise InvalidInputError(
             f"missing column(s) {', '.join(missing)}; bars need {', '.join(columns)}", column=missing[0]
         )
-    df = df.with_row_index(_ROW)
     df = _cast_symbol(df)
     df = _cast_ts(df)
     df = _cast_numeric(df, [c for c in ("open", "high", "low", "close", "volume") if c in columns])
-    _check_nulls(df, columns)
-    _check_values(df, columns, max_future)
-    df = _sorted(df)
-    return df.drop(_ROW)
+    if df.n_chunks("all") != [1] * df.width:  # one copy now, then every numpy view below is zero-copy
+        df = df.rechunk()
+    if not _values_ok(df, columns, max_future):
+        # Some check fails: find the first offending row and its problem (raises; in the rare case of a near
+        # miss, such as a ts just at the future bound while the clock moved on, nothing is raised).
+        indexed = df.with_row_index(_ROW)
+        _check_nulls(indexed, columns)
+        _check_values(indexed, columns, max_future)
+    runs = _sorted_runs(df)
+    if runs is not None:
+        _check_symbol_names(runs[0], runs[1])
+        return df, runs
+    return _resorted(df.with_row_index(_ROW))
+
+
+_CHUNK = 1 << 15  # rows per step of the value checks: the columns' chunks stay in cache
+
+
+def _values_ok(df: pl.DataFrame, columns: tuple[str, ...], max_future: timedelta | None) -> bool:
+    """Whether no null and no check of :func:`_check_values` fails, in numpy (NaN fails every comparison and
+    is the least or greatest value of any array holding one).
+
+    With high and low present, ``low <= open <= high``, ``low <= close <= high`` (or ``low <= high``), a
+    positive least low and a finite greatest high imply that every price is finite and positive and that high
+    >= low: four comparisons and two reductions check the prices."""
+    if df.height == 0:
+        return True
+    nulls = df.select(pl.col(list(columns)).null_count()).row(0)
+    if any(nulls):
+        return False
+    if "ts" in columns:
+        ts = df["ts"].to_physical().to_numpy()
+        high_us = _MAX_US if max_future is None else min(_MAX_US, _us(datetime.now(UTC) + max_future) + 1)
+        if not (ts.min() >= _MIN_US and ts.max() < high_us):
+            return False
+    cols = {c: df[c].to_numpy() for c in (*PRICE_COLUMNS, "volume") if c in columns}
+    bands = "high" in cols and "low" in cols
+    alone = [] if bands else [c for c in PRICE_COLUMNS if c in cols]  # checked on their own
+    inside: list[str] = ([c for c in ("open", "close") if c in cols] or ["high"]) if bands else []  # low <= x <= high
+    size = df.height
+    flags, more = np.empty(min(size, _CHUNK), bool), np.empty(min(size, _CHUNK), bool)
+    for a in range(0, size, _CHUNK):  # in chunks: each column is read from memory once, the flags stay in cache
+        b = min(a + _CHUNK, size)
+        part = {c: v[a:b] for c, v in cols.items()}
+        if bands and not (part["low"].min() > 0.0 and part["high"].max() < np.inf):
+            return False
+        for c in alone:
+            if not (part[c].min() > 0.0 and part[c].max() < np.inf):
+                return False
+        if "volume" in part and not (part["volume"].min() >= 0.0 and part["volume"].max() < np.inf):
+            return False
+        if bands:
+            f, g = flags[: b - a], more[: b - a]
+            low, high = part["low"], part["high"]
+            for i, c in enumerate(inside):
+                np.less_equal(low, part[c], out=g if i else f)
+                if i:
+                    f &= g
+                np.less_equal(part[c], high, out=g)
+                f &= g
+            if not f.all():
+                return False
+    return True
+
+
+def _us(t: datetime) -> int:
+    return (t - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+
+
+_MIN_US = _us(MIN_TS)
+_MAX_US = _us(MAX_TS)
+
+
+def _sorted_runs(df: pl.DataFrame) -> Runs | None:
+    """The symbol runs when ``df`` is sorted by (symbol, ts) with no repeated (symbol, ts), else None."""
+    starts = _run_starts(df["symbol"])
+    heads = df["symbol"].gather(starts)
+    if len(heads) > 1 and not (heads.slice(1) > heads.slice(0, len(heads) - 1)).all():
+        return None  # a symbol's bars are not together, or the symbols are not in order
+    ts = df["ts"].to_physical().to_numpy()
+    if len(ts) > 1:
+        stalled = ts[1:] <= ts[:-1]
+        stalled[starts[1:] - 1] = False  # a symbol boundary is not a step in time
+        if stalled.any():
+            return None
+    return heads.to_list(), starts, _ends(starts, df.height)
+
+
+def _check_symbol_names(names: list[str], starts: np.ndarray) -> None:
+    """Each run's name is a valid symbol; the first invalid one (sorted input: the earliest) is reported at
+    its first row."""
+    for name, start in zip(names, starts.tolist(), strict=True):
+        if not isinstance(name, str) or not name or len(name) > MAX_SYMBOL_LEN or not name.isprintable():
+            validate_symbol(name, row=start)
 
 
 def _first(df: pl.DataFrame, mask: pl.Expr) -> dict[str, Any] | None:
+    if _ROW not in df.columns:  # the input's row numbers, for the error
+        df = df.with_row_index(_ROW)
     hit = df.filter(mask).head(1)
     if hit.height == 0:
         return None
@@ -202,11 +337,11 @@ def _check_values(df: pl.DataFrame, columns: tuple[str, ...], max_future: timede
             raise InvalidInputError(problem, column=col, symbol=row["symbol"], row=int(row[_ROW]), value=row[col])
 
 
-def _sorted(df: pl.DataFrame, *, resorted: bool = False) -> pl.DataFrame:
-    names, _, ends = symbol_runs(df["symbol"])
-    if not resorted and not (len(names) == len(set(names)) and names == sorted(names)):
-        # Stable sort: among equal (symbol, ts) the first in the input stays first.
-        return _sorted(df.sort(["symbol", "ts"], maintain_order=True), resorted=True)
+def _resorted(df: pl.DataFrame) -> tuple[pl.DataFrame, Runs]:
+    """``df`` (with the input's row numbers in ``_ROW``), not sorted or with a repeated (symbol, ts), sorted by
+    (symbol, ts) without ``_ROW``, and its runs; invalid symbols and repeats reported at their first input row."""
+    df = df.sort(["symbol", "ts"], maintain_order=True)  # stable: among equal keys the first in the input first
+    names, starts, ends = symbol_runs(df["symbol"])
     bad_names = [n for n in names if not isinstance(n, str) or not n or len(n) > MAX_SYMBOL_LEN
                  or not n.isprintable()]
     if bad_names:
@@ -215,14 +350,12 @@ def _sorted(df: pl.DataFrame, *, resorted: bool = False) -> pl.DataFrame:
     step = np.diff(df["ts"].to_physical().to_numpy())
     inner = np.ones(len(step), dtype=bool)
     inner[ends[:-1] - 1] = False  # a symbol boundary is not a step in time
-    if not np.any(inner & (step <= 0)):
-        return df
-    if not resorted:
-        return _sorted(df.sort(["symbol", "ts"], maintain_order=True), resorted=True)
     # Sorted now, so a zero step marks a later occurrence of a (symbol, ts): report the earliest in the input.
     dups = np.flatnonzero(inner & (step == 0)) + 1
-    rows = df[_ROW].to_numpy()[dups]
-    row = df.row(int(dups[int(np.argmin(rows))]), named=True)
-    raise InvalidInputError(
-        "duplicate (symbol, ts)", column="ts", symbol=row["symbol"], row=int(row[_ROW]), value=row["ts"]
-    )
+    if len(dups):
+        rows = df[_ROW].to_numpy()[dups]
+        row = df.row(int(dups[int(np.argmin(rows))]), named=True)
+        raise InvalidInputError(
+            "duplicate (symbol, ts)", column="ts", symbol=row["symbol"], row=int(row[_ROW]), value=row["ts"]
+        )
+    return df.drop(_ROW), (names, starts, ends)

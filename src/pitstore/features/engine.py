@@ -9,14 +9,15 @@ numpy views.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import polars as pl
 
-from pitstore.bars import symbol_runs, validate_bars
+from pitstore.bars import Runs, checked_bars, symbol_runs
 from pitstore.errors import DefinitionError
 from pitstore.features.base import Feature, FeatureSet, check_unique_outputs
+from pitstore.features.library import WindowKernel, is_window
 from pitstore.frames import FrameKind, frame_kind, from_polars
 
 __all__ = ["ENGINE_VERSION", "compute", "compute_frame", "flatten_features"]
@@ -61,16 +62,18 @@ def compute(features: FeatureLike, bars: Any, *, output: FrameKind | None = None
     """
     kind = output or frame_kind(bars)
     feats = flatten_features(features)
-    return from_polars(compute_frame(feats, validate_bars(bars)), kind)
+    df, runs = checked_bars(bars)
+    return from_polars(compute_frame(feats, df, runs=runs), kind)
 
 
 def compute_frame(features: Sequence[Feature], df: pl.DataFrame, *,
-                  offsets: Mapping[str, int] | None = None) -> pl.DataFrame:
+                  offsets: Mapping[str, int] | None = None, runs: Runs | None = None) -> pl.DataFrame:
     """Compute on validated bars (sorted by symbol, ts); returns ``symbol``, ``ts`` and the outputs.
 
     ``offsets``: per symbol, the absolute position of its first row here when the bars are a tail of its
     stored history (default 0: they start at its first stored bar). Only window features can start late
-    (:func:`pitstore.features.library.is_window`); the first ``lookback`` rows given are null either way."""
+    (:func:`pitstore.features.library.is_window`); the first ``lookback`` rows given are null either way.
+    ``runs``: the :func:`pitstore.bars.symbol_runs` of ``df`` when the caller has them already."""
     if not features:
         raise DefinitionError("no features to compute")
     check_unique_outputs(features)
@@ -81,7 +84,7 @@ def compute_frame(features: Sequence[Feature], df: pl.DataFrame, *,
             "(TA-Lib features can map an input to another column with inputs={...})"
         )
     n_rows = df.height
-    names, starts, ends = symbol_runs(df["symbol"]) if n_rows else ([], np.zeros(0, np.int64), np.zeros(0, np.int64))
+    names, starts, ends = runs if runs is not None else symbol_runs(df["symbol"])
     first = np.array([offsets.get(s, 0) for s in names] if offsets else np.zeros(len(names)), np.int64)
     columns: dict[str, pl.Series] = {}
     kernel_feats = [f for f in features if f.kernel is not None]
@@ -109,14 +112,21 @@ def _run_kernels(
     needed = sorted({c for f in features for c in f.inputs})
     arrays = {c: df[c].cast(pl.Float64).to_numpy() for c in needed}
     outs = {f.name: [np.empty(df.height) for _ in f.outputs] for f in features}
+    windows = [is_window(f) for f in features]
     for a, b, pos in zip(starts.tolist(), ends.tolist(), first.tolist(), strict=True):
         view = {c: arr[a:b] for c, arr in arrays.items()}
-        for f in features:
+        shared: dict[str, np.ndarray] = {}  # intermediates the window kernels share over this symbol's slice
+        for f, window in zip(features, windows, strict=True):
             assert f.kernel is not None
-            results = f.kernel(view, pos)
-            for out, res in zip(outs[f.name], results, strict=True):
-                out[a:b] = res
-                out[a : min(a + f.lookback, b)] = np.nan  # windows reaching before the first row given
+            columns = [out[a:b] for out in outs[f.name]]
+            if window:  # writes into the output columns
+                results = cast("WindowKernel", f.kernel)(view, pos, out=columns, shared=shared)
+            else:
+                results = f.kernel(view, pos)
+            for column, res in zip(columns, results, strict=True):
+                if res is not column:
+                    column[...] = res
+                column[: f.lookback] = np.nan  # windows reaching before the first row given
     return {
         col: pl.Series(col, arr, nan_to_null=True)
         for f in features

@@ -30,7 +30,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -38,10 +38,11 @@ from pitstore import timeutil
 from pitstore.errors import DefinitionError
 from pitstore.features.base import Feature, FeatureSet, Kernel, TalibCall, make_feature, param_suffix
 from pitstore.features.talib_features import talib_kernel
-from pitstore.features.windows import Position, window_moments, window_sum, window_sums2
+from pitstore.features.windows import Position, scratch, window_moments, window_stat2, window_sum
 
 __all__ = [
     "BUILTINS",
+    "WindowKernel",
     "atr",
     "bollinger",
     "ema",
@@ -161,8 +162,12 @@ def _build(func: str, **params: Any) -> Feature:
     )
 
 
-def _shift_ratio(c: np.ndarray, n: int) -> np.ndarray:
-    out = np.empty(c.shape)
+def _dest(out: Sequence[np.ndarray] | None, like: np.ndarray, i: int = 0) -> np.ndarray:
+    """The array a kernel writes its output ``i`` into: the engine's column slice, else a new array."""
+    return np.empty(like.shape) if out is None else out[i]
+
+
+def _shift_ratio(c: np.ndarray, n: int, out: np.ndarray) -> np.ndarray:
     out[..., :n] = np.nan
     np.divide(c[..., n:], c[..., :-n], out=out[..., n:])
     return out
@@ -173,20 +178,53 @@ def _shift_ratio(c: np.ndarray, n: int) -> np.ndarray:
 # lookback + 1 bars. The kernels work along the last axis, so a live update runs them on a matrix whose rows
 # are many symbols' last bars (pitstore.live.steppers.WindowBlock): the same code, the same bits. ``start`` is
 # the absolute position of the first value (bars counted from the symbol's first stored bar; one per row).
+# The batch engine passes two keywords more (see WindowKernel): ``out``, the slices of its output columns to
+# write into (no copy, no fresh memory), and ``shared``, a dict that lives for one symbol's slice and holds
+# intermediates several features of a set use (the one-bar log returns of every vol): computed once, the same
+# operations on the same values as computing them again, so the same bits.
+
+
+class WindowKernel(Protocol):
+    """How the batch engine calls a window kernel (``functools.partial`` of one, parameters bound)."""
+
+    def __call__(self, a: Arrays, start: Position, *, out: Sequence[np.ndarray] | None = ...,
+                 shared: dict[str, np.ndarray] | None = ...) -> Sequence[np.ndarray]: ...
+
+
+def _log_returns(c: np.ndarray, shared: dict[str, np.ndarray] | None) -> np.ndarray:
+    """``ln(c[t] / c[t-1])`` along the last axis (one value fewer than ``c``): kept in ``shared`` (a per-thread
+    scratch buffer, valid while the engine works on this slice) for the next feature that needs them."""
+    if shared is None:
+        r: np.ndarray = np.divide(c[..., 1:], c[..., :-1])
+        np.log(r, out=r)
+        return r
+    lr = shared.get("log_ret_1")
+    if lr is None:
+        lr = np.divide(c[..., 1:], c[..., :-1], out=scratch(_SLOT_LOG_RET, *c.shape[:-1], c.shape[-1] - 1))
+        lr = shared["log_ret_1"] = np.log(lr, out=lr)
+    return lr
+
+
+_SLOT_LOG_RET = 10  # scratch slots of this module (pitstore.features.windows uses 0-5)
+_SLOT_VOL = 11
 
 
 @_register("ret", params={"n": 1}, lookback=lambda n: n,
            description="simple return over n bars: close_t / close_{t-n} - 1")
-def _ret(a: Arrays, start: Position, *, n: int) -> Sequence[np.ndarray]:
-    out = _shift_ratio(a["close"], n)
-    return [np.subtract(out, 1.0, out=out)]
+def _ret(a: Arrays, start: Position, *, n: int, out: Sequence[np.ndarray] | None = None,
+         shared: dict[str, np.ndarray] | None = None) -> Sequence[np.ndarray]:
+    c = a["close"]
+    r = _shift_ratio(c, n, _dest(out, c))
+    return [np.subtract(r, 1.0, out=r)]
 
 
 @_register("log_ret", params={"n": 1}, lookback=lambda n: n,
            description="log return over n bars: ln(close_t / close_{t-n})")
-def _log_ret(a: Arrays, start: Position, *, n: int) -> Sequence[np.ndarray]:
-    out = _shift_ratio(a["close"], n)
-    return [np.log(out, out=out)]
+def _log_ret(a: Arrays, start: Position, *, n: int, out: Sequence[np.ndarray] | None = None,
+             shared: dict[str, np.ndarray] | None = None) -> Sequence[np.ndarray]:
+    c = a["close"]
+    r = _shift_ratio(c, n, _dest(out, c))
+    return [np.log(r, out=r)]
 
 
 # periods_per_year is a real number (4h bars: 409.5 a year); 252.0 names and fingerprints as 252 did.
@@ -194,27 +232,37 @@ def _log_ret(a: Arrays, start: Position, *, n: int) -> Sequence[np.ndarray]:
            minimums={"n": 2, "periods_per_year": 1.0},
            description="annualised volatility: sample std (ddof=1) of the last n one-bar log returns "
                        "* sqrt(periods_per_year)")
-def _vol(a: Arrays, start: Position, *, n: int, periods_per_year: float) -> Sequence[np.ndarray]:
+def _vol(a: Arrays, start: Position, *, n: int, periods_per_year: float, out: Sequence[np.ndarray] | None = None,
+         shared: dict[str, np.ndarray] | None = None) -> Sequence[np.ndarray]:
     c = a["close"]
-    out = np.full(c.shape, np.nan)
-    if c.shape[-1] > n:
-        r = np.divide(c[..., 1:], c[..., :-1])
-        # One-bar log returns are centred (their mean is small against their spread): the unshifted sums
-        # do not cancel, and skip the shift's passes.
-        s1, s2 = window_sums2(np.log(r, out=r), n, start + 1)
-        u = s1 / n
+    dst = _dest(out, c)
+    if c.shape[-1] <= n:
+        dst.fill(np.nan)
+        return [dst]
+    scale = periods_per_year / (n - 1)
+
+    def finish(s1: np.ndarray, s2: np.ndarray) -> np.ndarray:  # elementwise, in place: the same in any layout
+        u = np.divide(s1, n, out=scratch(_SLOT_VOL, *s1.shape))
         np.multiply(s1, u, out=s1)
-        m2 = np.maximum(np.subtract(s2, s1, out=s2), 0.0, out=s2)
-        m2 *= periods_per_year / (n - 1)
-        out[..., 1:] = np.sqrt(m2, out=m2)
-    return [out]
+        np.subtract(s2, s1, out=s2)
+        np.maximum(s2, 0.0, out=s2)
+        s2 *= scale
+        np.sqrt(s2, out=s2)
+        return s2
+
+    # One-bar log returns are centred (their mean is small against their spread): the unshifted sums do not
+    # cancel, and skip the shift's passes.
+    window_stat2(_log_returns(c, shared), n, start + 1, finish, out=dst[..., 1:])
+    dst[..., 0] = np.nan
+    return [dst]
 
 
 @_register("mom", params={"n": 20}, lookback=lambda n: n - 1,
            description="momentum: close_t / mean(close over the last n bars) - 1")
-def _mom(a: Arrays, start: Position, *, n: int) -> Sequence[np.ndarray]:
+def _mom(a: Arrays, start: Position, *, n: int, out: Sequence[np.ndarray] | None = None,
+         shared: dict[str, np.ndarray] | None = None) -> Sequence[np.ndarray]:
     c = a["close"]
-    s = window_sum(c, n, start)
+    s = window_sum(c, n, start, out=_dest(out, c))
     s /= n
     np.divide(c, s, out=s)
     return [np.subtract(s, 1.0, out=s)]
@@ -222,8 +270,12 @@ def _mom(a: Arrays, start: Position, *, n: int) -> Sequence[np.ndarray]:
 
 @_register("sma", params={"n": 20}, lookback=lambda n: n - 1,
            description="simple moving average of close over n bars (TA-Lib SMA's definition)")
-def _sma(a: Arrays, start: Position, *, n: int) -> Sequence[np.ndarray]:
-    return [window_sum(a["close"], n, start) / n]
+def _sma(a: Arrays, start: Position, *, n: int, out: Sequence[np.ndarray] | None = None,
+         shared: dict[str, np.ndarray] | None = None) -> Sequence[np.ndarray]:
+    c = a["close"]
+    s = window_sum(c, n, start, out=_dest(out, c))
+    s /= n
+    return [s]
 
 
 _register_talib("ema", lambda n: ("EMA", {"timeperiod": n}), params={"n": 20}, lookback=lambda n: n - 1,
@@ -240,10 +292,11 @@ _register_talib("macd",
 @_register("bollinger", params={"n": 20, "k": 2.0}, suffixes=("upper", "middle", "lower"),
            lookback=lambda n, k: n - 1, minimums={"n": 2, "k": 0.0},
            description="Bollinger bands: SMA(n) ± k population std of close (TA-Lib BBANDS' definition)")
-def _bollinger(a: Arrays, start: Position, *, n: int, k: float) -> Sequence[np.ndarray]:
+def _bollinger(a: Arrays, start: Position, *, n: int, k: float, out: Sequence[np.ndarray] | None = None,
+               shared: dict[str, np.ndarray] | None = None) -> Sequence[np.ndarray]:
     middle, m2 = window_moments(a["close"], n, start)
     dev = np.sqrt(m2 / n) * k
-    return [middle + dev, middle, middle - dev]
+    return _into(out, [middle + dev, middle, middle - dev])
 
 
 _register_talib("atr", lambda n: ("ATR", {"timeperiod": n}), params={"n": 14}, inputs=("high", "low", "close"),
@@ -253,22 +306,33 @@ _register_talib("atr", lambda n: ("ATR", {"timeperiod": n}), params={"n": 14}, i
 @_register("vwap", params={"n": 20}, inputs=("high", "low", "close", "volume"), lookback=lambda n: n - 1,
            description="rolling VWAP over n bars of the typical price (high+low+close)/3; "
                        "null while the window has no volume")
-def _vwap(a: Arrays, start: Position, *, n: int) -> Sequence[np.ndarray]:
+def _vwap(a: Arrays, start: Position, *, n: int, out: Sequence[np.ndarray] | None = None,
+          shared: dict[str, np.ndarray] | None = None) -> Sequence[np.ndarray]:
     typical = (a["high"] + a["low"] + a["close"]) / 3.0
     with np.errstate(divide="ignore", invalid="ignore"):
-        out = window_sum(typical * a["volume"], n, start) / window_sum(a["volume"], n, start)
-    out[~np.isfinite(out)] = np.nan
-    return [out]
+        res = window_sum(typical * a["volume"], n, start) / window_sum(a["volume"], n, start)
+    res[~np.isfinite(res)] = np.nan
+    return _into(out, [res])
 
 
 @_register("zscore", params={"n": 20}, lookback=lambda n: n - 1, minimums={"n": 2},
            description="z-score of close against its last n bars: (close - mean) / std (ddof=1)")
-def _zscore(a: Arrays, start: Position, *, n: int) -> Sequence[np.ndarray]:
+def _zscore(a: Arrays, start: Position, *, n: int, out: Sequence[np.ndarray] | None = None,
+            shared: dict[str, np.ndarray] | None = None) -> Sequence[np.ndarray]:
     mean, m2 = window_moments(a["close"], n, start)
     with np.errstate(divide="ignore", invalid="ignore"):
-        out = (a["close"] - mean) / np.sqrt(m2 / (n - 1))
-    out[~np.isfinite(out)] = np.nan
-    return [out]
+        res = (a["close"] - mean) / np.sqrt(m2 / (n - 1))
+    res[~np.isfinite(res)] = np.nan
+    return _into(out, [res])
+
+
+def _into(out: Sequence[np.ndarray] | None, results: Sequence[np.ndarray]) -> Sequence[np.ndarray]:
+    """Results computed in arrays of their own, copied into ``out`` when the engine gives it."""
+    if out is None:
+        return results
+    for o, r in zip(out, results, strict=True):
+        o[...] = r
+    return out
 
 
 # --- factories: the public, typed constructors ------------------------------------------------------
