@@ -29,9 +29,10 @@ from pitstore.features.base import FeatureSet
 from pitstore.features.engine import compute_frame
 from pitstore.features.library import is_window
 from pitstore.filenames import safe_name
-from pitstore.offline import encode_symbol, file_facts, read_entries, write_entry
+from pitstore.offline import encode_symbol, put_entry, read_entries
 from pitstore.rules import to_us
 from pitstore.spacing import check_spacing
+from pitstore.storage import Storage, as_storage
 
 __all__ = ["BackfillReport", "backfill"]
 
@@ -106,7 +107,7 @@ def _needed(bars: pl.DataFrame, fs: FeatureSet, plans: Sequence[_Plan]) -> tuple
 
 
 def backfill(
-    root: Path,
+    data: Storage | Path,
     catalog: Catalog,
     feature_set: FeatureSet,
     version: int,
@@ -116,7 +117,9 @@ def backfill(
     end: datetime | None = None,
     progress: Progress | None = None,
 ) -> BackfillReport:
-    """Bring the stored features of ``feature_set`` (registered as ``version``) up to date."""
+    """Bring the stored features of ``feature_set`` (registered as ``version``) up to date; ``data``: where the
+    entries are (a Path: files under an embedded store's root)."""
+    storage = as_storage(data)
     report = BackfillReport(feature_set.name, version)
     start_us, end_us = _us(start), _us(end)
     live_by_symbol: dict[str, list[FeatureEntry]] = {}
@@ -136,18 +139,19 @@ def backfill(
         batch.append(plan)
         rows += plan.bars.n_rows
         if rows >= 2_000_000:
-            _run(root, catalog, feature_set, version, batch, start_us, end_us, report, progress)
+            _run(storage, catalog, feature_set, version, batch, start_us, end_us, report, progress)
             batch, rows = [], 0
     if batch:
-        _run(root, catalog, feature_set, version, batch, start_us, end_us, report, progress)
+        _run(storage, catalog, feature_set, version, batch, start_us, end_us, report, progress)
     return report
 
 
 def _run(
-    root: Path, catalog: Catalog, fs: FeatureSet, version: int, plans: list[_Plan],
+    data: Storage | Path, catalog: Catalog, fs: FeatureSet, version: int, plans: list[_Plan],
     start_us: int | None, end_us: int | None, report: BackfillReport, progress: Progress | None,
 ) -> None:
-    bars = read_entries(root, [p.bars.path for p in plans])
+    storage = as_storage(data)
+    bars = read_entries(storage, [p.bars.path for p in plans])
     assert bars is not None
     if end_us is not None:
         bars = bars.filter(pl.col("ts").dt.epoch("us") <= end_us)
@@ -175,7 +179,7 @@ def _run(
     directory = f"features/{safe_name(fs.name)}/v{version}"
     # Files are written on two threads (Parquet encoding releases the GIL); commits stay in order here.
     with ThreadPoolExecutor(max_workers=2) as pool:
-        written = pool.map(lambda t: _write(root, f"{directory}/{encode_symbol(t[0].bars.symbol)}", t[1]), todo)
+        written = pool.map(lambda t: put_entry(storage, f"{directory}/{encode_symbol(t[0].bars.symbol)}", t[1]), todo)
         for (plan, part), (path, size, digest) in zip(todo, written, strict=True):
             epochs = part["ts"].dt.epoch("us")
             entry = FeatureEntry(0, fs.name, version, plan.bars.symbol, path, part.height, int(epochs[0]),
@@ -185,13 +189,8 @@ def _run(
                 report.written_rows += part.height
                 (report.full if plan.full else report.incremental).append(plan.bars.symbol)
             else:
-                (root / path).unlink(missing_ok=True)
+                storage.delete(path)
                 report.lost_race.append(plan.bars.symbol)
             if progress:
                 progress(1)
 
-
-def _write(root: Path, directory: str, part: pl.DataFrame) -> tuple[str, int, str]:
-    """Publish ``part`` as an entry; its path, size and hash (recorded in the catalog for verify and reads)."""
-    path = write_entry(root, directory, part)
-    return (path, *file_facts(root, path))

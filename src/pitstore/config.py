@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tomllib
@@ -62,6 +63,17 @@ class Settings:
     # root. None: the embedded SQLite catalog, root/catalog.sqlite.
     catalog_url: str | None = None
     catalog_schema: str = "pitstore_catalog"  # the catalog's PostgreSQL schema when catalog_url has no ?schema=
+    # Where the data files are: None (the root), a local path or file:// URL, or an fsspec URL (s3://bucket/prefix).
+    # Off the root, the root keeps only local state (locks, online.sqlite; catalog.sqlite without catalog_url).
+    data_url: str | None = None
+    # fsspec storage options of data_url as a JSON object (given as a dict or TOML table too, kept as its JSON),
+    # e.g. {"endpoint_url": "http://127.0.0.1:9000"}; fsspec's own configuration and the AWS variables apply too.
+    data_options: str | None = None
+
+    @property
+    def storage_options(self) -> dict[str, Any]:
+        """``data_options`` as the keyword arguments of the data_url's fsspec filesystem."""
+        return dict(json.loads(self.data_options)) if self.data_options else {}
 
     @property
     def catalog_path(self) -> Path:
@@ -108,7 +120,8 @@ class Settings:
             values["root"] = env_root
         for key in ("online_url", "online_namespace", "redis_url", "postgres_url", "lock_timeout", "history_days",
                     "live_flush_bars", "max_future_days", "api_keys", "max_body_bytes", "cost_per_compute_second",
-                    "cost_per_data_call", "read_only", "entry_cache_bytes", "catalog_url", "catalog_schema"):
+                    "cost_per_data_call", "read_only", "entry_cache_bytes", "catalog_url", "catalog_schema", "data_url",
+                    "data_options"):
             env = os.environ.get(f"PITSTORE_{key.upper()}")
             if env:
                 values[key] = env
@@ -145,6 +158,7 @@ class Settings:
         if not isinstance(self.catalog_schema, str) or not 0 < len(self.catalog_schema.encode()) <= 63:
             raise ConfigError(f"catalog_schema must be a PostgreSQL schema name of 1 to 63 bytes, got"
                               f" {self.catalog_schema!r}")
+        options = _options(self.data_options)
         if min(costs) < 0:
             raise ConfigError(f"cost_per_compute_second and cost_per_data_call must be >= 0, got {costs}")
         if max_body < 1:
@@ -165,7 +179,7 @@ class Settings:
             raise ConfigError(f"entry_cache_bytes must be a number of bytes, got {self.entry_cache_bytes!r}") from exc
         if entry_bytes is not None and entry_bytes < 0:
             raise ConfigError(f"entry_cache_bytes must not be negative, got {entry_bytes}")
-        return replace(self, root=root_path(self.root), read_only=_tristate(self.read_only),
+        return replace(self, root=root_path(self.root), read_only=_tristate(self.read_only), data_options=options,
                        entry_cache_bytes=entry_bytes,
                        lock_timeout=lock_timeout, history_days=history_days, live_flush_bars=flush,
                        max_future_days=future, max_body_bytes=max_body, cost_per_compute_second=costs[0],
@@ -187,6 +201,20 @@ def root_path(root: str | os.PathLike[str]) -> Path:
     if parts.netloc not in ("", "localhost") or not parts.path:
         raise ConfigError(f"store root {text!r}: a file:// root must be a local absolute path (file:///path)")
     return Path(unquote(parts.path))
+
+
+def _options(value: object) -> str | None:
+    """``data_options`` as a JSON object's text: given as a dict (keyword, TOML table) or as that text."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"data_options must be a JSON object, got {value!r}: {exc}") from exc
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise ConfigError(f"data_options must be an object of fsspec storage options, got {value!r}")
+    return json.dumps(value)
 
 
 def _tristate(value: object) -> bool | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import threading
@@ -12,14 +13,14 @@ from pathlib import Path
 
 import polars as pl
 
-from pitstore.atomic import publish
 from pitstore.catalog.base import FeatureEntry
 from pitstore.datahash import file_hash, table_hash
 from pitstore.errors import CacheCorruptionError
 from pitstore.filenames import safe_name
+from pitstore.storage import Storage, as_storage
 
-__all__ = ["CheckedRead", "EntryReader", "check_file", "content_hash", "encode_symbol", "file_facts", "read_entries",
-           "write_entry"]
+__all__ = ["CheckedRead", "EntryReader", "check_file", "content_hash", "encode_symbol", "file_facts", "put_entry",
+           "read_entries", "write_entry"]
 
 log = logging.getLogger("pitstore.offline")
 _UNREADABLE = (OSError, pl.exceptions.PolarsError)
@@ -38,63 +39,80 @@ def content_hash(df: pl.DataFrame) -> str:
     return table_hash(df.to_arrow()).hex
 
 
-def write_entry(root: Path, relative_dir: str, df: pl.DataFrame) -> str:
-    """Write ``df`` as a new Parquet entry under ``root/relative_dir``; returns its path relative to root.
+def write_entry(data: Storage | Path, relative_dir: str, df: pl.DataFrame) -> str:
+    """Write ``df`` as a new Parquet entry under ``relative_dir``; returns its relative path."""
+    return put_entry(data, relative_dir, df)[0]
 
-    Published atomically (see :mod:`pitstore.atomic`); an orphan (published but never committed to the
-    catalog) is never listed, since reads go through the catalog.
+
+def put_entry(data: Storage | Path, relative_dir: str, df: pl.DataFrame) -> tuple[str, int, str]:
+    """Write ``df`` as a new Parquet entry under ``relative_dir`` (a fresh name); its path, size and xxh3-128.
+
+    Published atomically and checked by the backend (see :mod:`pitstore.storage`); an orphan (published but
+    never committed to the catalog) is never listed, since reads go through the catalog. The size and hash
+    are of the bytes encoded here, so nothing is read back to record them.
     """
-    name = f"{uuid.uuid4().hex}.parquet"
-    publish(root / relative_dir, name, lambda tmp: df.write_parquet(
-        tmp, compression="zstd", compression_level=_COMPRESSION_LEVEL, statistics=True))
-    return f"{relative_dir}/{name}"
+    sink = io.BytesIO()
+    df.write_parquet(sink, compression="zstd", compression_level=_COMPRESSION_LEVEL, statistics=True)
+    body = sink.getbuffer()
+    path = f"{relative_dir}/{uuid.uuid4().hex}.parquet"
+    as_storage(data).put(path, body)
+    return path, len(body), file_hash(body)
 
 
-def file_facts(root: Path, path: str) -> tuple[int, str]:
-    """Size and xxh3-128 of the bytes of the file ``root/path``, as feature entries record them."""
-    data = (root / path).read_bytes()
-    return len(data), file_hash(data)
+def file_facts(data: Storage | Path, path: str) -> tuple[int, str]:
+    """Size and xxh3-128 of the bytes of the stored file ``path``, as feature entries record them."""
+    body = as_storage(data).read(path)
+    return len(body), file_hash(body)
 
 
-def check_file(path: Path, size: int | None, expected_hash: str | None) -> str | None:
-    """What is wrong with the file at ``path`` (None: it exists and, where given, has ``size`` bytes hashing
+def check_file(data: Storage | Path, path: str, size: int | None, expected_hash: str | None) -> str | None:
+    """What is wrong with the stored file ``path`` (None: it exists and, where given, has ``size`` bytes hashing
     to ``expected_hash``)."""
+    storage = as_storage(data)
     try:
         if size is None and expected_hash is None:
-            return None if path.is_file() else "file is missing"
-        data = path.read_bytes()
+            return None if storage.size(path) is not None else "file is missing"
+        body = storage.read(path)
     except FileNotFoundError:
         return "file is missing"
     except OSError as exc:
         return f"unreadable: {exc}"
-    if size is not None and len(data) != size:
-        return f"{len(data)} bytes, the catalog says {size}"
-    if expected_hash is not None and file_hash(data) != expected_hash:
+    if size is not None and len(body) != size:
+        return f"{len(body)} bytes, the catalog says {size}"
+    if expected_hash is not None and file_hash(body) != expected_hash:
         return "content does not match its hash"
     return None
 
 
-def _scan(root: Path, paths: Sequence[str], columns: Sequence[str] | None) -> pl.DataFrame:
-    lf = pl.scan_parquet([str(root / p) for p in paths])
-    if columns is not None:
-        lf = lf.select(columns)
-    # One chunk per column: sorts and gathers over 500 small chunks are twice as slow.
-    return lf.collect().rechunk()
+def _scan(storage: Storage, paths: Sequence[str], columns: Sequence[str] | None) -> pl.DataFrame:
+    local = [storage.local_path(p) for p in paths]
+    if all(p is not None for p in local):
+        lf = pl.scan_parquet([str(p) for p in local])
+        if columns is not None:
+            lf = lf.select(columns)
+        # One chunk per column: sorts and gathers over 500 small chunks are twice as slow.
+        return lf.collect().rechunk()
+    # Remote: fetch every object at once (concurrently), then decode from memory.
+    cols = list(columns) if columns is not None else None
+    frames = [pl.read_parquet(io.BytesIO(b), columns=cols) for b in storage.read_many(paths)]
+    return pl.concat(frames, how="vertical").rechunk()
 
 
-def read_entries(root: Path, paths: Sequence[str], columns: Sequence[str] | None = None) -> pl.DataFrame | None:
+def read_entries(data: Storage | Path, paths: Sequence[str], columns: Sequence[str] | None = None
+                 ) -> pl.DataFrame | None:
     """Read and concatenate entries (in the given order); None when there are none.
 
     Raises CacheCorruptionError naming the first file that is missing or cannot be decoded.
     """
     if not paths:
         return None
+    storage = as_storage(data)
     try:
-        return _scan(root, paths, columns)
+        return _scan(storage, paths, columns)
     except _UNREADABLE as exc:
         for p in paths:  # which one: the scan's message does not always say
             try:
-                _scan(root, [p], columns)
+                _scan(storage, [p], columns)
             except _UNREADABLE as one:
                 raise CacheCorruptionError(f"stored entry {p} is damaged ({one}); run `pitstore verify --repair`"
                                            ) from one
@@ -120,8 +138,9 @@ class EntryReader:
     are visible before every read: a new entry is a new path, so a cached result can never be stale.
     """
 
-    def __init__(self, root: Path, max_bytes: int | None = None) -> None:
-        self.root = root
+    def __init__(self, root: Path, max_bytes: int | None = None, storage: Storage | None = None) -> None:
+        self.root = root  # local state (version leases) stays under the root wherever the data is
+        self.storage = storage if storage is not None else as_storage(root)
         self.max_bytes = default_cache_bytes() if max_bytes is None else max_bytes
         self._cache: OrderedDict[tuple[tuple[str, ...], tuple[str, ...] | None], pl.DataFrame] = OrderedDict()
         self._sizes: dict[tuple[tuple[str, ...], tuple[str, ...] | None], int] = {}
@@ -146,7 +165,7 @@ class EntryReader:
             if hit is not None:
                 self._cache.move_to_end(key)
                 return hit
-        df = read_entries(self.root, paths, columns)
+        df = read_entries(self.storage, paths, columns)
         if df is not None:
             with self._lock:
                 self._keep(key, df)
@@ -163,17 +182,17 @@ class EntryReader:
                 self._cache.move_to_end(key)
                 return hit, {}
         damaged = {e.path: what for e in entries
-                   if (what := check_file(self.root / e.path, e.size, e.file_hash)) is not None}
+                   if (what := check_file(self.storage, e.path, e.size, e.file_hash)) is not None}
         good = [e.path for e in entries if e.path not in damaged]
         rows = None
         if good:
             try:
-                rows = _scan(self.root, good, columns)
+                rows = _scan(self.storage, good, columns)
             except _UNREADABLE:
                 parts = []
                 for p in good:  # find the undecodable ones (entries recorded without a hash)
                     try:
-                        parts.append(_scan(self.root, [p], columns))
+                        parts.append(_scan(self.storage, [p], columns))
                     except _UNREADABLE as exc:
                         damaged[p] = f"undecodable: {exc}"
                 rows = pl.concat(parts).rechunk() if parts else None
