@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -24,18 +25,24 @@ class S3Server:
         self.endpoint = f"http://127.0.0.1:{self.port}"
         # The credentials moto accepts; passed as fsspec options so no AWS_* variable of the machine is used.
         self.options: dict[str, Any] = {"endpoint_url": self.endpoint, "key": "testing", "secret": "testing",
-                                        "client_kwargs": {"region_name": "us-east-1"}}
+                                        "client_kwargs": {"region_name": "us-east-1"},
+                                        # Loopback answers in milliseconds: a stuck request fails the test fast.
+                                        "config_kwargs": {"read_timeout": 20, "connect_timeout": 5,
+                                                          "retries": {"max_attempts": 2}}}
         self.proc: subprocess.Popen[bytes] | None = None
+        # Its request log goes to a file: a pipe nobody reads fills up and blocks every request thread.
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115  (closed in stop)
 
     def start(self) -> None:
         self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                                     stdout=subprocess.DEVNULL, stderr=self.log)
         wait_for(self._up, 60, f"moto.server on port {self.port}")
 
     def _up(self) -> bool:
         assert self.proc is not None
         if self.proc.poll() is not None:
-            err = self.proc.stderr.read().decode() if self.proc.stderr else ""
+            self.log.seek(0)
+            err = self.log.read().decode(errors="replace")
             pytest.fail(f"moto.server exited with {self.proc.returncode}: {err[-2000:]}")
         try:
             with urllib.request.urlopen(f"{self.endpoint}/moto-api/", timeout=1):
@@ -47,6 +54,7 @@ class S3Server:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(timeout=10)
+        self.log.close()
 
     def bucket(self) -> str:
         """A new empty bucket's URL with a prefix (``s3://<bucket>/store``)."""

@@ -39,8 +39,12 @@ class FsspecStorage:
             raise MissingDependencyError("data on object storage needs fsspec (and s3fs for s3://): "
                                          "pip install 'pitstore[s3]'") from exc
         self.url = url.rstrip("/")
+        # No listings cache: other processes and machines add and delete objects all the time, and a cached
+        # directory listing makes fsspec answer "no such file" for an object written since (s3fs's size/info
+        # consult it before a GET).
+        kwargs = {"use_listings_cache": False, **dict(options or {})}
         try:
-            fs, base = fsspec.core.url_to_fs(self.url, **dict(options or {}))
+            fs, base = fsspec.core.url_to_fs(self.url, **kwargs)
         except ImportError as exc:
             raise MissingDependencyError(f"{self.url}: {exc} (pip install 'pitstore[s3]')") from exc
         self.fs: Any = fs
