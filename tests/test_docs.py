@@ -24,6 +24,7 @@ SAMPLES = {
     "max_body_bytes": "4096", "cost_per_compute_second": "0.5", "cost_per_data_call": "0.25", "read_only": "true",
     "entry_cache_bytes": "1048576", "retention_days": "30",
     "catalog_url": "postgresql://h/catalog", "catalog_schema": "cat_env",
+    "data_url": "s3://bucket/prefix", "data_options": '{"endpoint_url": "http://127.0.0.1:9000"}',
 }
 
 

@@ -18,11 +18,14 @@ import psycopg
 import pytest
 from cache_workers import Child, digest, log_lines, make_raw, slow_summary, starts, summarise, wait_until
 from ingest_workers import SYMBOLS, ingest_interleaved_team, interleaved_bars
+from s3_server import S3Server, s3_server, s3_url  # noqa: F401  (fixtures)
 from servers import drop_schema
 from spawn import run_processes
 
 from pitstore import Store, standard_features
 from pitstore.catalog.postgres import PostgresCatalog
+from pitstore.housekeeping import DATA_DIRS
+from pitstore.storage.fsspec import FsspecStorage
 from pitstore.testing import synthetic_bars
 
 
@@ -32,8 +35,13 @@ def catalog_url(postgres_url: str, namespace: str) -> Iterator[str]:
     drop_schema(postgres_url, namespace)
 
 
-def _open(kind: str, root: Path, catalog_url: str) -> Store:
-    return Store.open(root, catalog_url=catalog_url if kind == "postgres" else None)
+def _open(kind: str, root: Path, catalog_url: str, request: pytest.FixtureRequest) -> Store:
+    """``kind``: catalog, then ``+s3`` for data in a fresh bucket of the real S3-compatible server process."""
+    data: dict[str, Any] = {}
+    if kind.endswith("+s3"):
+        server: S3Server = request.getfixturevalue("s3_server")
+        data = {"data_url": request.getfixturevalue("s3_url"), "data_options": server.options}
+    return Store.open(root, catalog_url=catalog_url if kind.startswith("postgres") else None, **data)
 
 
 def _answers(store: Store, log_dir: Path) -> dict[str, Any]:
@@ -89,17 +97,24 @@ def embedded_answers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]
         return _answers(store, base / "log")
 
 
-@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+@pytest.mark.parametrize("kind", ["sqlite", "postgres", "sqlite+s3", "postgres+s3"])
 def test_store_api_answers_as_the_embedded_store(kind: str, tmp_path: Path, catalog_url: str,
-                                                 embedded_answers: dict[str, Any]) -> None:
+                                                 embedded_answers: dict[str, Any],
+                                                 request: pytest.FixtureRequest) -> None:
     (tmp_path / "log").mkdir()
-    with _open(kind, tmp_path / "store", catalog_url) as store:
-        assert isinstance(store.catalog, PostgresCatalog) == (kind == "postgres")
+    with _open(kind, tmp_path / "store", catalog_url, request) as store:
+        assert isinstance(store.catalog, PostgresCatalog) == kind.startswith("postgres")
         got = _answers(store, tmp_path / "log")
+        if kind.endswith("+s3"):
+            # Every referenced file is an object in the bucket; the root holds local state only.
+            assert isinstance(store.storage, FsspecStorage)
+            stored = {o.path for top in DATA_DIRS for o in store.storage.list(top)}
+            assert store.catalog.referenced_paths() <= stored and stored
+            assert list((tmp_path / "store").rglob("*.parquet")) == []
     assert got.keys() == embedded_answers.keys()
     for key in got:
         assert got[key] == embedded_answers[key], key
-    if kind == "postgres":
+    if kind.startswith("postgres"):
         assert not (tmp_path / "store" / "catalog.sqlite").exists()  # the catalog is on the server only
 
 

@@ -16,6 +16,7 @@ from typing import Any
 from pitstore import tiering
 from pitstore.cli import app
 from pitstore.history.postgres import PostgresHistory
+from pitstore.storage import LocalStorage
 
 
 def _die(*_: Any, **__: Any) -> None:
@@ -24,13 +25,14 @@ def _die(*_: Any, **__: Any) -> None:
 
 def main(step: str, args: list[str]) -> None:
     if step == "published":
-        publish = tiering.publish_bytes
+        put = LocalStorage.put
 
-        def publish_then_die(*a: Any, **k: Any) -> None:
-            publish(*a, **k)
-            _die()
+        def put_then_die(self: LocalStorage, path: str, data: bytes | memoryview) -> None:
+            put(self, path, data)
+            if path.startswith(tiering.ARCHIVE_DIR + "/"):
+                _die()
 
-        tiering.publish_bytes = publish_then_die  # type: ignore[assignment]
+        LocalStorage.put = put_then_die  # type: ignore[method-assign]
     elif step == "committed":
         PostgresHistory.delete_versions = _die  # type: ignore[assignment,method-assign]
     else:

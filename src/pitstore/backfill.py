@@ -29,9 +29,10 @@ from pitstore.features.base import FeatureSet
 from pitstore.features.engine import compute_frame
 from pitstore.features.library import is_window
 from pitstore.filenames import safe_name
-from pitstore.offline import encode_symbol, file_facts, read_entries, write_entry
+from pitstore.offline import encode_symbol, put_entry, read_entries
 from pitstore.rules import to_us
 from pitstore.spacing import check_spacing
+from pitstore.storage import Storage, as_storage
 
 __all__ = ["BackfillReport", "Written", "backfill", "batches", "commit_batch", "compute_batch", "plan"]
 
@@ -137,7 +138,7 @@ def batches(plans: Sequence[_Plan], max_rows: int) -> Iterator[list[_Plan]]:
 
 
 def backfill(
-    root: Path,
+    data: Storage | Path,
     catalog: Catalog,
     feature_set: FeatureSet,
     version: int,
@@ -147,21 +148,23 @@ def backfill(
     end: datetime | None = None,
     progress: Progress | None = None,
 ) -> BackfillReport:
-    """Bring the stored features of ``feature_set`` (registered as ``version``) up to date."""
+    """Bring the stored features of ``feature_set`` (registered as ``version``) up to date; ``data``: where the
+    entries are (a Path: files under an embedded store's root)."""
+    storage = as_storage(data)
     report = BackfillReport(feature_set.name, version)
     start_us, end_us = _us(start), _us(end)
     for batch in batches(plan(catalog, feature_set, version, symbols, start_us, end_us, report), 2_000_000):
-        _run(root, catalog, feature_set, version, batch, start_us, end_us, report, progress)
+        _run(storage, catalog, feature_set, version, batch, start_us, end_us, report, progress)
     return report
 
 
 def _run(
-    root: Path, catalog: Catalog, fs: FeatureSet, version: int, plans: list[_Plan],
+    data: Storage | Path, catalog: Catalog, fs: FeatureSet, version: int, plans: list[_Plan],
     start_us: int | None, end_us: int | None, report: BackfillReport, progress: Progress | None,
 ) -> None:
     """One batch on this machine: compute and write, then commit (the Dask engine splits the two)."""
-    computed, written = compute_batch(root, fs, version, plans, start_us, end_us)
-    commit_batch(root, catalog, fs, version, plans, computed, written, report, progress)
+    computed, written = compute_batch(data, fs, version, plans, start_us, end_us)
+    commit_batch(data, catalog, fs, version, plans, computed, written, report, progress)
 
 
 @dataclass(frozen=True)
@@ -177,11 +180,13 @@ class Written:
 
 
 def compute_batch(
-    root: Path, fs: FeatureSet, version: int, plans: Sequence[_Plan], start_us: int | None, end_us: int | None,
+    data: Storage | Path, fs: FeatureSet, version: int, plans: Sequence[_Plan], start_us: int | None,
+    end_us: int | None,
 ) -> tuple[int, list[Written | None]]:
     """Compute a batch and write its entry files (no catalog access: a Dask worker runs this as is); returns
     the rows computed and, per plan, the file written (None: no new rows)."""
-    bars = read_entries(root, [p.bars.path for p in plans])
+    storage = as_storage(data)
+    bars = read_entries(storage, [p.bars.path for p in plans])
     assert bars is not None
     if end_us is not None:
         bars = bars.filter(pl.col("ts").dt.epoch("us") <= end_us)
@@ -204,13 +209,14 @@ def compute_batch(
     # Files are written on two threads (Parquet encoding releases the GIL).
     with ThreadPoolExecutor(max_workers=2) as pool:
         written = list(pool.map(
-            lambda t: None if t[1] is None else _write(root, f"{directory}/{encode_symbol(t[0].bars.symbol)}", t[1]),
+            lambda t: None if t[1] is None else _write(storage, f"{directory}/{encode_symbol(t[0].bars.symbol)}",
+                                                        t[1]),
             zip(plans, todo, strict=True)))
     return out.height, written
 
 
 def commit_batch(
-    root: Path, catalog: Catalog, fs: FeatureSet, version: int, plans: Sequence[_Plan], computed: int,
+    data: Storage | Path, catalog: Catalog, fs: FeatureSet, version: int, plans: Sequence[_Plan], computed: int,
     written: Sequence[Written | None], report: BackfillReport, progress: Progress | None,
 ) -> None:
     """Commit the files :func:`compute_batch` wrote, one transaction per symbol, each checked against the live
@@ -227,14 +233,14 @@ def commit_batch(
                 report.written_rows += w.n_rows
                 (report.full if p.full else report.incremental).append(p.bars.symbol)
             else:
-                (root / w.path).unlink(missing_ok=True)
+                as_storage(data).delete(w.path)
                 report.lost_race.append(p.bars.symbol)
         if progress:
             progress(1)
 
 
-def _write(root: Path, directory: str, part: pl.DataFrame) -> Written:
+def _write(storage: Storage, directory: str, part: pl.DataFrame) -> Written:
     """Publish ``part`` as an entry; its path, size and hash (recorded in the catalog for verify and reads)."""
-    path = write_entry(root, directory, part)
+    path, size, digest = put_entry(storage, directory, part)
     epochs = part["ts"].dt.epoch("us")
-    return Written(path, *file_facts(root, path), part.height, int(epochs[0]), int(epochs[-1]))
+    return Written(path, size, digest, part.height, int(epochs[0]), int(epochs[-1]))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tomllib
@@ -65,6 +66,17 @@ class Settings:
     # Days superseded bar snapshots and feature entries are kept for as_known_at replays; gc then deletes them,
     # and as_known_at further back is refused (RetentionError): pitstore.retention.
     retention_days: float = 90.0
+    # Where the data files are: None (the root), a local path or file:// URL, or an fsspec URL (s3://bucket/prefix).
+    # Off the root, the root keeps only local state (locks, online.sqlite; catalog.sqlite without catalog_url).
+    data_url: str | None = None
+    # fsspec storage options of data_url as a JSON object (given as a dict or TOML table too, kept as its JSON),
+    # e.g. {"endpoint_url": "http://127.0.0.1:9000"}; fsspec's own configuration and the AWS variables apply too.
+    data_options: str | None = None
+
+    @property
+    def storage_options(self) -> dict[str, Any]:
+        """``data_options`` as the keyword arguments of the data_url's fsspec filesystem."""
+        return dict(json.loads(self.data_options)) if self.data_options else {}
 
     @property
     def catalog_path(self) -> Path:
@@ -128,7 +140,7 @@ class Settings:
         for key in ("online_url", "online_namespace", "redis_url", "postgres_url", "lock_timeout", "history_days",
                     "live_flush_bars", "max_future_days", "api_keys", "max_body_bytes", "cost_per_compute_second",
                     "cost_per_data_call", "read_only", "entry_cache_bytes", "catalog_url", "catalog_schema",
-                    "retention_days"):
+                    "retention_days", "data_url", "data_options"):
             env = os.environ.get(f"PITSTORE_{key.upper()}")
             if env:
                 values[key] = env
@@ -165,6 +177,7 @@ class Settings:
         if not isinstance(self.catalog_schema, str) or not 0 < len(self.catalog_schema.encode()) <= 63:
             raise ConfigError(f"catalog_schema must be a PostgreSQL schema name of 1 to 63 bytes, got"
                               f" {self.catalog_schema!r}")
+        options = _options(self.data_options)
         if min(costs) < 0:
             raise ConfigError(f"cost_per_compute_second and cost_per_data_call must be >= 0, got {costs}")
         if max_body < 1:
@@ -193,7 +206,7 @@ class Settings:
         if not retention >= 0:
             raise ConfigError(f"retention_days must not be negative, got {retention}")
         return replace(self, root=root_path(self.root), read_only=_tristate(self.read_only),
-                       entry_cache_bytes=entry_bytes, retention_days=retention,
+                       entry_cache_bytes=entry_bytes, retention_days=retention, data_options=options,
                        lock_timeout=lock_timeout, history_days=history_days, live_flush_bars=flush,
                        max_future_days=future, max_body_bytes=max_body, cost_per_compute_second=costs[0],
                        cost_per_data_call=costs[1])
@@ -214,6 +227,20 @@ def root_path(root: str | os.PathLike[str]) -> Path:
     if parts.netloc not in ("", "localhost") or not parts.path:
         raise ConfigError(f"store root {text!r}: a file:// root must be a local absolute path (file:///path)")
     return Path(unquote(parts.path))
+
+
+def _options(value: object) -> str | None:
+    """``data_options`` as a JSON object's text: given as a dict (keyword, TOML table) or as that text."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"data_options must be a JSON object, got {value!r}: {exc}") from exc
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise ConfigError(f"data_options must be an object of fsspec storage options, got {value!r}")
+    return json.dumps(value)
 
 
 def _tristate(value: object) -> bool | None:

@@ -10,7 +10,7 @@ A reader that already has a file open keeps reading it after the unlink (POSIX);
 
 from __future__ import annotations
 
-import os
+import io
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -24,14 +24,15 @@ import polars as pl
 from pitstore import backfill as _backfill
 from pitstore import versions as _versions
 from pitstore.atomic import TMP_SUFFIX
-from pitstore.cache.core import CACHE_DIR, LOCK_DIR, ComputeCache
+from pitstore.cache.core import CACHE_DIR, ComputeCache
 from pitstore.catalog.base import BarEntry, CacheEntry, Catalog, FeatureEntry, HistoryArchive
 from pitstore.catalog.sqlite import now_us
 from pitstore.errors import CacheCorruptionError, InvalidInputError
 from pitstore.features.base import FeatureSet
 from pitstore.features.engine import compute_frame
 from pitstore.features.registry import fingerprint
-from pitstore.offline import check_file, content_hash, encode_symbol, file_facts, read_entries, write_entry
+from pitstore.offline import check_file, content_hash, encode_symbol, put_entry, read_entries, write_entry
+from pitstore.storage import Storage
 
 __all__ = ["GcReport", "VerifyReport", "gc", "verify"]
 
@@ -95,13 +96,6 @@ class VerifyReport:
         return out
 
 
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except FileNotFoundError:
-        return 0
-
-
 def gc(
     root: Path, catalog: Catalog, cache: ComputeCache, *, retention_weeks: float | None = None,
     max_versions: int | None = None, dry_run: bool = False, orphan_grace_seconds: float = ORPHAN_GRACE_SECONDS,
@@ -120,22 +114,22 @@ def gc(
         raise InvalidInputError(f"max versions must be >= 1, got {max_versions}")
     t0 = time.perf_counter()
     report = GcReport(dry_run)
+    storage = cache.storage  # where the data is (root: local state only, when the data is elsewhere)
 
     def hold(key: str) -> AbstractContextManager[bool]:
         # A dry run deletes nothing, so it needs no lock (and must not create lock files).
         return nullcontext(True) if dry_run else cache.locks.hold(key, blocking=False)
 
-    def delete_file(path: Path, bucket: list[str]) -> None:
-        bucket.append(str(path.relative_to(root)))
-        report.bytes_freed += _size(path)
+    def delete_file(path: str, bucket: list[str], size: int | None = None) -> None:
+        bucket.append(path)
+        report.bytes_freed += (storage.size(path) or 0) if size is None else size
         if not dry_run:
-            path.unlink(missing_ok=True)
+            storage.delete(path)
 
     # 1. Cache entries: stale ones, and rows whose file is missing. Each under its key's lock.
     stale_before = None if retention_weeks is None else now_us() - int(retention_weeks * 7 * 86_400e6)
     for entry in catalog.cache_entries():
-        path = root / entry.path
-        missing = not path.exists()
+        missing = storage.size(entry.path) is None
         stale = stale_before is not None and entry.last_access < stale_before
         if not (missing or stale):
             continue
@@ -148,21 +142,22 @@ def gc(
             if missing:
                 report.missing_files.append(entry.path)
             else:
-                delete_file(path, report.stale_entries)
+                delete_file(entry.path, report.stale_entries)
 
     # 2. Superseded entries past the retention; then entries whose file is missing, versions beyond max_versions.
     if superseded_before is not None:
-        _drop_superseded(root, catalog, superseded_before, report, delete_file)
+        _drop_superseded(catalog, superseded_before, report, delete_file)
     bars = catalog.all_bar_entries()
     features = catalog.all_feature_entries()
     for table, rows in (("bar_entries", bars), ("feature_entries", features)):
-        gone = [r for r in rows if not (root / r.path).exists()]
+        gone = [r for r in rows if storage.size(r.path) is None]
         report.missing_files.extend(r.path for r in gone)
         if gone and not dry_run:
             catalog.drop_rows(table, [r.id for r in gone])
     if max_versions is not None:
         # The one implementation of `versions cleanup` (pitstore.versions): leases, retire-then-unlink order.
-        versions = _versions.cleanup(root, catalog, max_versions=max_versions, dry_run=dry_run, entries=features)
+        versions = _versions.cleanup(root, catalog, max_versions=max_versions, dry_run=dry_run, entries=features,
+                                     storage=storage)
         report.retired_versions = versions.retired
         report.old_versions = versions.files
         report.busy.extend(versions.busy)
@@ -172,30 +167,22 @@ def gc(
     referenced = catalog.referenced_paths()
     now = time.time()
     for top in DATA_DIRS:
-        for dirpath, dirnames, filenames in os.walk(root / top):
-            dirnames[:] = [d for d in dirnames if d != LOCK_DIR]
-            for name in filenames:
-                path = Path(dirpath) / name
-                if str(path.relative_to(root)) in referenced:
-                    continue
-                if not (name.endswith(TMP_SUFFIX) or name.endswith(".parquet")):
-                    continue
-                if top == CACHE_DIR:
-                    key = name.lstrip(".").split(".", 1)[0]
-                    with hold(key) as holding:
-                        # Re-checked under the key's lock: a writer may have committed it since the listing.
-                        row = catalog.cache_get(key)
-                        if holding and (row is None or row.path != str(path.relative_to(root))):
-                            delete_file(path, report.orphan_files)
-                        elif not holding:
-                            report.busy.append(str(path.relative_to(root)))
-                else:
-                    try:
-                        age = now - path.stat().st_mtime
-                    except FileNotFoundError:
-                        continue
-                    if age >= orphan_grace_seconds:
-                        delete_file(path, report.orphan_files)
+        for obj in storage.list(top):  # hidden directories (the cache's .locks) are never listed
+            name = obj.path.rsplit("/", 1)[-1]
+            if obj.path in referenced or not (name.endswith(TMP_SUFFIX) or name.endswith(".parquet")):
+                continue
+            if top == CACHE_DIR:
+                key = name.lstrip(".").split(".", 1)[0]
+                with hold(key) as holding:
+                    # Re-checked under the key's lock: a writer may have committed it since the listing.
+                    row = catalog.cache_get(key)
+                    if holding and (row is None or row.path != obj.path):
+                        delete_file(obj.path, report.orphan_files, obj.size)
+                    elif not holding:
+                        report.busy.append(obj.path)
+            elif now - obj.mtime >= orphan_grace_seconds:
+                # Younger: perhaps an ingest or backfill between writing its file and committing its row.
+                delete_file(obj.path, report.orphan_files, obj.size)
 
     if not dry_run:
         report.lock_files = cache.locks.remove_unused()
@@ -205,8 +192,8 @@ def gc(
     return report
 
 
-def _drop_superseded(root: Path, catalog: Catalog, before: int, report: GcReport,
-                     delete_file: Callable[[Path, list[str]], None]) -> None:
+def _drop_superseded(catalog: Catalog, before: int, report: GcReport,
+                     delete_file: Callable[[str, list[str]], None]) -> None:
     if report.dry_run:
         rows: list[BarEntry | FeatureEntry] = [*catalog.all_bar_entries(), *catalog.all_feature_entries()]
         old = [e for e in rows if e.superseded_at is not None and e.superseded_at <= before]
@@ -214,7 +201,7 @@ def _drop_superseded(root: Path, catalog: Catalog, before: int, report: GcReport
         bars, features = catalog.drop_superseded(before)  # rows first: no reader finds a row without its file
         old = [*bars, *features]
     for e in old:
-        delete_file(root / e.path, report.superseded)
+        delete_file(e.path, report.superseded)
 
 
 @dataclass(frozen=True)
@@ -238,27 +225,28 @@ def _check(root: Path, catalog: Catalog, cache: ComputeCache) -> tuple[int, list
             cache.check(entry)
         except CacheCorruptionError as exc:
             broken.append(_Broken("cache", entry.path, str(exc), entry))
+    storage = cache.storage
     for bar in catalog.all_bar_entries():
         checked += 1
-        what = _check_bars(root, bar)
+        what = _check_bars(storage, bar)
         if what is not None:
             broken.append(_Broken("bars", bar.path, what, bar))
     for feat in catalog.all_feature_entries():
         checked += 1
-        what = _check_features(root, feat)
+        what = _check_features(storage, feat)
         if what is not None:
             broken.append(_Broken("features", feat.path, what, feat))
     for archive in catalog.history_archives():
         checked += 1
-        what = check_file(root / archive.path, archive.size, archive.file_hash)
+        what = check_file(storage, archive.path, archive.size, archive.file_hash)
         if what is not None:
             broken.append(_Broken("history", archive.path, what, archive))
     return checked, broken
 
 
-def _check_bars(root: Path, bar: BarEntry) -> str | None:
+def _check_bars(storage: Storage, bar: BarEntry) -> str | None:
     try:
-        df = pl.read_parquet(root / bar.path)
+        df = _read(storage, bar.path)
     except _UNREADABLE as exc:
         return f"unreadable: {exc}"
     if df.height != bar.n_rows:
@@ -266,12 +254,17 @@ def _check_bars(root: Path, bar: BarEntry) -> str | None:
     return None if content_hash(df) == bar.content_hash else "content does not match its hash"
 
 
-def _check_features(root: Path, feat: FeatureEntry) -> str | None:
-    what = check_file(root / feat.path, feat.size, feat.file_hash)
+def _read(storage: Storage, path: str) -> pl.DataFrame:
+    local = storage.local_path(path)
+    return pl.read_parquet(local if local is not None else io.BytesIO(storage.read(path)))
+
+
+def _check_features(storage: Storage, feat: FeatureEntry) -> str | None:
+    what = check_file(storage, feat.path, feat.size, feat.file_hash)
     if what is not None or feat.file_hash is not None:
         return what
     try:  # recorded before catalogs kept a hash: decode it all, the best check left
-        rows = pl.read_parquet(root / feat.path).height
+        rows = _read(storage, feat.path).height
     except _UNREADABLE as exc:
         return f"unreadable: {exc}"
     return None if rows == feat.n_rows else f"{rows} rows, the catalog says {feat.n_rows}"
@@ -305,6 +298,7 @@ class _Repair:
     def __init__(self, root: Path, catalog: Catalog, cache: ComputeCache, feature_sets: Sequence[FeatureSet],
                  report: VerifyReport) -> None:
         self.root, self.catalog, self.cache, self.report = root, catalog, cache, report
+        self.storage = cache.storage
         self.defs: dict[tuple[str, str], FeatureSet] = {(fs.name, fingerprint(fs)): fs for fs in feature_sets}
 
     def run(self, broken: list[_Broken]) -> None:
@@ -332,7 +326,7 @@ class _Repair:
 
     def _drop(self, table: str, entry: BarEntry | FeatureEntry) -> None:
         self.catalog.drop_rows(table, [entry.id])  # the row first: a reader never finds a row without its file
-        (self.root / entry.path).unlink(missing_ok=True)
+        self.storage.delete(entry.path)
 
     def _bars(self, bar: BarEntry, bad: set[int]) -> None:
         history = self.catalog.bar_history(bar.symbol, 0)
@@ -351,9 +345,9 @@ class _Repair:
                        "dropped: no intact older snapshot, the symbol's bars are lost (re-ingest them)")
             return
         prev = older[-1]
-        df = read_entries(self.root, [prev.path])
+        df = read_entries(self.storage, [prev.path])
         assert df is not None
-        path = write_entry(self.root, f"bars/{encode_symbol(bar.symbol)}", df)
+        path = write_entry(self.storage, f"bars/{encode_symbol(bar.symbol)}", df)
         # Not appended-only: the next backfill recomputes the symbol in full from these bars.
         self.catalog.commit_bars(prev._replace(path=path, appended_only=False, restated_rows=bar.n_rows),
                                  expected_live_id=bar.id)
@@ -371,7 +365,7 @@ class _Repair:
                        " cannot be rebuilt from the catalog); pass it to repair, or backfill it again")
             return
         source = {e.id: e for e in self.catalog.bar_history(feat.symbol, 0)}.get(feat.bars_entry_id)
-        if source is not None and _check_bars(self.root, source) is None and self._rebuild(fs, feat, source):
+        if source is not None and _check_bars(self.storage, source) is None and self._rebuild(fs, feat, source):
             self._note(self.report.repaired, "features", feat.path, feat.symbol,
                        "recomputed from the bar snapshot it was computed from")
             return
@@ -390,15 +384,15 @@ class _Repair:
     def _rebuild(self, fs: FeatureSet, feat: FeatureEntry, source: BarEntry) -> bool:
         """The same rows again, into a new file the entry then points at (recorded_at unchanged: as_known_at
         replays stay as they were). False when the recomputed rows are not the entry's."""
-        bars = read_entries(self.root, [source.path])
+        bars = read_entries(self.storage, [source.path])
         assert bars is not None
         epochs = pl.col("ts").dt.epoch("us")
         part = compute_frame(fs.features, bars).filter(epochs.is_between(feat.first_ts, feat.last_ts))
         if part.height != feat.n_rows:
             return False
-        path = write_entry(self.root, str(Path(feat.path).parent), part)
-        self.catalog.replace_feature_file(feat.id, path, *file_facts(self.root, path))
-        (self.root / feat.path).unlink(missing_ok=True)
+        path, size, digest = put_entry(self.storage, feat.path.rsplit("/", 1)[0], part)
+        self.catalog.replace_feature_file(feat.id, path, size, digest)
+        self.storage.delete(feat.path)
         return True
 
     def _recompute(self, fs: FeatureSet, feat: FeatureEntry) -> bool:
@@ -409,7 +403,7 @@ class _Repair:
             return False
         live = self.catalog.feature_entries(feat.feature_set, feat.version, [feat.symbol])
         result = _backfill.BackfillReport(fs.name, feat.version)
-        _backfill._run(self.root, self.catalog, fs, feat.version, [_backfill._Plan(live_bars[0], live, True, None)],
+        _backfill._run(self.storage, self.catalog, fs, feat.version, [_backfill._Plan(live_bars[0], live, True, None)],
                        None, None, result, None)
         if not result.full:
             return False

@@ -8,6 +8,7 @@ a symbol meanwhile, that symbol is re-read, re-merged and the commit retried (bo
 
 from __future__ import annotations
 
+import io
 import os
 import random
 import time
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import polars as pl
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pitstore.bars import BAR_COLUMNS, symbol_runs, validate_bars
@@ -30,6 +32,7 @@ from pitstore.errors import CacheCorruptionError, ConflictError, InvalidInputErr
 from pitstore.frames import to_polars
 from pitstore.layout import BarLayout
 from pitstore.offline import content_hash, encode_symbol, read_entries, write_entry
+from pitstore.storage import Storage, as_storage
 
 __all__ = ["IngestReport", "ingest", "load_bars_source"]
 
@@ -113,14 +116,17 @@ class _Planned(NamedTuple):
 
 
 def ingest(root: Path, catalog: Catalog, bars: Any, *, replace_range: bool = False,
-           max_future: timedelta | None = None, layout: BarLayout | None = None) -> IngestReport:
+           max_future: timedelta | None = None, layout: BarLayout | None = None,
+           storage: Storage | None = None) -> IngestReport:
     """Validate ``bars`` (all of them first: nothing is stored when any bar is bad) and store them, all or nothing.
     ``max_future``: bars dated more than that after now are refused. ``layout``: the source's vendor layout.
 
     By default the new bars overlay the stored ones: a stored bar with the same (symbol, ts) is replaced, every
     other stored bar is kept. With ``replace_range`` each symbol's new bars replace all its stored bars between
     their first and last ts (``IngestReport.removed`` counts the stored bars that are gone).
+    ``storage``: where the snapshots go (default: files under ``root``, which keeps the retry lock either way).
     """
+    data = storage if storage is not None else as_storage(root)
     df = _validated(bars, max_future, layout)
     names, starts, ends = symbol_runs(df["symbol"])
     spans = {s: (a, b) for s, a, b in zip(names, starts.tolist(), ends.tolist(), strict=True)}
@@ -131,7 +137,7 @@ def ingest(root: Path, catalog: Catalog, bars: Any, *, replace_range: bool = Fal
         with ExitStack() as retrying:
             for attempt in range(_COMMIT_ATTEMPTS):
                 live = {e.symbol: e for e in catalog.live_bars(todo)}
-                _plan(root, df, todo, spans, live, replace_range, planned, unchanged)
+                _plan(data, df, todo, spans, live, replace_range, planned, unchanged)
                 try:
                     committed = catalog.commit_bars_batch([(p.entry, _id(p.expected)) for p in planned.values()])
                     return _report(df.height, names, planned, committed, unchanged, attempt)
@@ -140,7 +146,7 @@ def ingest(root: Path, catalog: Catalog, bars: Any, *, replace_range: bool = Fal
                         raise
                 todo = _stale(catalog, planned)
                 for s in todo:  # re-planned from the snapshot now live
-                    _unlink(root, planned.pop(s).entry.path)
+                    data.delete(planned.pop(s).entry.path)
                 if attempt == 0:
                     # Retries queue on one lock per store, so they never race each other again: each further
                     # conflict is with a first attempt that committed, and N racing ingests need no N attempts.
@@ -149,16 +155,12 @@ def ingest(root: Path, catalog: Catalog, bars: Any, *, replace_range: bool = Fal
         raise AssertionError("unreachable")
     except BaseException:
         for p in planned.values():  # never listed: do not leave them behind
-            _unlink(root, p.entry.path)
+            data.delete(p.entry.path)
         raise
 
 
 def _id(entry: BarEntry | None) -> int | None:
     return entry.id if entry is not None else None
-
-
-def _unlink(root: Path, path: str) -> None:
-    (root / path).unlink(missing_ok=True)
 
 
 def _stale(catalog: Catalog, planned: Mapping[str, _Planned]) -> list[str]:
@@ -167,7 +169,7 @@ def _stale(catalog: Catalog, planned: Mapping[str, _Planned]) -> list[str]:
     return sorted(s for s, p in planned.items() if live.get(s) != _id(p.expected))
 
 
-def _plan(root: Path, df: pl.DataFrame, symbols: Sequence[str], spans: Mapping[str, tuple[int, int]],
+def _plan(data: Storage, df: pl.DataFrame, symbols: Sequence[str], spans: Mapping[str, tuple[int, int]],
           live: Mapping[str, BarEntry], replace_range: bool, planned: dict[str, _Planned], unchanged: set[str]) -> None:
     """Merge and write the new snapshots of ``symbols``, in chunks of bounded size."""
     chunk: list[str] = []
@@ -179,14 +181,14 @@ def _plan(root: Path, df: pl.DataFrame, symbols: Sequence[str], spans: Mapping[s
         size += b - a + (old.n_rows if old is not None else 0)
         if size >= _CHUNK_BARS or i == len(symbols) - 1:
             new = pl.concat([df.slice(spans[s][0], spans[s][1] - spans[s][0]) for s in chunk])
-            _plan_chunk(root, new, chunk, live, replace_range, planned, unchanged)
+            _plan_chunk(data, new, chunk, live, replace_range, planned, unchanged)
             chunk, size = [], 0
 
 
-def _plan_chunk(root: Path, new: pl.DataFrame, symbols: Sequence[str], live: Mapping[str, BarEntry],
+def _plan_chunk(data: Storage, new: pl.DataFrame, symbols: Sequence[str], live: Mapping[str, BarEntry],
                 replace_range: bool, planned: dict[str, _Planned], unchanged: set[str]) -> None:
     """Merge ``new`` (the bars of ``symbols``, sorted) into their snapshots and write the changed ones."""
-    old = _read_verified(root, [live[s] for s in symbols if s in live])
+    old = _read_verified(data, [live[s] for s in symbols if s in live])
     merged, restated, removed, inserted = (new, {}, {}, {}) if old is None else _merge(old, new, replace_range)
     todo: list[tuple[pl.DataFrame, _Planned]] = []
     names, starts, ends = symbol_runs(merged["symbol"])
@@ -204,7 +206,7 @@ def _plan_chunk(root: Path, new: pl.DataFrame, symbols: Sequence[str], live: Map
         bar = BarEntry(0, symbol, "", part.height, int(ts_us[0]), int(ts_us[-1]), digest, appended_only,
                        n_restated + n_removed, 0, None)
         todo.append((part, _Planned(bar, entry, n_restated, n_removed, appended_only)))
-    _write(root, todo, planned)
+    _write(data, todo, planned)
 
 
 def _merge(old: pl.DataFrame, new: pl.DataFrame, replace_range: bool
@@ -229,21 +231,21 @@ def _merge(old: pl.DataFrame, new: pl.DataFrame, replace_range: bool
     return merged, changed, removed, inserted
 
 
-def _read_verified(root: Path, entries: Sequence[BarEntry]) -> pl.DataFrame | None:
+def _read_verified(data: Storage, entries: Sequence[BarEntry]) -> pl.DataFrame | None:
     """The stored bars of ``entries`` (concatenated in order), each checked against its catalog row: a damaged
     snapshot raises CacheCorruptionError instead of being copied into a new snapshot that would look sound."""
     if not entries:
         return None
     try:
-        old = read_entries(root, [e.path for e in entries])
+        old = read_entries(data, [e.path for e in entries])
     except (OSError, pl.exceptions.PolarsError, CacheCorruptionError) as exc:  # the reader names the file only
-        bad = _unreadable(root, entries)
+        bad = _unreadable(data, entries)
         raise CacheCorruptionError(f"bars of {bad.symbol!r}: snapshot {bad.path} is unreadable ({exc}); "
                                    "not building on it") from exc
     assert old is not None
     if old.height != sum(e.n_rows for e in entries):
         for e in entries:
-            rows = pq.read_metadata(root / e.path).num_rows
+            rows = pq.read_metadata(pa.BufferReader(data.read_buffer(e.path))).num_rows
             if rows != e.n_rows:
                 raise CacheCorruptionError(f"bars of {e.symbol!r}: snapshot {e.path} has {rows} bars, the "
                                            f"catalog says {e.n_rows}; not building on it")
@@ -256,22 +258,22 @@ def _read_verified(root: Path, entries: Sequence[BarEntry]) -> pl.DataFrame | No
     return old
 
 
-def _unreadable(root: Path, entries: Sequence[BarEntry]) -> BarEntry:
+def _unreadable(data: Storage, entries: Sequence[BarEntry]) -> BarEntry:
     """The first entry whose file cannot be read (the first one when each reads alone)."""
     for e in entries:
         try:
-            pl.read_parquet(root / e.path)
+            pl.read_parquet(io.BytesIO(data.read(e.path)))
         except (OSError, pl.exceptions.PolarsError):
             return e
     return entries[0]
 
 
-def _write(root: Path, todo: Sequence[tuple[pl.DataFrame, _Planned]], planned: dict[str, _Planned]) -> None:
+def _write(data: Storage, todo: Sequence[tuple[pl.DataFrame, _Planned]], planned: dict[str, _Planned]) -> None:
     """Write the snapshot files (two threads: Parquet encoding releases the GIL). Every file written is
     recorded in ``planned`` before the first failure is raised, so the caller can remove them all."""
     with ThreadPoolExecutor(max_workers=2) as pool:
         futures: list[tuple[_Planned, Future[str]]] = [
-            (p, pool.submit(write_entry, root, f"bars/{encode_symbol(p.entry.symbol)}", part)) for part, p in todo]
+            (p, pool.submit(write_entry, data, f"bars/{encode_symbol(p.entry.symbol)}", part)) for part, p in todo]
     errors = [exc for _, f in futures if (exc := f.exception()) is not None]
     for p, f in futures:
         if f.exception() is None:

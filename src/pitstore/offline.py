@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import mmap
 import os
@@ -13,16 +14,16 @@ from typing import cast
 
 import polars as pl
 
-from pitstore.atomic import publish
 from pitstore.catalog.base import FeatureEntry
 from pitstore.datahash import file_hash, table_hash
 from pitstore.errors import CacheCorruptionError
 from pitstore.filenames import safe_name
 from pitstore.memo import BytesLRU
 from pitstore.rules import from_us
+from pitstore.storage import Storage, as_storage
 
-__all__ = ["CheckedRead", "EntryReader", "check_file", "content_hash", "encode_symbol", "file_facts", "read_entries",
-           "write_entry"]
+__all__ = ["CheckedRead", "EntryReader", "check_file", "content_hash", "encode_symbol", "file_facts", "put_entry",
+           "read_entries", "write_entry"]
 
 log = logging.getLogger("pitstore.offline")
 _UNREADABLE = (OSError, pl.exceptions.PolarsError)
@@ -44,46 +45,67 @@ def content_hash(df: pl.DataFrame) -> str:
     return table_hash(df.to_arrow()).hex
 
 
-def write_entry(root: Path, relative_dir: str, df: pl.DataFrame) -> str:
-    """Write ``df`` as a new Parquet entry under ``root/relative_dir``; returns its path relative to root.
+def write_entry(data: Storage | Path, relative_dir: str, df: pl.DataFrame) -> str:
+    """Write ``df`` as a new Parquet entry under ``relative_dir``; returns its relative path."""
+    return put_entry(data, relative_dir, df)[0]
 
-    Published atomically (see :mod:`pitstore.atomic`); an orphan (published but never committed to the
-    catalog) is never listed, since reads go through the catalog.
+
+def put_entry(data: Storage | Path, relative_dir: str, df: pl.DataFrame) -> tuple[str, int, str]:
+    """Write ``df`` as a new Parquet entry under ``relative_dir`` (a fresh name); its path, size and xxh3-128.
+
+    Published atomically and checked by the backend (see :mod:`pitstore.storage`); an orphan (published but
+    never committed to the catalog) is never listed, since reads go through the catalog. The size and hash
+    are of the bytes encoded here, so nothing is read back to record them.
     """
-    name = f"{uuid.uuid4().hex}.parquet"
-    publish(root / relative_dir, name, lambda tmp: df.write_parquet(
-        tmp, compression="zstd", compression_level=_COMPRESSION_LEVEL, statistics=True,
-        row_group_size=ROW_GROUP_ROWS))
-    return f"{relative_dir}/{name}"
+    sink = io.BytesIO()
+    df.write_parquet(sink, compression="zstd", compression_level=_COMPRESSION_LEVEL, statistics=True,
+                     row_group_size=ROW_GROUP_ROWS)
+    body = sink.getbuffer()
+    path = f"{relative_dir}/{uuid.uuid4().hex}.parquet"
+    as_storage(data).put(path, body)
+    return path, len(body), file_hash(body)
 
 
-def file_facts(root: Path, path: str) -> tuple[int, str]:
-    """Size and xxh3-128 of the bytes of the file ``root/path``, as feature entries record them."""
-    data = (root / path).read_bytes()
-    return len(data), file_hash(data)
+def file_facts(data: Storage | Path, path: str) -> tuple[int, str]:
+    """Size and xxh3-128 of the bytes of the stored file ``path``, as feature entries record them."""
+    body = as_storage(data).read(path)
+    return len(body), file_hash(body)
 
 
-def check_file(path: Path, size: int | None, expected_hash: str | None) -> str | None:
-    """What is wrong with the file at ``path`` (None: it exists and, where given, has ``size`` bytes hashing
+def check_file(data: Storage | Path, path: str, size: int | None, expected_hash: str | None) -> str | None:
+    """What is wrong with the stored file ``path`` (None: it exists and, where given, has ``size`` bytes hashing
     to ``expected_hash``)."""
+    storage = as_storage(data)
+    local = storage.local_path(path)
     try:
         if size is None and expected_hash is None:
-            return None if path.is_file() else "file is missing"
-        with path.open("rb") as f:
-            n = os.fstat(f.fileno()).st_size
-            if size is not None and n != size:
-                return f"{n} bytes, the catalog says {size}"
-            if expected_hash is None:
-                return None
-            if n == 0:
-                digest = file_hash(b"")
-            else:  # mapped, not read: no copy of the file in memory (a third faster, measured)
-                with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-                    digest = file_hash(mapped)
+            return None if storage.size(path) is not None else "file is missing"
+        if local is not None:
+            return _check_local(local, size, expected_hash)
+        body = storage.read(path)
     except FileNotFoundError:
         return "file is missing"
     except OSError as exc:
         return f"unreadable: {exc}"
+    if size is not None and len(body) != size:
+        return f"{len(body)} bytes, the catalog says {size}"
+    if expected_hash is not None and file_hash(body) != expected_hash:
+        return "content does not match its hash"
+    return None
+
+
+def _check_local(path: Path, size: int | None, expected_hash: str | None) -> str | None:
+    with path.open("rb") as f:
+        n = os.fstat(f.fileno()).st_size
+        if size is not None and n != size:
+            return f"{n} bytes, the catalog says {size}"
+        if expected_hash is None:
+            return None
+        if n == 0:
+            digest = file_hash(b"")
+        else:  # mapped, not read: no copy of the file in memory (a third faster, measured)
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+                digest = file_hash(mapped)
     return None if digest == expected_hash else "content does not match its hash"
 
 
@@ -114,31 +136,49 @@ def _groups(entries: Sequence[FeatureEntry], spans: Sequence[Span]) -> list[tupl
     return [([e.path], s) for e, s in zip(entries, spans, strict=True)]
 
 
-def _scan(root: Path, paths: Sequence[str], columns: Sequence[str] | None,
+def _scan(storage: Storage, paths: Sequence[str], columns: Sequence[str] | None,
           groups: Sequence[tuple[Sequence[str], Span]] | None = None) -> pl.DataFrame:
     if groups is None:
-        lf = pl.scan_parquet([str(root / p) for p in paths])
-    else:  # polars runs the scans together
-        lf = pl.concat([pl.scan_parquet([str(root / p) for p in ps]).filter(_between(span)) for ps, span in groups])
-    if columns is not None:
-        lf = lf.select(columns)
-    # One chunk per column: sorts and gathers over 500 small chunks are twice as slow.
-    return lf.collect().rechunk()
+        groups = [(paths, (None, None))]
+    local = {p: storage.local_path(p) for ps, _ in groups for p in ps}
+    cols = list(columns) if columns is not None else None
+    if all(p is not None for p in local.values()):
+        # polars runs the scans together; row-group statistics skip what lies outside each span
+        lf = pl.concat([pl.scan_parquet([str(local[p]) for p in ps]).filter(_between(span)) for ps, span in groups])
+        if cols is not None:
+            lf = lf.select(cols)
+        # One chunk per column: sorts and gathers over 500 small chunks are twice as slow.
+        return lf.collect().rechunk()
+    # Remote: fetch every object at once (concurrently), then decode from memory, each cut to its span.
+    wanted = list(dict.fromkeys(p for ps, _ in groups for p in ps))
+    bodies = dict(zip(wanted, storage.read_many(wanted), strict=True))
+    frames = []
+    for ps, span in groups:
+        cut = span != (None, None)
+        read_cols = cols if cols is None or not cut or "ts" in cols else [*cols, "ts"]  # ts to cut the span
+        for p in ps:
+            df = pl.read_parquet(io.BytesIO(bodies[p]), columns=read_cols)
+            if cut:
+                df = df.filter(_between(span))
+            frames.append(df if cols is None else df.select(cols))
+    return pl.concat(frames, how="vertical").rechunk()
 
 
-def read_entries(root: Path, paths: Sequence[str], columns: Sequence[str] | None = None) -> pl.DataFrame | None:
+def read_entries(data: Storage | Path, paths: Sequence[str], columns: Sequence[str] | None = None
+                 ) -> pl.DataFrame | None:
     """Read and concatenate entries (in the given order); None when there are none.
 
     Raises CacheCorruptionError naming the first file that is missing or cannot be decoded.
     """
     if not paths:
         return None
+    storage = as_storage(data)
     try:
-        return _scan(root, paths, columns)
+        return _scan(storage, paths, columns)
     except _UNREADABLE as exc:
         for p in paths:  # which one: the scan's message does not always say
             try:
-                _scan(root, [p], columns)
+                _scan(storage, [p], columns)
             except _UNREADABLE as one:
                 raise CacheCorruptionError(f"stored entry {p} is damaged ({one}); run `pitstore verify --repair`"
                                            ) from one
@@ -164,8 +204,9 @@ class EntryReader:
     are visible before every read: a new entry is a new path, so a cached result can never be stale.
     """
 
-    def __init__(self, root: Path, max_bytes: int | None = None) -> None:
-        self.root = root
+    def __init__(self, root: Path, max_bytes: int | None = None, storage: Storage | None = None) -> None:
+        self.root = root  # local state (version leases) stays under the root wherever the data is
+        self.storage = storage if storage is not None else as_storage(root)
         self._memo = BytesLRU(default_cache_bytes() if max_bytes is None else max_bytes)
         self._intact: set[tuple[str, int, int, int]] = set()  # files found intact: (path, size, mtime_ns, inode)
         self._lock = threading.Lock()
@@ -183,7 +224,7 @@ class EntryReader:
         hit = self._memo.get(key)
         if hit is not None:
             return cast(pl.DataFrame, hit)
-        df = read_entries(self.root, paths, columns)
+        df = read_entries(self.storage, paths, columns)
         if df is not None:
             self._memo.put(key, df)
         return df
@@ -210,13 +251,14 @@ class EntryReader:
         rows = None
         if good:
             try:
-                rows = _scan(self.root, [e.path for e, _ in good], columns,
+                rows = _scan(self.storage, [e.path for e, _ in good], columns,
                              None if spans is None else _groups([e for e, _ in good], [b for _, b in good]))
             except _UNREADABLE:
                 parts = []
                 for e, b in good:  # find the undecodable ones (entries recorded without a hash)
                     try:
-                        parts.append(_scan(self.root, [e.path], columns, None if spans is None else [([e.path], b)]))
+                        parts.append(_scan(self.storage, [e.path], columns,
+                                           None if spans is None else [([e.path], b)]))
                     except _UNREADABLE as exc:
                         damaged[e.path] = f"undecodable: {exc}"
                 rows = pl.concat(parts).rechunk() if parts else None
@@ -232,15 +274,17 @@ class EntryReader:
         mtime and inode stay the same (entries never change once published; a damaged one is rewritten or
         replaced, which changes them). A pruned read of one day of a long history must not cost a hash of all
         of it on every call."""
-        path = self.root / e.path
-        try:
-            st = path.stat()
-            stamp = (e.path, st.st_size, st.st_mtime_ns, st.st_ino)
-        except OSError:
-            stamp = None
+        path = self.storage.local_path(e.path)
+        stamp = None
+        if path is not None:  # remote objects have no inode: checked on every read
+            try:
+                st = path.stat()
+                stamp = (e.path, st.st_size, st.st_mtime_ns, st.st_ino)
+            except OSError:
+                stamp = None
         if stamp is not None and stamp in self._intact:
             return None
-        what = check_file(path, e.size, e.file_hash)
+        what = check_file(self.storage, e.path, e.size, e.file_hash)
         if what is None and stamp is not None:
             with self._lock:
                 self._intact.add(stamp)

@@ -33,6 +33,7 @@ from pitstore.offline import EntryReader, read_entries
 from pitstore.ondemand import indicator_rows
 from pitstore.resample import resample_bars
 from pitstore.serving import FeatureVector, Serving
+from pitstore.storage import open_storage
 from pitstore.timeutil import utc
 from pitstore.versions import VersionSummary
 
@@ -57,10 +58,12 @@ class Store:
         self.settings = settings = replace(settings, read_only=settings.refuses_writes)
         self.catalog = open_catalog(settings, read_only=self.read_only)
         self.registry = Registry(self.catalog)
-        self.reader = EntryReader(settings.root, settings.entry_cache_bytes)
+        self.storage = open_storage(settings.data_url, settings.root, settings.storage_options)  # the data files
+        self.reader = EntryReader(settings.root, settings.entry_cache_bytes, self.storage)
         self.cache = ComputeCache(settings.root, self.catalog, cost_per_compute_second=settings.cost_per_compute_second,
                                   cost_per_data_call=settings.cost_per_data_call, read_only=self.read_only,
-                                  locks=shared_locks(self.catalog, "cache"), memory_bytes=settings.entry_cache_bytes)
+                                  locks=shared_locks(self.catalog, "cache"), memory_bytes=settings.entry_cache_bytes,
+                                  storage=self.storage)
         self._serving: Serving | None = None
         self._live: LiveEngine | None = None
         self._defined: dict[str, tuple[FeatureSet, int]] = {}  # feature sets registered by this process
@@ -70,8 +73,10 @@ class Store:
         """Open (creating if needed) the store at ``path``, ``PITSTORE_ROOT`` or ``./pitstore-data``.
 
         ``catalog_url="postgresql://host/db?schema=name"`` (or ``PITSTORE_CATALOG_URL``) puts the catalog in
-        PostgreSQL (team mode: every process on every machine that opens the same catalog and root shares the
-        store); the data files stay under ``path``, a directory they all see."""
+        PostgreSQL (team mode: every process on every machine that opens the same catalog shares the store);
+        ``data_url="s3://bucket/prefix"`` (or ``PITSTORE_DATA_URL``; any fsspec URL, or a local directory) puts
+        the data files there, ``data_options`` configures its filesystem. Without ``data_url`` the data files
+        are under ``path``; with it, ``path`` keeps only this machine's local state (locks, the online file)."""
         if path is not None:
             settings["root"] = os.fspath(path)  # not Path(): it would fold "s3://b" into "s3:/b" (see root_path)
         return cls(Settings.load(**settings))
@@ -101,13 +106,14 @@ class Store:
     def versions(self, name: str) -> list[VersionSummary]:
         """Every readable version of a feature set, oldest first, with what the store holds of each: entries,
         rows, bytes, symbols, whether online or history-tier rows use it (see :mod:`pitstore.versions`)."""
-        return _versions.summaries(self.root, self.catalog, self.registry.versions(name), lambda: self.serving)
+        return _versions.summaries(self.storage, self.catalog, self.registry.versions(name), lambda: self.serving)
 
     def cleanup_versions(self, name: str, *, max_versions: int, dry_run: bool = False) -> _versions.CleanupReport:
         """Retire the versions of ``name`` beyond the newest ``max_versions`` with stored entries, with their
         files; a version a reader holds right now (its lease) is left alone and reported ``busy``."""
         self.registry.versions(name)  # FeatureSetNotFoundError for an unknown name
-        return _versions.cleanup(self.root, self.catalog, max_versions=max_versions, names=[name], dry_run=dry_run)
+        return _versions.cleanup(self.root, self.catalog, max_versions=max_versions, names=[name], dry_run=dry_run,
+                                 storage=self.storage)
 
     def hold_version(self, ref: str) -> AbstractContextManager[None]:
         """``with store.hold_version("daily_core@2"):`` no cleanup or gc deletes that version inside the block
@@ -140,7 +146,7 @@ class Store:
         self._writes("ingest bars")
         layout = BarLayout(dict(columns or {}), tz, close_time, symbol)
         return _ingest.ingest(self.root, self.catalog, bars, replace_range=replace_range,
-                              max_future=self.settings.max_future, layout=layout)
+                              max_future=self.settings.max_future, layout=layout, storage=self.storage)
 
     def backfill(
         self,
@@ -165,7 +171,7 @@ class Store:
         self._writes(f"backfill feature set {feature_set.name!r}")
         _engine(engine, scheduler, partition_rows)
         version = self.register(feature_set)
-        args = (self.root, self.catalog, feature_set, version)
+        args = (self.storage, self.catalog, feature_set, version)
         kwargs: dict[str, Any] = {"symbols": _symbols(symbols), "start": _aware(start, "start"),
                                   "end": _aware(end, "end"), "progress": progress}
         if engine == "dask":
@@ -216,7 +222,8 @@ class Store:
         known = self._known_at(as_known_at)
         if engine == "dask":
             return scale.get_historical(self.root, self.catalog, self.registry, entities, features, known,
-                                        scheduler=scheduler, out=out, partitions=partitions, output=output)
+                                        scheduler=scheduler, out=out, partitions=partitions, output=output,
+                                        storage=self.storage)
         rows = reads.get_historical(self.reader, self.catalog, self.registry, entities, features, known)
         return from_polars(rows, output or frame_kind(entities))
 
@@ -397,7 +404,7 @@ class Store:
         history = self.serving.history
         if history is None:
             raise ConfigError("no history tier: set postgres_url (PITSTORE_POSTGRES_URL) to tier its rows")
-        return tiering.tier(self.root, self.catalog, history.db, dry_run=dry_run,
+        return tiering.tier(self.root, self.catalog, history.db, dry_run=dry_run, storage=self.storage,
                             window_days=window_days if window_days is not None else self.settings.history_days)
 
     # --- live ----------------------------------------------------------------------------------------
@@ -405,7 +412,8 @@ class Store:
     @property
     def live(self) -> LiveEngine:
         if self._live is None:
-            self._live = LiveEngine(self.root, self.catalog, self.serving, self.settings.live_flush_bars)
+            self._live = LiveEngine(self.root, self.catalog, self.serving, self.settings.live_flush_bars,
+                                    storage=self.storage)
         return self._live
 
     def push(self, bars: Any, feature_sets: FeatureSet | Sequence[FeatureSet] | None = None) -> PushReport:
@@ -470,7 +478,7 @@ class Store:
         live = self.catalog.live_bars([symbol])
         if not live:
             raise NotFoundError(f"no bars stored for symbol {symbol!r}")
-        df = read_entries(self.root, [live[0].path])
+        df = read_entries(self.storage, [live[0].path])
         assert df is not None
         return df if timeframe is None else resample_bars(df, timeframe)
 
@@ -528,10 +536,12 @@ class Store:
         entries and bytes on disk; ``cache``: the compute cache's entries, bytes, hits, misses, hit rate, compute
         seconds spent and saved and hashing, in total and ``per_symbol``."""
         counts = self.catalog.counts()
-        size = sum(p.stat().st_size for p in self.root.rglob("*.parquet"))
+        size = sum(o.size for top in housekeeping.DATA_DIRS for o in self.storage.list(top)
+                   if o.path.endswith(".parquet"))
         names = self.registry.names()
         versions = [f"{n}@{v.version}" for n in names for v in self.catalog.versions(n)]
-        return {"root": str(self.root), "read_only": self.read_only, "catalog_mode": self.catalog.mode,
+        return {"root": str(self.root), "data_url": self.storage.url, "read_only": self.read_only,
+                "catalog_mode": self.catalog.mode,
                 "feature_sets": names, "versions": versions, **counts,
                 "bytes_on_disk": size, "cache": self.cache.stats()}
 

@@ -36,7 +36,6 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from pitstore.atomic import publish_bytes
 from pitstore.bars import validate_symbol
 from pitstore.cache.core import LOCK_DIR
 from pitstore.cache.lock import KeyLocks
@@ -49,6 +48,7 @@ from pitstore.history.base import TOMBSTONE
 
 if TYPE_CHECKING:
     from pitstore.history.postgres import PostgresHistory
+from pitstore.storage import Storage, as_storage
 
 __all__ = ["ARCHIVE_DIR", "TableTier", "TierReport", "archive_dir", "latest_versions", "read_archive",
            "tier"]
@@ -102,20 +102,22 @@ class TierReport:
 
 
 def tier(root: Path, catalog: Catalog, history: PostgresHistory, *, window_days: float = 30,
-         now_us: int | None = None, dry_run: bool = False) -> TierReport:
+         now_us: int | None = None, dry_run: bool = False, storage: Storage | None = None) -> TierReport:
     """Move every version with ``ts < now - window_days`` from the history tier into Parquet archives (see the
     module docstring for the order of steps and why it is crash-safe). Idempotent: a second run finds nothing
-    to move. ``dry_run`` reads and reports, and changes nothing (no file, no catalog row, no delete)."""
+    to move. ``dry_run`` reads and reports, and changes nothing (no file, no catalog row, no delete).
+    ``storage``: where the archives go (default: under ``root``, which keeps the run lock either way)."""
+    data = storage if storage is not None else as_storage(root)
     t0 = time.perf_counter()
     report = TierReport(dry_run, window_days, _cutoff(window_days, now_us))
     with _run_lock(root, dry_run):
         for table_id in history.tables():
-            report.tables.append(_tier_table(root, catalog, history, table_id, report.cutoff, dry_run))
+            report.tables.append(_tier_table(data, catalog, history, table_id, report.cutoff, dry_run))
     report.seconds = time.perf_counter() - t0
     return report
 
 
-def read_archive(root: Path, catalog: Catalog, table_id: str, *, symbols: Sequence[str] | None = None,
+def read_archive(data: Storage | Path, catalog: Catalog, table_id: str, *, symbols: Sequence[str] | None = None,
                  start: int | None = None, end: int | None = None) -> pl.DataFrame:
     """Archived rows of ``table_id`` with ``start <= ts <= end`` (µs UTC, bounds optional): every version,
     columns ``symbol``, ``ts``, ``recorded_at`` (Datetime µs UTC), ``tombstone`` (Boolean: the version says the
@@ -124,10 +126,11 @@ def read_archive(root: Path, catalog: Catalog, table_id: str, *, symbols: Sequen
     rows themselves, as known at a time or now, use :func:`latest_versions`. No archive: an empty frame of the
     key columns and ``tombstone``."""
     wanted = None if symbols is None else _symbol_list(symbols)
-    paths = [str(root / a.path) for a in catalog.history_archives(table_id) if _overlaps(a, start, end)]
+    paths = [a.path for a in catalog.history_archives(table_id) if _overlaps(a, start, end)]
     if not paths or wanted == []:
         return pl.DataFrame(schema={"symbol": pl.String, "ts": _TS, "recorded_at": _TS, TOMBSTONE: pl.Boolean})
-    lf = pl.concat([_scan_archive(p) for p in paths])
+    storage = as_storage(data)
+    lf = pl.concat([_scan_archive(storage, p) for p in paths])
     if wanted is not None:
         lf = lf.filter(pl.col("symbol").is_in(wanted))
     if start is not None:
@@ -160,42 +163,42 @@ def archive_dir(table_id: str) -> str:
 # --- one table ------------------------------------------------------------------------------------------
 
 
-def _tier_table(root: Path, catalog: Catalog, history: PostgresHistory, table_id: str, cutoff: int,
+def _tier_table(storage: Storage, catalog: Catalog, history: PostgresHistory, table_id: str, cutoff: int,
                 dry_run: bool) -> TableTier:
     result = TableTier(table_id)
     old = history.scan(table_id, end=cutoff - 1, all_versions=True)
     result.rows_old = old.num_rows
     if old.num_rows == 0:
         return result
-    fresh = _not_archived(root, catalog, table_id, pl.DataFrame(old))
+    fresh = _not_archived(storage, catalog, table_id, pl.DataFrame(old))
     result.rows_archived, result.rows_already_archived = fresh.height, old.num_rows - fresh.height
     result.files = int(fresh.height > 0)
     if dry_run:
         result.rows_deleted = old.num_rows
         return result
     if fresh.height:
-        result.path = _archive(root, catalog, table_id, fresh, cutoff).path
+        result.path = _archive(storage, catalog, table_id, fresh, cutoff).path
     result.rows_deleted = history.delete_versions(table_id, old.select(KEY))
     return result
 
 
-def _not_archived(root: Path, catalog: Catalog, table_id: str, old: pl.DataFrame) -> pl.DataFrame:
+def _not_archived(storage: Storage, catalog: Catalog, table_id: str, old: pl.DataFrame) -> pl.DataFrame:
     """``old`` without the versions already in an archive (left there by a run killed before its delete)."""
     first, last = _ts_range(old)
-    archived = read_archive(root, catalog, table_id, start=first, end=last)
+    archived = read_archive(storage, catalog, table_id, start=first, end=last)
     if archived.is_empty():
         return old
     return old.join(archived.select(KEY), on=KEY, how="anti", maintain_order="left")
 
 
-def _archive(root: Path, catalog: Catalog, table_id: str, rows: pl.DataFrame, cutoff: int) -> HistoryArchive:
+def _archive(storage: Storage, catalog: Catalog, table_id: str, rows: pl.DataFrame, cutoff: int) -> HistoryArchive:
     """Publish ``rows`` as a new archive file, then commit its catalog row (in that order: a row never names a
     file that is not complete on disk)."""
     buf = io.BytesIO()
     rows.write_parquet(buf, compression="zstd", compression_level=_COMPRESSION_LEVEL, statistics=True)
     data = buf.getbuffer()
     directory, name = archive_dir(table_id), f"{uuid.uuid4().hex}.parquet"
-    publish_bytes(root / directory, name, data)
+    storage.put(f"{directory}/{name}", data)
     first, last = _ts_range(rows)
     return catalog.commit_history_archive(HistoryArchive(
         0, table_id, f"{directory}/{name}", rows.height, first, last, cutoff, len(data), file_hash(data), 0))
@@ -223,9 +226,10 @@ def _run_lock(root: Path, dry_run: bool) -> Iterator[None]:
         yield
 
 
-def _scan_archive(path: str) -> pl.LazyFrame:
+def _scan_archive(storage: Storage, path: str) -> pl.LazyFrame:
     """One archive file, with the ``tombstone`` column even when written before tombstones existed."""
-    lf = pl.scan_parquet(path)
+    local = storage.local_path(path)
+    lf = pl.scan_parquet(local) if local is not None else pl.read_parquet(io.BytesIO(storage.read(path))).lazy()
     names = lf.collect_schema().names()
     if TOMBSTONE in names:
         return lf

@@ -28,6 +28,7 @@ from pitstore.cache.core import LOCK_DIR
 from pitstore.catalog.base import Catalog, FeatureEntry
 from pitstore.errors import InvalidInputError, PitstoreError, VersionNotFoundError
 from pitstore.features.registry import VersionInfo
+from pitstore.storage import Storage, as_storage
 
 if TYPE_CHECKING:
     from pitstore.serving import Serving
@@ -148,21 +149,18 @@ def _exclusive(root: Path, name: str, version: int, *, dry_run: bool) -> Iterato
         os.close(fd)
 
 
-def _size(root: Path, e: FeatureEntry) -> int:
-    if e.size is not None:
-        return e.size
-    try:
-        return (root / e.path).stat().st_size
-    except FileNotFoundError:
-        return 0
+def _size(storage: Storage, e: FeatureEntry) -> int:
+    return e.size if e.size is not None else storage.size(e.path) or 0
 
 
 def cleanup(root: Path, catalog: Catalog, *, max_versions: int, names: Sequence[str] | None = None,
-            dry_run: bool = False, entries: Sequence[FeatureEntry] | None = None) -> CleanupReport:
+            dry_run: bool = False, entries: Sequence[FeatureEntry] | None = None,
+            storage: Storage | None = None) -> CleanupReport:
     """Retire the versions of each feature set in ``names`` (all when None) beyond the newest ``max_versions``
     that have stored entries, with their files. Rows left of a version already retired (by a run that crashed,
     or written by a backfill that raced a retirement) are always removed. ``entries``: the catalog's feature
-    entries when the caller has them already (gc)."""
+    entries when the caller has them already (gc). ``storage``: where the files are (default: under ``root``)."""
+    data = storage if storage is not None else as_storage(root)
     if max_versions < 1:
         raise InvalidInputError(f"max versions must be >= 1, got {max_versions}")
     report = CleanupReport(dry_run, max_versions)
@@ -177,11 +175,11 @@ def cleanup(root: Path, catalog: Catalog, *, max_versions: int, names: Sequence[
         report.kept.extend(f"{name}@{v}" for v in keep)
         for v in stored:
             if v not in keep:
-                _retire(root, catalog, name, v, by_version[(name, v)], report)
+                _retire(root, data, catalog, name, v, by_version[(name, v)], report)
     return report
 
 
-def _retire(root: Path, catalog: Catalog, name: str, version: int, rows: list[FeatureEntry],
+def _retire(root: Path, storage: Storage, catalog: Catalog, name: str, version: int, rows: list[FeatureEntry],
             report: CleanupReport) -> None:
     label = f"{name}@{version}"
     with _exclusive(root, name, version, dry_run=report.dry_run) as holding:
@@ -194,17 +192,16 @@ def _retire(root: Path, catalog: Catalog, name: str, version: int, rows: list[Fe
             catalog.retire_versions([(name, version)], drop_entries=True)
         report.retired.append(label)
         for e in rows:
-            path = root / e.path
-            if not path.exists():
+            if storage.size(e.path) is None:
                 continue  # its row was a missing-file row: nothing to free
             report.files.append(e.path)
-            report.bytes_freed += _size(root, e)
+            report.bytes_freed += _size(storage, e)
             if not report.dry_run:
-                path.unlink(missing_ok=True)
+                storage.delete(e.path)
 
 
-def summaries(root: Path, catalog: Catalog, infos: Sequence[VersionInfo], tiers: Callable[[], Serving] | None
-              ) -> list[VersionSummary]:
+def summaries(data: Storage | Path, catalog: Catalog, infos: Sequence[VersionInfo],
+              tiers: Callable[[], Serving] | None) -> list[VersionSummary]:
     """``infos`` (versions of one feature set) with what the store holds of each. ``tiers`` opens the online and
     history tiers to ask (None, or failing to open: not asked, reported as None)."""
     if not infos:
@@ -212,6 +209,7 @@ def summaries(root: Path, catalog: Catalog, infos: Sequence[VersionInfo], tiers:
     serving = None
     with suppress(PitstoreError):  # an unreachable online tier: the listing still says what the offline tier holds
         serving = tiers() if tiers is not None else None
+    storage = as_storage(data)
     name = infos[0].name
     rows = [e for e in catalog.all_feature_entries() if e.feature_set == name]
     out = []
@@ -222,7 +220,7 @@ def summaries(root: Path, catalog: Catalog, infos: Sequence[VersionInfo], tiers:
         out.append(VersionSummary(
             info.name, info.version, info.fingerprint, info.created_at, info.definition,
             entries=len(mine), live_entries=len(live), rows=sum(e.n_rows for e in live),
-            bytes=sum(_size(root, e) for e in mine), symbols=len({e.symbol for e in live}),
+            bytes=sum(_size(storage, e) for e in mine), symbols=len({e.symbol for e in live}),
             online=_online(serving, table), history=_history(catalog, serving, table),
         ))
     return out

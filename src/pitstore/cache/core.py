@@ -13,7 +13,6 @@ from typing import Any, TypeVar
 import polars as pl
 import pyarrow as pa
 
-from pitstore.atomic import publish_bytes
 from pitstore.cache import codec
 from pitstore.cache.keys import CacheKey, cache_key, raw_table
 from pitstore.cache.lock import KeyLocks, ProcessLocks
@@ -23,6 +22,7 @@ from pitstore.datahash import HASH_METHOD, file_hash
 from pitstore.errors import CacheCorruptionError, InvalidInputError, ReadOnlyStoreError
 from pitstore.memo import BytesLRU
 from pitstore.offline import default_cache_bytes, encode_symbol
+from pitstore.storage import Storage, as_storage
 
 __all__ = ["CACHE_DIR", "ComputeCache", "WarmReport"]
 
@@ -49,8 +49,10 @@ class ComputeCache:
 
     def __init__(self, root: Path, catalog: Catalog, *, cost_per_compute_second: float = 0.0,
                  cost_per_data_call: float = 0.0, read_only: bool = False,
-                 locks: ProcessLocks | None = None, memory_bytes: int | None = None) -> None:
+                 locks: ProcessLocks | None = None, memory_bytes: int | None = None,
+                 storage: Storage | None = None) -> None:
         self.root = root
+        self.storage = storage if storage is not None else as_storage(root)  # where the entries are
         # Decoded results of this process, by (key, file hash): a small frame decodes slower than many computes
         # run, and a key's result never changes (the key covers raw data, config and code). The file is still
         # checked on every hit (xxh3 is cheap; decoding is what costs).
@@ -132,7 +134,7 @@ class ComputeCache:
             return _fresh(kept, entry.kind)
         try:
             # The file was just checked byte for byte and entries are immutable, so it may be decoded by path.
-            result = codec.decode(data, entry.kind, self.root / entry.path)
+            result = codec.decode(data, entry.kind, self.storage.local_path(entry.path))
         except (pa.ArrowException, pl.exceptions.PolarsError, OSError) as exc:  # unexpected: the bytes were checked
             raise CacheCorruptionError(f"cache entry {entry.path} of {entry.symbol!r} cannot be decoded: {exc}") \
                 from exc
@@ -141,9 +143,8 @@ class ComputeCache:
 
     def check(self, entry: CacheEntry) -> pa.Buffer:
         """An entry's bytes, checked complete and unchanged (size, then xxh3-128 of every byte)."""
-        path = self.root / entry.path
         try:
-            data = pa.memory_map(str(path)).read_buffer()
+            data = self.storage.read_buffer(entry.path)
         except (FileNotFoundError, pa.ArrowException, OSError) as exc:
             raise CacheCorruptionError(f"cache entry {entry.path} of {entry.symbol!r} is unreadable: {exc}") from exc
         if data.size != entry.size:
@@ -162,7 +163,7 @@ class ComputeCache:
 
     def _drop(self, entry: CacheEntry) -> None:
         self.catalog.cache_drop([entry.key])
-        (self.root / entry.path).unlink(missing_ok=True)
+        self.storage.delete(entry.path)
 
     def _compute(self, k: CacheKey, raw: Any, config: Any, compute: Callable[[Any, Any], Any], corrupt: int) -> Any:
         t0 = time.perf_counter()
@@ -171,7 +172,7 @@ class ComputeCache:
         table, kind = codec.to_arrow(result, "the result of compute")
         data = codec.encode(table)
         relative = f"{CACHE_DIR}/{encode_symbol(k.symbol)}"
-        publish_bytes(self.root / relative, f"{k.key}.parquet", data)
+        self.storage.put(f"{relative}/{k.key}.parquet", data)
         t = now_us()
         self.catalog.cache_put(CacheEntry(
             k.key, k.symbol, f"{relative}/{k.key}.parquet", len(data), file_hash(data), kind, table.num_rows,

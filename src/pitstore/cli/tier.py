@@ -41,7 +41,8 @@ def tier(
 
         with PostgresHistory(url, schema=schema, scope=catalog_scope(store.catalog)) as history:
             days = store.settings.history_days if window_days is None else window_days
-            report = tiering.tier(store.root, store.catalog, history, window_days=days, dry_run=dry_run)
+            report = tiering.tier(store.root, store.catalog, history, window_days=days, dry_run=dry_run,
+                                  storage=store.storage)
     if _write_json(json_file, report.to_dict()):
         return
     print_wide(_table(report))

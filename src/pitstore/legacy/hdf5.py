@@ -190,13 +190,13 @@ def _store_version(store: Store, p: _Prepared) -> ImportedVersion:
     for symbol, df in sorted(p.by_symbol.items()):
         if store.catalog.feature_entries(p.name, row.version, [symbol]):
             continue  # the same content, stored by an earlier import of these files
-        path = write_entry(store.root, f"features/{p.name}/v{row.version}/{encode_symbol(symbol)}", df)
+        path = write_entry(store.storage, f"features/{p.name}/v{row.version}/{encode_symbol(symbol)}", df)
         epochs = df["ts"].dt.epoch("us")
         entry = FeatureEntry(0, p.name, row.version, symbol, path, df.height, int(epochs[0]), int(epochs[-1]),
-                             bars.get(symbol, 0), 0, None, *file_facts(store.root, path))
+                             bars.get(symbol, 0), 0, None, *file_facts(store.storage, path))
         if store.catalog.commit_features(entry, supersede=[], expected_live=[]):
             written.append(symbol)
         else:  # another import of the same files got there first
-            (store.root / path).unlink(missing_ok=True)
+            store.storage.delete(path)
     return ImportedVersion(p.name, row.version, p.legacy_version, fp, p.columns, p.timeframe, len(p.by_symbol),
                            sum(df.height for df in p.by_symbol.values()), written)

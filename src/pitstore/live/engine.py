@@ -52,6 +52,7 @@ from pitstore.live.steppers import Stepper, WindowBlock, stepper_for
 from pitstore.offline import read_entries
 from pitstore.serving import Serving
 from pitstore.spacing import check_spacing, min_gap_us, spacing_error
+from pitstore.storage import Storage, as_storage
 
 __all__ = ["LiveEngine", "PushReport"]
 
@@ -111,8 +112,10 @@ class _Table:
 class LiveEngine:
     """The live state of one store in one process."""
 
-    def __init__(self, root: Path, catalog: Catalog, serving: Serving, flush_bars: int) -> None:
-        self.root = root
+    def __init__(self, root: Path, catalog: Catalog, serving: Serving, flush_bars: int,
+                 storage: Storage | None = None) -> None:
+        self.root = root  # local state: the push marker
+        self.storage = storage if storage is not None else as_storage(root)  # the data files
         self.catalog = catalog
         self.serving = serving
         self.flush_bars = flush_bars
@@ -294,14 +297,14 @@ class LiveEngine:
         are ingested (ingest overlays them on the stored ones): a stored bar is never written back as it was
         read, which would undo a correction another process committed meanwhile."""
         self.flush()
-        ingested = _ingest.ingest(self.root, self.catalog, bars)
+        ingested = _ingest.ingest(self.root, self.catalog, bars, storage=self.storage)
         symbols = sorted(set(bars["symbol"].to_list()))
         report.restated.update(ingested.restated)
         for s in symbols:
             self._symbols.pop(s, None)
         first = bars.group_by("symbol").agg(pl.col("ts").min())
         for table_id, (fs, version) in self.sets.items():
-            _backfill.backfill(self.root, self.catalog, fs, version, symbols=symbols)
+            _backfill.backfill(self.storage, self.catalog, fs, version, symbols=symbols)
             self.serving.refresh(fs.name, version, symbols)
             changed = self.serving.stored_rows(table_id, symbols)
             changed = changed.join(first, on="symbol", suffix="_from").filter(pl.col("ts") >= pl.col("ts_from"))
@@ -329,7 +332,7 @@ class LiveEngine:
         if flying is not None and flying["symbol"].is_in(list(symbols)).any():
             self.join()  # then its bars are stored, or back in the buffer
         entries = self.catalog.live_bars(symbols)
-        stored = read_entries(self.root, [e.path for e in entries]) if entries else None
+        stored = read_entries(self.storage, [e.path for e in entries]) if entries else None
         with self._lock:
             buffered = [b.filter(pl.col("symbol").is_in(list(symbols))) for b in self._buffer]
         parts = [p for p in [stored, *buffered] if p is not None and p.height]
@@ -442,10 +445,10 @@ class LiveEngine:
         no longer needed in memory."""
         upto = dict(bars.group_by("symbol").agg(pl.col("ts").max().dt.epoch("us")).iter_rows())
         symbols = sorted(upto)
-        _ingest.ingest(self.root, self.catalog, bars)
+        _ingest.ingest(self.root, self.catalog, bars, storage=self.storage)
         for table_id, (fs, version) in self.sets.items():
             before = {e.id for e in self.catalog.feature_entries(fs.name, version, symbols)}
-            _backfill.backfill(self.root, self.catalog, fs, version, symbols=symbols)
+            _backfill.backfill(self.storage, self.catalog, fs, version, symbols=symbols)
             flushed = self.serving.pushed_upto(table_id, upto)
             if self.serving.history_written(_HISTORY_WAIT_SECONDS):
                 # The new entries hold the rows this process pushed and wrote to the history tier, unless
@@ -460,7 +463,7 @@ class LiveEngine:
             self.serving.pushed_stored(table_id, upto)  # rows pushed since the bars were taken stay
 
     def _pushed_equal(self, path: str, pushed: list[tuple[int, tuple[float | None, ...]]]) -> bool:
-        stored = read_entries(self.root, [path])
+        stored = read_entries(self.storage, [path])
         if stored is None or stored.height != len(pushed):
             return False
         ts = stored["ts"].dt.epoch("us").to_list()

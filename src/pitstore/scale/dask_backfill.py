@@ -23,6 +23,7 @@ from pitstore.catalog.base import Catalog
 from pitstore.features.base import FeatureSet
 from pitstore.rules import to_us
 from pitstore.scale.cluster import client_for, distributed
+from pitstore.storage import Storage
 
 __all__ = ["DEFAULT_PARTITION_ROWS", "backfill"]
 
@@ -31,7 +32,7 @@ DEFAULT_PARTITION_ROWS = 500_000
 
 
 def backfill(
-    root: Path,
+    root: Storage | Path,
     catalog: Catalog,
     feature_set: FeatureSet,
     version: int,
@@ -54,7 +55,7 @@ def backfill(
     planned = len(report.up_to_date)
     run = uuid.uuid4().hex[:12]
     with client_for(scheduler) as client:
-        # The workers read the bars and write the entries under the same root: a shared disk (or, later, S3).
+        # The workers read the bars and write the entries where the store's data is: a shared disk, or S3.
         futures = {
             client.submit(_backfill.compute_batch, root, feature_set, version, part, start_us, end_us,
                           key=f"pitstore-backfill-{run}-{i}", pure=False): part

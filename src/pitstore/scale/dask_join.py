@@ -35,6 +35,7 @@ from pitstore.frames import FrameKind, from_polars, to_polars
 from pitstore.offline import EntryReader
 from pitstore.scale.cluster import client_for, dask
 from pitstore.scale.snapshot import CatalogSnapshot
+from pitstore.storage import Storage, as_storage
 from pitstore.versions import ensure_live, reading
 
 dd: Any = import_module("dask.dataframe")  # untyped: Any at the boundary (see pitstore.scale.cluster)
@@ -59,7 +60,7 @@ class HistoricalDataset:
 def get_historical(
     root: Path, catalog: Catalog, registry: Registry, entities: Any, features: str | list[str] | tuple[str, ...],
     as_known_at: datetime | None, *, scheduler: Any = None, out: str | os.PathLike[str] | None = None,
-    partitions: int | None = None, output: FrameKind | None = None,
+    partitions: int | None = None, output: FrameKind | None = None, storage: Storage | None = None,
 ) -> Any:
     """The local engine's answer (in input order, as ``output``, polars by default) or, with ``out``, a Parquet
     dataset of it written by the workers (a :class:`HistoricalDataset`; nothing is gathered here)."""
@@ -85,7 +86,8 @@ def get_historical(
         splits = [split(src, k, dask_key_name=f"pitstore-split-{run}-{j}") for j, src in enumerate(sources)]
         lengths = [s[0] for s in splits]
         join = dask.delayed(_join_partition, pure=False)
-        tasks = [join(lengths, [s[i + 1] for s in splits], shipped, root, asked, as_known_at, target, i,
+        data = storage if storage is not None else as_storage(root)  # where the entries are (workers read them)
+        tasks = [join(lengths, [s[i + 1] for s in splits], shipped, data, asked, as_known_at, target, i,
                       dask_key_name=f"pitstore-join-{run}-{i}") for i in range(k)]
         results = client.gather(client.compute(tasks))
     if target is not None:
@@ -143,7 +145,7 @@ def _out_dir(out: str | os.PathLike[str] | None) -> Path | None:
     return path
 
 
-def _join_partition(lengths: list[int], pieces: list[pl.DataFrame], snap: CatalogSnapshot, root: Path,
+def _join_partition(lengths: list[int], pieces: list[pl.DataFrame], snap: CatalogSnapshot, data: Storage,
                     features: str | list[str], as_known_at: datetime | None, out: Path | None, index: int) -> Any:
     """On a worker: the pieces of one symbol partition numbered by input position, joined by the local engine,
     sorted by ``input_row``; returned, or written as ``part-<index>.parquet`` under ``out`` (atomically: a retried
@@ -153,7 +155,7 @@ def _join_partition(lengths: list[int], pieces: list[pl.DataFrame], snap: Catalo
                        for p, o in zip(pieces, offsets.tolist(), strict=True)])
     catalog = snap.as_catalog()
     # No decoded-entry cache: each partition reads its own symbols' entries once.
-    result = reads.get_historical(EntryReader(root, 0), catalog, Registry(catalog), spine, features,
+    result = reads.get_historical(EntryReader(Path("."), 0, data), catalog, Registry(catalog), spine, features,
                                   as_known_at).sort(ROW)
     if out is None:
         return result
