@@ -33,6 +33,7 @@ from pitstore.features.registry import fingerprint
 from pitstore.server import dashboard, metrics, schema
 from pitstore.server.auth import KeyRing
 from pitstore.server.errors import RETRY_AFTER_S, status_of
+from pitstore.server.figures import probe_tiers
 from pitstore.server.wire import (
     JSON,
     frame_response_body,
@@ -447,25 +448,12 @@ def _parse_json(raw: bytes) -> dict[str, Any]:
 
 
 def readiness(store: Store) -> dict[str, dict[str, Any]]:
-    """Each tier with ``up`` and, when down, why; the catalog and online tier are required, the history tier
-    is not (reads fall back past it)."""
-    out: dict[str, dict[str, Any]] = {}
-
-    def probe(name: str, required: bool, check: Callable[[], Any]) -> None:
-        try:
-            check()
-            out[name] = {"up": True, "required": required}
-        except (PitstoreError, OSError) as exc:
-            out[name] = {"up": False, "required": required, "error": f"{type(exc).__name__}: {exc}"}
-        metrics.backend_up(name, out[name]["up"])
-
-    probe("catalog", True, store.catalog.counts)
-    serving = store.serving
-    probe("online", False, serving.online.ping)
-    if serving.history is not None:
-        probe("history", False, serving.history.ping)
-    return out
-
+    """Each tier with ``up`` and, when down, why (:func:`pitstore.server.figures.probe_tiers`); the catalog is
+    required, the online and history tiers are not (reads fall back past them). Each result is a metric too."""
+    tiers = probe_tiers(store, offline="catalog")
+    for name, tier in tiers.items():
+        metrics.backend_up(name, tier["up"])
+    return tiers
 
 
 def app_from_env() -> Any:

@@ -17,9 +17,9 @@ if TYPE_CHECKING:
 __all__ = ["TierWatch", "probe_tiers", "store_figures"]
 
 
-def probe_tiers(store: Store) -> dict[str, dict[str, Any]]:
-    """Each tier with ``up``, ``required`` and, when down, ``error``: the offline tier (catalog and files), the
-    online tier and, when configured, the history tier. The same probes as ``/readyz``."""
+def probe_tiers(store: Store, offline: str = "offline") -> dict[str, dict[str, Any]]:
+    """Each tier with ``up``, ``required`` and, when down, ``error``: the offline tier (catalog and files; named
+    ``offline``, ``/readyz`` calls it ``catalog``), the online tier and, when configured, the history tier."""
     out: dict[str, dict[str, Any]] = {}
 
     def probe(name: str, required: bool, check: Callable[[], Any]) -> None:
@@ -29,12 +29,12 @@ def probe_tiers(store: Store) -> dict[str, dict[str, Any]]:
         except (PitstoreError, OSError) as exc:
             out[name] = {"up": False, "required": required, "error": f"{type(exc).__name__}: {exc}"}
 
-    def offline() -> None:
+    def check_offline() -> None:
         store.catalog.counts()
         if not os.access(store.root, os.R_OK | os.X_OK):
             raise OSError(f"{store.root} is not readable")
 
-    probe("offline", True, offline)
+    probe(offline, True, check_offline)
     serving = store.serving
     probe("online", False, serving.online.ping)
     if serving.history is not None:
