@@ -185,31 +185,31 @@ class Settings:
         if not history_days > 0 or flush < 1:
             raise ConfigError(f"history_days must be positive and live_flush_bars at least 1, got {history_days}"
                               f" and {flush}")
-        try:
-            future = float(self.max_future_days)
-            timedelta(days=future)
-        except (TypeError, ValueError, OverflowError) as exc:
-            raise ConfigError(f"max_future_days must be a number of days, got {self.max_future_days!r}") from exc
-        if not future >= 0:
-            raise ConfigError(f"max_future_days must not be negative, got {future}")
+        future = _days(self.max_future_days, "max_future_days")
         try:
             entry_bytes = None if self.entry_cache_bytes is None else int(self.entry_cache_bytes)
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"entry_cache_bytes must be a number of bytes, got {self.entry_cache_bytes!r}") from exc
         if entry_bytes is not None and entry_bytes < 0:
             raise ConfigError(f"entry_cache_bytes must not be negative, got {entry_bytes}")
-        try:
-            retention = float(self.retention_days)
-            timedelta(days=retention)
-        except (TypeError, ValueError, OverflowError) as exc:
-            raise ConfigError(f"retention_days must be a number of days, got {self.retention_days!r}") from exc
-        if not retention >= 0:
-            raise ConfigError(f"retention_days must not be negative, got {retention}")
+        retention = _days(self.retention_days, "retention_days")
         return replace(self, root=root_path(self.root), read_only=_tristate(self.read_only),
                        entry_cache_bytes=entry_bytes, retention_days=retention, data_options=options,
                        lock_timeout=lock_timeout, history_days=history_days, live_flush_bars=flush,
                        max_future_days=future, max_body_bytes=max_body, cost_per_compute_second=costs[0],
                        cost_per_data_call=costs[1])
+
+
+def _days(value: object, name: str) -> float:
+    """A setting that is a number of days >= 0 (one a timedelta can hold)."""
+    try:
+        days = float(value)  # type: ignore[arg-type]
+        timedelta(days=days)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ConfigError(f"{name} must be a number of days, got {value!r}") from exc
+    if not days >= 0:
+        raise ConfigError(f"{name} must not be negative, got {days}")
+    return days
 
 
 def root_path(root: str | os.PathLike[str]) -> Path:
