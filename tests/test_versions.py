@@ -20,23 +20,15 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from clirun import run, runner
 from polars.testing import assert_frame_equal
-from typer.testing import CliRunner
 
 import pitstore
 from pitstore import Store, VersionNotFoundError, VersionSummary
 from pitstore.cli import app
 from pitstore.testing import synthetic_bars
 
-runner = CliRunner()
 SRC = str(Path(pitstore.__file__).resolve().parents[1])
-
-
-def run(*args: str | Path, code: int = 0) -> str:
-    result = runner.invoke(app, [str(a) for a in args])
-    assert result.exit_code == code, result.output
-    assert "Traceback" not in result.output
-    return result.output
 
 
 def feature_set(n: int) -> pitstore.FeatureSet:
