@@ -662,7 +662,7 @@ class Store:
         """Symbols with stored bars."""
         return [e.symbol for e in self.catalog.live_bars()]
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> dict[str, Any]:  # Any: a JSON-shaped report (nested dicts), its counts are the catalog's
         """Feature sets and their readable versions (``name@v``; retired ones are not), counts of symbols, bars,
         entries and bytes on disk; ``cache``: the compute cache's entries, bytes, hits, misses, hit rate, compute
         seconds spent and saved and hashing, in total and ``per_symbol``."""

@@ -119,3 +119,13 @@ async def async_client_api(client: AsyncClient, bars_pl: pl.DataFrame) -> None:
     assert_type(await client.get_ohlcv("AAPL"), pl.DataFrame)
     assert_type(await client.get_indicators("AAPL", output="pandas"), pd.DataFrame)
     assert_type(await client.compute_feature("rsi", "AAPL"), pl.DataFrame)
+
+
+def service_api(client: Client) -> None:
+    from prometheus_client.registry import Collector
+    from starlette.types import ASGIApp
+
+    from pitstore.server import create_app
+
+    assert_type(create_app(), ASGIApp)
+    assert_type(client.metrics_collector(), Collector)

@@ -26,6 +26,7 @@ from pitstore.store import Store
 if TYPE_CHECKING:  # pandas is an optional extra; pyarrow has no types (pa.Table is Any to mypy)
     import pandas as pd
     import pyarrow as pa
+    from prometheus_client.registry import Collector
 
 __all__ = ["Client"]
 
@@ -66,7 +67,7 @@ class Client:
         """Calls by method, errors by type, latency, retries, breaker state and changes, fallbacks, cache."""
         return self._core.metrics()
 
-    def metrics_collector(self) -> Any:
+    def metrics_collector(self) -> Collector:
         """A prometheus_client collector of :meth:`metrics`, to ``REGISTRY.register``."""
         return self._core.stats.collector()
 
