@@ -31,7 +31,7 @@ from pitstore.errors import (
     SchemaMismatchError,
 )
 from pitstore.history import SCHEMA_VERSION, PostgresHistory, postgres
-from pitstore.history.postgres import _ASOF_ROWS as ASOF_ROWS
+from pitstore.history.postgres import _ASOF_ROWS as ASOF_ROWS  # white-box: the as-of query's own row bound
 from pitstore.history.postgres import StoreScope
 
 TS = pa.timestamp("us", tz="UTC")
@@ -259,6 +259,7 @@ def test_explain_asof_is_one_backward_index_seek(history: PostgresHistory, postg
         for mode in ("force_custom_plan", "force_generic_plan"):
             conn.execute(sql.SQL("SET plan_cache_mode = {}").format(sql.Literal(mode)))
             cur = conn.cursor(binary=True)
+            # White-box: the plan of the tier's own query text is what this test is about.
             plan = cur.execute(b"EXPLAIN (FORMAT JSON) " + history._q.asof_many,
                                (["S007", "S008"], [3000, 60], key, 2**63 - 1)).fetchone()[0]
             nodes = list(_plan_nodes(plan[0]["Plan"]))
