@@ -23,6 +23,7 @@ from pitstore import (
     HistoricalDataset,
     IngestReport,
     PushReport,
+    Status,
     Store,
     TierReport,
     VerifyReport,
@@ -69,6 +70,7 @@ def store_api(store: Store, bars_pl: pl.DataFrame, bars_pd: pd.DataFrame, kind: 
     assert_type(store.get_online("AAPL", "daily_core", output="polars"), pl.DataFrame)
     assert_type(store.get_online("AAPL", "daily_core", output="pandas"), pd.DataFrame)
     assert_type(store.get_features("AAPL", T0, "daily_core"), FeatureVector)
+    assert_type(store.get_features("AAPL", T0, "daily_core").status, Status)
     assert_type(store.get_indicators("AAPL", "rsi_14"), pl.DataFrame)
     assert_type(store.get_indicators("AAPL", ["rsi_14"], output="pandas"), pd.DataFrame)
     assert_type(store.compute_feature("rsi", "AAPL", params={"n": 21}), pl.DataFrame)
