@@ -398,6 +398,7 @@ def test_big_integers_in_configs(a: Any, b: Any) -> None:
     assert ka != kb
 
 
+@pytest.mark.slow  # fresh interpreter processes
 def test_same_key_in_fresh_processes(tmp_path: Path) -> None:
     """New interpreters (with other string-hash seeds) compute the same key as this process for the same symbol,
     raw, config and compute: a plain function, a lambda holding a set constant, a function without source."""

@@ -222,6 +222,7 @@ def test_every_response_has_a_request_id_and_metrics_count_requests(small_body_s
     assert ready.status_code == 200 and ready.json()["tiers"]["catalog"]["up"] is True
 
 
+@pytest.mark.slow  # starts its own keyed `pitstore serve` process
 def test_api_keys_are_enforced_by_scope(tmp_path: Path, root: Path) -> None:
     # A copy of the catalog is not needed: keys live in their own file; use a fresh small store.
     store_root = tmp_path / "keyed"
