@@ -609,6 +609,7 @@ _table_ids = itertools.count()
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(versions=_versions, queries=_queries, base=st.sampled_from([0, T0, -T0]), scan_known=st.integers(0, 5))
+@pytest.mark.slow  # a property test against brute force
 def test_asof_matches_brute_force(history: PostgresHistory, versions: list[Version],
                                   queries: list[tuple[str, int, int, int | None]], base: int,
                                   scan_known: int) -> None:

@@ -366,6 +366,7 @@ def test_an_identical_older_bar_changes_nothing(live: Live) -> None:
 # --- 3. look-ups of rows not yet flushed ------------------------------------------------------------------
 
 
+@pytest.mark.slow  # thousands of look-ups against a batch store
 def test_get_features_between_the_last_flushed_and_the_latest_pushed_row(tmp_path: Path) -> None:
     """As-of look-ups over rows pushed but not flushed are answered (from memory) exactly as a batch store
     answers them, with an availability lag and a TTL too; and again after the flush."""
