@@ -172,8 +172,8 @@ class Settings:
                                                and self.redis_url.startswith(("redis://", "rediss://"))):
             raise ConfigError(f"redis_url must be a redis:// or rediss:// URL, got {self.redis_url!r}")
         if self.catalog_url is not None and not (isinstance(self.catalog_url, str) and self.catalog_url.startswith(
-                ("postgresql://", "postgres://"))):
-            raise ConfigError(f"catalog_url must be a postgresql:// URL, got {self.catalog_url!r}")
+                ("postgresql://", "postgres://", "memory://"))):
+            raise ConfigError(f"catalog_url must be a postgresql:// or memory:// URL, got {self.catalog_url!r}")
         if not isinstance(self.catalog_schema, str) or not 0 < len(self.catalog_schema.encode()) <= 63:
             raise ConfigError(f"catalog_schema must be a PostgreSQL schema name of 1 to 63 bytes, got"
                               f" {self.catalog_schema!r}")
