@@ -84,6 +84,7 @@ def test_memory_urls_name_a_state_per_name_and_root(tmp_path: Path) -> None:
     with pytest.raises(BackendError, match="closed"):
         a.live_bars()
     assert opened(f"memory://{tag}", tmp_path / "a").live_bars() == [first]  # the rows outlive the catalogs
+    assert Settings.load(root=tmp_path, catalog_url="memory://").catalog_location == "memory://"
     for bad in ("memory://x?y=1", "sqlite:///x"):
         with pytest.raises(ConfigError):
             opened(bad, tmp_path / "a")

@@ -90,9 +90,12 @@ class Settings:
 
     @property
     def catalog_location(self) -> str:
-        """Where the catalog is, for messages: the SQLite file, or the PostgreSQL URL without its password."""
+        """Where the catalog is, for messages: the SQLite file, the PostgreSQL URL without its password, or the
+        memory URL."""
         if not self.catalog_url:
             return str(self.catalog_path.resolve())
+        if self.catalog_url.startswith("memory:"):  # no password to hide; urlsplit would drop an empty "//"
+            return self.catalog_url
         parts = urlsplit(self.catalog_url)
         host = parts.hostname or ""
         netloc = (f"{parts.username}@" if parts.username else "") + host + (f":{parts.port}" if parts.port else "")
