@@ -93,6 +93,7 @@ class MemoryHistory:
         self.name = name
         self._scope = scope
         self._store_id = "" if scope is None else scope.store_id
+        self._fingerprints: dict[str, str] = {}  # table_id -> fingerprint, as PostgresHistory caches them
         self._closed = False
 
     def __repr__(self) -> str:
@@ -112,8 +113,13 @@ class MemoryHistory:
     def _key(self, table_id: str) -> tuple[str, str, str] | None:
         if self._scope is None:
             return (table_id, "", "")
-        fp = self._scope.fingerprint(table_id)
-        return None if fp is None else (table_id, self._store_id, fp)
+        fp = self._fingerprints.get(table_id)
+        if fp is None:
+            fp = self._scope.fingerprint(table_id)
+            if fp is None:
+                return None  # not cached: the store may register the version at any time
+            self._fingerprints[table_id] = fp  # a version's definition never changes
+        return (table_id, self._store_id, fp)
 
     def _table(self, s: _State, table_id: str) -> _Table | None:
         key = self._key(table_id)
