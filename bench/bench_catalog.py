@@ -1,4 +1,5 @@
-"""Benchmark: team mode's catalog (PostgreSQL on loopback) against the embedded one (SQLite), same data.
+"""Benchmark: team mode's catalog (PostgreSQL on loopback) against the embedded one (SQLite), same data; the
+in-memory catalog (``catalog_url="memory://"``) alongside, for reference (no target: it is for tests).
 
 Issue #15's targets: get_historical of 1M look-ups within 2x of the embedded store, and a compute-cache hit
 within 2x. Both stores hold the same bars (``--symbols`` x ``--bars`` daily) and the seven standard features;
@@ -68,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results: dict[str, dict[str, float]] = {}
     answers: dict[str, pl.DataFrame] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for kind, url in (("sqlite", None), ("postgres", f"{URL}?schema={SCHEMA}")):
+        for kind, url in (("sqlite", None), ("memory", "memory://bench"), ("postgres", f"{URL}?schema={SCHEMA}")):
             with Store.open(Path(tmp) / kind, catalog_url=url) as store:
                 t0 = time.perf_counter()
                 store.ingest(bars)
@@ -90,11 +91,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                  f" median {results[kind]['median']:.3f} s; cache hit median {results[kind]['hit_median_us']:.0f}"
                  f" us, p99 {results[kind]['hit_p99_us']:.0f} us")
     assert answers["sqlite"].equals(answers["postgres"]), "the two stores answered differently"
+    assert answers["sqlite"].equals(answers["memory"]), "the memory catalog's store answered differently"
     with psycopg.connect(URL, autocommit=True) as conn:
         conn.execute(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")
     hist_ratio = results["postgres"]["best"] / results["sqlite"]["best"]
     hit_ratio = results["postgres"]["hit_median_us"] / results["sqlite"]["hit_median_us"]
     emit(f"ratio postgres/sqlite: get_historical {hist_ratio:.2f}x, cache hit {hit_ratio:.2f}x")
+    emit("ratio memory/sqlite (reference): get_historical {:.2f}x, cache hit {:.2f}x".format(
+        results["memory"]["best"] / results["sqlite"]["best"],
+        results["memory"]["hit_median_us"] / results["sqlite"]["hit_median_us"]))
     emit.verdicts([(f"get_historical {args.lookups:,} look-ups within 2x of the embedded store ({hist_ratio:.2f}x)",
                     hist_ratio <= 2.0),
                    (f"cache hit within 2x of the embedded store ({hit_ratio:.2f}x)", hit_ratio <= 2.0)])

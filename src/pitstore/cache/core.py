@@ -16,7 +16,7 @@ import pyarrow as pa
 from pitstore.cache import codec
 from pitstore.cache.keys import CacheKey, cache_key, raw_table
 from pitstore.cache.lock import KeyLocks, ProcessLocks
-from pitstore.catalog.base import CacheEntry, Catalog
+from pitstore.catalog.base import CacheEntry, CacheIndex
 from pitstore.catalog.sqlite import now_us
 from pitstore.datahash import HASH_METHOD, file_hash
 from pitstore.errors import CacheCorruptionError, InvalidInputError, ReadOnlyStoreError
@@ -59,7 +59,7 @@ class WarmReport:
 class ComputeCache:
     """Content-addressed results of ``compute(raw, config)``, shared by every process using the store root."""
 
-    def __init__(self, root: Path, catalog: Catalog, *, cost_per_compute_second: float = 0.0,
+    def __init__(self, root: Path, catalog: CacheIndex, *, cost_per_compute_second: float = 0.0,
                  cost_per_data_call: float = 0.0, read_only: bool = False,
                  locks: ProcessLocks | None = None, memory_bytes: int | None = None,
                  storage: Storage | None = None) -> None:
