@@ -30,10 +30,11 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pitstore import offline
 from pitstore import versions as _versions
 from pitstore.catalog.base import Catalog, FeatureEntry
 from pitstore.datahash import file_hash
-from pitstore.offline import _COMPRESSION_LEVEL, COMPACTED_DIR, GROUPS_KEY, ROW_GROUP_ROWS, EntryReader, is_compacted
+from pitstore.offline import _COMPRESSION_LEVEL, COMPACTED_DIR, GROUPS_KEY, EntryReader, is_compacted
 from pitstore.storage import Storage
 
 __all__ = ["AUTO_ENTRIES", "MAX_FILE_ROWS", "CompactReport", "compact", "is_compacted", "loose_entries"]
@@ -55,6 +56,7 @@ class CompactReport:
     files_written: list[str] = field(default_factory=list)
     files_deleted: list[str] = field(default_factory=list)  # files no entry points to any more
     left_for_gc: list[str] = field(default_factory=list)  # the same, kept while a reader holds the version
+    held: list[str] = field(default_factory=list)  # versions ("name@v") whose reader kept those files
     damaged: list[str] = field(default_factory=list)  # files left out: damaged (run `pitstore verify`)
     seconds: float = 0.0
 
@@ -123,8 +125,9 @@ def _version(root: Path, storage: Storage, catalog: Catalog, name: str, version:
             for path in retired:
                 storage.delete(path)
             report.files_deleted.extend(retired)
-        else:
+        elif retired:
             report.left_for_gc.extend(retired)
+            report.held.append(label)
 
 
 def _files(rows: pl.DataFrame) -> list[pl.DataFrame]:
@@ -157,8 +160,8 @@ def _write(storage: Storage, directory: str, part: pl.DataFrame) -> tuple[str, i
     cuts: list[tuple[int, int]] = []
     groups: list[list[Any]] = []
     for sym, a, b in _runs(part):
-        for c in range(a, b, ROW_GROUP_ROWS):
-            d = min(b, c + ROW_GROUP_ROWS)
+        for c in range(a, b, offline.ROW_GROUP_ROWS):
+            d = min(b, c + offline.ROW_GROUP_ROWS)
             cuts.append((c, d))
             groups.append([sym, d - c, int(epochs[c]), int(epochs[d - 1])])
     schema = table.schema.with_metadata({**(table.schema.metadata or {}), GROUPS_KEY: json.dumps(groups).encode()})
@@ -166,7 +169,7 @@ def _write(storage: Storage, directory: str, part: pl.DataFrame) -> tuple[str, i
     with pq.ParquetWriter(sink, schema, compression="zstd", compression_level=_COMPRESSION_LEVEL,
                           write_statistics=True) as writer:
         for c, d in cuts:
-            writer.write_table(table.slice(c, d - c), row_group_size=ROW_GROUP_ROWS)
+            writer.write_table(table.slice(c, d - c), row_group_size=d - c)
     body = sink.getbuffer()
     path = f"{directory}/{uuid.uuid4().hex}.parquet"
     storage.put(path, body)

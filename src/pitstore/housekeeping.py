@@ -173,7 +173,9 @@ def gc(
     # Small entries folded into few files (pitstore.compact); the files they leave go under the version's lease.
     compacted = _compact.compact(root, storage, catalog, dry_run=dry_run)
     report.compacted = compacted.versions
-    report.busy.extend(compacted.left_for_gc)
+    for label in compacted.held:  # their old files are left for a later gc, like any busy version's
+        if label not in report.busy:
+            report.busy.append(label)
 
     # 3. Files no row refers to: temporaries of crashed writers and published-but-never-committed files.
     referenced = catalog.referenced_paths()
@@ -203,8 +205,8 @@ def gc(
                 with _versions._exclusive(root, *lease, dry_run=dry_run) as holding:
                     if holding:
                         delete_file(obj.path, report.orphan_files, obj.size)
-                    else:
-                        report.busy.append(obj.path)
+                    elif (label := f"{lease[0]}@{lease[1]}") not in report.busy:
+                        report.busy.append(label)
 
     if not dry_run:
         report.lock_files = cache.locks.remove_unused()
