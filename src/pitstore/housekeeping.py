@@ -105,7 +105,8 @@ def gc(
     superseded_before: int | None = None,
 ) -> GcReport:
     """Delete stale cache entries, files nobody refers to, rows whose file is gone and versions beyond
-    ``max_versions`` per feature set (among those with stored entries); then VACUUM/ANALYZE the catalog.
+    ``max_versions`` per feature set (among those with stored entries); compact versions with more than
+    :data:`pitstore.compact.AUTO_ENTRIES` small entries; then VACUUM/ANALYZE the catalog.
     ``dry_run`` only reports. A version whose entries are deleted is retired: no longer listed, and reading it
     raises VersionNotFoundError (registering its definition again brings the number back).
     ``superseded_before`` (µs; :func:`pitstore.retention.gc_horizon`): bar snapshots and feature entries
@@ -171,7 +172,7 @@ def gc(
         report.bytes_freed += versions.bytes_freed
 
     # Small entries folded into few files (pitstore.compact); the files they leave go under the version's lease.
-    compacted = _compact.compact(root, storage, catalog, dry_run=dry_run)
+    compacted = _compact.compact(root, storage, catalog, dry_run=dry_run, min_entries=_compact.AUTO_ENTRIES + 1)
     report.compacted = compacted.versions
     for label in compacted.held:  # their old files are left for a later gc, like any busy version's
         if label not in report.busy:

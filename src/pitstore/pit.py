@@ -73,7 +73,11 @@ def asof_join(
     order = joined[ORDER].to_numpy()
     inverse = np.empty_like(order)
     inverse[order] = np.arange(len(order), dtype=order.dtype)
-    joined = joined[inverse]  # back to input order (ORDER is 0..n-1)
+    if spine[ORDER].is_sorted():  # the spine is in input order: only the join's own columns need moving back
+        joined = pl.concat([spine.select(ORDER, "symbol", "ts"), joined.select(_ROW, _FEATURE_TS)[inverse]],
+                           how="horizontal")
+    else:
+        joined = joined[inverse]  # back to input order (ORDER is 0..n-1)
     known = pl.col("symbol").is_in(pl.Series(list(known_symbols), dtype=pl.String).implode())
     unmatched = pl.col(_FEATURE_TS).is_null()
     stale = stale_expr(pl.col(_FEATURE_TS), pl.col("ts"), ttl)
