@@ -53,6 +53,7 @@ import gc
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -73,6 +74,7 @@ from _common import Report, git_commit, load_average, machine, timed  # bench/ i
 import pitstore
 from pitstore import Store, standard_features
 from pitstore import backfill as backfill_module
+from pitstore import compact as compact_module
 from pitstore import prune as prune_module
 from pitstore import reads as reads_module
 from pitstore.catalog.sqlite import SqliteCatalog
@@ -96,6 +98,9 @@ FS = "daily_core"
 FEATURES = ["ret_5d", "ret_20d", "ret_60d", "vol_20d", "vol_60d", "mom_20d", "mom_60d"]
 
 TARGET_RATIO = 1.5
+TARGET_COLD_FLOOR = 1.5  # cold get_historical vs the floor: polars reading one Parquet file + join_asof + input order
+TARGET_WARM_BARE = 1.2  # warm get_historical vs a bare in-memory join_asof
+INCREMENTS = 50  # incremental backfills of the many-backfills store (one new bar per symbol each)
 TARGET_RSS_MB = 2_000.0  # 2 GB, decimal
 TARGET_M_BARS_PER_S = 3.0
 TARGET_NOOP_S = 1.0
@@ -150,6 +155,25 @@ def worker(root: str, n_symbols: int, n_bars: int, n_lookups: int, runs: int) ->
     store.close()
     print(json.dumps({"open": open_s, "cold": cold, "warm": warm, "rss_before": rss_before, "peak": peak_rss_mb()}),
           flush=True)
+
+
+def floor_worker(path: str, n_symbols: int, n_bars: int, n_lookups: int, runs: int) -> None:
+    """Runs in its own process: the floor of a cold read. Polars reads ONE Parquet file holding the stored rows,
+    then join_asof + back to input order (what get_historical returns); cold first, then ``runs`` warm."""
+    spine = lookups(n_symbols, n_bars, n_lookups)
+    indexed = spine.with_row_index("i")
+
+    def call() -> pl.DataFrame:
+        rows = pl.read_parquet(path)
+        return indexed.sort("ts").join_asof(rows.sort("ts"), on="ts", by="symbol", check_sortedness=False).sort("i")
+
+    t0 = time.perf_counter()
+    out = call()
+    cold = time.perf_counter() - t0
+    assert out.height == n_lookups
+    del out
+    warm = timed(call, runs, warmup=False)
+    print(json.dumps({"open": 0.0, "cold": cold, "warm": warm, "rss_before": 0.0, "peak": peak_rss_mb()}), flush=True)
 
 
 def last_day_lookups(n_symbols: int, n_bars: int, n: int) -> pl.DataFrame:
@@ -212,8 +236,8 @@ class WorkerResult:
     peak_rss_mb: float
 
 
-def run_worker(root: Path, n_symbols: int, n_lookups: int, runs: int) -> WorkerResult:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", str(root), str(n_symbols), str(HIST_BARS),
+def run_worker(root: Path, n_symbols: int, n_lookups: int, runs: int, flag: str = "--worker") -> WorkerResult:
+    cmd = [sys.executable, str(Path(__file__).resolve()), flag, str(root), str(n_symbols), str(HIST_BARS),
            str(n_lookups), str(runs)]
     res = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)
     if res.returncode != 0:
@@ -302,7 +326,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "with --out")
     parser.add_argument("--out", type=Path, default=None,
                         help=f"also write the report here (default for a full run: {DEFAULT_OUT})")
-    parser.add_argument("--only", choices=("all", "historical", "backfill", "pruning"), default="all",
+    parser.add_argument("--only", choices=("all", "historical", "incremental", "backfill", "pruning"), default="all",
                         help="run one section (pruning alone writes bench/results/bench_offline_pruning.txt)")
     parser.add_argument("--prune-symbols", type=int, default=None,
                         help=f"symbols of the pruning store (default {PRUNE_SYMBOLS}; quick {QUICK_PRUNE_SYMBOLS})")
@@ -311,10 +335,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--worker", nargs=5, metavar=("ROOT", "SYMBOLS", "BARS", "LOOKUPS", "RUNS"),
                         help=argparse.SUPPRESS)
     parser.add_argument("--prune-worker", nargs=6, help=argparse.SUPPRESS)
+    parser.add_argument("--floor-worker", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         root, *nums = args.worker
         worker(root, *(int(n) for n in nums))
+        return 0
+    if args.floor_worker:
+        path, *nums = args.floor_worker
+        floor_worker(path, *(int(n) for n in nums))
         return 0
     if args.prune_worker:
         root, *nums, mode = args.prune_worker
@@ -352,6 +381,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.only in ("all", "historical"):
             verdicts += historical(emit, base / "daily", hist_symbols, n_lookups, runs, cold_runs, pandas_runs)
             emit()
+        if args.only in ("all", "incremental"):
+            verdicts += incremental(emit, base / "incremental", hist_symbols, n_lookups, cold_runs)
+            emit()
         if args.only in ("all", "backfill"):
             verdicts += backfill(emit, base / "minute", bf_symbols, bf_runs, noop_runs)
             emit()
@@ -379,6 +411,8 @@ def historical(emit: Callable[[str], None], root: Path, n_symbols: int, n_lookup
         store.backfill(standard_features())
         backfill_s = time.perf_counter() - t0
         rows = store.read(FS)  # the baselines' input, in memory (not timed)
+        listed = store.catalog.feature_entries(FS, store.registry.get(FS).version)
+        entries, files = len(listed), len({e.path for e in listed})
         spine = lookups(n_symbols, HIST_BARS, n_lookups)
         ours = store.get_historical(spine, FS)
         stages = Stages()
@@ -395,6 +429,8 @@ def historical(emit: Callable[[str], None], root: Path, n_symbols: int, n_lookup
             instrumented = time.perf_counter() - t0
     emit(f"get_historical: {n_lookups:,} look-ups, {n_symbols} symbols x {HIST_BARS:,} daily bars "
          f"(synthetic_bars(seed={SEED})), {rows.height:,} stored rows of {FS} ({len(FEATURES)} features)")
+    emit(f"  entries: {entries:,} in {files:,} file(s)" + (" (the backfill compacted them: more than"
+         f" pitstore.compact.AUTO_ENTRIES = {compact_module.AUTO_ENTRIES})" if files < entries else ""))
     emit(f"  setup (not timed against targets): ingest {ingest_s:.2f} s, backfill {backfill_s:.2f} s")
 
     # --- correctness: pitstore vs polars vs pandas, on the same look-ups
@@ -415,7 +451,10 @@ def historical(emit: Callable[[str], None], root: Path, n_symbols: int, n_lookup
 
     ref = polars_join_in_order()
     pd_ref = pandas_join().sort_values("i")
-    ok_polars = same_values(ours, ref, FEATURES)
+    # get_historical nulls the values of stale rows (older than the effective TTL); the bare join keeps them.
+    stale = ours["status"] == "stale"
+    ok_polars = same_values(ours, ref.with_columns(pl.when(stale).then(None).otherwise(pl.col(c)).alias(c)
+                                                   for c in FEATURES), FEATURES)
     ok_pandas = same_values(ref, pd_ref, FEATURES)
     statuses = dict(ours["status"].value_counts().iter_rows())
     emit(f"  check: get_historical == polars join_asof: {'yes' if ok_polars else 'NO'}; "
@@ -426,7 +465,14 @@ def historical(emit: Callable[[str], None], root: Path, n_symbols: int, n_lookup
     gc.collect()
 
     # --- timings
-    workers = [run_worker(root, n_symbols, n_lookups, runs) for _ in range(cold_runs)]
+    floor_file = root / "floor.parquet"  # the same stored rows in one file (zstd, statistics), outside the store
+    rows.write_parquet(floor_file, compression="zstd", compression_level=1, statistics=True)
+    # Alternating, so both see the same machine load.
+    workers, floors = [], []
+    for _ in range(cold_runs):
+        workers.append(run_worker(root, n_symbols, n_lookups, runs))
+        floors.append(run_worker(floor_file, n_symbols, n_lookups, runs, "--floor-worker"))
+    floor_cold = [w.cold for w in floors]
     cold = [w.cold for w in workers]
     warm = [t for w in workers for t in w.warm]
     peak = max(w.peak_rss_mb for w in workers)
@@ -436,6 +482,7 @@ def historical(emit: Callable[[str], None], root: Path, n_symbols: int, n_lookup
     pl_best, pl_med = best_median(pl_runs)
     rows_out = [
         ("pitstore cold", cold, "first call after Store.open, one per worker process"),
+        ("floor cold", floor_cold, "polars: read one Parquet file of the rows + join_asof + input order, own process"),
         ("pitstore warm", warm, "repeated calls (decoded entries cached in the Store)"),
         ("polars join_asof", pl_runs, "sort both by ts + join_asof by symbol, rows in memory"),
         ("polars, input order", pl_order_runs, "the same + sort back to input order, as get_historical returns"),
@@ -465,11 +512,70 @@ def historical(emit: Callable[[str], None], root: Path, n_symbols: int, n_lookup
             f"get_historical {name} within {TARGET_RATIO}x of bare polars (best vs best): {ratio:.2f}x -> "
             f"{'PASS' if ratio <= TARGET_RATIO else 'FAIL'} (median vs median: {statistics.median(ts) / pl_med:.2f}x)"
         )
+    fb, fm = best_median(floor_cold)
+    ratio = min(cold) / fb
+    verdicts.append(f"get_historical cold within {TARGET_COLD_FLOOR}x of the floor (one Parquet file + join_asof +"
+                    f" input order, best vs best): {ratio:.2f}x -> {'PASS' if ratio <= TARGET_COLD_FLOOR else 'FAIL'}"
+                    f" (median vs median: {statistics.median(cold) / fm:.2f}x)")
+    ratio = min(warm) / pl_best
+    verdicts.append(f"get_historical warm within {TARGET_WARM_BARE}x of a bare in-memory join_asof (best vs best):"
+                    f" {ratio:.2f}x -> {'PASS' if ratio <= TARGET_WARM_BARE else 'FAIL'}"
+                    f" (median vs median: {statistics.median(warm) / pl_med:.2f}x)")
     return [
         *verdicts,
         f"get_historical peak RSS < {TARGET_RSS_MB:,.0f} MB: {peak:,.0f} MB -> "
         f"{'PASS' if peak < TARGET_RSS_MB else 'FAIL'}",
     ]
+
+
+def incremental(emit: Callable[[str], None], root: Path, n_symbols: int, n_lookups: int, cold_runs: int) -> list[str]:
+    """The many-incremental-backfills store: the daily bars ingested and backfilled up to the last INCREMENTS
+    bars, then one bar more per symbol and a backfill, INCREMENTS times (compaction off: one entry per symbol and
+    backfill); cold get_historical on it, then on a copy compacted (``Store.compact``), and the floor."""
+    bars = synthetic_bars(n_symbols, HIST_BARS, seed=SEED)
+    day = pl.col("ts").rank("dense") - 1
+    saved = compact_module.AUTO_ENTRIES
+    compact_module.AUTO_ENTRIES = 1 << 62  # off while the small entries pile up
+    t0 = time.perf_counter()
+    try:
+        with Store.open(root / "loose") as store:
+            for cut in range(HIST_BARS - INCREMENTS, HIST_BARS + 1):
+                store.ingest(bars.filter(day < cut))
+                store.backfill(standard_features())
+            rows = store.read(FS)
+            entries = store.catalog.feature_entries(FS, store.registry.get(FS).version)
+    finally:
+        compact_module.AUTO_ENTRIES = saved
+    build_s = time.perf_counter() - t0
+    shutil.copytree(root / "loose", root / "packed")
+    with Store.open(root / "packed") as store:
+        report = store.compact(FS)
+        packed_rows = store.read(FS)
+        packed_files = len({e.path for e in store.catalog.feature_entries(FS, store.registry.get(FS).version)})
+    if not packed_rows.equals(rows):
+        raise SystemExit("ABORT: the compacted store reads other rows than the uncompacted one")
+    floor_file = root / "floor.parquet"
+    rows.write_parquet(floor_file, compression="zstd", compression_level=1, statistics=True)
+    loose, packed, floor = [], [], []
+    for _ in range(cold_runs):  # alternating, so all three see the same machine load
+        loose.append(run_worker(root / "loose", n_symbols, n_lookups, 1).cold)
+        packed.append(run_worker(root / "packed", n_symbols, n_lookups, 1).cold)
+        floor.append(run_worker(floor_file, n_symbols, n_lookups, 1, "--floor-worker").cold)
+    emit(f"after {INCREMENTS} incremental backfills: {n_symbols} symbols x {HIST_BARS:,} daily bars,"
+         f" {rows.height:,} rows of {FS} in {len(entries):,} entries / {len({e.path for e in entries}):,} files"
+         f" (built in {build_s:.1f} s)")
+    emit(f"  compact: {report.entries:,} entries, {report.rows:,} rows -> {packed_files} file(s)"
+         f" in {report.seconds:.2f} s")
+    fb, fm = best_median(floor)
+    emit(f"  {'cold get_historical':<24} {'N':>2} {'best s':>7} {'vs floor':>9} {'median s':>9} {'vs floor':>9}")
+    for name, ts in (("not compacted", loose), ("compacted", packed), ("floor (one Parquet file)", floor)):
+        b, m = best_median(ts)
+        emit(f"  {name:<24} {len(ts):>2} {b:>7.3f} {b / fb:>8.2f}x {m:>9.3f} {m / fm:>8.2f}x  runs: "
+             + ", ".join(f"{t:.3f}" for t in ts))
+    ratio = min(packed) / fb
+    return [f"after {INCREMENTS} incremental backfills, compacted cold within {TARGET_COLD_FLOOR}x of the floor"
+            f" (best vs best): {ratio:.2f}x -> {'PASS' if ratio <= TARGET_COLD_FLOOR else 'FAIL'} (not compacted:"
+            f" {min(loose) / fb:.2f}x; compacted {min(loose) / min(packed):.1f}x faster than not)"]
 
 
 def backfill(emit: Callable[[str], None], root: Path, n_symbols: int, runs: int, noop_runs: int) -> list[str]:

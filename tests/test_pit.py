@@ -88,8 +88,9 @@ def make_bars(series: dict[str, list[tuple[datetime, float]]]) -> pl.DataFrame:
 
 
 def check_against_reference(store: Store, bars: pl.DataFrame, lag: timedelta, ttl: timedelta | None,
-                            lookups: list[tuple[str, datetime]]) -> list[str]:
-    """Backfill both sets, query them alone and together, compare with the reference; returns the statuses."""
+                            lookups: list[tuple[str, datetime]], compacted: bool = False) -> list[str]:
+    """Backfill both sets, query them alone and together, compare with the reference; returns the statuses.
+    ``compacted``: each set's entries are compacted into one file first (pitstore.compact)."""
     sets = [base_set(), lagged_set(lag, ttl)]
     # Every read applies the effective TTL: a set's own, else its timeframe's default (pitstore.rules).
     rules = {"base": (timedelta(0), effective_ttl(None, "1m")), "lagged": (lag, effective_ttl(ttl, "1m", lag))}
@@ -97,6 +98,8 @@ def check_against_reference(store: Store, bars: pl.DataFrame, lag: timedelta, tt
     refs: dict[str, list[tuple[dict[str, float | None], str]]] = {}
     for fs in sets:
         store.backfill(fs)
+        if compacted:
+            store.compact(fs.name)
         computed = pitstore.compute(fs, bars)
         stored = store.read(fs.name)
         assert stored.equals(computed), f"{fs.name}: stored rows differ from pitstore.compute"
@@ -170,14 +173,15 @@ def scenarios(draw: st.DrawFn) -> tuple[pl.DataFrame, timedelta, timedelta | Non
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(scenarios())
+@given(scenarios(), st.booleans())
 def test_get_historical_equals_brute_force(
-    scenario: tuple[pl.DataFrame, timedelta, timedelta | None, list[tuple[str, datetime]]],
+    scenario: tuple[pl.DataFrame, timedelta, timedelta | None, list[tuple[str, datetime]]], compacted: bool,
 ) -> None:
-    """get_historical equals a brute-force as-of scan (lag, TTL edge, statuses, order, pass-through)."""
+    """get_historical equals a brute-force as-of scan (lag, TTL edge, statuses, order, pass-through), on stored
+    entries as written and compacted."""
     bars, lag, ttl, lookups = scenario
     with tempfile.TemporaryDirectory() as root, Store.open(root) as store:
-        statuses = check_against_reference(store, bars, lag, ttl, lookups)
+        statuses = check_against_reference(store, bars, lag, ttl, lookups, compacted)
     for status in sorted(set(statuses)):
         event(f"lagged set served {status!r}")
 
@@ -218,6 +222,8 @@ def test_one_million_lookups_equal_pandas_merge_asof(tmp_path: Any) -> None:
     with Store.open(tmp_path / "store") as store:
         store.ingest(bars)
         store.backfill(fs)
+        # 500 symbols: the backfill compacted them (pitstore.compact.AUTO_ENTRIES); read from one file
+        assert {e.path.rsplit("/", 2)[1] for e in store.catalog.feature_entries("big", 1)} == {"compacted"}
         t1 = time.perf_counter()
         known = bars["symbol"].unique().sort().to_list()
         symbols = np.array([*known, *[f"UNKNOWN{i}" for i in range(5)]])

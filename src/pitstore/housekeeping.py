@@ -22,6 +22,7 @@ from typing import Any
 import polars as pl
 
 from pitstore import backfill as _backfill
+from pitstore import compact as _compact
 from pitstore import versions as _versions
 from pitstore.atomic import TMP_SUFFIX
 from pitstore.cache.core import CACHE_DIR, ComputeCache
@@ -31,6 +32,7 @@ from pitstore.errors import CacheCorruptionError, InvalidInputError
 from pitstore.features.base import FeatureSet
 from pitstore.features.engine import compute_frame
 from pitstore.features.registry import fingerprint
+from pitstore.filenames import safe_name
 from pitstore.offline import check_file, content_hash, encode_symbol, put_entry, read_entries, write_entry
 from pitstore.storage import Storage
 
@@ -58,6 +60,7 @@ class GcReport:
     busy: list[str] = field(default_factory=list)  # left alone: a process holds their key (or lease: "name@v")
     lock_files: int = 0
     bytes_freed: int = 0
+    compacted: list[str] = field(default_factory=list)  # versions whose entries were compacted ("name@v")
     vacuumed: bool = False
     seconds: float = 0.0
 
@@ -102,7 +105,8 @@ def gc(
     superseded_before: int | None = None,
 ) -> GcReport:
     """Delete stale cache entries, files nobody refers to, rows whose file is gone and versions beyond
-    ``max_versions`` per feature set (among those with stored entries); then VACUUM/ANALYZE the catalog.
+    ``max_versions`` per feature set (among those with stored entries); compact versions with more than
+    :data:`pitstore.compact.AUTO_ENTRIES` small entries; then VACUUM/ANALYZE the catalog.
     ``dry_run`` only reports. A version whose entries are deleted is retired: no longer listed, and reading it
     raises VersionNotFoundError (registering its definition again brings the number back).
     ``superseded_before`` (µs; :func:`pitstore.retention.gc_horizon`): bar snapshots and feature entries
@@ -149,8 +153,12 @@ def gc(
         _drop_superseded(catalog, superseded_before, report, delete_file)
     bars = catalog.all_bar_entries()
     features = catalog.all_feature_entries()
+    sizes: dict[str, int | None] = {}  # compacted entries share a file: asked once
     for table, rows in (("bar_entries", bars), ("feature_entries", features)):
-        gone = [r for r in rows if storage.size(r.path) is None]
+        for r in rows:
+            if r.path not in sizes:
+                sizes[r.path] = storage.size(r.path)
+        gone = [r for r in rows if sizes[r.path] is None]
         report.missing_files.extend(r.path for r in gone)
         if gone and not dry_run:
             catalog.drop_rows(table, [r.id for r in gone])
@@ -163,9 +171,17 @@ def gc(
         report.busy.extend(versions.busy)
         report.bytes_freed += versions.bytes_freed
 
+    # Small entries folded into few files (pitstore.compact); the files they leave go under the version's lease.
+    compacted = _compact.compact(root, storage, catalog, dry_run=dry_run, min_entries=_compact.AUTO_ENTRIES + 1)
+    report.compacted = compacted.versions
+    for label in compacted.held:  # their old files are left for a later gc, like any busy version's
+        if label not in report.busy:
+            report.busy.append(label)
+
     # 3. Files no row refers to: temporaries of crashed writers and published-but-never-committed files.
     referenced = catalog.referenced_paths()
     now = time.time()
+    leases = _version_dirs(catalog)
     for top in DATA_DIRS:
         for obj in storage.list(top):  # hidden directories (the cache's .locks) are never listed
             name = obj.path.rsplit("/", 1)[-1]
@@ -182,7 +198,16 @@ def gc(
                         report.busy.append(obj.path)
             elif now - obj.mtime >= orphan_grace_seconds:
                 # Younger: perhaps an ingest or backfill between writing its file and committing its row.
-                delete_file(obj.path, report.orphan_files, obj.size)
+                lease = leases.get(obj.path.rsplit("/", 2)[0]) if top == "features" else None
+                if lease is None:
+                    delete_file(obj.path, report.orphan_files, obj.size)
+                    continue
+                # A file compaction left (old, so no grace): a reader that listed it before may still read it.
+                with _versions._exclusive(root, *lease, dry_run=dry_run) as holding:
+                    if holding:
+                        delete_file(obj.path, report.orphan_files, obj.size)
+                    elif (label := f"{lease[0]}@{lease[1]}") not in report.busy:
+                        report.busy.append(label)
 
     if not dry_run:
         report.lock_files = cache.locks.remove_unused()
@@ -190,6 +215,12 @@ def gc(
         report.vacuumed = True
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def _version_dirs(catalog: Catalog) -> dict[str, tuple[str, int]]:
+    """The directory of each live version's feature entries -> (name, version): whose lease guards its files."""
+    return {f"features/{safe_name(name)}/v{row.version}": (name, row.version)
+            for name in catalog.names() for row in catalog.versions(name)}
 
 
 def _drop_superseded(catalog: Catalog, before: int, report: GcReport,
@@ -200,8 +231,11 @@ def _drop_superseded(catalog: Catalog, before: int, report: GcReport,
     else:
         bars, features = catalog.drop_superseded(before)  # rows first: no reader finds a row without its file
         old = [*bars, *features]
-    for e in old:
-        delete_file(e.path, report.superseded)
+    # A compacted file holds kept entries too: it goes with its last row (never while a row points to it).
+    kept = catalog.referenced_paths() if any(_compact.is_compacted(e.path) for e in old) else set()
+    for path in dict.fromkeys(e.path for e in old):
+        if path not in kept:
+            delete_file(path, report.superseded)
 
 
 @dataclass(frozen=True)
@@ -226,6 +260,7 @@ def _check(root: Path, catalog: Catalog, cache: ComputeCache) -> tuple[int, list
         except CacheCorruptionError as exc:
             broken.append(_Broken("cache", entry.path, str(exc), entry))
     storage = cache.storage
+    seen: dict[str, str | None] = {}  # compacted entries share a file: checked once
     for bar in catalog.all_bar_entries():
         checked += 1
         what = _check_bars(storage, bar)
@@ -233,7 +268,7 @@ def _check(root: Path, catalog: Catalog, cache: ComputeCache) -> tuple[int, list
             broken.append(_Broken("bars", bar.path, what, bar))
     for feat in catalog.all_feature_entries():
         checked += 1
-        what = _check_features(storage, feat)
+        what = seen[feat.path] if feat.path in seen else seen.setdefault(feat.path, _check_features(storage, feat))
         if what is not None:
             broken.append(_Broken("features", feat.path, what, feat))
     for archive in catalog.history_archives():
@@ -326,7 +361,12 @@ class _Repair:
 
     def _drop(self, table: str, entry: BarEntry | FeatureEntry) -> None:
         self.catalog.drop_rows(table, [entry.id])  # the row first: a reader never finds a row without its file
-        self.storage.delete(entry.path)
+        self._release(entry.path)
+
+    def _release(self, path: str) -> None:
+        """Delete ``path`` unless a row still points to it (the other entries of a compacted file)."""
+        if not _compact.is_compacted(path) or path not in self.catalog.referenced_paths():
+            self.storage.delete(path)
 
     def _bars(self, bar: BarEntry, bad: set[int]) -> None:
         history = self.catalog.bar_history(bar.symbol, 0)
@@ -390,9 +430,12 @@ class _Repair:
         part = compute_frame(fs.features, bars).filter(epochs.is_between(feat.first_ts, feat.last_ts))
         if part.height != feat.n_rows:
             return False
-        path, size, digest = put_entry(self.storage, feat.path.rsplit("/", 1)[0], part)
+        directory = feat.path.rsplit("/", 1)[0]
+        if _compact.is_compacted(feat.path):  # out of the shared file, into one of its own
+            directory = f"{directory.rsplit('/', 1)[0]}/{encode_symbol(feat.symbol)}"
+        path, size, digest = put_entry(self.storage, directory, part)
         self.catalog.replace_feature_file(feat.id, path, size, digest)
-        self.storage.delete(feat.path)
+        self._release(feat.path)
         return True
 
     def _recompute(self, fs: FeatureSet, feat: FeatureEntry) -> bool:

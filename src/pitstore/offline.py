@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import logging
 import mmap
 import os
@@ -12,7 +13,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import cast
 
+import numpy as np
 import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from pitstore.catalog.base import FeatureEntry
 from pitstore.datahash import file_hash, table_hash
@@ -22,8 +26,8 @@ from pitstore.memo import BytesLRU
 from pitstore.rules import from_us
 from pitstore.storage import Storage, as_storage
 
-__all__ = ["CheckedRead", "EntryReader", "check_file", "content_hash", "encode_symbol", "file_facts", "put_entry",
-           "read_entries", "write_entry"]
+__all__ = ["COMPACTED_DIR", "GROUPS_KEY", "CheckedRead", "EntryReader", "check_file", "content_hash", "encode_symbol",
+           "file_facts", "is_compacted", "put_entry", "read_compacted", "read_entries", "write_entry"]
 
 log = logging.getLogger("pitstore.offline")
 _UNREADABLE = (OSError, pl.exceptions.PolarsError)
@@ -33,6 +37,19 @@ _COMPRESSION_LEVEL = 1  # zstd level: float features barely compress, level 1 wr
 # (pitstore.prune); polars' default (262,144) makes a 98k-bar file one group, decoded whole for one look-up.
 ROW_GROUP_ROWS = 16_384
 _RAM_FRACTION = 8  # by default an EntryReader keeps decoded reads up to 1/8 of the machine's memory
+
+
+# Compacted files (pitstore.compact) live in this directory of a version's entries; symbol directories all start
+# with "s_", so no symbol can name it. An entry whose path is in it shares the file with other entries: its rows
+# are those of its symbol with first_ts <= ts <= last_ts (entries of one symbol in a file never overlap).
+COMPACTED_DIR = "compacted"
+# Key of the compacted file's Parquet metadata listing its row groups: [symbol, rows, first ts, last ts] each.
+GROUPS_KEY = b"pitstore.groups"
+
+
+def is_compacted(path: str) -> bool:
+    """Whether ``path`` is a compacted file holding the rows of many entries (see :mod:`pitstore.compact`)."""
+    return f"/{COMPACTED_DIR}/" in path
 
 
 def encode_symbol(symbol: str) -> str:
@@ -164,6 +181,67 @@ def _scan(storage: Storage, paths: Sequence[str], columns: Sequence[str] | None,
     return pl.concat(frames, how="vertical").rechunk()
 
 
+Groups = list[tuple[str, int, int, int]]  # per row group of a compacted file: symbol, rows, first ts, last ts
+
+
+def _open_compacted(storage: Storage, path: str) -> tuple[pq.ParquetFile, Groups]:
+    local = storage.local_path(path)
+    source: str | pa.BufferReader = str(local) if local is not None else pa.BufferReader(storage.read(path))
+    pf = pq.ParquetFile(source, memory_map=local is not None)
+    raw = (pf.metadata.metadata or {}).get(GROUPS_KEY)
+    if raw is None:
+        raise pl.exceptions.ComputeError(f"{path} has no {GROUPS_KEY.decode()} metadata")
+    groups = [(str(g[0]), int(g[1]), int(g[2]), int(g[3])) for g in json.loads(raw)]
+    if len(groups) != pf.metadata.num_row_groups:
+        raise pl.exceptions.ComputeError(f"{path}: {len(groups)} groups listed, {pf.metadata.num_row_groups} stored")
+    return pf, groups
+
+
+def read_compacted(storage: Storage, path: str, wanted: Sequence[tuple[FeatureEntry, Span]],
+                   columns: Sequence[str] | None) -> pl.DataFrame:
+    """The rows of ``wanted`` entries of the compacted file ``path``, each cut to its span, in file order (by
+    symbol, then ts). Only the row groups holding them are decoded; when they are the whole file it is read as
+    one polars read (what a bare read of one Parquet file costs)."""
+    whole = sum(e.n_rows for e, span in wanted if span == (None, None))
+    local = storage.local_path(path)
+    cols = list(columns) if columns is not None else None
+    pf, groups = _open_compacted(storage, path)
+    if whole == sum(g[1] for g in groups):  # every row of the file is wanted: no group to skip, no row to cut
+        if local is not None:
+            return pl.read_parquet(local, columns=cols)
+        return pl.from_arrow(pf.read(columns=cols))  # type: ignore[return-value]
+    keep: dict[str, list[tuple[int, int]]] = {}
+    for e, (lo, hi) in wanted:
+        keep.setdefault(e.symbol, []).append((e.first_ts if lo is None else max(lo, e.first_ts),
+                                              e.last_ts if hi is None else min(hi, e.last_ts)))
+    chosen = [i for i, (sym, _, first, last) in enumerate(groups)
+              if any(a <= last and b >= first for a, b in keep.get(sym, ()))]
+    read_cols = cols if cols is None or "ts" in cols else [*cols, "ts"]
+    df: pl.DataFrame = pl.from_arrow(pf.read_row_groups(chosen, columns=read_cols))  # type: ignore[assignment]
+    if not chosen:
+        return df if cols is None else df.select(cols)
+    ts = df["ts"].dt.epoch("us").to_numpy()
+    starts, ends = [], []
+    offset = 0
+    for i in chosen:  # each group holds one symbol, sorted by ts: its wanted rows are searchsorted ranges
+        sym, n = groups[i][0], groups[i][1]
+        spans = np.asarray(keep[sym], dtype=np.int64)
+        part = ts[offset:offset + n]
+        starts.append(offset + np.searchsorted(part, spans[:, 0], "left"))
+        ends.append(offset + np.searchsorted(part, spans[:, 1], "right"))
+        offset += n
+    a, b = np.concatenate(starts), np.concatenate(ends)
+    order = np.argsort(a, kind="stable")
+    a, b = a[order], b[order]
+    nonempty = b > a
+    a, b = a[nonempty], b[nonempty]
+    if not (len(a) == 1 and a[0] == 0 and b[0] == df.height):
+        lengths = b - a
+        index = np.repeat(a - np.concatenate(([0], np.cumsum(lengths)[:-1])), lengths) + np.arange(lengths.sum())
+        df = df[index]
+    return df if cols is None else df.select(cols)
+
+
 def read_entries(data: Storage | Path, paths: Sequence[str], columns: Sequence[str] | None = None
                  ) -> pl.DataFrame | None:
     """Read and concatenate entries (in the given order); None when there are none.
@@ -229,45 +307,95 @@ class EntryReader:
             self._memo.put(key, df)
         return df
 
+    def read_of(self, entries: Sequence[FeatureEntry], columns: Sequence[str]) -> pl.DataFrame | None:
+        """The rows of ``entries`` (whole), as :meth:`read` reads files: compacted ones cut to their entries.
+        Not hash-checked (as :meth:`read`)."""
+        key = (("\0of", *(f"{e.id}:{e.path}" for e in entries)), tuple(columns))
+        hit = self._memo.get(key)
+        if hit is not None:
+            return cast(pl.DataFrame, hit)
+        df = self._rows([(e, (None, None)) for e in entries], columns, None)
+        if df is not None:
+            self._memo.put(key, df)
+        return df
+
     def read_checked(self, entries: Sequence[FeatureEntry], columns: Sequence[str],
-                     spans: Mapping[str, Span] | None = None) -> CheckedRead:
-        """The rows of the intact ``entries`` and the problem of each damaged one (missing, truncated, not
+                     spans: Mapping[int, Span] | None = None) -> CheckedRead:
+        """The rows of the intact ``entries`` and the problem of each damaged file (missing, truncated, not
         matching its recorded size or hash, undecodable), each logged as a warning: one damaged file must not
         fail a read of every symbol. Hashing reads every byte once per decode; cached results skip it.
 
-        ``spans`` (path -> ts bounds, see :mod:`pitstore.prune`): only those entries are decoded, each only
+        ``spans`` (entry id -> ts bounds, see :mod:`pitstore.prune`): only those entries are decoded, each only
         within its span; every entry is still checked, so a damaged one marks its symbol whether it is read or
-        not (the statuses of a pruned read are those of a full one).
+        not (the statuses of a pruned read are those of a full one). Returns damaged files by path: a compacted
+        file damages every entry in it.
         """
-        wanted = [e for e in entries if spans is None or e.path in spans]
-        bounds = None if spans is None else [spans[e.path] for e in wanted]
-        key = (("\0checked", *(e.path for e in entries)), (*columns, "\0spans", *map(str, bounds or ())))
+        wanted = [(e, (None, None) if spans is None else spans[e.id]) for e in entries
+                  if spans is None or e.id in spans]
+        key = (("\0checked", *(f"{e.id}:{e.path}" for e in entries)),
+               (*columns, "\0spans", *("" if spans is None else f"{e.id}:{b}" for e, b in wanted)))
         hit = self._memo.get(key)
         if hit is not None:  # only intact reads are cached: damage is re-checked and re-logged every time
             return cast(pl.DataFrame, hit), {}
-        damaged = {e.path: what for e in entries if (what := self._check(e)) is not None}
-        good = [(e, b) for e, b in zip(wanted, bounds or [(None, None)] * len(wanted), strict=True)
-                if e.path not in damaged]
-        rows = None
-        if good:
-            try:
-                rows = _scan(self.storage, [e.path for e, _ in good], columns,
-                             None if spans is None else _groups([e for e, _ in good], [b for _, b in good]))
-            except _UNREADABLE:
-                parts = []
-                for e, b in good:  # find the undecodable ones (entries recorded without a hash)
-                    try:
-                        parts.append(_scan(self.storage, [e.path], columns,
-                                           None if spans is None else [([e.path], b)]))
-                    except _UNREADABLE as exc:
-                        damaged[e.path] = f"undecodable: {exc}"
-                rows = pl.concat(parts).rechunk() if parts else None
+        damaged: dict[str, str] = {}
+        for e in {e.path: e for e in entries}.values():  # once per file: compacted entries share one
+            what = self._check(e)
+            if what is not None:
+                damaged[e.path] = what
+        good = [(e, b) for e, b in wanted if e.path not in damaged]
+        rows = self._rows(good, columns, damaged) if good else None
         if not damaged and rows is not None:
             self._memo.put(key, rows)
         for p, what in damaged.items():
             log.warning("damaged entry %s: %s; its symbol reads as 'damaged' (run `pitstore verify --repair`)",
                         p, what)
         return rows, damaged
+
+    def _rows(self, wanted: Sequence[tuple[FeatureEntry, Span]], columns: Sequence[str],
+              damaged: dict[str, str] | None) -> pl.DataFrame | None:
+        """Decode ``wanted`` (entry, span), plain files together and each compacted file in one read; files that
+        cannot be decoded go to ``damaged`` (None: raise CacheCorruptionError)."""
+        plain = [(e, b) for e, b in wanted if not is_compacted(e.path)]
+        packed: dict[str, list[tuple[FeatureEntry, Span]]] = {}
+        for e, b in wanted:
+            if is_compacted(e.path):
+                packed.setdefault(e.path, []).append((e, b))
+        pieces: list[tuple[pl.DataFrame, set[str]]] = []
+        if plain:
+            cut = any(b != (None, None) for _, b in plain)
+            groups = _groups([e for e, _ in plain], [b for _, b in plain]) if cut else None
+            try:
+                pieces.append((_scan(self.storage, [e.path for e, _ in plain], columns, groups),
+                               {e.symbol for e, _ in plain}))
+            except _UNREADABLE as exc:
+                if damaged is None:
+                    raise CacheCorruptionError(f"stored entries cannot be read: {exc}") from exc
+                for e, b in plain:  # find the undecodable ones (entries recorded without a hash)
+                    try:
+                        pieces.append((_scan(self.storage, [e.path], columns, [([e.path], b)] if cut else None),
+                                       {e.symbol}))
+                    except _UNREADABLE as one:
+                        damaged[e.path] = f"undecodable: {one}"
+        for path, own in packed.items():
+            try:
+                pieces.append((read_compacted(self.storage, path, own, columns), {e.symbol for e, _ in own}))
+            except _UNREADABLE as exc:
+                if damaged is None:
+                    raise CacheCorruptionError(f"stored entry {path} is damaged ({exc}); run `pitstore verify"
+                                               " --repair`") from exc
+                damaged[path] = f"undecodable: {exc}"
+        if not pieces:
+            return None
+        if len(pieces) == 1:
+            return pieces[0][0]
+        rows = pl.concat([p for p, _ in pieces], how="vertical").rechunk()
+        seen: set[str] = set()
+        shared = False
+        for _, syms in pieces:
+            shared = shared or not seen.isdisjoint(syms)
+            seen |= syms
+        # A symbol in several files (new entries since its compaction): back to time order within the symbol.
+        return rows.sort("symbol", "ts", maintain_order=True) if shared else rows
 
     def _check(self, e: FeatureEntry) -> str | None:
         """:func:`check_file`, once per file version: a file found intact is not hashed again while its size,

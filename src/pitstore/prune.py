@@ -56,12 +56,13 @@ def windows_of(spine: pl.DataFrame, lag: timedelta, ttl: timedelta | None) -> di
             for s, lo, hi in per.iter_rows()}
 
 
-def window_spans(entries: Sequence[FeatureEntry], windows: dict[str, Window]) -> dict[str, Span]:
-    """The entries (by path) the look-ups need, each with the span of its rows to decode."""
+def window_spans(entries: Sequence[FeatureEntry], windows: dict[str, Window]) -> dict[int, Span]:
+    """The entries (by id: compacted entries share a path) the look-ups need, each with the span of its rows to
+    decode."""
     by_symbol: dict[str, list[FeatureEntry]] = {}
     for e in entries:
         by_symbol.setdefault(e.symbol, []).append(e)
-    out: dict[str, Span] = {}
+    out: dict[int, Span] = {}
     for symbol, own in by_symbol.items():
         w = windows.get(symbol)
         if w is None:
@@ -74,17 +75,17 @@ def window_spans(entries: Sequence[FeatureEntry], windows: dict[str, Window]) ->
     return out
 
 
-def range_spans(entries: Sequence[FeatureEntry], start: int | None, end: int | None) -> dict[str, Span]:
+def range_spans(entries: Sequence[FeatureEntry], start: int | None, end: int | None) -> dict[int, Span]:
     """The entries a range read of ``[start, end]`` needs, each with its span."""
     return _spans(entries, start, end)
 
 
-def _spans(entries: Sequence[FeatureEntry], lo: int | None, hi: int | None) -> dict[str, Span]:
-    out: dict[str, Span] = {}
+def _spans(entries: Sequence[FeatureEntry], lo: int | None, hi: int | None) -> dict[int, Span]:
+    out: dict[int, Span] = {}
     for e in entries:
         if (lo is not None and e.last_ts < lo) or (hi is not None and e.first_ts > hi):
             continue  # no row of it can be needed
         # Bounds the entry lies within are dropped: no filter to evaluate for a file read whole.
-        out[e.path] = (lo if lo is not None and e.first_ts < lo else None,
+        out[e.id] = (lo if lo is not None and e.first_ts < lo else None,
                        hi if hi is not None and e.last_ts > hi else None)
     return out

@@ -75,7 +75,7 @@ class Loaded:
     first_ts: dict[str, int]  # symbol -> its first stored ts (µs), whether or not ``rows`` were cut to a span
 
 
-Needs = Callable[[Sequence[FeatureEntry]], dict[str, Span]]  # which entries a read needs, and which rows of them
+Needs = Callable[[Sequence[FeatureEntry]], dict[int, Span]]  # which entries a read needs, and which rows of them
 
 
 def load(reader: EntryReader, catalog: Catalog, sel: Selection, symbols: Sequence[str] | None,
@@ -92,8 +92,8 @@ def load(reader: EntryReader, catalog: Catalog, sel: Selection, symbols: Sequenc
         rows, broken = reader.read_checked(entries, ["symbol", "ts", *sel.columns], spans)
     damaged: dict[str, list[str]] = {}
     for e in entries:
-        if e.path in broken:
-            damaged.setdefault(e.symbol, []).append(e.path)
+        if e.path in broken and e.path not in (files := damaged.setdefault(e.symbol, [])):
+            files.append(e.path)  # once: the entries of a compacted file share it
     if rows is None:
         rows = pl.DataFrame(schema={"symbol": pl.String, "ts": pl.Datetime("us", "UTC"),
                                     **dict.fromkeys(sel.columns, pl.Float64)})

@@ -204,10 +204,10 @@ class TierRouter:
             entries = self.catalog.feature_entries(name, version, symbols)
             if not entries:
                 ensure_live(self.catalog, name, version)
-            last: dict[str, str] = {}
+            last: dict[str, FeatureEntry] = {}
             for e in entries:  # ordered by symbol, then time: the last one of a symbol holds its newest row
-                last[e.symbol] = e.path
-            df = self.reader.read(list(last.values()), ["symbol", "ts", *cols])
+                last[e.symbol] = e
+            df = self.reader.read_of(list(last.values()), ["symbol", "ts", *cols])
         if df is None:
             return pl.DataFrame()
         return df.group_by("symbol", maintain_order=True).last()

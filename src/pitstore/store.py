@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 import polars as pl
 
 from pitstore import backfill as _backfill
+from pitstore import compact as _compact
 from pitstore import housekeeping, reads, retention, scale, tiering
 from pitstore import ingest as _ingest
 from pitstore import versions as _versions
@@ -191,6 +192,10 @@ class Store:
                                                               **_partition(partition_rows))
         else:
             report = _backfill.backfill(*args, **kwargs)
+        if report.full or report.incremental:
+            # Many small entries make every cold read open many files: fold them into few (pitstore.compact).
+            _compact.compact(self.root, self.storage, self.catalog, feature_set=feature_set.name, version=version,
+                             min_entries=_compact.AUTO_ENTRIES + 1)
         if report.full:
             # Recomputed symbols (restatements): the serving tiers must not keep serving the old values.
             self.serving.refresh(feature_set.name, version, report.full)
@@ -407,6 +412,14 @@ class Store:
         return housekeeping.gc(self.root, self.catalog, self.cache, retention_weeks=retention_weeks,
                                max_versions=max_versions, dry_run=dry_run, orphan_grace_seconds=orphan_grace_seconds,
                                superseded_before=retention.gc_horizon(self.settings.retention_days))
+
+    def compact(self, feature_set: str | FeatureSet | None = None, *, dry_run: bool = False) -> _compact.CompactReport:
+        """Rewrite the live entries of each version (of ``feature_set``; all when None) that has more than one
+        outside compacted files into few large files sorted by symbol (:mod:`pitstore.compact`). No answer
+        changes, ``as_known_at`` ones included; safe while other processes read and write."""
+        self._writes("compact feature entries")
+        name = feature_set.name if isinstance(feature_set, FeatureSet) else feature_set
+        return _compact.compact(self.root, self.storage, self.catalog, feature_set=name, dry_run=dry_run)
 
     def verify(self, *, repair: bool = False, feature_sets: Sequence[FeatureSet] = ()) -> housekeeping.VerifyReport:
         """Check every entry's file against the catalog (exists, size, hash); ``report.ok`` when all pass.

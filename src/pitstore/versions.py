@@ -191,7 +191,7 @@ def _retire(root: Path, storage: Storage, catalog: Catalog, name: str, version: 
             # (gc's orphan sweep removes them), never a row without its file.
             catalog.retire_versions([(name, version)], drop_entries=True)
         report.retired.append(label)
-        for e in rows:
+        for e in {e.path: e for e in rows}.values():  # compacted entries share a file
             if storage.size(e.path) is None:
                 continue  # its row was a missing-file row: nothing to free
             report.files.append(e.path)
@@ -220,7 +220,8 @@ def summaries(data: Storage | Path, catalog: Catalog, infos: Sequence[VersionInf
         out.append(VersionSummary(
             info.name, info.version, info.fingerprint, info.created_at, info.definition,
             entries=len(mine), live_entries=len(live), rows=sum(e.n_rows for e in live),
-            bytes=sum(_size(storage, e) for e in mine), symbols=len({e.symbol for e in live}),
+            bytes=sum(_size(storage, e) for e in {e.path: e for e in mine}.values()),  # a compacted file once
+            symbols=len({e.symbol for e in live}),
             online=_online(serving, table), history=_history(catalog, serving, table),
         ))
     return out

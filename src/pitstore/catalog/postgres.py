@@ -591,6 +591,23 @@ class PostgresCatalog:
             locks.close()
         self._link.close()
 
+    # --- compaction (pitstore.compact) -----------------------------------------------------------------
+
+    def repoint_features(self, moves: Sequence[tuple[int, str, str, int, str]]) -> int:
+        def op(conn: _Conn) -> int:
+            if not moves:
+                return 0
+            # One statement: each row is re-checked against its expected path under READ COMMITTED.
+            cur = conn.execute(
+                "UPDATE feature_entries f SET path = m.new, size = m.size, file_hash = m.digest"
+                " FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::bigint[], %s::text[])"
+                " AS m(id, old, new, size, digest) WHERE f.id = m.id AND f.path = m.old",
+                ([m[0] for m in moves], [m[1] for m in moves], [m[2] for m in moves], [m[3] for m in moves],
+                 [m[4] for m in moves]))
+            return cur.rowcount
+        return self._write("repoint compacted feature entries", op)
+
+
 
 class AdvisoryLocks(ProcessLocks):
     """Locks named by key across processes and machines: PostgreSQL session advisory locks, one connection per

@@ -492,6 +492,16 @@ class SqliteCatalog:
                         (uuid.uuid4().hex,))
             return str(cur.execute("SELECT value FROM store_meta WHERE key = 'store_id'").fetchone()[0])
 
+    # --- compaction (pitstore.compact) -----------------------------------------------------------------
+
+    def repoint_features(self, moves: Sequence[tuple[int, str, str, int, str]]) -> int:
+        with self._write("repoint compacted feature entries") as cur:
+            before = self._conn.total_changes
+            cur.executemany("UPDATE feature_entries SET path = ?, size = ?, file_hash = ? WHERE id = ? AND path = ?",
+                            [(new, size, digest, i, old) for i, old, new, size, digest in moves])
+            return self._conn.total_changes - before
+
+
 
 def _migrate(conn: sqlite3.Connection, lock: threading.Lock) -> None:
     """Bring a catalog created by an older pitstore up to the current schema (added columns are nullable)."""

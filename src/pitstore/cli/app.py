@@ -347,6 +347,7 @@ def demo(
 app.command()(listing.features)
 app.command()(listing.sets)
 app.command()(maintenance.gc)
+app.command()(maintenance.compact)
 app.command()(maintenance.verify)
 app.command()(_tier.tier)
 app.command()(serve.materialize)

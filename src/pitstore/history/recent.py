@@ -271,7 +271,7 @@ class HistoryTier:
         for e in todo:
             if done.get(e.id, e.last_ts + 1) <= max(cutoff, e.first_ts):
                 continue
-            df = reader.read([e.path], ["symbol", "ts", *columns])
+            df = reader.read_of([e], ["symbol", "ts", *columns])
             if df is None:
                 continue
             start = max(cutoff, e.first_ts)
