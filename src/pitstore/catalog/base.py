@@ -192,6 +192,13 @@ class FeatureEntries(Protocol):
         """Point a feature entry at a rebuilt copy of its file (same rows; ``verify --repair``)."""
         ...
 
+    def repoint_features(self, moves: Sequence[tuple[int, str, str, int, str]]) -> int:
+        """In one transaction, point feature entries at the compacted file now holding their rows: each move is
+        (entry id, the path it must still have, new path, new size, new xxh3-128). An entry deleted or repointed
+        meanwhile is left as it is (its rows in the new file are then unused). Nothing else of a row changes
+        (recorded_at, superseded_at: ``as_known_at`` answers stay the same). Returns the entries moved."""
+        ...
+
 
 class CacheIndex(Protocol):
     """The compute cache: its keys' entries and its counters per symbol."""
@@ -297,13 +304,4 @@ class Catalog(VersionRegistry, BarEntries, FeatureEntries, CacheIndex, AccessSta
 
     def store_id(self) -> str:
         """This store's identity, made once and kept: what keeps its rows apart on shared servers."""
-        ...
-
-    # --- compaction (pitstore.compact) -----------------------------------------------------------------
-
-    def repoint_features(self, moves: Sequence[tuple[int, str, str, int, str]]) -> int:
-        """In one transaction, point feature entries at the compacted file now holding their rows: each move is
-        (entry id, the path it must still have, new path, new size, new xxh3-128). An entry deleted or repointed
-        meanwhile is left as it is (its rows in the new file are then unused). Nothing else of a row changes
-        (recorded_at, superseded_at: ``as_known_at`` answers stay the same). Returns the entries moved."""
         ...

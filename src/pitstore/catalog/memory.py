@@ -248,6 +248,18 @@ class MemoryCatalog:
 
         self._write(f"repair feature entry {entry_id}", op)
 
+    def repoint_features(self, moves: Sequence[tuple[int, str, str, int, str]]) -> int:
+        def op(s: _State) -> int:
+            moved = 0
+            for entry_id, old, new, size, digest in moves:
+                e = s.features.get(entry_id)
+                if e is not None and e.path == old:
+                    s.features[entry_id] = e._replace(path=new, size=size, file_hash=digest)
+                    moved += 1
+            return moved
+
+        return self._write("repoint compacted feature entries", op)
+
     # --- compute cache ---------------------------------------------------------------------------------
 
     def cache_get(self, key: str) -> CacheEntry | None:

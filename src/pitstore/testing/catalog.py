@@ -385,6 +385,17 @@ class CatalogConformance:
         [b] = catalog.all_bar_entries()
         assert b == a._replace(appended_only=False) and not b.appended_only
 
+    def test_repoint_moves_only_entries_still_at_their_path(self, catalog: Catalog) -> None:
+        catalog.commit_bars(bar("A"), None)
+        catalog.commit_features(feature("A", 0, 9), supersede=[], expected_live=[])
+        catalog.commit_features(feature("B", 0, 9), supersede=[], expected_live=[])
+        f, g = catalog.all_feature_entries()
+        moved = catalog.repoint_features([(f.id, f.path, "feat/compacted/1", 900, "h1"),
+                                          (g.id, "feat/elsewhere", "feat/compacted/1", 900, "h1"),
+                                          (10_000_000, "feat/none", "feat/compacted/1", 900, "h1")])
+        assert moved == 1
+        assert catalog.all_feature_entries() == [f._replace(path="feat/compacted/1", size=900, file_hash="h1"), g]
+
     def test_vacuum_and_store_id(self, opener: Opener, catalog: Catalog) -> None:
         catalog.commit_bars(bar("A"), None)
         catalog.vacuum()
