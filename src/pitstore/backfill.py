@@ -31,7 +31,7 @@ from pitstore.features.library import is_window
 from pitstore.filenames import safe_name
 from pitstore.offline import encode_symbol, put_entry
 from pitstore.rules import to_us
-from pitstore.segments import read_bars, read_tail
+from pitstore.segments import TAIL_ROWS, PartReader, read_bars, read_tail
 from pitstore.spacing import check_spacing
 from pitstore.storage import Storage, as_storage
 
@@ -126,13 +126,16 @@ def plan(catalog: Catalog, feature_set: FeatureSet, version: int, symbols: Seque
     return plans
 
 
-def batches(plans: Sequence[_Plan], max_rows: int) -> Iterator[list[_Plan]]:
-    """Whole symbols in batches of about ``max_rows`` bars (one vectorised pass each keeps memory bounded)."""
+def batches(plans: Sequence[_Plan], max_rows: int, *, tail_reads: bool = False) -> Iterator[list[_Plan]]:
+    """Whole symbols in batches of about ``max_rows`` bars read (one vectorised pass each keeps memory bounded;
+    ``tail_reads``: the set is all window features, so incremental plans read only a tail)."""
     batch: list[_Plan] = []
     rows = 0
     for p in plans:
         batch.append(p)
-        rows += p.bars.n_rows
+        # With tail reads an incremental plan reads its new bars and a short tail before them, not the history.
+        new = p.bars.n_rows - sum(e.n_rows for e in p.live)
+        rows += p.bars.n_rows if p.full or not tail_reads else max(new, 0) + TAIL_ROWS
         if rows >= max_rows:
             yield batch
             batch, rows = [], 0
@@ -156,7 +159,9 @@ def backfill(
     storage = as_storage(data)
     report = BackfillReport(feature_set.name, version)
     start_us, end_us = _us(start), _us(end)
-    for batch in batches(plan(catalog, feature_set, version, symbols, start_us, end_us, report), 2_000_000):
+    tails = all(is_window(f) for f in feature_set.features)
+    for batch in batches(plan(catalog, feature_set, version, symbols, start_us, end_us, report), 2_000_000,
+                         tail_reads=tails):
         _run(storage, catalog, feature_set, version, batch, start_us, end_us, report, progress)
     return report
 
@@ -226,9 +231,10 @@ def _read_bars(storage: Storage, fs: FeatureSet, plans: Sequence[_Plan]) -> tupl
     whole = [p.bars for p in plans if p.full or p.after_us is None or not tail_ok]
     frames = [] if not whole else [read_bars(storage, whole)]
     starts: dict[str, int] = {}
+    reader = PartReader(storage)  # the symbols' tails share segment files and row groups: each decoded once
     for p in plans:
         if not (p.full or p.after_us is None or not tail_ok):
-            tail, starts[p.bars.symbol] = read_tail(storage, p.bars, p.after_us, lookback)
+            tail, starts[p.bars.symbol] = read_tail(reader, p.bars, p.after_us, lookback)
             frames.append(tail)
     kept = [f for f in frames if f is not None]
     return pl.concat(kept, how="vertical_relaxed") if len(kept) > 1 else kept[0], starts

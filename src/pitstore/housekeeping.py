@@ -33,7 +33,7 @@ from pitstore.features.base import FeatureSet
 from pitstore.features.engine import compute_frame
 from pitstore.features.registry import fingerprint
 from pitstore.offline import check_file, content_hash, encode_symbol, put_entry, write_entry
-from pitstore.segments import chained_hash, entry_paths, parts_of, read_bars, read_part
+from pitstore.segments import PartReader, chained_hash, entry_paths, parts_of, read_bars
 from pitstore.storage import Storage
 
 __all__ = ["GcReport", "VerifyReport", "gc", "verify"]
@@ -241,9 +241,10 @@ def _check(root: Path, catalog: Catalog, cache: ComputeCache) -> tuple[int, list
         except CacheCorruptionError as exc:
             broken.append(_Broken("cache", entry.path, str(exc), entry))
     storage = cache.storage
+    reader = PartReader(storage)
     for bar in catalog.all_bar_entries():
         checked += 1
-        what = _check_bars(storage, bar)
+        what = _check_bars(storage, bar, reader)
         if what is not None:
             broken.append(_Broken("bars", bar.path, what, bar))
     for feat in catalog.all_feature_entries():
@@ -259,20 +260,22 @@ def _check(root: Path, catalog: Catalog, cache: ComputeCache) -> tuple[int, list
     return checked, broken
 
 
-def _check_bars(storage: Storage, bar: BarEntry) -> str | None:
+def _check_bars(storage: Storage, bar: BarEntry, reader: PartReader | None = None) -> str | None:
+    """What is wrong with ``bar``'s files (``reader``: shared by the checks of one verify run, so a segment
+    file that many snapshots list is parsed once)."""
     if bar.parts is not None:  # a base and appended segments: each part against its own row count and hash
         parts = parts_of(bar)
         if sum(p.n_rows for p in parts) != bar.n_rows or chained_hash(parts) != bar.content_hash:
             return "its parts do not add up to the snapshot the catalog records"
         for part in parts:
             try:
-                df = read_part(storage, part)
+                df = (reader or PartReader(storage)).part(part)
             except (*_UNREADABLE, pa.ArrowException, CacheCorruptionError) as exc:
                 return f"unreadable part {part.path}: {exc}"
             if df.height != part.n_rows:
                 return f"part {part.path}: {df.height} rows, the catalog says {part.n_rows}"
             if content_hash(df) != part.content_hash:
-                return f"part {part.path} (row group {part.row_group}) does not match its hash"
+                return f"part {part.path} (rows from {part.offset}) does not match its hash"
         return None
     try:
         df = _read(storage, bar.path)

@@ -36,8 +36,17 @@ from pitstore.catalog.base import BarEntry, Catalog
 from pitstore.errors import CacheCorruptionError, ConflictError, InvalidInputError
 from pitstore.frames import to_polars
 from pitstore.layout import BarLayout
-from pitstore.offline import content_hash, encode_symbol, write_entry
-from pitstore.segments import Part, chained_hash, encode_parts, parts_of, read_bars, read_part, write_segment
+from pitstore.offline import content_hash, encode_symbol
+from pitstore.segments import (
+    Part,
+    chained_hash,
+    encode_parts,
+    parts_of,
+    read_bars,
+    read_part,
+    write_base,
+    write_segment,
+)
 from pitstore.storage import Storage, as_storage
 
 __all__ = ["IngestReport", "ingest", "load_bars_source"]
@@ -285,7 +294,7 @@ def _read_verified(data: Storage, entries: Sequence[BarEntry]) -> pl.DataFrame |
         for e in entries:
             for part in parts_of(e):
                 meta = pq.read_metadata(pa.BufferReader(data.read_buffer(part.path)))
-                rows = meta.num_rows if part.row_group < 0 else meta.row_group(part.row_group).num_rows
+                rows = meta.num_rows if part.offset < 0 else min(meta.num_rows - part.offset, part.n_rows)
                 if rows != part.n_rows:
                     raise CacheCorruptionError(f"bars of {e.symbol!r}: snapshot {part.path} has {rows} bars, the "
                                                f"catalog says {part.n_rows}; not building on it")
@@ -315,7 +324,7 @@ def _write(data: Storage, todo: Sequence[tuple[pl.DataFrame, _Planned]], planned
     recorded in ``planned`` before the first failure is raised, so the caller can remove them all."""
     with ThreadPoolExecutor(max_workers=2) as pool:
         futures: list[tuple[_Planned, Future[str]]] = [
-            (p, pool.submit(write_entry, data, f"bars/{encode_symbol(p.entry.symbol)}", part)) for part, p in todo]
+            (p, pool.submit(write_base, data, f"bars/{encode_symbol(p.entry.symbol)}", part)) for part, p in todo]
     errors = [exc for _, f in futures if (exc := f.exception()) is not None]
     for p, f in futures:
         if f.exception() is None:
