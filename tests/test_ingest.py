@@ -17,6 +17,7 @@ from clirun import run, run_json
 from ingest_workers import SYMBOLS, ingest_interleaved, ingest_until_commit, interleaved_bars
 from spawn import run_processes
 
+import pitstore.retention
 from pitstore import FeatureSet, Store, ret
 from pitstore.errors import CacheCorruptionError, ConflictError
 from pitstore.offline import encode_symbol, read_entries
@@ -308,3 +309,29 @@ def test_ingest_report_counts_are_per_kind(store: Store) -> None:
     assert report.new_symbols == ["NEW"] and report.appended == ["APP"] and report.unchanged == ["SAME"]
     assert report.restated == {"GAP": 0, "RES": 1} and report.removed == {}
     assert report.rows == 2 + 1 + 1 + 5 + 3
+
+
+def test_segments_share_files_and_gc_deletes_only_what_no_row_lists(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Appends are segments listing the same base; gc past the retention drops the superseded snapshots but keeps
+    every file a live snapshot lists, and after a compaction it deletes the old base and segments."""
+    monkeypatch.setattr(pitstore.retention, "GRACE", timedelta(0))  # everything superseded is past retention
+    with Store.open(tmp_path / "store", bar_segments=2, retention_days=0) as store:
+        store.ingest(make_bars("AAA", 10))
+        for day in (10, 11):  # two appends: base + 2 segments
+            report = store.ingest(pl.concat([make_bars("AAA", 1, start=day), make_bars("BBB", 1, start=day)]))
+        assert report.appended == ["AAA", "BBB"]
+        live = {e.symbol: e for e in store.catalog.live_bars()}
+        assert live["AAA"].parts is not None and len(entry_paths(live["AAA"])) == 3
+        assert len(store.catalog.all_bar_entries()) == 5  # AAA: base, +1, +2; BBB: base, +1
+        store.gc(orphan_grace_seconds=0)
+        assert store.catalog.all_bar_entries() == sorted(live.values(), key=lambda e: e.id)  # superseded: gone
+        assert store.verify().ok
+        assert bar_files(store.root) == {p for e in live.values() for p in entry_paths(e)}
+        assert store.bars("AAA").equals(make_bars("AAA", 12))
+        store.ingest(make_bars("AAA", 1, start=12))  # a third segment is one too many: compacted into a base
+        compacted = {e.symbol: e for e in store.catalog.live_bars()}["AAA"]
+        assert compacted.parts is None and compacted.n_rows == 13
+        store.gc(orphan_grace_seconds=0)
+        assert bar_files(store.root) == {p for e in store.catalog.live_bars() for p in entry_paths(e)}
+        assert store.bars("AAA").equals(make_bars("AAA", 13)) and store.verify().ok
