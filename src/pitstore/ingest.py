@@ -33,6 +33,7 @@ from pitstore.bars import BAR_COLUMNS, symbol_runs, validate_bars
 from pitstore.cache.core import LOCK_DIR
 from pitstore.cache.lock import KeyLocks
 from pitstore.catalog.base import BarEntry, Catalog
+from pitstore.datahash import table_hash
 from pitstore.errors import CacheCorruptionError, ConflictError, InvalidInputError
 from pitstore.frames import to_polars
 from pitstore.layout import BarLayout
@@ -220,9 +221,11 @@ def _plan_appends(data: Storage, df: pl.DataFrame, symbols: Sequence[str], spans
     their snapshots: the live one's parts plus that row group. The stored bars are not read."""
     frames = [df.slice(a, b - a) for a, b in (spans[s] for s in symbols)]
     path, groups = write_segment(data, frames)
+    table = df.to_arrow()  # once: a hash covers values, not layout, so a slice hashes as its own frame would
     for symbol, frame, group in zip(symbols, frames, groups, strict=True):
         old = live[symbol]
-        parts = [*parts_of(old), Part(path, group, frame.height, content_hash(frame))]
+        a, b = spans[symbol]
+        parts = [*parts_of(old), Part(path, group, frame.height, table_hash(table.slice(a, b - a)).hex)]
         last = int(frame["ts"].dt.epoch("us")[-1])
         bar = BarEntry(0, symbol, old.path, old.n_rows + frame.height, old.first_ts, last, chained_hash(parts), True,
                        0, 0, None, encode_parts(parts))
