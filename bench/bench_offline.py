@@ -326,8 +326,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "with --out")
     parser.add_argument("--out", type=Path, default=None,
                         help=f"also write the report here (default for a full run: {DEFAULT_OUT})")
-    parser.add_argument("--only", choices=("all", "historical", "incremental", "backfill", "pruning"), default="all",
-                        help="run one section (pruning alone writes bench/results/bench_offline_pruning.txt)")
+    parser.add_argument("--only", choices=("all", "historical", "incremental", "backfill", "pruning", "append"),
+                        default="all",
+                        help="run one section (pruning alone writes bench/results/bench_offline_pruning.txt, "
+                             "append alone bench/results/bench_offline_append.txt)")
+    parser.add_argument("--append-symbols", type=int, default=None,
+                        help=f"symbols of the append stores (default {APPEND_SYMBOLS}; quick {QUICK_APPEND_SYMBOLS})")
+    parser.add_argument("--append-rounds", type=int, default=5, help="timed one-bar appends per store (default 5)")
     parser.add_argument("--prune-symbols", type=int, default=None,
                         help=f"symbols of the pruning store (default {PRUNE_SYMBOLS}; quick {QUICK_PRUNE_SYMBOLS})")
     parser.add_argument("--prune-bars", type=int, default=None,
@@ -360,7 +365,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     pandas_runs = 1 if q else args.pandas_runs
     bf_runs = min(args.backfill_runs, 2) if q else args.backfill_runs
     noop_runs = min(args.noop_runs, 2) if q else args.noop_runs
-    default_out = DEFAULT_OUT_PRUNING if args.only == "pruning" else DEFAULT_OUT
+    default_out = {"pruning": DEFAULT_OUT_PRUNING, "append": DEFAULT_OUT_APPEND}.get(args.only, DEFAULT_OUT)
     out_path: Path | None = args.out if args.out is not None else (None if q else default_out)
     prune_symbols = args.prune_symbols or (QUICK_PRUNE_SYMBOLS if q else PRUNE_SYMBOLS)
     prune_bars = args.prune_bars or (QUICK_PRUNE_BARS if q else PRUNE_BARS)
@@ -389,6 +394,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             emit()
         if args.only in ("all", "pruning"):
             verdicts += pruning(emit, base / "pruning", prune_symbols, prune_bars, runs, cold_runs)
+            emit()
+        if args.only in ("all", "append"):
+            sizes = QUICK_APPEND_SIZES if q else APPEND_SIZES
+            verdicts += append_cost(emit, base / "append", args.append_symbols or (
+                QUICK_APPEND_SYMBOLS if q else APPEND_SYMBOLS), sizes, min(args.append_rounds, 2) if q
+                else args.append_rounds)
             emit()
         emit(f"load average at end: {load_average()}")
         emit("summary:")
@@ -717,5 +728,89 @@ def pruning(emit: Callable[[str], None], root: Path, n_symbols: int, n_bars: int
             f"{max(r['peak_cold'] for r in results['on']):,.0f} MB"]
 
 
+
+# --- append cost (#18 item 2) ------------------------------------------------------------------------------
+
+APPEND_SYMBOLS = 500
+QUICK_APPEND_SYMBOLS = 20
+APPEND_SIZES = (10_000, 98_280)
+QUICK_APPEND_SIZES = (1_000, 4_000)
+TARGET_APPEND_S = 0.5
+DEFAULT_OUT_APPEND = Path(__file__).resolve().parent / "results" / "bench_offline_append.txt"
+
+
+def append_cost(emit: Callable[[str], None], base: Path, n_symbols: int, sizes: Sequence[int],
+                rounds: int) -> list[str]:
+    """One new one-minute bar for each symbol of a store holding ``size`` bars per symbol: ingest, then backfill
+    of the standard seven, then of the seven plus rsi/macd/atr. Each store is built once (ingest + full
+    backfills, timed as setup) and then appended to ``rounds`` times; last, one append with whole snapshots
+    (``bar_segments=0``, the pre-segment ingest) on the same store, for the side-by-side ratio."""
+    from pitstore.features.base import FeatureSet
+    from pitstore.features.library import atr, macd, rsi
+
+    std = standard_features("append_std", timeframe="1m")
+    ten = FeatureSet("append_ten", [*std.features, rsi(14), macd(), atr(14)], timeframe="1m")
+    emit(f"append cost: one new 1-minute bar for each of {n_symbols} symbols, {rounds} rounds per store; "
+         f"bar_segments=16 (default); seven = standard_features, ten = seven + rsi_14, macd, atr_14")
+    verdicts = []
+    for size in sizes:
+        bars = synthetic_bars(n_symbols, size + rounds + 1, timeframe="1m", seed=SEED)
+        pos = pl.int_range(pl.len()).over("symbol")
+        root = base / f"h{size}"
+        with Store.open(root) as store:
+            t0 = time.perf_counter()
+            store.ingest(bars.filter(pos < size))
+            t1 = time.perf_counter()
+            store.backfill(std)
+            store.backfill(ten)
+            t2 = time.perf_counter()
+            emit(f"  {size:,} stored bars per symbol ({n_symbols * size:,} bars): setup ingest {t1 - t0:.1f} s, "
+                 f"full backfills of both sets {t2 - t1:.1f} s (not timed against targets)")
+            ingest_s, std_s, ten_s = [], [], []
+            for r in range(rounds):
+                new = bars.filter(pos == size + r)
+                gc.collect()
+                t0 = time.perf_counter()
+                report = store.ingest(new)
+                t1 = time.perf_counter()
+                b1 = store.backfill(std)
+                t2 = time.perf_counter()
+                b2 = store.backfill(ten)
+                t3 = time.perf_counter()
+                assert len(report.appended) == n_symbols, report
+                assert len(b1.incremental) == n_symbols and len(b2.incremental) == n_symbols, (b1, b2)
+                ingest_s.append(t1 - t0)
+                std_s.append(t2 - t1)
+                ten_s.append(t3 - t2)
+            with Store.open(root, bar_segments=0) as whole:
+                new = bars.filter(pos == size + rounds)
+                t0 = time.perf_counter()
+                whole.ingest(new)
+                whole_s = time.perf_counter() - t0
+            check = store.symbols()[:: max(n_symbols // 5, 1)]
+            stored = store.read("append_ten", symbols=check)
+            want = pitstore.compute(ten, bars.filter(pl.col("symbol").is_in(check) & (pos < size + rounds)))
+            ok = stored.equals(want)
+        emit(f"    check: stored rows of {len(check)} symbols == pitstore.compute on their bars: "
+             f"{'yes' if ok else 'NO'}")
+        if not ok:
+            raise SystemExit("ABORT: appended rows differ from pitstore.compute")
+        for label, xs in (("ingest", ingest_s), ("backfill seven", std_s), ("backfill ten (rsi/macd/atr)", ten_s),
+                          ("ingest + seven", [a + b for a, b in zip(ingest_s, std_s, strict=True)]),
+                          ("ingest + seven + ten", [a + b + c for a, b, c in zip(ingest_s, std_s, ten_s,
+                                                                                   strict=True)])):
+            best, med = best_median(xs)
+            emit(f"    {label:<30} best {best:7.3f} s  median {med:7.3f} s  runs " + ", ".join(f"{x:.3f}" for x in xs))
+        emit(f"    {'ingest, whole snapshots (=0)':<30} {whole_s:7.3f} s  (segments: {whole_s / min(ingest_s):.0f}x "
+             "faster, best)")
+        med_std = best_median([a + b for a, b in zip(ingest_s, std_s, strict=True)])[1]
+        med_ten = best_median([a + b + c for a, b, c in zip(ingest_s, std_s, ten_s, strict=True)])[1]
+        verdicts.append(f"append at {size:,} bars/symbol: ingest + seven {med_std:.3f} s median; ingest + seven + "
+                        f"rsi/macd/atr {med_ten:.3f} s median (target < {TARGET_APPEND_S} s: "
+                        f"{'PASS' if med_ten < TARGET_APPEND_S else 'FAIL'})")
+    return verdicts
+
+
 if __name__ == "__main__":
     sys.exit(main())
+

@@ -5,9 +5,11 @@ advisory locks. PostgreSQL is the real local server, one schema per test."""
 from __future__ import annotations
 
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,7 @@ import pytest
 from servers import drop_schema, free_port
 
 from pitstore import Store, standard_features
-from pitstore.catalog import MemoryCatalog, SqliteCatalog, open_catalog
+from pitstore.catalog import MemoryCatalog, SqliteCatalog, open_catalog, pg_schema
 from pitstore.catalog.postgres import DEFAULT_SCHEMA, PostgresCatalog, catalog_target
 from pitstore.config import Settings
 from pitstore.errors import BackendError, BackendUnavailableError, ConfigError, ReadOnlyStoreError
@@ -150,8 +152,9 @@ def test_schema_is_created_once_with_its_version_row(pg_url: str, postgres_url: 
         t.join(60)
     assert len(openers) == 4
     with psycopg.connect(postgres_url) as conn:
-        rows = conn.execute(f'SELECT component, version FROM "{namespace}".schema_version').fetchall()
-    assert rows == [("catalog", 1)]
+        rows = conn.execute(f'SELECT component, version FROM "{namespace}".schema_version ORDER BY version'
+                            ).fetchall()
+    assert rows == [("catalog", v) for v in range(1, pg_schema.SCHEMA_VERSION + 1)]  # each migration once
     for c in openers:
         c.close()
 
@@ -288,3 +291,39 @@ def test_a_waiter_takes_over_when_the_holders_session_ends(two_locks: tuple[Any,
         assert held
     got.set()
     t.join(10)
+
+
+# --- migration of catalogs written before bar segments -------------------------------------------------------
+
+
+def test_a_sqlite_catalog_without_bar_parts_is_read_and_migrated(tmp_path: Path) -> None:
+    path = tmp_path / "catalog.sqlite"
+    with closing(SqliteCatalog(path)) as c:
+        old = c.commit_bars(bar("AAA"), None)
+    with sqlite3.connect(path) as conn:  # the layout before segments
+        conn.execute("ALTER TABLE bar_entries DROP COLUMN parts")
+    with closing(SqliteCatalog(path, read_only=True)) as ro:  # read as it is, nothing written
+        assert ro.live_bars() == [old]
+    with sqlite3.connect(path) as conn:
+        assert "parts" not in {r[1] for r in conn.execute("PRAGMA table_info(bar_entries)")}
+    with closing(SqliteCatalog(path)) as rw:
+        assert rw.live_bars() == [old]
+        parts = '[["a",-1,10,"h"],["b",0,1,"g"]]'
+        new = rw.commit_bars(bar("AAA", n=11)._replace(parts=parts), old.id)
+        assert rw.live_bars() == [new] and "b" in rw.referenced_paths()
+
+
+def test_a_postgres_catalog_of_version_1_is_read_and_migrated(pg_url: str, postgres_url: str,
+                                                              namespace: str) -> None:
+    with closing(PostgresCatalog(pg_url)) as c:
+        old = c.commit_bars(bar("AAA"), None)
+    with psycopg.connect(postgres_url) as conn:  # back to the layout of version 1
+        conn.execute(f'ALTER TABLE "{namespace}".bar_entries DROP COLUMN parts')
+        conn.execute(f'DELETE FROM "{namespace}".schema_version WHERE version > 1')
+    with closing(PostgresCatalog(pg_url, read_only=True)) as ro:
+        assert ro.live_bars() == [old] and ro.all_bar_entries() == [old]
+    with closing(PostgresCatalog(pg_url)) as rw:
+        assert rw.live_bars() == [old]
+        parts = '[["a",-1,10,"h"],["b",0,1,"g"]]'
+        new = rw.commit_bars(bar("AAA", n=11)._replace(parts=parts), old.id)
+        assert rw.live_bars() == [new] and "b" in rw.referenced_paths()

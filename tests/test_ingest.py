@@ -17,9 +17,11 @@ from clirun import run, run_json
 from ingest_workers import SYMBOLS, ingest_interleaved, ingest_until_commit, interleaved_bars
 from spawn import run_processes
 
+import pitstore.retention
 from pitstore import FeatureSet, Store, ret
 from pitstore.errors import CacheCorruptionError, ConflictError
 from pitstore.offline import encode_symbol, read_entries
+from pitstore.segments import entry_paths
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 COLUMNS = ["symbol", "ts", "open", "high", "low", "close", "volume"]
@@ -215,7 +217,7 @@ def test_commit_lost_to_another_ingest_is_remerged(tmp_path: Path) -> None:
         assert report.restated == {"AAA": 0} and report.appended == [] and report.new_symbols == ["BBB"]
         assert store.bars("AAA").equals(make_bars("AAA", 15).vstack(make_bars("AAA", 3, start=20)))
         assert store.bars("BBB").height == 4
-        assert bar_files(root) == {e.path for e in store.catalog.all_bar_entries()}  # the stale file is gone
+        assert bar_files(root) == {p for e in store.catalog.all_bar_entries() for p in entry_paths(e)}  # stale: gone
 
 
 def test_real_conflict_after_bounded_retries_leaves_nothing(tmp_path: Path) -> None:
@@ -237,7 +239,7 @@ def test_real_conflict_after_bounded_retries_leaves_nothing(tmp_path: Path) -> N
             store.ingest(pl.concat([make_bars("AAA", 5, start=10), make_bars("BBB", 4)]))
         assert 1 < len(calls) <= 10
         assert store.symbols() == ["AAA"] and store.bars("AAA").height == 10 + len(calls)
-        assert bar_files(root) == {e.path for e in store.catalog.all_bar_entries()}
+        assert bar_files(root) == {p for e in store.catalog.all_bar_entries() for p in entry_paths(e)}
 
 
 # ------------------------------------------------------------------------------------------ damaged snapshots
@@ -257,9 +259,34 @@ def _damage_bytes(path: Path) -> None:
 
 
 @pytest.mark.parametrize("damage", [_damage_values, _damage_bytes], ids=["values", "bytes"])
-def test_append_onto_damaged_snapshot_raises(store: Store, damage: Any) -> None:
-    """An append onto a damaged snapshot raises CacheCorruptionError naming the symbol and the file instead of
-    copying the damage into a new snapshot that would pass verify; no symbol of that ingest is committed."""
+def test_append_onto_damaged_snapshot_raises(tmp_path: Path, damage: Any) -> None:
+    """A merge (here: an append when segments are off, or a compaction) onto a damaged snapshot raises
+    CacheCorruptionError naming the symbol and the file instead of copying the damage into a new snapshot that
+    would pass verify; no symbol of that ingest is committed."""
+    with Store.open(tmp_path / "store", bar_segments=0) as store:
+        _damaged_merge_raises(store, damage)
+
+
+@pytest.mark.parametrize("damage", [_damage_values, _damage_bytes], ids=["values", "bytes"])
+def test_append_segment_onto_damaged_base_keeps_the_damage_visible(tmp_path: Path, damage: Any) -> None:
+    """An append as a segment does not read the stored bars (O(new)): it commits, and its snapshot lists the
+    damaged base, so verify reports the live snapshot too; the compaction that would rewrite the base raises."""
+    with Store.open(tmp_path / "store", bar_segments=1) as store:
+        store.ingest(pl.concat([make_bars("AAA", 10), make_bars("BBB", 10)]))
+        bad = next(e for e in store.catalog.live_bars() if e.symbol == "BBB")
+        damage(store.root / bad.path)
+        store.ingest(pl.concat([make_bars("AAA", 2, start=10), make_bars("BBB", 2, start=10)]))
+        live = {e.symbol: e for e in store.catalog.live_bars()}
+        assert live["BBB"].path == bad.path and live["BBB"].parts is not None
+        problems = store.verify().problems
+        assert {(p["kind"], p["path"]) for p in problems} == {("bars", bad.path)}
+        assert len(problems) == 2  # both snapshots of BBB: the old one and the appended one
+        with pytest.raises(CacheCorruptionError, match=rf"'BBB'.*{bad.path}"):  # the next append compacts
+            store.ingest(pl.concat([make_bars("AAA", 2, start=12), make_bars("BBB", 2, start=12)]))
+        assert {e.symbol: e for e in store.catalog.live_bars()} == live
+
+
+def _damaged_merge_raises(store: Store, damage: Any) -> None:
     store.ingest(pl.concat([make_bars("AAA", 10), make_bars("BBB", 10)]))
     live = store.catalog.live_bars()
     bad = next(e for e in live if e.symbol == "BBB")
@@ -282,3 +309,29 @@ def test_ingest_report_counts_are_per_kind(store: Store) -> None:
     assert report.new_symbols == ["NEW"] and report.appended == ["APP"] and report.unchanged == ["SAME"]
     assert report.restated == {"GAP": 0, "RES": 1} and report.removed == {}
     assert report.rows == 2 + 1 + 1 + 5 + 3
+
+
+def test_segments_share_files_and_gc_deletes_only_what_no_row_lists(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Appends are segments listing the same base; gc past the retention drops the superseded snapshots but keeps
+    every file a live snapshot lists, and after a compaction it deletes the old base and segments."""
+    monkeypatch.setattr(pitstore.retention, "GRACE", timedelta(0))  # everything superseded is past retention
+    with Store.open(tmp_path / "store", bar_segments=2, retention_days=0) as store:
+        store.ingest(make_bars("AAA", 10))
+        for day in (10, 11):  # two appends: base + 2 segments
+            report = store.ingest(pl.concat([make_bars("AAA", 1, start=day), make_bars("BBB", 1, start=day)]))
+        assert report.appended == ["AAA", "BBB"]
+        live = {e.symbol: e for e in store.catalog.live_bars()}
+        assert live["AAA"].parts is not None and len(entry_paths(live["AAA"])) == 3
+        assert len(store.catalog.all_bar_entries()) == 5  # AAA: base, +1, +2; BBB: base, +1
+        store.gc(orphan_grace_seconds=0)
+        assert store.catalog.all_bar_entries() == sorted(live.values(), key=lambda e: e.id)  # superseded: gone
+        assert store.verify().ok
+        assert bar_files(store.root) == {p for e in live.values() for p in entry_paths(e)}
+        assert store.bars("AAA").equals(make_bars("AAA", 12))
+        store.ingest(make_bars("AAA", 1, start=12))  # a third segment is one too many: compacted into a base
+        compacted = {e.symbol: e for e in store.catalog.live_bars()}["AAA"]
+        assert compacted.parts is None and compacted.n_rows == 13
+        store.gc(orphan_grace_seconds=0)
+        assert bar_files(store.root) == {p for e in store.catalog.live_bars() for p in entry_paths(e)}
+        assert store.bars("AAA").equals(make_bars("AAA", 13)) and store.verify().ok

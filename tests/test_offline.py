@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import pitstore
+import pitstore.segments
 from pitstore import (
     FeatureSet,
     InvalidInputError,
@@ -368,10 +369,16 @@ WINDOW_SET = FeatureSet("windows", [ret(3), pitstore.log_ret(2), pitstore.vol(20
                                      pitstore.bollinger(10), pitstore.vwap(5), pitstore.zscore(12)])
 
 
+@pytest.mark.parametrize("segments", [0, 2], ids=["whole_snapshots", "segments"])
 @pytest.mark.parametrize("window_only", [False, True], ids=["all_features", "window_features"])
-def test_incremental_appends_equal_full_recompute(tmp_path: Path, window_only: bool) -> None:
+def test_incremental_appends_equal_full_recompute(tmp_path: Path, window_only: bool, segments: int,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """Appending bars in several steps writes only the new rows, and they equal a full recompute bit for bit.
-    A set of window features only computes the new rows from the lookback bars before them, not from all."""
+    A set of window features only computes the new rows from the lookback bars before them, not from all.
+    With segments (compacted after 2), bases in row groups of 32 bars with a last group of 8 (shorter than the
+    lookback): the tails are read from segments and base groups back, across a compaction, and still equal."""
+    monkeypatch.setattr(pitstore.segments, "_ROW_GROUP_ROWS", 32)
+    monkeypatch.setattr(pitstore.segments, "TAIL_ROWS", 8)
     fs = WINDOW_SET if window_only else all_features()
     lookback = max(f.lookback for f in fs.features)
     full = synthetic_bars(4, 260, gaps=0.03, seed=11)  # missing bars: irregular timestamps
@@ -386,7 +393,7 @@ def test_incremental_appends_equal_full_recompute(tmp_path: Path, window_only: b
         dict(lengths),
     ]
     seen = {s: 0 for s in lengths}
-    with Store.open(tmp_path / "store") as store:
+    with Store.open(tmp_path / "store", bar_segments=segments) as store:
         for step, cut in enumerate(cuts):
             new = pl.concat([
                 full.filter(pl.col("symbol") == s).slice(seen[s], cut[s] - seen[s]) for s in sorted(lengths)
@@ -405,6 +412,10 @@ def test_incremental_appends_equal_full_recompute(tmp_path: Path, window_only: b
             known = pl.concat([full.filter(pl.col("symbol") == s).head(seen[s]) for s in sorted(lengths)])
             assert_bitwise_equal(store.read(fs.name), pitstore.compute(fs, known), f"step {step}")
             assert store.backfill(fs).nothing_to_do
+            if segments:  # S0000: a base at step 0, segments at 1 and 2, compacted at 3, a segment again at 4
+                parts = {e.symbol: e.parts for e in store.catalog.live_bars()}["S0000"]
+                assert (parts is None) == (step in (0, 3)) and (step != 2 or parts.count("_segments") == 2)
+        assert store.verify().ok
     assert seen == lengths
 
 

@@ -15,7 +15,7 @@ only, with the position of the first of those passed on.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -29,8 +29,9 @@ from pitstore.features.base import FeatureSet
 from pitstore.features.engine import compute_frame
 from pitstore.features.library import is_window
 from pitstore.filenames import safe_name
-from pitstore.offline import encode_symbol, put_entry, read_entries
+from pitstore.offline import encode_symbol, put_entry
 from pitstore.rules import to_us
+from pitstore.segments import TAIL_ROWS, PartReader, read_bars, read_tail
 from pitstore.spacing import check_spacing
 from pitstore.storage import Storage, as_storage
 
@@ -86,10 +87,12 @@ def _plan(catalog: Catalog, bars: BarEntry, live: list[FeatureEntry], start_us: 
     return _Plan(bars, live, True, None)
 
 
-def _needed(bars: pl.DataFrame, fs: FeatureSet, plans: Sequence[_Plan]) -> tuple[pl.DataFrame, dict[str, int]]:
+def _needed(bars: pl.DataFrame, fs: FeatureSet, plans: Sequence[_Plan], starts: Mapping[str, int]
+            ) -> tuple[pl.DataFrame, dict[str, int]]:
     """The bars the new rows need: all of them, except for the incremental symbols of a set of window features
     only, which need just the lookback bars before their first new row; and per symbol cut so, the absolute
-    position of its first bar kept (window blocks are anchored to it: pitstore.features.windows)."""
+    position of its first bar kept (window blocks are anchored to it: pitstore.features.windows). ``starts``:
+    the absolute position of the first bar in ``bars`` of symbols read from a tail only (others start at 0)."""
     after = {p.bars.symbol: p.after_us for p in plans if not p.full and p.after_us is not None}
     if not after or not all(is_window(f) for f in fs.features):
         return bars, {}
@@ -102,7 +105,7 @@ def _needed(bars: pl.DataFrame, fs: FeatureSet, plans: Sequence[_Plan]) -> tuple
               .with_columns(_first=(stored - lookback).clip(lower_bound=0)))
     kept = marked.filter(pl.int_range(pl.len()).over("symbol") >= pl.col("_first"))
     firsts = kept.group_by("symbol").agg(pl.col("_first").first())
-    offsets = {s: int(f) for s, f in firsts.iter_rows() if f}
+    offsets = {s: int(f) + starts.get(s, 0) for s, f in firsts.iter_rows() if f or starts.get(s, 0)}
     return kept.drop("after", "_first"), offsets
 
 
@@ -123,13 +126,16 @@ def plan(catalog: Catalog, feature_set: FeatureSet, version: int, symbols: Seque
     return plans
 
 
-def batches(plans: Sequence[_Plan], max_rows: int) -> Iterator[list[_Plan]]:
-    """Whole symbols in batches of about ``max_rows`` bars (one vectorised pass each keeps memory bounded)."""
+def batches(plans: Sequence[_Plan], max_rows: int, *, tail_reads: bool = False) -> Iterator[list[_Plan]]:
+    """Whole symbols in batches of about ``max_rows`` bars read (one vectorised pass each keeps memory bounded;
+    ``tail_reads``: the set is all window features, so incremental plans read only a tail)."""
     batch: list[_Plan] = []
     rows = 0
     for p in plans:
         batch.append(p)
-        rows += p.bars.n_rows
+        # With tail reads an incremental plan reads its new bars and a short tail before them, not the history.
+        new = p.bars.n_rows - sum(e.n_rows for e in p.live)
+        rows += p.bars.n_rows if p.full or not tail_reads else max(new, 0) + TAIL_ROWS
         if rows >= max_rows:
             yield batch
             batch, rows = [], 0
@@ -153,7 +159,9 @@ def backfill(
     storage = as_storage(data)
     report = BackfillReport(feature_set.name, version)
     start_us, end_us = _us(start), _us(end)
-    for batch in batches(plan(catalog, feature_set, version, symbols, start_us, end_us, report), 2_000_000):
+    tails = all(is_window(f) for f in feature_set.features)
+    for batch in batches(plan(catalog, feature_set, version, symbols, start_us, end_us, report), 2_000_000,
+                         tail_reads=tails):
         _run(storage, catalog, feature_set, version, batch, start_us, end_us, report, progress)
     return report
 
@@ -186,12 +194,11 @@ def compute_batch(
     """Compute a batch and write its entry files (no catalog access: a Dask worker runs this as is); returns
     the rows computed and, per plan, the file written (None: no new rows)."""
     storage = as_storage(data)
-    bars = read_entries(storage, [p.bars.path for p in plans])
-    assert bars is not None
+    bars, tail_starts = _read_bars(storage, fs, plans)
     if end_us is not None:
         bars = bars.filter(pl.col("ts").dt.epoch("us") <= end_us)
     check_spacing(bars, fs)  # before anything of the batch is written
-    needed, offsets = _needed(bars, fs, plans)
+    needed, offsets = _needed(bars, fs, plans, tail_starts)
     out = compute_frame(fs.features, needed, offsets=offsets)
     parts: dict[str, pl.DataFrame] = {}
     if out.height:
@@ -213,6 +220,24 @@ def compute_batch(
                                                         t[1]),
             zip(plans, todo, strict=True)))
     return out.height, written
+
+
+def _read_bars(storage: Storage, fs: FeatureSet, plans: Sequence[_Plan]) -> tuple[pl.DataFrame, dict[str, int]]:
+    """The stored bars the plans need: a symbol's whole snapshot, or, for incremental plans of a set of window
+    features only, just its tail from the lookback bars before the first new row on (read from the newest
+    segments back: O(new bars), not O(history)); and the absolute position of the first bar of each tail."""
+    tail_ok = all(is_window(f) for f in fs.features)
+    lookback = max((f.lookback for f in fs.features), default=0)
+    whole = [p.bars for p in plans if p.full or p.after_us is None or not tail_ok]
+    frames = [] if not whole else [read_bars(storage, whole)]
+    starts: dict[str, int] = {}
+    reader = PartReader(storage)  # the symbols' tails share segment files and row groups: each decoded once
+    for p in plans:
+        if not (p.full or p.after_us is None or not tail_ok):
+            tail, starts[p.bars.symbol] = read_tail(reader, p.bars, p.after_us, lookback)
+            frames.append(tail)
+    kept = [f for f in frames if f is not None]
+    return pl.concat(kept, how="vertical_relaxed") if len(kept) > 1 else kept[0], starts
 
 
 def commit_batch(

@@ -72,6 +72,9 @@ class Settings:
     # fsspec storage options of data_url as a JSON object (given as a dict or TOML table too, kept as its JSON),
     # e.g. {"endpoint_url": "http://127.0.0.1:9000"}; fsspec's own configuration and the AWS variables apply too.
     data_options: str | None = None
+    # Appends kept as segments after a bar snapshot's base (pitstore.segments); the append that would add one
+    # more rewrites the symbol's bars as a new base (compaction). 0: every ingest writes whole snapshots.
+    bar_segments: int = 16
 
     @property
     def storage_options(self) -> dict[str, Any]:
@@ -143,7 +146,7 @@ class Settings:
         for key in ("online_url", "online_namespace", "redis_url", "postgres_url", "lock_timeout", "history_days",
                     "live_flush_bars", "max_future_days", "api_keys", "max_body_bytes", "cost_per_compute_second",
                     "cost_per_data_call", "read_only", "entry_cache_bytes", "catalog_url", "catalog_schema",
-                    "retention_days", "data_url", "data_options"):
+                    "retention_days", "data_url", "data_options", "bar_segments"):
             env = os.environ.get(f"PITSTORE_{key.upper()}")
             if env:
                 values[key] = env
@@ -196,11 +199,17 @@ class Settings:
         if entry_bytes is not None and entry_bytes < 0:
             raise ConfigError(f"entry_cache_bytes must not be negative, got {entry_bytes}")
         retention = _days(self.retention_days, "retention_days")
+        try:
+            segments = int(self.bar_segments)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"bar_segments must be a whole number, got {self.bar_segments!r}") from exc
+        if segments < 0:
+            raise ConfigError(f"bar_segments must not be negative, got {segments}")
         return replace(self, root=root_path(self.root), read_only=_tristate(self.read_only),
                        entry_cache_bytes=entry_bytes, retention_days=retention, data_options=options,
                        lock_timeout=lock_timeout, history_days=history_days, live_flush_bars=flush,
                        max_future_days=future, max_body_bytes=max_body, cost_per_compute_second=costs[0],
-                       cost_per_data_call=costs[1])
+                       cost_per_data_call=costs[1], bar_segments=segments)
 
 
 def _days(value: object, name: str) -> float:

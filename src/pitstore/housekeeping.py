@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+import pyarrow as pa
 
 from pitstore import backfill as _backfill
 from pitstore import compact as _compact
@@ -33,7 +34,8 @@ from pitstore.features.base import FeatureSet
 from pitstore.features.engine import compute_frame
 from pitstore.features.registry import fingerprint
 from pitstore.filenames import safe_name
-from pitstore.offline import check_file, content_hash, encode_symbol, put_entry, read_entries, write_entry
+from pitstore.offline import check_file, content_hash, encode_symbol, put_entry, write_entry
+from pitstore.segments import PartReader, chained_hash, entry_paths, parts_of, read_bars
 from pitstore.storage import Storage
 
 __all__ = ["GcReport", "VerifyReport", "gc", "verify"]
@@ -155,11 +157,17 @@ def gc(
     features = catalog.all_feature_entries()
     sizes: dict[str, int | None] = {}  # compacted entries share a file: asked once
     for table, rows in (("bar_entries", bars), ("feature_entries", features)):
+        gone = []
         for r in rows:
-            if r.path not in sizes:
-                sizes[r.path] = storage.size(r.path)
-        gone = [r for r in rows if sizes[r.path] is None]
-        report.missing_files.extend(r.path for r in gone)
+            lost = []
+            for p in entry_paths(r):
+                if p not in sizes:
+                    sizes[p] = storage.size(p)
+                if sizes[p] is None:
+                    lost.append(p)
+            if lost:
+                gone.append(r)
+                report.missing_files.extend(lost)
         if gone and not dry_run:
             catalog.drop_rows(table, [r.id for r in gone])
     if max_versions is not None:
@@ -231,10 +239,16 @@ def _drop_superseded(catalog: Catalog, before: int, report: GcReport,
     else:
         bars, features = catalog.drop_superseded(before)  # rows first: no reader finds a row without its file
         old = [*bars, *features]
-    # A compacted file holds kept entries too: it goes with its last row (never while a row points to it).
-    kept = catalog.referenced_paths() if any(_compact.is_compacted(e.path) for e in old) else set()
-    for path in dict.fromkeys(e.path for e in old):
-        if path not in kept:
+    # A bar snapshot shares its base and segment files with the snapshots appended to it: a file goes only when
+    # no remaining row refers to it.
+    dropped = {e.id for e in old if isinstance(e, BarEntry)}, {e.id for e in old if isinstance(e, FeatureEntry)}
+    if report.dry_run:
+        keep = {p for e in catalog.all_bar_entries() if e.id not in dropped[0] for p in entry_paths(e)} | {
+            e.path for e in catalog.all_feature_entries() if e.id not in dropped[1]}
+    else:
+        keep = catalog.referenced_paths()
+    for path in dict.fromkeys(p for e in old for p in entry_paths(e)):
+        if path not in keep:
             delete_file(path, report.superseded)
 
 
@@ -261,9 +275,10 @@ def _check(root: Path, catalog: Catalog, cache: ComputeCache) -> tuple[int, list
             broken.append(_Broken("cache", entry.path, str(exc), entry))
     storage = cache.storage
     seen: dict[str, str | None] = {}  # compacted entries share a file: checked once
+    reader = PartReader(storage)  # segment files are shared by snapshots: each decoded once
     for bar in catalog.all_bar_entries():
         checked += 1
-        what = _check_bars(storage, bar)
+        what = _check_bars(storage, bar, reader)
         if what is not None:
             broken.append(_Broken("bars", bar.path, what, bar))
     for feat in catalog.all_feature_entries():
@@ -279,7 +294,23 @@ def _check(root: Path, catalog: Catalog, cache: ComputeCache) -> tuple[int, list
     return checked, broken
 
 
-def _check_bars(storage: Storage, bar: BarEntry) -> str | None:
+def _check_bars(storage: Storage, bar: BarEntry, reader: PartReader | None = None) -> str | None:
+    """What is wrong with ``bar``'s files (``reader``: shared by the checks of one verify run, so a segment
+    file that many snapshots list is parsed once)."""
+    if bar.parts is not None:  # a base and appended segments: each part against its own row count and hash
+        parts = parts_of(bar)
+        if sum(p.n_rows for p in parts) != bar.n_rows or chained_hash(parts) != bar.content_hash:
+            return "its parts do not add up to the snapshot the catalog records"
+        for part in parts:
+            try:
+                df = (reader or PartReader(storage)).part(part)
+            except (*_UNREADABLE, pa.ArrowException, CacheCorruptionError) as exc:
+                return f"unreadable part {part.path}: {exc}"
+            if df.height != part.n_rows:
+                return f"part {part.path}: {df.height} rows, the catalog says {part.n_rows}"
+            if content_hash(df) != part.content_hash:
+                return f"part {part.path} (rows from {part.offset}) does not match its hash"
+        return None
     try:
         df = _read(storage, bar.path)
     except _UNREADABLE as exc:
@@ -361,11 +392,14 @@ class _Repair:
 
     def _drop(self, table: str, entry: BarEntry | FeatureEntry) -> None:
         self.catalog.drop_rows(table, [entry.id])  # the row first: a reader never finds a row without its file
-        self._release(entry.path)
+        shared = isinstance(entry, BarEntry) and entry.parts is not None
+        for path in entry_paths(entry):
+            self._release(path, shared)
 
-    def _release(self, path: str) -> None:
-        """Delete ``path`` unless a row still points to it (the other entries of a compacted file)."""
-        if not _compact.is_compacted(path) or path not in self.catalog.referenced_paths():
+    def _release(self, path: str, shared: bool = False) -> None:
+        """Delete ``path`` unless a row still points to it (a compacted file's other entries, or a base or segment
+        file other bar snapshots still list)."""
+        if not (shared or _compact.is_compacted(path)) or path not in self.catalog.referenced_paths():
             self.storage.delete(path)
 
     def _bars(self, bar: BarEntry, bad: set[int]) -> None:
@@ -385,11 +419,12 @@ class _Repair:
                        "dropped: no intact older snapshot, the symbol's bars are lost (re-ingest them)")
             return
         prev = older[-1]
-        df = read_entries(self.storage, [prev.path])
+        df = read_bars(self.storage, [prev])
         assert df is not None
         path = write_entry(self.storage, f"bars/{encode_symbol(bar.symbol)}", df)
-        # Not appended-only: the next backfill recomputes the symbol in full from these bars.
-        self.catalog.commit_bars(prev._replace(path=path, appended_only=False, restated_rows=bar.n_rows),
+        # Not appended-only: the next backfill recomputes the symbol in full from these bars (one file now).
+        self.catalog.commit_bars(prev._replace(path=path, appended_only=False, restated_rows=bar.n_rows,
+                                               content_hash=content_hash(df), parts=None),
                                  expected_live_id=bar.id)
         self._drop("bar_entries", bar)
         self._note(self.report.repaired, "bars", bar.path, bar.symbol,
@@ -424,7 +459,7 @@ class _Repair:
     def _rebuild(self, fs: FeatureSet, feat: FeatureEntry, source: BarEntry) -> bool:
         """The same rows again, into a new file the entry then points at (recorded_at unchanged: as_known_at
         replays stay as they were). False when the recomputed rows are not the entry's."""
-        bars = read_entries(self.storage, [source.path])
+        bars = read_bars(self.storage, [source])
         assert bars is not None
         epochs = pl.col("ts").dt.epoch("us")
         part = compute_frame(fs.features, bars).filter(epochs.is_between(feat.first_ts, feat.last_ts))

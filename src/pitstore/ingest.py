@@ -4,11 +4,16 @@ One ingest is one catalog transaction: every changed symbol's snapshot file is w
 them are committed together. On any failure nothing is committed and the files written are removed (a kill
 leaves only unlisted files, which ``gc`` removes). The commit is optimistic: when another process committed
 a symbol meanwhile, that symbol is re-read, re-merged and the commit retried (bounded).
+
+Bars dated after a symbol's last stored bar are a pure append: they go into one segment file for the whole
+ingest (a row group per symbol, :mod:`pitstore.segments`) and the new snapshot is the old one's parts plus
+that row group, so an append costs the new bars, not the history. The stored bars are not read then (verify
+checks every part's hash). The append that would make more than ``max_segments`` segments writes the symbol's
+whole bars as a new base instead (compaction, through the merge path, which hash-checks what it reads).
 """
 
 from __future__ import annotations
 
-import io
 import os
 import random
 import time
@@ -28,10 +33,21 @@ from pitstore.bars import BAR_COLUMNS, symbol_runs, validate_bars
 from pitstore.cache.core import LOCK_DIR
 from pitstore.cache.lock import KeyLocks
 from pitstore.catalog.base import BarEntry, Catalog
+from pitstore.datahash import table_hash
 from pitstore.errors import CacheCorruptionError, ConflictError, InvalidInputError
 from pitstore.frames import to_polars
 from pitstore.layout import BarLayout
-from pitstore.offline import content_hash, encode_symbol, read_entries, write_entry
+from pitstore.offline import content_hash, encode_symbol
+from pitstore.segments import (
+    Part,
+    chained_hash,
+    encode_parts,
+    parts_of,
+    read_bars,
+    read_part,
+    write_base,
+    write_segment,
+)
 from pitstore.storage import Storage, as_storage
 
 __all__ = ["IngestReport", "ingest", "load_bars_source"]
@@ -101,6 +117,7 @@ _CHUNK_BARS = 2_000_000
 # attempts with jittered, growing back-off turn contention into success; past that it is a real conflict.
 _COMMIT_ATTEMPTS = 5
 _BACKOFF_SECONDS = 0.005
+DEFAULT_SEGMENTS = 16  # Settings.bar_segments
 _KEYS = list(BAR_COLUMNS)
 _ON = ["symbol", "ts"]
 
@@ -113,11 +130,12 @@ class _Planned(NamedTuple):
     restated: int  # stored bars whose values changed
     removed: int  # stored bars removed (replace_range)
     appended_only: bool
+    written: str  # the file this plan wrote: the snapshot, or the segment file it shares with other symbols
 
 
 def ingest(root: Path, catalog: Catalog, bars: Any, *, replace_range: bool = False,
            max_future: timedelta | None = None, layout: BarLayout | None = None,
-           storage: Storage | None = None) -> IngestReport:
+           storage: Storage | None = None, max_segments: int = DEFAULT_SEGMENTS) -> IngestReport:
     """Validate ``bars`` (all of them first: nothing is stored when any bar is bad) and store them, all or nothing.
     ``max_future``: bars dated more than that after now are refused. ``layout``: the source's vendor layout.
 
@@ -125,6 +143,7 @@ def ingest(root: Path, catalog: Catalog, bars: Any, *, replace_range: bool = Fal
     other stored bar is kept. With ``replace_range`` each symbol's new bars replace all its stored bars between
     their first and last ts (``IngestReport.removed`` counts the stored bars that are gone).
     ``storage``: where the snapshots go (default: files under ``root``, which keeps the retry lock either way).
+    ``max_segments``: appends kept as segments before a symbol's bars are rewritten as one base.
     """
     data = storage if storage is not None else as_storage(root)
     df = _validated(bars, max_future, layout)
@@ -137,7 +156,7 @@ def ingest(root: Path, catalog: Catalog, bars: Any, *, replace_range: bool = Fal
         with ExitStack() as retrying:
             for attempt in range(_COMMIT_ATTEMPTS):
                 live = {e.symbol: e for e in catalog.live_bars(todo)}
-                _plan(data, df, todo, spans, live, replace_range, planned, unchanged)
+                _plan(data, df, todo, spans, live, replace_range, planned, unchanged, max_segments)
                 try:
                     committed = catalog.commit_bars_batch([(p.entry, _id(p.expected)) for p in planned.values()])
                     return _report(df.height, names, planned, committed, unchanged, attempt)
@@ -145,8 +164,9 @@ def ingest(root: Path, catalog: Catalog, bars: Any, *, replace_range: bool = Fal
                     if attempt == _COMMIT_ATTEMPTS - 1:
                         raise
                 todo = _stale(catalog, planned)
-                for s in todo:  # re-planned from the snapshot now live
-                    data.delete(planned.pop(s).entry.path)
+                dropped = {planned.pop(s).written for s in todo}  # re-planned from the snapshot now live
+                for path in dropped - {p.written for p in planned.values()}:  # a segment file may be shared
+                    data.delete(path)
                 if attempt == 0:
                     # Retries queue on one lock per store, so they never race each other again: each further
                     # conflict is with a first attempt that committed, and N racing ingests need no N attempts.
@@ -154,8 +174,8 @@ def ingest(root: Path, catalog: Catalog, bars: Any, *, replace_range: bool = Fal
                 time.sleep(random.uniform(0, _BACKOFF_SECONDS * 2**attempt))  # back-off, not synchronisation
         raise AssertionError("unreachable")
     except BaseException:
-        for p in planned.values():  # never listed: do not leave them behind
-            data.delete(p.entry.path)
+        for path in {p.written for p in planned.values()}:  # never listed: do not leave them behind
+            data.delete(path)
         raise
 
 
@@ -170,8 +190,18 @@ def _stale(catalog: Catalog, planned: Mapping[str, _Planned]) -> list[str]:
 
 
 def _plan(data: Storage, df: pl.DataFrame, symbols: Sequence[str], spans: Mapping[str, tuple[int, int]],
-          live: Mapping[str, BarEntry], replace_range: bool, planned: dict[str, _Planned], unchanged: set[str]) -> None:
-    """Merge and write the new snapshots of ``symbols``, in chunks of bounded size."""
+          live: Mapping[str, BarEntry], replace_range: bool, planned: dict[str, _Planned], unchanged: set[str],
+          max_segments: int) -> None:
+    """Write the new snapshots of ``symbols``: pure appends as one segment file, the others merged in chunks of
+    bounded size."""
+    ts = df["ts"].dt.epoch("us").to_numpy()
+    appends = [s for s in symbols if (e := live.get(s)) is not None and ts[spans[s][0]] > e.last_ts
+               and len(parts_of(e)) <= max_segments]
+    if appends:
+        _plan_appends(data, df, appends, spans, live, planned)
+        unchanged.difference_update(appends)
+        chosen = set(appends)
+        symbols = [s for s in symbols if s not in chosen]
     chunk: list[str] = []
     size = 0
     for i, symbol in enumerate(symbols):
@@ -183,6 +213,23 @@ def _plan(data: Storage, df: pl.DataFrame, symbols: Sequence[str], spans: Mappin
             new = pl.concat([df.slice(spans[s][0], spans[s][1] - spans[s][0]) for s in chunk])
             _plan_chunk(data, new, chunk, live, replace_range, planned, unchanged)
             chunk, size = [], 0
+
+
+def _plan_appends(data: Storage, df: pl.DataFrame, symbols: Sequence[str], spans: Mapping[str, tuple[int, int]],
+                  live: Mapping[str, BarEntry], planned: dict[str, _Planned]) -> None:
+    """One segment file with the new bars of ``symbols`` (each after its last stored bar), a row group each, and
+    their snapshots: the live one's parts plus that row group. The stored bars are not read."""
+    frames = [df.slice(a, b - a) for a, b in (spans[s] for s in symbols)]
+    path, groups = write_segment(data, frames)
+    table = df.to_arrow()  # once: a hash covers values, not layout, so a slice hashes as its own frame would
+    for symbol, frame, group in zip(symbols, frames, groups, strict=True):
+        old = live[symbol]
+        a, b = spans[symbol]
+        parts = [*parts_of(old), Part(path, group, frame.height, table_hash(table.slice(a, b - a)).hex)]
+        last = int(frame["ts"].dt.epoch("us")[-1])
+        bar = BarEntry(0, symbol, old.path, old.n_rows + frame.height, old.first_ts, last, chained_hash(parts), True,
+                       0, 0, None, encode_parts(parts))
+        planned[symbol] = _Planned(bar, old, 0, 0, True, path)
 
 
 def _plan_chunk(data: Storage, new: pl.DataFrame, symbols: Sequence[str], live: Mapping[str, BarEntry],
@@ -197,7 +244,10 @@ def _plan_chunk(data: Storage, new: pl.DataFrame, symbols: Sequence[str], live: 
         digest = content_hash(part)
         entry = live.get(symbol)
         unchanged.discard(symbol)
-        if entry is not None and digest == entry.content_hash:
+        same = digest == entry.content_hash if entry is not None and entry.parts is None else (
+            entry is not None and part.height == entry.n_rows and not (restated.get(symbol) or removed.get(symbol)
+                                                                      or inserted.get(symbol)))
+        if same:
             unchanged.add(symbol)
             continue
         n_restated, n_removed = restated.get(symbol, 0), removed.get(symbol, 0)
@@ -205,7 +255,7 @@ def _plan_chunk(data: Storage, new: pl.DataFrame, symbols: Sequence[str], live: 
         appended_only = n_restated == 0 and n_removed == 0 and inserted.get(symbol, 0) == 0
         bar = BarEntry(0, symbol, "", part.height, int(ts_us[0]), int(ts_us[-1]), digest, appended_only,
                        n_restated + n_removed, 0, None)
-        todo.append((part, _Planned(bar, entry, n_restated, n_removed, appended_only)))
+        todo.append((part, _Planned(bar, entry, n_restated, n_removed, appended_only, "")))
     _write(data, todo, planned)
 
 
@@ -237,34 +287,38 @@ def _read_verified(data: Storage, entries: Sequence[BarEntry]) -> pl.DataFrame |
     if not entries:
         return None
     try:
-        old = read_entries(data, [e.path for e in entries])
-    except (OSError, pl.exceptions.PolarsError, CacheCorruptionError) as exc:  # the reader names the file only
+        old = read_bars(data, entries)
+    except (OSError, pl.exceptions.PolarsError, CacheCorruptionError, pa.ArrowException) as exc:  # names the file only
         bad = _unreadable(data, entries)
         raise CacheCorruptionError(f"bars of {bad.symbol!r}: snapshot {bad.path} is unreadable ({exc}); "
                                    "not building on it") from exc
     assert old is not None
     if old.height != sum(e.n_rows for e in entries):
         for e in entries:
-            rows = pq.read_metadata(pa.BufferReader(data.read_buffer(e.path))).num_rows
-            if rows != e.n_rows:
-                raise CacheCorruptionError(f"bars of {e.symbol!r}: snapshot {e.path} has {rows} bars, the "
-                                           f"catalog says {e.n_rows}; not building on it")
+            for part in parts_of(e):
+                meta = pq.read_metadata(pa.BufferReader(data.read_buffer(part.path)))
+                rows = meta.num_rows if part.offset < 0 else min(meta.num_rows - part.offset, part.n_rows)
+                if rows != part.n_rows:
+                    raise CacheCorruptionError(f"bars of {e.symbol!r}: snapshot {part.path} has {rows} bars, the "
+                                               f"catalog says {part.n_rows}; not building on it")
     offset = 0
     for e in entries:
-        if content_hash(old.slice(offset, e.n_rows)) != e.content_hash:
-            raise CacheCorruptionError(f"bars of {e.symbol!r}: snapshot {e.path} does not match its content "
-                                       "hash (damaged); not building on it")
-        offset += e.n_rows
+        for part in parts_of(e):
+            if content_hash(old.slice(offset, part.n_rows)) != part.content_hash:
+                raise CacheCorruptionError(f"bars of {e.symbol!r}: snapshot {part.path} does not match its content "
+                                           "hash (damaged); not building on it")
+            offset += part.n_rows
     return old
 
 
 def _unreadable(data: Storage, entries: Sequence[BarEntry]) -> BarEntry:
     """The first entry whose file cannot be read (the first one when each reads alone)."""
     for e in entries:
-        try:
-            pl.read_parquet(io.BytesIO(data.read(e.path)))
-        except (OSError, pl.exceptions.PolarsError):
-            return e
+        for part in parts_of(e):
+            try:
+                read_part(data, part)
+            except (OSError, pl.exceptions.PolarsError, CacheCorruptionError, pa.ArrowException):
+                return e._replace(path=part.path)
     return entries[0]
 
 
@@ -273,11 +327,11 @@ def _write(data: Storage, todo: Sequence[tuple[pl.DataFrame, _Planned]], planned
     recorded in ``planned`` before the first failure is raised, so the caller can remove them all."""
     with ThreadPoolExecutor(max_workers=2) as pool:
         futures: list[tuple[_Planned, Future[str]]] = [
-            (p, pool.submit(write_entry, data, f"bars/{encode_symbol(p.entry.symbol)}", part)) for part, p in todo]
+            (p, pool.submit(write_base, data, f"bars/{encode_symbol(p.entry.symbol)}", part)) for part, p in todo]
     errors = [exc for _, f in futures if (exc := f.exception()) is not None]
     for p, f in futures:
         if f.exception() is None:
-            planned[p.entry.symbol] = p._replace(entry=p.entry._replace(path=f.result()))
+            planned[p.entry.symbol] = p._replace(entry=p.entry._replace(path=f.result()), written=f.result())
     if errors:
         raise errors[0]
 

@@ -30,10 +30,11 @@ from pitstore.frames import Frame, FrameKind, frame_kind, from_polars
 from pitstore.layout import BarLayout
 from pitstore.live.engine import LiveEngine, PushReport
 from pitstore.live.marker import reconcile as reconcile_dead_pushers
-from pitstore.offline import EntryReader, read_entries
+from pitstore.offline import EntryReader
 from pitstore.ondemand import indicator_rows
 from pitstore.resample import resample_bars
 from pitstore.scale.results import HistoricalDataset
+from pitstore.segments import read_bars
 from pitstore.serving import FeatureVector, Serving
 from pitstore.storage import open_storage
 from pitstore.timeutil import utc
@@ -159,7 +160,8 @@ class Store:
         self._writes("ingest bars")
         layout = BarLayout(dict(columns or {}), tz, close_time, symbol)
         return _ingest.ingest(self.root, self.catalog, bars, replace_range=replace_range,
-                              max_future=self.settings.max_future, layout=layout, storage=self.storage)
+                              max_future=self.settings.max_future, layout=layout, storage=self.storage,
+                              max_segments=self.settings.bar_segments)
 
     def backfill(
         self,
@@ -591,7 +593,7 @@ class Store:
         live = self.catalog.live_bars([symbol])
         if not live:
             raise NotFoundError(f"no bars stored for symbol {symbol!r}")
-        df = read_entries(self.storage, [live[0].path])
+        df = read_bars(self.storage, live)
         assert df is not None
         return df if timeframe is None else resample_bars(df, timeframe)
 

@@ -29,7 +29,8 @@ __all__ = [
 
 
 class BarEntry(NamedTuple):
-    """The full bar history of one symbol as one immutable Parquet file (a snapshot)."""
+    """The full bar history of one symbol (a snapshot): one immutable Parquet file, or a base file plus appended
+    segments (``parts``, see :mod:`pitstore.segments`)."""
 
     id: int
     symbol: str
@@ -42,6 +43,9 @@ class BarEntry(NamedTuple):
     restated_rows: int  # bars of the previous snapshot that changed or disappeared
     recorded_at: int
     superseded_at: int | None
+    # JSON list of [path, row_group, n_rows, content_hash]: a base file (row group -1) then appended segments
+    # (pitstore.segments); None: the whole history is the one file at ``path``.
+    parts: str | None = None
 
 
 class FeatureEntry(NamedTuple):

@@ -9,7 +9,7 @@ from __future__ import annotations
 __all__ = ["COMPONENT", "MIGRATIONS", "SCHEMA_VERSION", "TABLES"]
 
 COMPONENT = "catalog"  # its rows of schema_version (the history tier's are 'history': one server may hold both)
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _V1 = (
     """CREATE TABLE feature_set_versions (
@@ -114,7 +114,10 @@ _V1 = (
 )
 
 # (version, statements): each applied once, in one transaction with its schema_version row.
-MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = ((1, _V1),)
+# 2: bar snapshots as a base plus appended segments (pitstore.segments); NULL: one file, as before.
+_V2 = ("ALTER TABLE bar_entries ADD COLUMN parts text",)
+
+MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = ((1, _V1), (2, _V2))
 
 TABLES = ("feature_set_versions", "bar_entries", "feature_entries", "cache_entries", "cache_stats",
           "history_archives", "history_synced", "online_requests", "retired_versions", "store_meta")

@@ -31,6 +31,7 @@ from pitstore.cache.lock import ProcessLocks
 from pitstore.catalog import pg_schema
 from pitstore.catalog.base import BarEntry, CacheEntry, CacheStatsRow, FeatureEntry, HistoryArchive, VersionRow
 from pitstore.errors import BackendError, BackendUnavailableError, ConfigError, ConflictError, ReadOnlyStoreError
+from pitstore.segments import part_paths
 
 __all__ = ["DEFAULT_SCHEMA", "AdvisoryLocks", "PostgresCatalog", "catalog_target"]
 
@@ -42,7 +43,7 @@ _WRITE_ATTEMPTS = 5  # a transaction the server aborted (deadlock, serialization
 # A machine that vanishes without closing its sockets: its sessions (and advisory locks) end within ~25 s.
 _KEEPALIVE = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3}
 _BAR_COLS = ("id, symbol, path, n_rows, first_ts, last_ts, content_hash, appended_only, restated_rows, "
-             "recorded_at, superseded_at")
+             "recorded_at, superseded_at, parts")
 _FEATURE_COLS = ("id, feature_set, version, symbol, path, n_rows, first_ts, last_ts, bars_entry_id, "
                  "recorded_at, superseded_at, size, file_hash")
 _CACHE_COLS = ("key, symbol, path, size, file_hash, kind, n_rows, first_ts, last_ts, compute_seconds, created_at,"
@@ -180,8 +181,10 @@ class PostgresCatalog:
         self._link = _Link(dsn, self.schema, connect_timeout, "catalog")
         self.where = self._link.where
         self._locks: list[AdvisoryLocks] = []
+        self._bar_cols = _BAR_COLS
         if read_only:
-            self._check_schema()
+            if self._check_schema() < 2:  # read as it is, without segments (added by migration 2)
+                self._bar_cols = _BAR_COLS.replace(", parts", ", NULL AS parts")
         else:
             self._migrate()
 
@@ -215,14 +218,16 @@ class PostgresCatalog:
 
         self._link.run("create the catalog", op, write=True)
 
-    def _check_schema(self) -> None:
+    def _check_schema(self) -> int:
         def op(conn: _Conn) -> int:
             if conn.execute("SELECT to_regclass('schema_version')").fetchone() in (None, (None,)):
                 return 0
             return self._version(conn)
 
-        if self._link.run("read the catalog version", op, write=False) == 0:
+        version = self._link.run("read the catalog version", op, write=False)
+        if version == 0:
             raise ReadOnlyStoreError(self.where, "create a catalog (there is none to read)")
+        return version
 
     @staticmethod
     def _version(conn: _Conn) -> int:
@@ -301,12 +306,12 @@ class PostgresCatalog:
     def live_bars(self, symbols: Sequence[str] | None = None, as_known_at: int | None = None) -> list[BarEntry]:
         params: dict[str, object] = {"t": _FAR_FUTURE if as_known_at is None else as_known_at,
                                      "s": None if symbols is None else list(symbols)}
-        rows = self._rows(f"SELECT {_BAR_COLS} FROM bar_entries WHERE {_VISIBLE}"
+        rows = self._rows(f"SELECT {self._bar_cols} FROM bar_entries WHERE {_VISIBLE}"
                           " AND (%(s)s::text[] IS NULL OR symbol = ANY(%(s)s)) ORDER BY symbol, id", params)
         return [BarEntry(*r) for r in rows]
 
     def bar_history(self, symbol: str, after_id: int) -> list[BarEntry]:
-        rows = self._rows(f"SELECT {_BAR_COLS} FROM bar_entries WHERE symbol = %s AND id > %s ORDER BY id",
+        rows = self._rows(f"SELECT {self._bar_cols} FROM bar_entries WHERE symbol = %s AND id > %s ORDER BY id",
                           (symbol, after_id))
         return [BarEntry(*r) for r in rows]
 
@@ -333,9 +338,9 @@ class PostgresCatalog:
             with conn.cursor() as cur:
                 cur.executemany(
                     "INSERT INTO bar_entries (symbol, path, n_rows, first_ts, last_ts, content_hash, appended_only,"
-                    " restated_rows, recorded_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
+                    " restated_rows, recorded_at, parts) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
                     [(e.symbol, e.path, e.n_rows, e.first_ts, e.last_ts, e.content_hash, bool(e.appended_only),
-                      e.restated_rows, t) for e, _ in items], returning=True)
+                      e.restated_rows, t, e.parts) for e, _ in items], returning=True)
                 ids = []
                 while True:
                     ids.append(_one(cur)[0])
@@ -502,7 +507,9 @@ class PostgresCatalog:
     def referenced_paths(self) -> set[str]:
         rows = self._rows("SELECT path FROM bar_entries UNION ALL SELECT path FROM feature_entries"
                           " UNION ALL SELECT path FROM cache_entries UNION ALL SELECT path FROM history_archives")
-        return {str(r[0]) for r in rows}
+        segments = [] if self._bar_cols != _BAR_COLS else self._rows(  # no parts column: none to list
+            "SELECT parts FROM bar_entries WHERE parts IS NOT NULL")
+        return {str(r[0]) for r in rows} | {p for (parts,) in segments for p in part_paths(parts)}
 
     def drop_rows(self, table: str, ids: Sequence[int]) -> int:
         if table not in ("bar_entries", "feature_entries"):
@@ -517,7 +524,7 @@ class PostgresCatalog:
         def op(conn: _Conn) -> tuple[list[BarEntry], list[FeatureEntry]]:
             params = {"t": before}
             bars = [BarEntry(*r) for r in conn.execute(
-                f"SELECT {_BAR_COLS} FROM bar_entries WHERE {old} ORDER BY id".encode(), params).fetchall()]
+                f"SELECT {self._bar_cols} FROM bar_entries WHERE {old} ORDER BY id".encode(), params).fetchall()]
             features = [FeatureEntry(*r) for r in conn.execute(
                 f"SELECT {_FEATURE_COLS} FROM feature_entries WHERE {old} ORDER BY id".encode(), params).fetchall()]
             for bar in (b for b in bars if not b.appended_only):
@@ -540,7 +547,7 @@ class PostgresCatalog:
         return int(rows[0][0]) if rows else None
 
     def all_bar_entries(self) -> list[BarEntry]:
-        return [BarEntry(*r) for r in self._rows(f"SELECT {_BAR_COLS} FROM bar_entries ORDER BY id")]
+        return [BarEntry(*r) for r in self._rows(f"SELECT {self._bar_cols} FROM bar_entries ORDER BY id")]
 
     def all_feature_entries(self) -> list[FeatureEntry]:
         return [FeatureEntry(*r) for r in self._rows(f"SELECT {_FEATURE_COLS} FROM feature_entries ORDER BY id")]

@@ -63,3 +63,5 @@ def shadow_missing(conn: sqlite3.Connection, schema: str) -> None:
         if not {"size", "file_hash"} <= cols:
             extra = ", ".join(f"NULL AS {c}" for c in ("size", "file_hash") if c not in cols)
             conn.execute(f"CREATE TEMP VIEW feature_entries AS SELECT *, {extra} FROM main.feature_entries")
+    if "bar_entries" in have and "parts" not in {r[1] for r in conn.execute("PRAGMA main.table_info(bar_entries)")}:
+        conn.execute("CREATE TEMP VIEW bar_entries AS SELECT *, NULL AS parts FROM main.bar_entries")

@@ -15,6 +15,7 @@ from typing import Any, cast
 from pitstore.catalog.base import BarEntry, CacheEntry, CacheStatsRow, FeatureEntry, HistoryArchive, VersionRow
 from pitstore.catalog.readonly import open_read_only, shadow_missing
 from pitstore.errors import BackendError, ConflictError, ReadOnlyStoreError
+from pitstore.segments import part_paths
 from pitstore.sqlite_wal import immediate, switch_to_wal
 
 __all__ = ["SqliteCatalog"]
@@ -42,7 +43,8 @@ CREATE TABLE IF NOT EXISTS bar_entries (
     appended_only INTEGER NOT NULL,  -- 1 when earlier bars were left untouched (no restatement)
     restated_rows INTEGER NOT NULL,
     recorded_at   INTEGER NOT NULL,
-    superseded_at INTEGER
+    superseded_at INTEGER,
+    parts         TEXT  -- base file and appended segments (pitstore.segments); NULL: the one file at path
 );
 CREATE INDEX IF NOT EXISTS bar_entries_live ON bar_entries (symbol, superseded_at);
 CREATE TABLE IF NOT EXISTS feature_entries (
@@ -123,7 +125,7 @@ CREATE TABLE IF NOT EXISTS retired_versions (
 """
 
 _BAR_COLS = ("id, symbol, path, n_rows, first_ts, last_ts, content_hash, appended_only, restated_rows, "
-             "recorded_at, superseded_at")
+             "recorded_at, superseded_at, parts")
 _FEATURE_COLS = ("id, feature_set, version, symbol, path, n_rows, first_ts, last_ts, bars_entry_id, "
                  "recorded_at, superseded_at, size, file_hash")
 _CACHE_COLS = ("key, symbol, path, size, file_hash, kind, n_rows, first_ts, last_ts, compute_seconds, created_at,"
@@ -163,6 +165,7 @@ class SqliteCatalog:
             self._conn.execute("PRAGMA synchronous=NORMAL")
             self._conn.executescript(_SCHEMA)
             _migrate(self._conn, self._lock)
+            _migrate_bar_parts(self._conn, self._lock)
         except sqlite3.Error as exc:
             raise BackendError(f"cannot open catalog {self.path}: {exc}") from exc
 
@@ -249,9 +252,9 @@ class SqliteCatalog:
             for entry, _ in items:
                 cur.execute(
                     "INSERT INTO bar_entries (symbol, path, n_rows, first_ts, last_ts, content_hash, appended_only,"
-                    " restated_rows, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " restated_rows, recorded_at, parts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (entry.symbol, entry.path, entry.n_rows, entry.first_ts, entry.last_ts, entry.content_hash,
-                     int(entry.appended_only), entry.restated_rows, t),
+                     int(entry.appended_only), entry.restated_rows, t, entry.parts),
                 )
                 assert cur.lastrowid is not None
                 out.append(entry._replace(id=cur.lastrowid, recorded_at=t))
@@ -412,7 +415,8 @@ class SqliteCatalog:
     def referenced_paths(self) -> set[str]:
         rows = self._read("SELECT path FROM bar_entries UNION ALL SELECT path FROM feature_entries"
                           " UNION ALL SELECT path FROM cache_entries UNION ALL SELECT path FROM history_archives")
-        return {str(r[0]) for r in rows}
+        segments = self._read("SELECT parts FROM bar_entries WHERE parts IS NOT NULL")
+        return {str(r[0]) for r in rows} | {p for (parts,) in segments for p in part_paths(parts)}
 
     def drop_rows(self, table: str, ids: Sequence[int]) -> int:
         if table not in ("bar_entries", "feature_entries"):
@@ -514,3 +518,14 @@ def _migrate(conn: sqlite3.Connection, lock: threading.Lock) -> None:
         for col, kind in (("size", "INTEGER"), ("file_hash", "TEXT")):
             if col not in have:
                 cur.execute(f"ALTER TABLE feature_entries ADD COLUMN {col} {kind}")
+
+
+def _migrate_bar_parts(conn: sqlite3.Connection, lock: threading.Lock) -> None:
+    """Add ``bar_entries.parts`` (appended segments) to a catalog created before it: NULL, one file, as before."""
+    with lock:
+        have = {r[1] for r in conn.execute("PRAGMA table_info(bar_entries)")}
+    if "parts" in have:
+        return
+    with immediate(conn, lock, "catalog: cannot add the bar entry parts column") as cur:
+        if "parts" not in {r[1] for r in cur.execute("PRAGMA table_info(bar_entries)")}:
+            cur.execute("ALTER TABLE bar_entries ADD COLUMN parts TEXT")

@@ -50,6 +50,7 @@ from pitstore.features.library import is_window
 from pitstore.live.marker import PushMarker
 from pitstore.live.steppers import Stepper, WindowBlock, stepper_for
 from pitstore.offline import read_entries
+from pitstore.segments import read_bars
 from pitstore.serving import Serving
 from pitstore.spacing import check_spacing, min_gap_us, spacing_error
 from pitstore.storage import Storage, as_storage
@@ -332,7 +333,7 @@ class LiveEngine:
         if flying is not None and flying["symbol"].is_in(list(symbols)).any():
             self.join()  # then its bars are stored, or back in the buffer
         entries = self.catalog.live_bars(symbols)
-        stored = read_entries(self.storage, [e.path for e in entries]) if entries else None
+        stored = read_bars(self.storage, entries)
         with self._lock:
             buffered = [b.filter(pl.col("symbol").is_in(list(symbols))) for b in self._buffer]
         parts = [p for p in [stored, *buffered] if p is not None and p.height]

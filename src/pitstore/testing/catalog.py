@@ -420,6 +420,20 @@ class CatalogConformance:
         _threads(work, catalogs)
         assert len(set(ids)) == 1
 
+    def test_bar_parts_round_trip_and_keep_their_files_referenced(self, catalog: Catalog) -> None:
+        """A snapshot of a base plus segments (pitstore.segments) reads back as committed; every file it lists
+        is referenced, while the row exists, superseded or not."""
+        base = catalog.commit_bars(bar("AAA", "bars/AAA/base.parquet"), None)
+        parts = '[["bars/AAA/base.parquet",-1,10,"h"],["bars/_segments/s1.parquet",3,2,"g"]]'
+        appended = catalog.commit_bars(bar("AAA", "bars/AAA/base.parquet", n=12, last=11)._replace(parts=parts),
+                                       base.id)
+        assert catalog.live_bars(["AAA"]) == [appended] and appended.parts == parts
+        assert catalog.bar_history("AAA", base.id) == [appended]
+        assert {"bars/AAA/base.parquet", "bars/_segments/s1.parquet"} <= catalog.referenced_paths()
+        assert catalog.live_bars(["AAA"], as_known_at=base.recorded_at)[0].parts is None  # as known then
+        catalog.drop_rows("bar_entries", [appended.id])
+        assert "bars/_segments/s1.parquet" not in catalog.referenced_paths()
+
 
 def _threads(work: Callable[[int, Any], None], catalogs: list[Any]) -> None:
     """Run ``work(i, catalog)`` in one thread per catalog; re-raise the first failure (the opener closes them)."""

@@ -1,0 +1,231 @@
+"""Bar snapshots as a base file plus appended segments, so an append of new bars writes only the new bars.
+
+A :class:`~pitstore.catalog.base.BarEntry` without ``parts`` is one Parquet file (``path``) holding the symbol's
+whole history. With ``parts`` it is the concatenation, in order, of the parts it lists: the first is the base (a
+whole file, ``row_group`` -1), each later one a row group of a segment file. One segment file holds the appended
+bars of every symbol of one ingest, one row group per symbol, so an append to 500 symbols writes one file and
+commits one transaction. A snapshot stays a catalog row like any other: it supersedes its predecessor, and the
+snapshot visible at ``as_known_at=t`` is the base plus the segments committed by ``t``.
+
+A part records its rows and content hash, so a damaged part is found (verify) and named. The snapshot's
+``content_hash`` is then :func:`chained_hash` over its parts' hashes (equal to the base's hash when there are no
+segments): it identifies the content as stored, but is not :func:`pitstore.offline.content_hash` of the whole
+frame, so nothing compares the two.
+"""
+
+from __future__ import annotations
+
+import bisect
+import io
+import json
+import uuid
+from collections.abc import Sequence
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+import xxhash
+
+from pitstore.catalog.base import BarEntry, FeatureEntry
+from pitstore.offline import read_entries
+from pitstore.storage import Storage
+
+__all__ = ["Part", "PartReader", "chained_hash", "encode_parts", "entry_paths", "part_paths", "parts_of",
+           "read_bars", "read_part", "read_tail", "write_base", "write_segment"]
+
+WHOLE_FILE = -1
+SEGMENT_DIR = "bars/_segments"
+_ROW_GROUP_ROWS = 16_384  # as pitstore.offline's entries: a part of a large append decodes only its groups
+
+
+class Part:
+    """One stored piece of a bar snapshot: a whole file, or ``n_rows`` rows from row ``offset`` of a segment."""
+
+    __slots__ = ("content_hash", "n_rows", "offset", "path")
+
+    def __init__(self, path: str, offset: int, n_rows: int, content_hash: str) -> None:
+        self.path = path
+        self.offset = offset  # WHOLE_FILE, or the first row of this part in its segment file
+        self.n_rows = n_rows
+        self.content_hash = content_hash
+
+    def as_list(self) -> list[object]:
+        return [self.path, self.offset, self.n_rows, self.content_hash]
+
+    def __repr__(self) -> str:
+        return f"Part({self.path!r}, {self.offset}, {self.n_rows}, {self.content_hash!r})"
+
+
+def parts_of(entry: BarEntry) -> list[Part]:
+    """The stored pieces of ``entry``, oldest bars first (one whole file for a snapshot without segments)."""
+    if entry.parts is None:
+        return [Part(entry.path, WHOLE_FILE, entry.n_rows, entry.content_hash)]
+    return [Part(str(p), int(o), int(n), str(h)) for p, o, n, h in json.loads(entry.parts)]
+
+
+def encode_parts(parts: Sequence[Part]) -> str:
+    return json.dumps([p.as_list() for p in parts], separators=(",", ":"))
+
+
+def part_paths(parts: str | None) -> list[str]:
+    """The files an encoded ``parts`` column refers to (what gc must keep while the row exists)."""
+    return [] if parts is None else [str(p[0]) for p in json.loads(parts)]
+
+
+def chained_hash(parts: Sequence[Part]) -> str:
+    """The snapshot hash of ``parts``: the one part's own hash, else xxh3-128 over their hashes in order."""
+    if len(parts) == 1:
+        return parts[0].content_hash
+    return xxhash.xxh3_128(("chain:" + ",".join(p.content_hash for p in parts)).encode()).hexdigest()
+
+
+def write_segment(storage: Storage, frames: Sequence[pl.DataFrame]) -> tuple[str, list[int]]:
+    """Write ``frames`` (each one symbol's new bars) one after the other as one segment file; its path and the
+    first row of each frame in it. Published atomically like every entry (:meth:`Storage.put`)."""
+    sink = io.BytesIO()
+    whole = pl.concat(frames, how="vertical", rechunk=True)
+    whole.write_parquet(sink, compression="zstd", compression_level=1, statistics=True,
+                        row_group_size=_ROW_GROUP_ROWS)
+    path = f"{SEGMENT_DIR}/{uuid.uuid4().hex}.parquet"
+    storage.put(path, sink.getbuffer())
+    offsets = [0]
+    for f in frames[:-1]:
+        offsets.append(offsets[-1] + f.height)
+    return path, offsets
+
+
+TAIL_ROWS = 1_024  # a base's last row group: what an incremental backfill decodes of it (lookbacks are shorter)
+
+
+def write_base(storage: Storage, relative_dir: str, df: pl.DataFrame) -> str:
+    """Write ``df`` (one symbol's whole bars) as a base file under ``relative_dir``; its path. Row groups of
+    16,384 rows as every entry, except that the last ``TAIL_ROWS`` bars are a group of their own: the tail an
+    incremental backfill needs decodes little, however long the history."""
+    sink = io.BytesIO()
+    table = df.to_arrow()
+    head = max(table.num_rows - TAIL_ROWS, 0)
+    with pq.ParquetWriter(sink, table.schema, compression="zstd", compression_level=1) as w:
+        if head:
+            w.write_table(table.slice(0, head), row_group_size=_ROW_GROUP_ROWS)
+        w.write_table(table.slice(head), row_group_size=TAIL_ROWS)
+    path = f"{relative_dir}/{uuid.uuid4().hex}.parquet"
+    storage.put(path, sink.getbuffer())
+    return path
+
+
+class PartReader:
+    """Reads parts, each file's footer parsed once and each row group decoded once (many symbols' parts share
+    one segment file, and their tails one base's last groups)."""
+
+    def __init__(self, storage: Storage, columns: Sequence[str] | None = None) -> None:
+        self.storage = storage
+        self.columns = list(columns) if columns is not None else None
+        self._files: dict[str, tuple[pq.ParquetFile, list[int]]] = {}  # path -> file, first row of each group
+        self._groups: dict[tuple[str, int], pl.DataFrame] = {}
+
+    def _file(self, path: str) -> tuple[pq.ParquetFile, list[int]]:
+        got = self._files.get(path)
+        if got is None:
+            f = pq.ParquetFile(pa.BufferReader(self.storage.read_buffer(path)))
+            starts = [0]
+            for g in range(f.metadata.num_row_groups):
+                starts.append(starts[-1] + f.metadata.row_group(g).num_rows)
+            got = self._files[path] = (f, starts)
+        return got
+
+    def groups(self, path: str) -> list[int]:
+        """First row of each row group of ``path``, and its row count last."""
+        return self._file(path)[1]
+
+    def group(self, path: str, g: int) -> pl.DataFrame:
+        df = self._groups.get((path, g))
+        if df is None:
+            table = self._file(path)[0].read_row_group(g, columns=self.columns)
+            df = self._groups[(path, g)] = pl.from_arrow(table)  # type: ignore[assignment]
+            assert isinstance(df, pl.DataFrame)
+        return df
+
+    def rows(self, path: str, first: int, n: int) -> pl.DataFrame:
+        """Rows ``first`` to ``first + n`` of ``path``, decoding only the row groups they lie in."""
+        starts = self.groups(path)
+        lo = max(bisect.bisect_right(starts, first) - 1, 0)
+        frames = []
+        g = lo
+        while g < len(starts) - 1 and starts[g] < first + n:
+            frames.append(self.group(path, g))
+            g += 1
+        df = pl.concat(frames, how="vertical_relaxed") if len(frames) > 1 else frames[0]
+        return df.slice(first - starts[lo], n)
+
+    def part(self, part: Part) -> pl.DataFrame:
+        if part.offset == WHOLE_FILE:
+            df = read_entries(self.storage, [part.path], self.columns)
+            assert df is not None
+            return df
+        return self.rows(part.path, part.offset, part.n_rows)
+
+
+def read_part(storage: Storage, part: Part, columns: Sequence[str] | None = None) -> pl.DataFrame:
+    """The bars of one part."""
+    return PartReader(storage, columns).part(part)
+
+
+def read_bars(storage: Storage, entries: Sequence[BarEntry], columns: Sequence[str] | None = None
+              ) -> pl.DataFrame | None:
+    """The bars of ``entries``, concatenated in order (each entry's base then its segments); None when empty."""
+    if not entries:
+        return None
+    bases = read_entries(storage, [e.path for e in entries], columns)  # one scan of every base, as before
+    assert bases is not None
+    if all(e.parts is None for e in entries):
+        return bases
+    reader = PartReader(storage, columns)
+    frames: list[pl.DataFrame] = []
+    at = 0
+    for e in entries:
+        parts = parts_of(e)
+        frames.append(bases.slice(at, parts[0].n_rows))
+        at += parts[0].n_rows
+        frames.extend(reader.part(p) for p in parts[1:])
+    return pl.concat(frames, how="vertical_relaxed").rechunk()
+
+
+def read_tail(reader: PartReader, entry: BarEntry, after_us: int, keep: int) -> tuple[pl.DataFrame, int]:
+    """The bars of ``entry`` from the ``keep``-th last bar dated at or before ``after_us`` on (all of them when
+    there are fewer), read from the newest parts back, a base file only from its last row groups; and the
+    absolute position (bars before it in the snapshot) of the first bar returned."""
+    frames: list[pl.DataFrame] = []
+    older = 0  # bars read dated at or before after_us
+    position = entry.n_rows
+
+    def take(df: pl.DataFrame) -> bool:
+        nonlocal older, position
+        frames.append(df)
+        position -= df.height
+        older += int((df["ts"].dt.epoch("us") <= after_us).sum())
+        return older >= keep
+
+    done = False
+    for part in reversed(parts_of(entry)):
+        if part.offset != WHOLE_FILE:
+            done = take(reader.part(part))
+        else:
+            for g in range(len(reader.groups(part.path)) - 2, -1, -1):
+                if take(reader.group(part.path, g)):
+                    done = True
+                    break
+        if done:
+            break
+    frames.reverse()
+    df = pl.concat(frames, how="vertical_relaxed")
+    extra = older - keep  # the oldest bars read that no window reaches
+    if extra > 0:
+        df, position = df.slice(extra), position + extra
+    return df.rechunk(), position
+
+
+def entry_paths(entry: BarEntry | FeatureEntry) -> list[str]:
+    """Every file a catalog row refers to: a feature entry's one file, a bar snapshot's base and segments."""
+    if isinstance(entry, BarEntry) and entry.parts is not None:
+        return list(dict.fromkeys([entry.path, *part_paths(entry.parts)]))
+    return [entry.path]
