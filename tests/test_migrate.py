@@ -239,3 +239,17 @@ def test_a_migration_killed_midway_completes_when_run_again(tmp_path: Path, cata
         got = _answers(store, known, log_dir)
     for key in want:
         assert got[key] == want[key], (seed, key)  # no duplicates, nothing missing
+
+
+def test_files_left_in_place_on_a_shared_disk_are_checked_not_copied(tmp_path: Path, catalog_url: str) -> None:
+    """Only the catalog moves (--to-data is the source's own directory): no byte is copied, every file is still
+    checked, and the team store reads the same files."""
+    with Store.open(tmp_path / "shared") as store:
+        store.ingest(synthetic_bars(2, 90))
+        store.backfill(standard_features())
+        want = store.read("daily_core")
+    report = migrate(Settings.load(root=tmp_path / "shared"),
+                     Settings.load(root=tmp_path / "local", catalog_url=catalog_url, data_url=str(tmp_path / "shared")))
+    assert report.ok and report.bytes_copied == 0 and report.copied == {"bars": 2, "features": 2}
+    with Store.open(tmp_path / "local", catalog_url=catalog_url, data_url=str(tmp_path / "shared")) as team:
+        assert team.read("daily_core").equals(want) and team.verify().ok
