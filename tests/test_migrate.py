@@ -161,6 +161,10 @@ def test_a_target_holding_another_store_is_refused(tmp_path: Path, catalog_url: 
         team.ingest(synthetic_bars(1, 20, seed=3))
     with pytest.raises(ConflictError, match="already holds a store"):
         migrate(Settings.load(root=tmp_path / "a"), Settings.load(root=tmp_path / "t2", catalog_url=catalog_url))
+    # The command line refuses a side it cannot place (a team catalog alone: its data would go to a temporary root).
+    assert "--to-data" in run("migrate", "--from", tmp_path / "a", "--to-catalog", catalog_url, code=1)
+    assert "give the source" in run("migrate", "--to", tmp_path / "d", code=1)
+    assert "--from-data" in run("migrate", "--from-catalog", catalog_url, "--to", tmp_path / "d", code=1)
     with pytest.raises(ConfigError, match="same catalog"):
         migrate(Settings.load(root=tmp_path / "a"), Settings.load(root=tmp_path / "a"))
     # A finished migration's target written since is not overwritten by a second run either.

@@ -159,14 +159,16 @@ class _Migration:
             what = meta.get("store_id", "no store id")
             raise ConflictError(f"the target ({self.report.target}) already holds a store ({what};"
                                 f" {sum(held.values()):,} catalog rows); migrate into an empty catalog")
-        self.dst.catalog.load_rows("store_meta", [("store_id", store_id)])
-        self._mark(store_id, "copying")
+        # One transaction: a target with the store id but no marker would be refused by the rerun.
+        self.dst.catalog.load_rows("store_meta", [("store_id", store_id), self._marker(store_id, "copying")])
         return "fresh"
 
+    def _marker(self, store_id: str, state: str) -> tuple[str, str]:
+        return MARKER, json.dumps({"store_id": store_id, "source": self.report.source, "state": state,
+                                   "at": datetime.now(UTC).isoformat()})
+
     def _mark(self, store_id: str, state: str) -> None:
-        value = json.dumps({"store_id": store_id, "source": self.report.source, "state": state,
-                            "at": datetime.now(UTC).isoformat()})
-        self.dst.catalog.load_rows("store_meta", [(MARKER, value)])
+        self.dst.catalog.load_rows("store_meta", [self._marker(store_id, state)])
 
     # --- rows ----------------------------------------------------------------------------------------------
 

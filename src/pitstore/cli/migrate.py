@@ -55,6 +55,11 @@ def migrate(
         fail("give the source: --from DIR (embedded) or --from-catalog URL (team)")
     if to_dir is None and to_catalog is None:
         fail("give the target: --to DIR (embedded) or --to-catalog URL (team)")
+    # A team side given by its catalog alone keeps its data under a temporary root: deleted at the end.
+    if from_catalog is not None and from_data is None and source_dir is None:
+        fail("--from-catalog needs --from-data (where the source's data files are) or --from DIR")
+    if to_catalog is not None and to_data is None and to_dir is None:
+        fail("--to-catalog needs --to-data (where the data files go: s3://bucket/prefix or a shared directory)")
     with _root(source_dir) as src_root, _root(to_dir) as dst_root:
         source = _settings(src_root, from_catalog, from_data, from_options)
         target = _settings(dst_root, to_catalog, to_data, to_options)
