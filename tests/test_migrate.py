@@ -257,3 +257,32 @@ def test_files_left_in_place_on_a_shared_disk_are_checked_not_copied(tmp_path: P
     assert report.ok and report.bytes_copied == 0 and report.copied == {"bars": 2, "features": 2}
     with Store.open(tmp_path / "local", catalog_url=catalog_url, data_url=str(tmp_path / "shared")) as team:
         assert team.read("daily_core").equals(want) and team.verify().ok
+
+
+def test_the_history_tier_rows_stay_the_migrated_stores(tmp_path: Path, catalog_url: str, postgres_url: str,
+                                                        namespace: str) -> None:
+    """The store id moves with the catalog, so the team store reads the rows the embedded one materialized into the
+    PostgreSQL history tier (they are keyed by store id), without copying them; a different store does not."""
+    from test_history_tier import DAYS, _bars, _delete_tables, _sets
+
+    core, _ = _sets(namespace)
+    tier = {"online_url": "memory://", "postgres_url": postgres_url, "history_days": DAYS}
+    try:
+        with Store.open(tmp_path / "embedded", **tier) as store:
+            store.ingest(_bars())
+            store.backfill(core)
+            assert store.materialize(core) == 4
+            assert store.serving.history is not None
+            want = store.serving.history.db.scan(f"{core.name}@1", all_versions=True)
+        assert want.num_rows > 0
+        assert migrate(Settings.load(root=tmp_path / "embedded"),
+                       Settings.load(root=tmp_path / "team", catalog_url=catalog_url,
+                                     data_url=str(tmp_path / "team-data"))).ok
+        with Store.open(tmp_path / "team", catalog_url=catalog_url, data_url=str(tmp_path / "team-data"),
+                        **tier) as team, Store.open(tmp_path / "other", **tier) as other:
+            other.register(core)
+            assert team.serving.history is not None and other.serving.history is not None
+            assert team.serving.history.db.scan(f"{core.name}@1", all_versions=True).equals(want)
+            assert other.serving.history.db.scan(f"{core.name}@1", all_versions=True).num_rows == 0
+    finally:
+        _delete_tables(postgres_url, namespace + "_")
