@@ -586,6 +586,19 @@ class PostgresCatalog:
 
         return self._write("create the store id", op)
 
+    # --- locks and lifetime ----------------------------------------------------------------------------
+
+    def key_locks(self, name: str) -> AdvisoryLocks:
+        """Single-flight locks of this store's ``name`` keys (e.g. "cache"), closed with the catalog."""
+        locks = AdvisoryLocks(self._link, name)
+        self._locks.append(locks)
+        return locks
+
+    def close(self) -> None:
+        for locks in self._locks:
+            locks.close()
+        self._link.close()
+
     # --- whole tables (pitstore.migrate) ---------------------------------------------------------------
 
     def dump_rows(self, table: str) -> list[tuple[Any, ...]]:
@@ -616,19 +629,6 @@ class PostgresCatalog:
                                 .encode())
 
         self._write(f"load rows of {table}", op)
-
-    # --- locks and lifetime ----------------------------------------------------------------------------
-
-    def key_locks(self, name: str) -> AdvisoryLocks:
-        """Single-flight locks of this store's ``name`` keys (e.g. "cache"), closed with the catalog."""
-        locks = AdvisoryLocks(self._link, name)
-        self._locks.append(locks)
-        return locks
-
-    def close(self) -> None:
-        for locks in self._locks:
-            locks.close()
-        self._link.close()
 
 
 class AdvisoryLocks(ProcessLocks):
