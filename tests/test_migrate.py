@@ -217,6 +217,7 @@ print("finished", r.ok, flush=True)
 """
 
 
+@pytest.mark.slow  # a real process SIGKILLed midway, then a full rerun
 def test_a_migration_killed_midway_completes_when_run_again(tmp_path: Path, catalog_url: str,
                                                             s3_url: str, s3_server: S3Server) -> None:  # noqa: F811
     log_dir = tmp_path / "log"

@@ -119,6 +119,7 @@ with Store.open(root, catalog_url=catalog_url, data_url=data_url, data_options=o
 """
 
 
+@pytest.mark.slow  # a second real process waiting on the lock
 def test_tiering_runs_one_at_a_time_across_machines(history: PostgresHistory, team: Store, postgres_url: str,
                                                      namespace: str, s3_url: str,  # noqa: F811
                                                      s3_server: S3Server, tmp_path: Path) -> None:  # noqa: F811
