@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test lint typecheck bench demo services browser clean
+.PHONY: test quick lint typecheck bench demo services browser clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ test: $(STAMP) services browser
 	$(PY) -m ruff check src tests bench examples
 	$(PY) -m mypy src
 	$(PY) -m pytest -q --doctest-modules src tests
+
+## quick: the inner loop: the tests not marked slow (real-process, crash and large-data tests are); no lint, no doctests
+quick: $(STAMP) services
+	$(PY) -m pytest -q -m "not slow" tests
 
 lint: $(STAMP)
 	$(PY) -m ruff check src tests bench

@@ -1,5 +1,6 @@
 """Benchmark: team mode (PostgreSQL catalog on loopback; data local or on S3) against the embedded store (SQLite
-catalog, local data), same data, side by side in one run.
+catalog, local data), same data, side by side in one run; the in-memory
+catalog (``catalog_url="memory://"``) alongside, for reference (no target: it is for tests).
 
 Issue #15's targets: get_historical of 1M look-ups within 2x of the embedded store, and a compute-cache hit
 within 2x. The stores hold the same bars (``--symbols`` x ``--bars`` daily) and the seven standard features:
@@ -119,6 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     answers: dict[str, pl.DataFrame] = {}
     with tempfile.TemporaryDirectory() as tmp, _moto() as s3:
         kinds: list[tuple[str, str | None, dict[str, Any]]] = [("sqlite", None, {}),
+                                                                ("memory", "memory://bench", {}),
                                                                 ("postgres", f"{URL}?schema={SCHEMA}", {})]
         if s3 is not None:
             kinds.append(("postgres+s3", f"{URL}?schema={SCHEMA}_s3", s3))
@@ -162,12 +164,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         conn.execute(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")
         conn.execute(f"DROP SCHEMA IF EXISTS {SCHEMA}_s3 CASCADE")
     verdicts = []
-    for kind in (k for k in results if k != "sqlite"):
+    for kind in (k for k in results if k != "sqlite"):  # memory: a reference line, no target
         hist_ratio = results[kind]["best"] / results["sqlite"]["best"]
         first_ratio = results[kind]["first"] / results["sqlite"]["first"]
         hit_ratio = results[kind]["hit_median_us"] / results["sqlite"]["hit_median_us"]
         emit(f"ratio {kind}/sqlite: get_historical {hist_ratio:.2f}x (first call {first_ratio:.2f}x),"
              f" cache hit {hit_ratio:.2f}x")
+        if kind == "memory":
+            continue
         verdicts += [(f"{kind}: get_historical {args.lookups:,} look-ups within 2x of the embedded store"
                       f" ({hist_ratio:.2f}x)", hist_ratio <= 2.0),
                      (f"{kind}: cache hit within 2x of the embedded store ({hit_ratio:.2f}x)", hit_ratio <= 2.0)]

@@ -4,10 +4,12 @@ corrupted entries, single flight across threads, warming. Processes and kills: t
 from __future__ import annotations
 
 import importlib.util
+import sqlite3
 import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from types import ModuleType
@@ -396,6 +398,7 @@ def test_big_integers_in_configs(a: Any, b: Any) -> None:
     assert ka != kb
 
 
+@pytest.mark.slow  # fresh interpreter processes
 def test_same_key_in_fresh_processes(tmp_path: Path) -> None:
     """New interpreters (with other string-hash seeds) compute the same key as this process for the same symbol,
     raw, config and compute: a plain function, a lambda holding a set constant, a function without source."""
@@ -890,7 +893,9 @@ def test_clear_and_cleanup_old_entries(store: Store, log_dir: Path) -> None:
 
     old = store.catalog.cache_entries("AAA")[0]
     ten_days_ago = int((datetime.now(UTC) - timedelta(days=10)).timestamp() * 1e6)
-    store.catalog._conn.execute("UPDATE cache_entries SET last_access = ? WHERE key = ?", (ten_days_ago, old.key))
+    # Ten days pass for one entry: its last access is set in the catalog file, as another process would see it.
+    with closing(sqlite3.connect(store.catalog.path)) as conn, conn:
+        conn.execute("UPDATE cache_entries SET last_access = ? WHERE key = ?", (ten_days_ago, old.key))
     assert store.cleanup_old_entries(30) == 0
     assert store.cleanup_old_entries(5) == 1
     assert not (store.root / old.path).exists()

@@ -1,5 +1,6 @@
-"""The catalog conformance suite on SQLite and on PostgreSQL, and what only the PostgreSQL catalog has: its
-schema, its URL, its errors and its advisory locks. PostgreSQL is the real local server, one schema per test."""
+"""The catalog conformance suite (:mod:`pitstore.testing.catalog`) on SQLite, in memory and on PostgreSQL, and
+what only one backend has: the memory catalog's URL and sharing, the PostgreSQL catalog's schema, URL, errors and
+advisory locks. PostgreSQL is the real local server, one schema per test."""
 
 from __future__ import annotations
 
@@ -7,17 +8,20 @@ import os
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-from catalog_conformance import CatalogConformance, Opener, bar
 from servers import drop_schema, free_port
 
-from pitstore.catalog import SqliteCatalog
+from pitstore import Store, standard_features
+from pitstore.catalog import MemoryCatalog, SqliteCatalog, open_catalog
 from pitstore.catalog.postgres import DEFAULT_SCHEMA, PostgresCatalog, catalog_target
+from pitstore.config import Settings
 from pitstore.errors import BackendError, BackendUnavailableError, ConfigError, ReadOnlyStoreError
+from pitstore.testing.catalog import CatalogConformance, Opener, bar
 
 
 def _terminate(conn: psycopg.Connection[Any], kind: str) -> int:
@@ -39,6 +43,78 @@ class TestSqliteCatalog(CatalogConformance):
         yield open_one
         for c in opened:
             c.close()
+
+
+class TestMemoryCatalog(CatalogConformance):
+    @pytest.fixture
+    def opener(self, request: pytest.FixtureRequest) -> Iterator[Opener]:
+        opened: list[MemoryCatalog] = []
+        name = f"test-{request.node.nodeid}-{time.monotonic_ns()}"  # a state of this test's own
+
+        def open_one() -> MemoryCatalog:
+            opened.append(MemoryCatalog(name))
+            return opened[-1]
+
+        yield open_one
+        for c in opened:
+            c.close()
+
+
+# --- memory only --------------------------------------------------------------------------------------------
+
+
+def test_memory_urls_name_a_state_per_name_and_root(tmp_path: Path) -> None:
+    def opened(url: str, root: Path, *, read_only: bool = False) -> Any:
+        return open_catalog(Settings.load(root=root, catalog_url=url), read_only=read_only)
+
+    tag = f"m{time.monotonic_ns()}"
+    with pytest.raises(ReadOnlyStoreError, match="none to read"):
+        opened(f"memory://{tag}", tmp_path / "a", read_only=True)
+    a = opened(f"memory://{tag}", tmp_path / "a")
+    assert isinstance(a, MemoryCatalog) and a.mode == "rw"
+    first = a.commit_bars(bar("A"), None)
+    reader = opened(f"memory://{tag}", tmp_path / "a", read_only=True)
+    assert reader.mode == "ro" and reader.live_bars() == [first]
+    with pytest.raises(ReadOnlyStoreError):
+        reader.commit_bars(bar("B"), None)
+    assert opened(f"memory://{tag}", tmp_path / "b").live_bars() == []  # another root: another store
+    assert opened(f"memory://{tag}x", tmp_path / "a").live_bars() == []  # another name
+    a.close()
+    a.close()  # idempotent
+    with pytest.raises(BackendError, match="closed"):
+        a.live_bars()
+    assert opened(f"memory://{tag}", tmp_path / "a").live_bars() == [first]  # the rows outlive the catalogs
+    assert Settings.load(root=tmp_path, catalog_url="memory://").catalog_location == "memory://"
+    for bad in ("memory://x?y=1", "sqlite:///x"):
+        with pytest.raises(ConfigError):
+            opened(bad, tmp_path / "a")
+
+
+def test_a_store_on_a_memory_catalog_answers_as_on_sqlite(tmp_path: Path) -> None:
+    """End to end: ingest, backfill, a restatement and point-in-time reads give the same frames on both."""
+    from pitstore.testing import synthetic_bars
+
+    bars = synthetic_bars(3, 80)
+    restated = bars.with_columns(*(bars[c] * 1.01 for c in ("open", "high", "low", "close")))
+    entities = bars.select("symbol", "ts")
+    seen = []
+    for url in (None, f"memory://e2e-{time.monotonic_ns()}"):
+        root = tmp_path / ("mem" if url else "sqlite")
+        with Store.open(root, catalog_url=url, online_url="memory://") as store:
+            store.ingest(bars)
+            store.backfill(standard_features())
+            before = datetime.fromtimestamp(store.catalog.live_bars()[0].recorded_at / 1e6, UTC)
+            store.ingest(restated, replace_range=True)
+            store.backfill(standard_features())
+            stats = {k: v for k, v in store.stats().items() if k.endswith(("_live", "_total"))}
+            seen.append((store.get_historical(entities, "daily_core"),
+                         store.get_historical(entities, "daily_core", as_known_at=before), stats,
+                         store.get_online(["S0000"], "daily_core")[0].values))
+        assert not (root / "catalog.sqlite").exists() if url else (root / "catalog.sqlite").exists()
+    (now_s, then_s, stats_s, online_s), (now_m, then_m, stats_m, online_m) = seen
+    assert now_s.equals(now_m) and then_s.equals(then_m) and online_s == online_m
+    assert stats_s == stats_m and stats_m["bar_entries_total"] == 6
+    assert not now_m.equals(then_m)  # the restatement is visible now, not as known before it
 
 
 @pytest.fixture
@@ -139,6 +215,28 @@ def test_a_broken_schema_is_a_backend_error(pg_url: str, postgres_url: str, name
         conn.execute(f'DROP TABLE "{namespace}".cache_entries')
     with pytest.raises(BackendError, match="no pitstore catalog"):
         catalog.cache_get("k")
+    catalog.close()
+
+
+def test_every_catalog_read_wraps_driver_errors(pg_url: str, postgres_url: str, namespace: str) -> None:
+    """Every read of the catalog protocols, on a schema dropped behind the catalog's back: the error tree's
+    BackendError naming the catalog, caused by psycopg's error (never psycopg's own error raised)."""
+    catalog = PostgresCatalog(pg_url)
+    catalog.commit_bars(bar("A"), None)
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA "{namespace}" CASCADE')
+    reads: list[Any] = [
+        catalog.names, lambda: catalog.versions("x"), catalog.live_bars, lambda: catalog.live_bars(as_known_at=1),
+        lambda: catalog.bar_history("A", 0), catalog.all_bar_entries, lambda: catalog.feature_entries("fs", 1),
+        lambda: catalog.feature_entries("fs", 1, ["A"], 5), catalog.all_feature_entries, lambda: catalog.cache_get("k"),
+        catalog.cache_entries, catalog.cache_stats, catalog.history_archives,
+        lambda: catalog.history_synced("t@1", [1]), lambda: catalog.top_requested(3), catalog.counts,
+        catalog.referenced_paths, catalog.replay_from, catalog.store_id,
+    ]
+    for read in reads:
+        with pytest.raises(BackendError, match=f"schema '{namespace}'") as err:
+            read()
+        assert isinstance(err.value.__cause__, psycopg.Error), read
     catalog.close()
 
 

@@ -48,6 +48,7 @@ def entities() -> pl.DataFrame:
     }).with_columns(pl.col("ts").dt.cast_time_unit("us"))
 
 
+@pytest.mark.slow  # two fresh `pitstore` processes
 def test_help_runs_as_a_real_process() -> None:
     """The installed console script and `python -m pitstore` both start and list every command."""
     script = Path(sys.executable).parent / "pitstore"

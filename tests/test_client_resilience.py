@@ -177,6 +177,7 @@ def _loop(fs: Client, server: Server, n: int, kill_at: int, timeout: float) -> t
     return outcomes, durations
 
 
+@pytest.mark.slow  # a server process SIGKILLed and restarted
 def test_sigkill_fail_fast_then_recovery_on_the_same_port(root: Path) -> None:
     cfg = Resilience(timeout=1.0, retries=2, backoff=0.01, max_backoff=0.05, breaker_failures=3,
                      breaker_cooldown=0.3)
@@ -213,6 +214,7 @@ def test_sigkill_fail_fast_then_recovery_on_the_same_port(root: Path) -> None:
         server.stop()
 
 
+@pytest.mark.slow  # its own server process, stopped midway
 def test_with_a_fallback_store_the_same_answers_come_from_it(root: Path) -> None:
     cfg = Resilience(timeout=1.0, retries=1, backoff=0.01, breaker_failures=2, breaker_cooldown=30)
     server = Server(root)

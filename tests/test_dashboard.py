@@ -206,6 +206,7 @@ def test_dashboard_in_a_real_browser_shows_the_served_figures(browser: Any, tmp_
     assert code in (0, -signal.SIGTERM), out
 
 
+@pytest.mark.slow  # its own server process
 def test_grafana_panels_name_exported_metrics_and_the_feed_needs_a_key(tmp_path: Path) -> None:
     root = tmp_path / "store"
     _store(root)
@@ -299,6 +300,7 @@ def _in_a_terminal(args: list[str], done: Callable[[str], bool], env: dict[str, 
     return os.waitstatus_to_exitcode(status), out.decode(errors="replace")
 
 
+@pytest.mark.slow  # a real `stats --watch` process and SIGINT
 def test_stats_watch_refreshes_in_place_and_exits_cleanly_on_ctrl_c(tmp_path: Path) -> None:
     root = tmp_path / "store"
     _store(root)
@@ -322,6 +324,7 @@ def test_stats_watch_refreshes_in_place_and_exits_cleanly_on_ctrl_c(tmp_path: Pa
         server.stop()
 
 
+@pytest.mark.slow  # a two-worker server process, sampled across intervals
 def test_two_workers_serve_the_same_series(tmp_path: Path) -> None:
     """With --workers 2 each worker samples the shared multiprocess files: both report the totals over both."""
     from concurrent.futures import ThreadPoolExecutor

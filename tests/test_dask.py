@@ -119,6 +119,7 @@ def _slow_set() -> FeatureSet:
     return FeatureSet("slow", [*FS.features, slow_gap])
 
 
+@pytest.mark.slow  # its own Dask cluster and a SIGKILLed worker
 def test_worker_killed_mid_backfill_is_retried_without_duplicates(tmp_path: Path) -> None:
     bars = synthetic_bars(12, 400, seed=5)
     slow = _slow_set()

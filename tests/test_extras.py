@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 DRIVERS = ["psycopg", "redis", "fastapi", "uvicorn", "starlette", "httpx", "prometheus_client", "tenacity",
-           "dask", "distributed", "fsspec", "s3fs", "tables", "h5py", "selenium"]
+           "dask", "distributed", "fsspec", "s3fs", "tables", "h5py", "selenium",
+           "pytest", "_pytest", "hypothesis"]  # pitstore.testing's suites import pytest only when a test does
 
 
 def _python(code: str) -> str:

@@ -320,6 +320,7 @@ def test_cli_gc_json_file(filled: Filled, tmp_path: Path) -> None:
         assert_frame_equal(store.get_historical(entities(), "fs"), filled.before_v3)
 
 
+@pytest.mark.slow  # CLI processes
 def test_cli_verify(filled: Filled, tmp_path: Path) -> None:
     """Exit 1 naming each broken path (missing files, then a corrupted cache entry); exit 0 once repaired."""
     out = run("verify", "--root", filled.root, code=1)

@@ -1,5 +1,6 @@
 """The history tier (real PostgreSQL) through the Store: materialize copies the last ``history_days`` of rows,
 every tier gives the same as-of answer, restatements never leave old values served, pushes reach it before any flush.
+The tests of which tier may answer run on the in-memory backend too (``postgres_url="memory://name"``).
 
 The Store's history tier always uses the schema ``pitstore``: each test isolates itself by unique feature-set
 names (so unique ``table_id``s) and deletes its rows afterwards.
@@ -62,13 +63,26 @@ def _delete_tables(url: str, prefix: str) -> None:
         conn.execute("DELETE FROM pitstore.history_tables WHERE starts_with(table_id, %s)", (prefix,))
 
 
+# The history backend of a test: PostgreSQL unless a test also asks for the in-memory one, where the logic above
+# the backend (which entries are synced, when the history tier may answer) is the same without a server.
+POSTGRES = pytest.param("postgres", marks=pytest.mark.postgres)
+BOTH = pytest.mark.parametrize("backend", [POSTGRES, "memory"])
+
+
+@pytest.fixture(params=[POSTGRES])
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture
-def open_store(postgres_url: str, namespace: str, tmp_path: Path) -> Iterator[Callable[..., Store]]:
+def open_store(backend: str, request: pytest.FixtureRequest, namespace: str,
+               tmp_path: Path) -> Iterator[Callable[..., Store]]:
     """Opens stores on one root with the history tier (closed and their PostgreSQL rows deleted at the end)."""
     opened: list[Store] = []
+    url = request.getfixturevalue("postgres_url") if backend == "postgres" else f"memory://{namespace}"
 
     def open_(**options: Any) -> Store:
-        settings = {"online_url": "memory://", "postgres_url": postgres_url, "history_days": DAYS, **options}
+        settings = {"online_url": "memory://", "postgres_url": url, "history_days": DAYS, **options}
         store = Store.open(tmp_path / "store", **settings)
         opened.append(store)
         return store
@@ -76,7 +90,8 @@ def open_store(postgres_url: str, namespace: str, tmp_path: Path) -> Iterator[Ca
     yield open_
     for store in reversed(opened):
         store.close()
-    _delete_tables(postgres_url, namespace + "_")
+    if backend == "postgres":
+        _delete_tables(url, namespace + "_")
 
 
 def _pg(store: Store, table_id: str, **options: Any) -> pl.DataFrame:
@@ -206,6 +221,7 @@ def _compare_tiers(store: Store, fs: FeatureSet, symbols: Sequence[str], seed: i
     return answered
 
 
+@BOTH
 def test_every_tier_gives_the_same_answer(open_store: Callable[..., Store], namespace: str) -> None:
     store = open_store()
     store.ingest(_bars(seed=1))
@@ -241,7 +257,10 @@ def _window_values(store: Store, fs: FeatureSet, symbol: str, start: datetime) -
                                                 for r in rows.iter_rows(named=True)]
 
 
-@pytest.mark.parametrize("who", ["this store", "a batch job"])
+# In memory, the batch job only: the history tier is then stale, and must know it is not to answer.
+@pytest.mark.parametrize(("backend", "who"), [pytest.param("postgres", "this store", marks=pytest.mark.postgres),
+                                              pytest.param("postgres", "a batch job", marks=pytest.mark.postgres),
+                                              ("memory", "a batch job")])
 def test_a_restatement_backfilled_never_leaves_old_values_served(
     open_store: Callable[..., Store], namespace: str, who: str,
 ) -> None:
@@ -275,6 +294,7 @@ def test_a_restatement_backfilled_never_leaves_old_values_served(
         assert _compare_tiers(store, fs, [symbol], seed=6)["history"] > 50
 
 
+@BOTH
 def test_a_removed_bar_is_not_served_from_the_history_tier(open_store: Callable[..., Store],
                                                             namespace: str) -> None:
     """A restatement that drops a bar (a range replaced without it): its row is gone from the offline tier,

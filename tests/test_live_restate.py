@@ -210,6 +210,7 @@ def test_a_restatement_keeps_a_concurrent_correction_between_its_bars(
             real(root, s.catalog, other_fix)  # the other writer commits first
         return real(root, catalog, new, **kwargs)  # type: ignore[arg-type]
 
+    # White-box: the race is injected inside the engine's own ingest call (no public hook runs between its steps).
     monkeypatch.setattr(pitstore.live.engine._ingest, "ingest", racing)
     report = s.push(pushed_fix)
     assert report.restated == {"S0001": 2}

@@ -366,6 +366,7 @@ def test_an_identical_older_bar_changes_nothing(live: Live) -> None:
 # --- 3. look-ups of rows not yet flushed ------------------------------------------------------------------
 
 
+@pytest.mark.slow  # thousands of look-ups against a batch store
 def test_get_features_between_the_last_flushed_and_the_latest_pushed_row(tmp_path: Path) -> None:
     """As-of look-ups over rows pushed but not flushed are answered (from memory) exactly as a batch store
     answers them, with an availability lag and a TTL too; and again after the flush."""
@@ -389,7 +390,7 @@ def test_get_features_between_the_last_flushed_and_the_latest_pushed_row(tmp_pat
             s.flush()
             for minute in _by_minute(pushed.filter(pl.col("ts") > flushed_to)):
                 s.push(minute)
-            assert s.live._buffered > 0
+            assert s.live.pending > 0
             probes = [NOW_MINUTE - k * timedelta(seconds=30) for k in range(0, 100)]
             probes += [NOW_MINUTE + timedelta(hours=1), cut - timedelta(microseconds=1)]
             rng = random.Random(7)
@@ -405,7 +406,7 @@ def test_get_features_between_the_last_flushed_and_the_latest_pushed_row(tmp_pat
 
             check()
             s.flush()
-            assert s.live._buffered == 0 and not any(s.serving.pending.snapshot(["plain@1", "lagged@1"]).values())
+            assert s.live.pending == 0 and not any(s.serving.pending.snapshot(["plain@1", "lagged@1"]).values())
             check()
 
 
@@ -439,7 +440,7 @@ def test_invalid_bars_raise_and_change_nothing(live: Live,
         assert isinstance(info.value, ValueError), what
         assert _online(s, "live_all@1", symbols) == online, what
         assert s.serving.pending.snapshot() == pending, what
-        assert s.live._buffered == 30, what
+        assert s.live.pending == 30, what
     s.flush()
     for sym in symbols:
         assert s.bars(sym).equals(pl.concat([stored[sym], bars.filter((pl.col("symbol") == sym)

@@ -111,6 +111,7 @@ def _run_python(block: Block, namespace: dict[str, object]) -> None:
         asyncio.run(result)
 
 
+@pytest.mark.slow  # runs every README block, CLI processes included: the longest test
 def test_readme_blocks_run_in_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                     capsys: pytest.CaptureFixture[str]) -> None:
     """Every unmarked python and shell block of the README runs, in order, in one fresh directory, one Python

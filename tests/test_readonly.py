@@ -203,6 +203,7 @@ def test_an_older_catalog_is_read_without_migrating_it(shared: Path) -> None:
         {k: v for k, v in before.items() if k != "."}
 
 
+@pytest.mark.slow  # a writer and a reader process
 def test_a_reader_sees_consistent_snapshots_while_a_writer_ingests(shared: Path) -> None:
     """A real writer process ingests one bar of every symbol per transaction while a read-only reader process
     polls: every snapshot it reads has all symbols at the same count with exactly the writer's bars, and it

@@ -222,6 +222,7 @@ def test_every_response_has_a_request_id_and_metrics_count_requests(small_body_s
     assert ready.status_code == 200 and ready.json()["tiers"]["catalog"]["up"] is True
 
 
+@pytest.mark.slow  # starts its own keyed `pitstore serve` process
 def test_api_keys_are_enforced_by_scope(tmp_path: Path, root: Path) -> None:
     # A copy of the catalog is not needed: keys live in their own file; use a fresh small store.
     store_root = tmp_path / "keyed"
@@ -251,6 +252,7 @@ def test_api_keys_are_enforced_by_scope(tmp_path: Path, root: Path) -> None:
     assert code in (0, -signal.SIGTERM), out
 
 
+@pytest.mark.slow  # server processes and a SIGTERM
 def test_no_keys_refuses_a_public_address_and_sigterm_is_graceful(root: Path) -> None:
     refused = run_cli(["serve", "--root", str(root), "--host", "0.0.0.0", "--port", "1"])
     assert refused.returncode != 0 and "without API keys" in refused.stderr + refused.stdout
@@ -304,6 +306,7 @@ def _bar_json(row: dict[str, object]) -> dict[str, object]:
     return {**row, "ts": row["ts"].isoformat()}  # type: ignore[attr-defined]
 
 
+@pytest.mark.slow  # its own keyed server process
 def test_push_and_invalidate_with_scopes(tmp_path: Path) -> None:
     root = tmp_path / "live"
     later = _push_store(root, 2)
@@ -334,6 +337,7 @@ def test_push_and_invalidate_with_scopes(tmp_path: Path) -> None:
         assert store.bars("S0000")["ts"][-1] == first["ts"][0]
 
 
+@pytest.mark.slow  # its own server process and a SIGTERM
 def test_sigterm_during_a_push_stream_loses_no_acknowledged_bar(tmp_path: Path) -> None:
     import threading
 
@@ -405,6 +409,7 @@ def _metric(text: str, name: str) -> float:
     return float(next(x for x in text.splitlines() if x.startswith(name + " ")).split(" ")[1])
 
 
+@pytest.mark.slow  # its own server process
 def test_costs_and_freshness_in_metrics_and_the_miss_log(root: Path, caplog: pytest.LogCaptureFixture) -> None:
     rates = {"PITSTORE_COST_PER_COMPUTE_SECOND": "2.5", "PITSTORE_COST_PER_DATA_CALL": "0.01"}
     server = Server(root, env=rates)

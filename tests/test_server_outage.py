@@ -70,6 +70,7 @@ def redis_server() -> Iterator[RedisServer]:
         server.kill()
 
 
+@pytest.mark.slow  # a private Redis killed under load
 def test_redis_down_under_load_falls_back_without_5xx_and_recovers(redis_server: RedisServer,
                                                                   tmp_path: Path) -> None:
     root = tmp_path / "store"
@@ -101,6 +102,7 @@ def private_pg() -> Iterator[PrivatePostgres]:
     yield from private_postgres()
 
 
+@pytest.mark.slow  # a private PostgreSQL stopped and restarted
 def test_postgres_down_lookups_fall_back_to_the_offline_tier_without_5xx(private_pg: PrivatePostgres,
                                                                         tmp_path: Path) -> None:
     if not private_pg.running():

@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 from s3_server import S3Server, s3_server, s3_url  # noqa: F401  (fixtures)
-from storage_conformance import StorageConformance
 
 from pitstore.errors import ConfigError
 from pitstore.storage import LocalStorage, Storage, open_storage
 from pitstore.storage.fsspec import FsspecStorage
+from pitstore.testing.storage import StorageConformance
 
 
 class TestLocal(StorageConformance):

@@ -153,6 +153,7 @@ def test_the_command_line_on_a_team_store(tmp_path: Path, catalog_url: str, monk
 # --- across processes ------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # three real processes
 @pytest.mark.parametrize("data", ["root", "s3"])
 def test_three_processes_compute_each_of_eight_keys_once(tmp_path: Path, catalog_url: str, data: str,
                                                          request: pytest.FixtureRequest) -> None:
@@ -215,6 +216,7 @@ def _waiting_on_advisory_lock(postgres_url: str, pid: int) -> bool:
     return bool(row and row[0])
 
 
+@pytest.mark.slow  # real processes and a SIGKILL
 def test_a_waiter_takes_over_from_a_killed_holder(tmp_path: Path, catalog_url: str, postgres_url: str) -> None:
     """A holds a key's advisory lock (computing, stuck); B waits on it in the server; SIGKILL A: its session
     ends, B computes the key and stores it for everyone."""
@@ -243,6 +245,7 @@ def test_a_waiter_takes_over_from_a_killed_holder(tmp_path: Path, catalog_url: s
         assert starts(log_dir, "takeover") == 2 and store.verify().ok  # a hit
 
 
+@pytest.mark.slow  # concurrent real processes
 def test_concurrent_ingests_of_overlapping_symbols_leave_one_live_snapshot(tmp_path: Path, catalog_url: str) -> None:
     """3 real processes, each its own Store on one PostgreSQL catalog, ingest interleaved bars of the same
     symbols at once: all succeed, each symbol has one live snapshot holding every process's bars, and one

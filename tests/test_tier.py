@@ -378,6 +378,7 @@ def run_cli(root: Path, url: str, schema: str, *args: str, crash_at: str | None 
 
 
 @pytest.mark.parametrize("step", ["published", "committed"])
+@pytest.mark.slow  # tiering processes SIGKILLed between steps
 def test_sigkill_between_steps_loses_nothing_and_a_rerun_finishes(
     store_history: PostgresHistory, store: Store, postgres_url: str, namespace: str, tmp_path: Path, step: str,
 ) -> None:
@@ -434,6 +435,7 @@ def test_sigkill_between_steps_loses_nothing_and_a_rerun_finishes(
 # --- the command line --------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # CLI processes
 def test_cli_dry_run_then_real_run(store_history: PostgresHistory, store: Store, postgres_url: str, namespace: str,
                                    tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     history = store_history  # the CLI tiers the store's own tables

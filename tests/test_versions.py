@@ -293,6 +293,7 @@ def _run_cleanup(root: Path, kill_after: float | None) -> tuple[int, float]:
             proc.wait()
 
 
+@pytest.mark.slow  # cleanup processes SIGKILLed at random moments
 def test_sigkill_of_a_cleanup_at_random_moments_leaves_a_clean_store(tmp_path: Path) -> None:
     """24 cleanups SIGKILLed at random moments of their run: afterwards verify is clean (no row without its
     file), each version is either whole and readable or retired with no rows, the kept versions read as before,

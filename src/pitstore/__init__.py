@@ -12,7 +12,9 @@ Compute features once and get exactly the same values everywhere, never from the
 from importlib.metadata import PackageNotFoundError, version
 
 from pitstore import testing
+from pitstore.backfill import BackfillReport
 from pitstore.bars import validate_bars
+from pitstore.cache import CachedCompute, WarmReport
 from pitstore.config import Settings
 from pitstore.errors import (
     BackendError,
@@ -60,8 +62,17 @@ from pitstore.features import (
     vwap,
     zscore,
 )
+from pitstore.frames import Frame, FrameKind
+from pitstore.housekeeping import GcReport, VerifyReport
+from pitstore.ingest import IngestReport
+from pitstore.legacy.hdf5 import ImportReport
+from pitstore.live.engine import PushReport
 from pitstore.lookahead import check_lookahead
+from pitstore.scale.results import HistoricalDataset
+from pitstore.serving import FeatureVector
+from pitstore.status import Status
 from pitstore.store import Store
+from pitstore.tiering import TierReport
 from pitstore.timeutil import periods_per_year
 from pitstore.versions import CleanupReport, VersionSummary
 
@@ -73,7 +84,9 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree wi
 __all__ = [
     "BackendError",
     "BackendUnavailableError",
+    "BackfillReport",
     "CacheCorruptionError",
+    "CachedCompute",
     "CleanupReport",
     "ConfigError",
     "ConflictError",
@@ -83,20 +96,32 @@ __all__ = [
     "FeatureRef",
     "FeatureSet",
     "FeatureSetNotFoundError",
+    "FeatureVector",
+    "Frame",
+    "FrameKind",
+    "GcReport",
+    "HistoricalDataset",
+    "ImportReport",
+    "IngestReport",
     "InvalidInputError",
     "LookaheadError",
     "MissingDependencyError",
     "NotFoundError",
     "PitstoreError",
+    "PushReport",
     "ReadOnlyStoreError",
     "Registry",
     "RetentionError",
     "SchemaMismatchError",
     "Settings",
+    "Status",
     "Store",
+    "TierReport",
+    "VerifyReport",
     "VersionInfo",
     "VersionNotFoundError",
     "VersionSummary",
+    "WarmReport",
     "__version__",
     "atr",
     "bollinger",

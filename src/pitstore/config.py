@@ -90,9 +90,12 @@ class Settings:
 
     @property
     def catalog_location(self) -> str:
-        """Where the catalog is, for messages: the SQLite file, or the PostgreSQL URL without its password."""
+        """Where the catalog is, for messages: the SQLite file, the PostgreSQL URL without its password, or the
+        memory URL."""
         if not self.catalog_url:
             return str(self.catalog_path.resolve())
+        if self.catalog_url.startswith("memory:"):  # no password to hide; urlsplit would drop an empty "//"
+            return self.catalog_url
         parts = urlsplit(self.catalog_url)
         host = parts.hostname or ""
         netloc = (f"{parts.username}@" if parts.username else "") + host + (f":{parts.port}" if parts.port else "")
@@ -172,8 +175,8 @@ class Settings:
                                                and self.redis_url.startswith(("redis://", "rediss://"))):
             raise ConfigError(f"redis_url must be a redis:// or rediss:// URL, got {self.redis_url!r}")
         if self.catalog_url is not None and not (isinstance(self.catalog_url, str) and self.catalog_url.startswith(
-                ("postgresql://", "postgres://"))):
-            raise ConfigError(f"catalog_url must be a postgresql:// URL, got {self.catalog_url!r}")
+                ("postgresql://", "postgres://", "memory://"))):
+            raise ConfigError(f"catalog_url must be a postgresql:// or memory:// URL, got {self.catalog_url!r}")
         if not isinstance(self.catalog_schema, str) or not 0 < len(self.catalog_schema.encode()) <= 63:
             raise ConfigError(f"catalog_schema must be a PostgreSQL schema name of 1 to 63 bytes, got"
                               f" {self.catalog_schema!r}")

@@ -4,18 +4,24 @@ from __future__ import annotations
 
 from collections import Counter
 from datetime import datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias, overload
 
 import polars as pl
 import pyarrow as pa
 
 from pitstore.errors import InvalidInputError, MissingDependencyError
 
+if TYPE_CHECKING:  # pandas is an optional extra: its types only, never imported at run time here
+    import pandas as pd
+
 _NUMERIC = frozenset({"open", "high", "low", "close", "volume"})
 
-__all__ = ["FrameKind", "frame_kind", "from_polars", "to_polars"]
+__all__ = ["Frame", "FrameKind", "frame_kind", "from_polars", "to_polars"]
 
 FrameKind = Literal["polars", "pandas", "arrow"]
+# Any frame pitstore returns. pyarrow ships no type information (mypy sees ``pa.Table`` as Any), so an Arrow
+# result types as Any until it does; polars and pandas (pandas-stubs) results are exact.
+Frame: TypeAlias = "pl.DataFrame | pd.DataFrame | pa.Table"
 
 
 def frame_kind(data: Any) -> FrameKind:
@@ -93,7 +99,15 @@ def _check_object_column(col: str, values: list[Any], symbols: list[Any] | None)
         )
 
 
-def from_polars(df: pl.DataFrame, kind: FrameKind) -> Any:
+@overload
+def from_polars(df: pl.DataFrame, kind: Literal["polars"]) -> pl.DataFrame: ...
+@overload
+def from_polars(df: pl.DataFrame, kind: Literal["pandas"]) -> pd.DataFrame: ...
+@overload
+def from_polars(df: pl.DataFrame, kind: Literal["arrow"]) -> pa.Table: ...
+@overload
+def from_polars(df: pl.DataFrame, kind: FrameKind) -> Frame: ...
+def from_polars(df: pl.DataFrame, kind: FrameKind) -> Frame:
     """Convert a polars result back to the caller's frame type."""
     if kind == "polars":
         return df

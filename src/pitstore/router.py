@@ -49,6 +49,7 @@ from pitstore.rules import (
     is_stale,
     to_us,
 )
+from pitstore.status import Status
 from pitstore.versions import ensure_live, reading
 
 __all__ = ["FeatureVector", "Table", "TierRouter"]
@@ -66,7 +67,7 @@ class FeatureVector(NamedTuple):
 
     symbol: str
     ts: datetime | None
-    status: str
+    status: Status
     values: dict[str, float | None]
 
 
@@ -85,13 +86,13 @@ class Table:
     def values(self, row: Sequence[float | None]) -> dict[str, float | None]:
         return {n: row[i] for n, i in self.named}
 
-    def vector(self, symbol: str, ts: int, row: Sequence[float | None], t: int, status: str = OK) -> FeatureVector:
+    def vector(self, symbol: str, ts: int, row: Sequence[float | None], t: int, status: Status = OK) -> FeatureVector:
         """The as-of row at ``ts`` served at ``t``: null and ``stale`` when too old."""
         if is_stale(ts, t, self.ttl_us):
             return FeatureVector(symbol, from_us(ts), STALE, dict.fromkeys(self.sel.names))
         return FeatureVector(symbol, from_us(ts), status, self.values(row))
 
-    def empty(self, symbol: str, status: str) -> FeatureVector:
+    def empty(self, symbol: str, status: Status) -> FeatureVector:
         return FeatureVector(symbol, None, status, dict.fromkeys(self.sel.names))
 
 
@@ -115,7 +116,7 @@ class TierRouter:
 
     def latest(self, table: Table, symbols: Sequence[str], now: int) -> list[FeatureVector]:
         """The latest vector of each symbol at ``now`` (µs), in input order, in one round trip."""
-        status = OK
+        status: Status = OK
         try:
             rows = self.online.get_latest(table.table_id, symbols)
             if None in rows:

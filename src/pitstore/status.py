@@ -39,7 +39,7 @@ STATUSES: tuple[Status, ...] = (OK, FALLBACK, STALE, NO_DATA_YET, MISSING, UNKNO
 _RANK: dict[str, int] = {s: i for i, s in enumerate(STATUSES)}
 
 
-def worse(a: str, b: str) -> str:
+def worse(a: Status, b: Status) -> Status:
     """The worse of two statuses (see :data:`STATUSES`).
 
     >>> worse("ok", "stale"), worse("unknown_symbol", "no_data_yet")

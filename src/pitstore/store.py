@@ -9,7 +9,7 @@ from dataclasses import replace
 from datetime import datetime, time
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 import polars as pl
 
@@ -17,7 +17,7 @@ from pitstore import backfill as _backfill
 from pitstore import housekeeping, reads, retention, scale, tiering
 from pitstore import ingest as _ingest
 from pitstore import versions as _versions
-from pitstore.cache import ComputeCache, WarmReport
+from pitstore.cache import CachedCompute, ComputeCache, WarmReport
 from pitstore.catalog import open_catalog, shared_locks
 from pitstore.config import Settings
 from pitstore.errors import ConfigError, InvalidInputError, NotFoundError, ReadOnlyStoreError
@@ -25,22 +25,34 @@ from pitstore.features.base import Feature, FeatureSet
 from pitstore.features.catalogue import build_feature, parse_indicator
 from pitstore.features.library import standard_features
 from pitstore.features.registry import FeatureRef, Registry
-from pitstore.frames import FrameKind, frame_kind, from_polars
+from pitstore.frames import Frame, FrameKind, frame_kind, from_polars
 from pitstore.layout import BarLayout
 from pitstore.live.engine import LiveEngine, PushReport
 from pitstore.live.marker import reconcile as reconcile_dead_pushers
 from pitstore.offline import EntryReader, read_entries
 from pitstore.ondemand import indicator_rows
 from pitstore.resample import resample_bars
+from pitstore.scale.results import HistoricalDataset
 from pitstore.serving import FeatureVector, Serving
 from pitstore.storage import open_storage
 from pitstore.timeutil import utc
 from pitstore.versions import VersionSummary
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # optional extras: their types only (pandas-stubs; pitstore[dask], pitstore[hdf5])
+    import pandas as pd
+    import pyarrow as pa
+
     from pitstore.legacy.hdf5 import ImportReport
 
 __all__ = ["Store"]
+
+R = TypeVar("R")  # raw data of a cached compute
+C = TypeVar("C")  # its config
+T = TypeVar("T")  # its result
+
+# Frame-returning methods are overloaded so that a typed caller sees the frame family it gets: the one passed in,
+# or the one named by ``output=``. pyarrow ships no type information, so ``pa.Table`` is Any to mypy (Arrow in or
+# out types as Any until it does); polars and pandas are exact.
 
 
 class Store:
@@ -191,6 +203,50 @@ class Store:
         retention.check_known_at(self.catalog, self.settings.retention_days, known)
         return known
 
+    @overload
+    def get_historical(
+        self, entities: pl.DataFrame | pl.LazyFrame, features: str | Sequence[str], *,
+        as_known_at: datetime | None = None, output: None = None, engine: Literal["local"] = "local",
+        scheduler: None = None, out: None = None, partitions: None = None,
+    ) -> pl.DataFrame: ...
+    @overload
+    def get_historical(
+        self, entities: pd.DataFrame, features: str | Sequence[str], *, as_known_at: datetime | None = None,
+        output: None = None, engine: Literal["local"] = "local", scheduler: None = None, out: None = None,
+        partitions: None = None,
+    ) -> pd.DataFrame: ...
+    @overload
+    def get_historical(
+        self, entities: object, features: str | Sequence[str], *, as_known_at: datetime | None = None,
+        output: Literal["polars"], engine: str = "local", scheduler: Any = None, out: None = None,
+        partitions: int | None = None,
+    ) -> pl.DataFrame: ...
+    @overload
+    def get_historical(
+        self, entities: object, features: str | Sequence[str], *, as_known_at: datetime | None = None,
+        output: Literal["pandas"], engine: str = "local", scheduler: Any = None, out: None = None,
+        partitions: int | None = None,
+    ) -> pd.DataFrame: ...
+    @overload
+    def get_historical(
+        self, entities: object, features: str | Sequence[str], *, as_known_at: datetime | None = None,
+        output: Literal["arrow"], engine: str = "local", scheduler: Any = None, out: None = None,
+        partitions: int | None = None,
+    ) -> pa.Table: ...
+    @overload
+    def get_historical(
+        self, entities: object, features: str | Sequence[str], *, as_known_at: datetime | None = None,
+        output: FrameKind | None = None, engine: Literal["dask"], scheduler: Any = None,
+        out: str | os.PathLike[str], partitions: int | None = None,
+    ) -> HistoricalDataset: ...
+    @overload
+    def get_historical(
+        # Arrow entities (Any to mypy), a Dask DataFrame or a Parquet dataset path (engine="dask"): the frame family
+        # then depends on what is passed at run time.
+        self, entities: Any, features: str | Sequence[str], *, as_known_at: datetime | None = None,
+        output: FrameKind | None = None, engine: str = "local", scheduler: Any = None,
+        out: str | os.PathLike[str] | None = None, partitions: int | None = None,
+    ) -> Frame | HistoricalDataset: ...
     def get_historical(
         self,
         entities: Any,
@@ -202,13 +258,13 @@ class Store:
         scheduler: Any = None,
         out: str | os.PathLike[str] | None = None,
         partitions: int | None = None,
-    ) -> Any:
+    ) -> Frame | HistoricalDataset:
         """Features as of each (symbol, ts) of ``entities``: one row per input row, in input order.
 
         ``engine="dask"`` (``pitstore[dask]``): ``entities`` a Dask DataFrame or a Parquet dataset path, joined
         on a Dask cluster (``scheduler`` as for :meth:`backfill`) in ``partitions`` partitions by symbol; the
         local engine's answer, or with ``out="dir/"`` written there by the workers as a Parquet dataset with an
-        ``input_row`` column (nothing gathered here; returns a :class:`pitstore.scale.dask_join.HistoricalDataset`).
+        ``input_row`` column (nothing gathered here; returns a :class:`pitstore.HistoricalDataset`).
 
         Extra entity columns pass through, untouched: one named ``status``, ``status_<set>`` or like an output
         feature column is refused (InvalidInputError naming them). ``status`` says ``ok``, ``stale``,
@@ -221,12 +277,30 @@ class Store:
         _engine(engine, scheduler, partitions, out)
         known = self._known_at(as_known_at)
         if engine == "dask":
-            return scale.get_historical(self.root, self.catalog, self.registry, entities, features, known,
+            dask_out: Frame | HistoricalDataset = scale.get_historical(
+                self.root, self.catalog, self.registry, entities, features, known,
                                         scheduler=scheduler, out=out, partitions=partitions, output=output,
                                         storage=self.storage)
+            return dask_out
         rows = reads.get_historical(self.reader, self.catalog, self.registry, entities, features, known)
         return from_polars(rows, output or frame_kind(entities))
 
+    @overload
+    def read(self, features: str | Sequence[str], symbols: Sequence[str] | str | None = None,
+             start: datetime | None = None, end: datetime | None = None, *, as_known_at: datetime | None = None,
+             output: Literal["polars"] = "polars") -> pl.DataFrame: ...
+    @overload
+    def read(self, features: str | Sequence[str], symbols: Sequence[str] | str | None = None,
+             start: datetime | None = None, end: datetime | None = None, *, as_known_at: datetime | None = None,
+             output: Literal["pandas"]) -> pd.DataFrame: ...
+    @overload
+    def read(self, features: str | Sequence[str], symbols: Sequence[str] | str | None = None,
+             start: datetime | None = None, end: datetime | None = None, *, as_known_at: datetime | None = None,
+             output: Literal["arrow"]) -> pa.Table: ...
+    @overload
+    def read(self, features: str | Sequence[str], symbols: Sequence[str] | str | None = None,
+             start: datetime | None = None, end: datetime | None = None, *, as_known_at: datetime | None = None,
+             output: FrameKind) -> Frame: ...
     def read(
         self,
         features: str | Sequence[str],
@@ -236,7 +310,7 @@ class Store:
         *,
         as_known_at: datetime | None = None,
         output: FrameKind = "polars",
-    ) -> Any:
+    ) -> Frame:
         """The stored feature rows in ``[start, end]``; identical whatever ``start`` is (no warm-up effects).
 
         A symbol whose stored entry is damaged is not read: the frame then gets a ``status`` column, ``ok`` on
@@ -249,6 +323,13 @@ class Store:
 
     # --- compute cache --------------------------------------------------------------------------------
 
+    # The result comes back as the frame family compute returned (a polars LazyFrame is stored collected).
+    @overload
+    def get_or_compute(self, symbol: str, raw: R, config: C, compute: Callable[[R, C], pl.DataFrame | pl.LazyFrame],
+                       *, wait_timeout: float | None = None) -> pl.DataFrame: ...
+    @overload
+    def get_or_compute(self, symbol: str, raw: R, config: C, compute: Callable[[R, C], T], *,
+                       wait_timeout: float | None = None) -> T: ...
     def get_or_compute(
         self, symbol: str, raw: Any, config: Any, compute: Callable[[Any, Any], Any], *,
         wait_timeout: float | None = None,
@@ -261,7 +342,11 @@ class Store:
         """
         return self.cache.get_or_compute(symbol, raw, config, compute, wait_timeout=wait_timeout)
 
-    def cached(self, fn: Callable[[Any, Any], Any]) -> Callable[..., Any]:
+    @overload
+    def cached(self, fn: Callable[[R, C], pl.DataFrame | pl.LazyFrame]) -> CachedCompute[R, C, pl.DataFrame]: ...
+    @overload
+    def cached(self, fn: Callable[[R, C], T]) -> CachedCompute[R, C, T]: ...
+    def cached(self, fn: Callable[[Any, Any], Any]) -> CachedCompute[Any, Any, Any]:
         """Decorator: ``fn(raw, config)`` goes through :meth:`get_or_compute`; call it as
         ``fn(raw, config, symbol=...)`` (``symbol`` defaults to raw's single ``symbol`` value)."""
         return self.cache.cached(fn)
@@ -371,9 +456,24 @@ class Store:
             name, version = ref.feature_set, ref.version
         return self.serving.materialize(name, version, _symbols(symbols))
 
+    @overload
+    def get_online(self, symbols: Sequence[str] | str, features: str | Sequence[str], *,
+                   output: None = None) -> list[FeatureVector]: ...
+    @overload
+    def get_online(self, symbols: Sequence[str] | str, features: str | Sequence[str], *,
+                   output: Literal["polars"]) -> pl.DataFrame: ...
+    @overload
+    def get_online(self, symbols: Sequence[str] | str, features: str | Sequence[str], *,
+                   output: Literal["pandas"]) -> pd.DataFrame: ...
+    @overload
+    def get_online(self, symbols: Sequence[str] | str, features: str | Sequence[str], *,
+                   output: Literal["arrow"]) -> pa.Table: ...
+    @overload
+    def get_online(self, symbols: Sequence[str] | str, features: str | Sequence[str], *,
+                   output: FrameKind) -> Frame: ...
     def get_online(
         self, symbols: Sequence[str] | str, features: str | Sequence[str], *, output: FrameKind | None = None
-    ) -> Any:
+    ) -> list[FeatureVector] | Frame:
         """The latest feature vector of each symbol from the online tier, in one round trip.
 
         Returns a list of :class:`FeatureVector` (symbol, ts, status, values) in input order, or a frame when
@@ -482,9 +582,24 @@ class Store:
         assert df is not None
         return df if timeframe is None else resample_bars(df, timeframe)
 
+    @overload
     def get_indicators(self, symbol: str, indicators: Sequence[str] | str, start: datetime | None = None,
                        end: datetime | None = None, *, timeframe: str | None = None,
-                       output: FrameKind = "polars") -> Any:
+                       output: Literal["polars"] = "polars") -> pl.DataFrame: ...
+    @overload
+    def get_indicators(self, symbol: str, indicators: Sequence[str] | str, start: datetime | None = None,
+                       end: datetime | None = None, *, timeframe: str | None = None,
+                       output: Literal["pandas"]) -> pd.DataFrame: ...
+    @overload
+    def get_indicators(self, symbol: str, indicators: Sequence[str] | str, start: datetime | None = None,
+                       end: datetime | None = None, *, timeframe: str | None = None,
+                       output: Literal["arrow"]) -> pa.Table: ...
+    @overload
+    def get_indicators(self, symbol: str, indicators: Sequence[str] | str, start: datetime | None = None,
+                       end: datetime | None = None, *, timeframe: str | None = None, output: FrameKind) -> Frame: ...
+    def get_indicators(self, symbol: str, indicators: Sequence[str] | str, start: datetime | None = None,
+                       end: datetime | None = None, *, timeframe: str | None = None,
+                       output: FrameKind = "polars") -> Frame:
         """Indicator rows of ``symbol`` in ``[start, end]`` by the catalogue's default names (``sma_50``,
         ``rsi_14``, ``macd_12_26_9``): from a stored feature set that holds them for the current bars, else
         computed once from the stored bars through the compute cache (later calls, by any process, are hits).
@@ -495,9 +610,25 @@ class Store:
         rows, _ = self._on_demand(symbol, [parse_indicator(n) for n in names], start, end, timeframe)
         return from_polars(rows, output)
 
+    @overload
     def compute_feature(self, name: str, symbol: str, start: datetime | None = None, end: datetime | None = None,
                         *, params: dict[str, Any] | None = None, timeframe: str | None = None,
-                        output: FrameKind = "polars") -> Any:
+                        output: Literal["polars"] = "polars") -> pl.DataFrame: ...
+    @overload
+    def compute_feature(self, name: str, symbol: str, start: datetime | None = None, end: datetime | None = None,
+                        *, params: dict[str, Any] | None = None, timeframe: str | None = None,
+                        output: Literal["pandas"]) -> pd.DataFrame: ...
+    @overload
+    def compute_feature(self, name: str, symbol: str, start: datetime | None = None, end: datetime | None = None,
+                        *, params: dict[str, Any] | None = None, timeframe: str | None = None,
+                        output: Literal["arrow"]) -> pa.Table: ...
+    @overload
+    def compute_feature(self, name: str, symbol: str, start: datetime | None = None, end: datetime | None = None,
+                        *, params: dict[str, Any] | None = None, timeframe: str | None = None,
+                        output: FrameKind) -> Frame: ...
+    def compute_feature(self, name: str, symbol: str, start: datetime | None = None, end: datetime | None = None,
+                        *, params: dict[str, Any] | None = None, timeframe: str | None = None,
+                        output: FrameKind = "polars") -> Frame:
         """One feature of the catalogue with ``params`` (``compute_feature("rsi", "AAPL", params={"n": 21})``)
         over the stored bars of ``symbol`` (aggregated to ``timeframe`` when given), rows in ``[start, end]``,
         computed once through the compute cache."""
@@ -531,7 +662,7 @@ class Store:
         """Symbols with stored bars."""
         return [e.symbol for e in self.catalog.live_bars()]
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> dict[str, Any]:  # Any: a JSON-shaped report (nested dicts), its counts are the catalog's
         """Feature sets and their readable versions (``name@v``; retired ones are not), counts of symbols, bars,
         entries and bytes on disk; ``cache``: the compute cache's entries, bytes, hits, misses, hit rate, compute
         seconds spent and saved and hashing, in total and ``per_symbol``."""

@@ -32,7 +32,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import polars as pl
 
@@ -45,10 +45,7 @@ from pitstore.catalog.sqlite import now_us as _clock_us
 from pitstore.datahash import file_hash
 from pitstore.errors import InvalidInputError
 from pitstore.filenames import safe_name
-from pitstore.history.base import TOMBSTONE
-
-if TYPE_CHECKING:
-    from pitstore.history.postgres import PostgresHistory
+from pitstore.history.base import TOMBSTONE, HistoryBackend
 from pitstore.storage import Storage, as_storage
 
 __all__ = ["ARCHIVE_DIR", "TableTier", "TierReport", "archive_dir", "latest_versions", "read_archive",
@@ -102,7 +99,7 @@ class TierReport:
                 "files": self.files}
 
 
-def tier(root: Path, catalog: Catalog, history: PostgresHistory, *, window_days: float = 30,
+def tier(root: Path, catalog: Catalog, history: HistoryBackend, *, window_days: float = 30,
          now_us: int | None = None, dry_run: bool = False, storage: Storage | None = None) -> TierReport:
     """Move every version with ``ts < now - window_days`` from the history tier into Parquet archives (see the
     module docstring for the order of steps and why it is crash-safe). Idempotent: a second run finds nothing
@@ -164,7 +161,7 @@ def archive_dir(table_id: str) -> str:
 # --- one table ------------------------------------------------------------------------------------------
 
 
-def _tier_table(storage: Storage, catalog: Catalog, history: PostgresHistory, table_id: str, cutoff: int,
+def _tier_table(storage: Storage, catalog: Catalog, history: HistoryBackend, table_id: str, cutoff: int,
                 dry_run: bool) -> TableTier:
     result = TableTier(table_id)
     old = history.scan(table_id, end=cutoff - 1, all_versions=True)

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar, overload
 
 import polars as pl
 import pyarrow as pa
@@ -16,7 +16,7 @@ import pyarrow as pa
 from pitstore.cache import codec
 from pitstore.cache.keys import CacheKey, cache_key, raw_table
 from pitstore.cache.lock import KeyLocks, ProcessLocks
-from pitstore.catalog.base import CacheEntry, Catalog
+from pitstore.catalog.base import CacheEntry, CacheIndex
 from pitstore.catalog.sqlite import now_us
 from pitstore.datahash import HASH_METHOD, file_hash
 from pitstore.errors import CacheCorruptionError, InvalidInputError, ReadOnlyStoreError
@@ -24,14 +24,26 @@ from pitstore.memo import BytesLRU
 from pitstore.offline import default_cache_bytes, encode_symbol
 from pitstore.storage import Storage, as_storage
 
-__all__ = ["CACHE_DIR", "ComputeCache", "WarmReport"]
+__all__ = ["CACHE_DIR", "CachedCompute", "ComputeCache", "WarmReport"]
 
 log = logging.getLogger("pitstore.cache")
 
 CACHE_DIR = "cache"  # under the store root: <symbol>/<key>.parquet entries and .locks/<key>.lock
 LOCK_DIR = ".locks"
 
-F = TypeVar("F", bound=Callable[..., Any])
+R = TypeVar("R")  # the raw data a compute takes
+C = TypeVar("C")  # its config
+T = TypeVar("T")  # its result
+R_contra = TypeVar("R_contra", contravariant=True)
+C_contra = TypeVar("C_contra", contravariant=True)
+T_co = TypeVar("T_co", covariant=True)
+
+
+class CachedCompute(Protocol[R_contra, C_contra, T_co]):
+    """What :meth:`ComputeCache.cached` (and ``Store.cached``) make of ``fn(raw, config)``: the same call, cached,
+    with ``symbol=`` (default: raw's single ``symbol`` value)."""
+
+    def __call__(self, raw: R_contra, config: C_contra, symbol: str | None = None) -> T_co: ...
 
 
 @dataclass
@@ -47,7 +59,7 @@ class WarmReport:
 class ComputeCache:
     """Content-addressed results of ``compute(raw, config)``, shared by every process using the store root."""
 
-    def __init__(self, root: Path, catalog: Catalog, *, cost_per_compute_second: float = 0.0,
+    def __init__(self, root: Path, catalog: CacheIndex, *, cost_per_compute_second: float = 0.0,
                  cost_per_data_call: float = 0.0, read_only: bool = False,
                  locks: ProcessLocks | None = None, memory_bytes: int | None = None,
                  storage: Storage | None = None) -> None:
@@ -67,6 +79,14 @@ class ComputeCache:
 
     # --- the one entry point -------------------------------------------------------------------------
 
+    # A compute's result comes back as the frame family it returned; a polars LazyFrame is stored collected, so it
+    # comes back as a DataFrame (pyarrow has no types: an Arrow result is Any to mypy either way).
+    @overload
+    def get_or_compute(self, symbol: str, raw: R, config: C, compute: Callable[[R, C], pl.DataFrame | pl.LazyFrame],
+                       *, wait_timeout: float | None = None) -> pl.DataFrame: ...
+    @overload
+    def get_or_compute(self, symbol: str, raw: R, config: C, compute: Callable[[R, C], T], *,
+                       wait_timeout: float | None = None) -> T: ...
     def get_or_compute(
         self, symbol: str, raw: Any, config: Any, compute: Callable[[Any, Any], Any], *,
         wait_timeout: float | None = None,
@@ -80,7 +100,11 @@ class ComputeCache:
         """
         return self._get(cache_key(symbol, raw, config, compute), raw, config, compute, wait_timeout)
 
-    def cached(self, fn: F) -> F:
+    @overload
+    def cached(self, fn: Callable[[R, C], pl.DataFrame | pl.LazyFrame]) -> CachedCompute[R, C, pl.DataFrame]: ...
+    @overload
+    def cached(self, fn: Callable[[R, C], T]) -> CachedCompute[R, C, T]: ...
+    def cached(self, fn: Callable[[Any, Any], Any]) -> CachedCompute[Any, Any, Any]:
         """Decorator form: ``fn(raw, config)`` becomes cached; call it as ``fn(raw, config, symbol=...)``
         (``symbol`` may be left out when raw has a ``symbol`` column holding one value)."""
 
@@ -88,7 +112,7 @@ class ComputeCache:
         def wrapper(raw: Any, config: Any, symbol: str | None = None) -> Any:
             return self.get_or_compute(symbol if symbol is not None else _only_symbol(raw), raw, config, fn)
 
-        return wrapper  # type: ignore[return-value]
+        return wrapper
 
     # --- internals -------------------------------------------------------------------------------------
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from pitstore.catalog.base import Catalog, VersionRow
+from pitstore.catalog.memory import MemoryCatalog, memory_state_name
 from pitstore.catalog.sqlite import SqliteCatalog
 from pitstore.deps import missing
 
@@ -12,12 +13,14 @@ if TYPE_CHECKING:
     from pitstore.cache.lock import ProcessLocks
     from pitstore.config import Settings
 
-__all__ = ["Catalog", "SqliteCatalog", "VersionRow", "open_catalog", "shared_locks"]
+__all__ = ["Catalog", "MemoryCatalog", "SqliteCatalog", "VersionRow", "open_catalog", "shared_locks"]
 
 
 def open_catalog(settings: Settings, *, read_only: bool) -> Catalog:
-    """The catalog the settings name: PostgreSQL when ``catalog_url`` is set (team mode), else the SQLite file
-    under the root."""
+    """The catalog the settings name: PostgreSQL when ``catalog_url`` is a postgresql:// URL (team mode), this
+    process's memory for ``memory://[name]``, else the SQLite file under the root."""
+    if settings.catalog_url and settings.catalog_url.startswith("memory:"):
+        return MemoryCatalog(memory_state_name(settings.catalog_url, settings.root), read_only=read_only)
     if settings.catalog_url:
         try:  # psycopg only when a team store is opened
             from pitstore.catalog.postgres import PostgresCatalog

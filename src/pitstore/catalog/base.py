@@ -1,4 +1,8 @@
-"""The catalog interface that every catalog backend implements."""
+"""The catalog interface that every catalog backend implements, as small protocols by job.
+
+``Catalog`` is their composition: what a store opens. A caller that needs one job is typed against that part
+(the compute cache against :class:`CacheIndex`, the feature registry against :class:`VersionRegistry`), so a
+test can hand it a smaller fake and a reader can see at a glance what it touches."""
 
 from __future__ import annotations
 
@@ -6,8 +10,24 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
-__all__ = ["TABLES", "BarEntry", "CacheEntry", "CacheStatsRow", "Catalog", "FeatureEntry", "HistoryArchive",
-           "VersionRow", "table_columns"]
+__all__ = [
+    "TABLES",
+    "AccessStats",
+    "BarEntries",
+    "BarEntry",
+    "CacheEntry",
+    "CacheIndex",
+    "CacheStatsRow",
+    "Catalog",
+    "FeatureEntries",
+    "FeatureEntry",
+    "HistoryArchive",
+    "HistoryIndex",
+    "Housekeeping",
+    "VersionRegistry",
+    "VersionRow",
+    "table_columns",
+]
 
 
 class BarEntry(NamedTuple):
@@ -102,10 +122,8 @@ class VersionRow:
     created_at: str  # ISO-8601 UTC
 
 
-class Catalog(Protocol):
-    """Transactions over feature sets and versions."""
-
-    mode: str  # how it is open: "rw", or read-only ("ro"; SQLite also "immutable")
+class VersionRegistry(Protocol):
+    """Feature sets and their versions: the registry."""
 
     def register_version(self, name: str, fingerprint: str, definition: str) -> VersionRow:
         """Return the version with this fingerprint, creating the next integer version if new (atomic); a
@@ -125,6 +143,10 @@ class Catalog(Protocol):
         """Names of every registered feature set."""
         ...
 
+
+class BarEntries(Protocol):
+    """Bar snapshots: one live per symbol, superseded ones kept for ``as_known_at``."""
+
     def live_bars(self, symbols: Sequence[str] | None = None, as_known_at: int | None = None) -> list[BarEntry]:
         """The bar snapshot of each symbol visible at ``as_known_at`` (now when None)."""
         ...
@@ -142,6 +164,18 @@ class Catalog(Protocol):
         of them, or none and ConflictError when any symbol's live snapshot is not the expected one."""
         ...
 
+    def all_bar_entries(self) -> list[BarEntry]:
+        """Every bar snapshot, live or superseded, by id."""
+        ...
+
+    def mark_bars_restated(self, entry_id: int) -> None:
+        """Record that bar snapshot ``entry_id`` does not merely append to its predecessor (one was dropped)."""
+        ...
+
+
+class FeatureEntries(Protocol):
+    """Feature entries of feature-set versions, committed optimistically."""
+
     def feature_entries(
         self, feature_set: str, version: int, symbols: Sequence[str] | None = None, as_known_at: int | None = None
     ) -> list[FeatureEntry]:
@@ -152,11 +186,17 @@ class Catalog(Protocol):
         """Publish a feature entry unless the symbol's live entries changed meanwhile (then False)."""
         ...
 
-    def counts(self) -> dict[str, int]:
-        """Row counts for stats: live and total bar and feature entries, and their rows."""
+    def all_feature_entries(self) -> list[FeatureEntry]:
+        """Every feature entry, live or superseded, by id."""
         ...
 
-    # --- compute cache ---------------------------------------------------------------------------------
+    def replace_feature_file(self, entry_id: int, path: str, size: int, file_hash: str) -> None:
+        """Point a feature entry at a rebuilt copy of its file (same rows; ``verify --repair``)."""
+        ...
+
+
+class CacheIndex(Protocol):
+    """The compute cache: its keys' entries and its counters per symbol."""
 
     def cache_get(self, key: str) -> CacheEntry | None:
         """The entry stored for ``key``, if any."""
@@ -184,25 +224,9 @@ class Catalog(Protocol):
         """Counters per symbol."""
         ...
 
-    # --- history archives ------------------------------------------------------------------------------
 
-    def commit_history_archive(self, entry: HistoryArchive) -> HistoryArchive:
-        """Record an archive file (already published); returns it with its id and ``recorded_at`` set."""
-        ...
-
-    def history_archives(self, table_id: str | None = None) -> list[HistoryArchive]:
-        """Archives of ``table_id`` (all when None), by table, then first_ts, then id."""
-        ...
-
-    # --- online requests -------------------------------------------------------------------------------
-
-    def history_synced(self, table_id: str, entry_ids: Sequence[int]) -> dict[int, int]:
-        """Of ``entry_ids``, those whose rows are in the history tier: entry id -> first ts synced."""
-        ...
-
-    def mark_history_synced(self, table_id: str, marks: dict[int, int]) -> None:
-        """Record entries (id -> first ts synced) as copied into the history tier."""
-        ...
+class AccessStats(Protocol):
+    """How often each symbol is read online (``warm(top=N)``)."""
 
     def add_requests(self, counts: dict[str, int]) -> None:
         """Add to the count of online reads per symbol."""
@@ -212,7 +236,33 @@ class Catalog(Protocol):
         """The ``n`` symbols read online most often."""
         ...
 
-    # --- housekeeping ----------------------------------------------------------------------------------
+
+class HistoryIndex(Protocol):
+    """What the catalog knows of the history tier: archives tiering wrote, entries synced into it."""
+
+    def commit_history_archive(self, entry: HistoryArchive) -> HistoryArchive:
+        """Record an archive file (already published); returns it with its id and ``recorded_at`` set."""
+        ...
+
+    def history_archives(self, table_id: str | None = None) -> list[HistoryArchive]:
+        """Archives of ``table_id`` (all when None), by table, then first_ts, then id."""
+        ...
+
+    def history_synced(self, table_id: str, entry_ids: Sequence[int]) -> dict[int, int]:
+        """Of ``entry_ids``, those whose rows are in the history tier: entry id -> first ts synced."""
+        ...
+
+    def mark_history_synced(self, table_id: str, marks: dict[int, int]) -> None:
+        """Record entries (id -> first ts synced) as copied into the history tier."""
+        ...
+
+
+class Housekeeping(Protocol):
+    """Statistics, garbage collection, retention and maintenance over every table."""
+
+    def counts(self) -> dict[str, int]:
+        """Row counts for stats: live and total bar and feature entries, and their rows."""
+        ...
 
     def referenced_paths(self) -> set[str]:
         """Every file path any catalog row refers to (bars, features, cache, history archives; live or
@@ -234,21 +284,16 @@ class Catalog(Protocol):
         """The earliest ``as_known_at`` (µs) the catalog still holds every entry for (None: nothing dropped)."""
         ...
 
-    def all_bar_entries(self) -> list[BarEntry]: ...
-
-    def all_feature_entries(self) -> list[FeatureEntry]: ...
-
-    def replace_feature_file(self, entry_id: int, path: str, size: int, file_hash: str) -> None:
-        """Point a feature entry at a rebuilt copy of its file (same rows; ``verify --repair``)."""
-        ...
-
-    def mark_bars_restated(self, entry_id: int) -> None:
-        """Record that bar snapshot ``entry_id`` does not merely append to its predecessor (one was dropped)."""
-        ...
-
     def vacuum(self) -> None:
         """Reclaim space and refresh the query planner's statistics."""
         ...
+
+
+class Catalog(VersionRegistry, BarEntries, FeatureEntries, CacheIndex, AccessStats, HistoryIndex, Housekeeping,
+              Protocol):
+    """The whole catalog of a store: every part above, plus how it is open, its identity and its lifetime."""
+
+    mode: str  # how it is open: "rw", or read-only ("ro"; SQLite also "immutable")
 
     def close(self) -> None: ...
 

@@ -6,7 +6,9 @@ import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
+
+import polars as pl
 
 from pitstore.client import _calls
 from pitstore.client._calls import Call
@@ -17,9 +19,15 @@ from pitstore.client._online import OnlineRead
 from pitstore.client.cache import FeatureCache
 from pitstore.errors import PitstoreError
 from pitstore.features.catalogue import FeatureMetadata
+from pitstore.frames import Frame
 from pitstore.live.engine import PushReport
 from pitstore.serving import FeatureVector
 from pitstore.store import Store
+
+if TYPE_CHECKING:  # pandas is an optional extra; pyarrow has no types (pa.Table is Any to mypy)
+    import pandas as pd
+    import pyarrow as pa
+    from prometheus_client.registry import Collector
 
 __all__ = ["AsyncClient"]
 
@@ -61,7 +69,7 @@ class AsyncClient:
         """Calls by method, errors by type, latency, retries, breaker state and changes, fallbacks, cache."""
         return self._core.metrics()
 
-    def metrics_collector(self) -> Any:
+    def metrics_collector(self) -> Collector:
         """A prometheus_client collector of :meth:`metrics`, to ``REGISTRY.register``."""
         return self._core.stats.collector()
 
@@ -82,8 +90,23 @@ class AsyncClient:
         finally:
             self._core.record(call.name, started, error)
 
+    @overload
     async def get_online(self, symbols: Sequence[str] | str, features: Sequence[str] | str, *,
-                         output: str | None = None, timeout: float | None = None) -> Any:
+                         output: None = None, timeout: float | None = None) -> list[FeatureVector]: ...
+    @overload
+    async def get_online(self, symbols: Sequence[str] | str, features: Sequence[str] | str, *,
+                         output: Literal["polars"], timeout: float | None = None) -> pl.DataFrame: ...
+    @overload
+    async def get_online(self, symbols: Sequence[str] | str, features: Sequence[str] | str, *,
+                         output: Literal["pandas"], timeout: float | None = None) -> pd.DataFrame: ...
+    @overload
+    async def get_online(self, symbols: Sequence[str] | str, features: Sequence[str] | str, *,
+                         output: Literal["arrow"], timeout: float | None = None) -> pa.Table: ...
+    @overload
+    async def get_online(self, symbols: Sequence[str] | str, features: Sequence[str] | str, *,
+                         output: str, timeout: float | None = None) -> Frame: ...
+    async def get_online(self, symbols: Sequence[str] | str, features: Sequence[str] | str, *,
+                         output: str | None = None, timeout: float | None = None) -> list[FeatureVector] | Frame:
         """As ``Store.get_online``: a FeatureVector per symbol in input order (status ``fallback`` when the
         fallback store served it), or a frame with ``output="polars" | "pandas" | "arrow"``. Concurrent calls
         for the same features share one request (``Resilience.coalesce``)."""
@@ -110,26 +133,86 @@ class AsyncClient:
                            as_known_at: Time | None = None, timeout: float | None = None) -> FeatureVector:
         return await self._run(_calls.features(symbol, as_of, features, as_known_at), timeout)
 
+    # The frame family of the entities comes back (Arrow entities are Any to mypy: pyarrow has no types).
+    @overload
+    async def get_historical(self, entities: pl.DataFrame | pl.LazyFrame, features: Sequence[str] | str,
+                             as_known_at: Time | None = None,
+                             *, timeout: float | None = None) -> pl.DataFrame: ...
+    @overload
+    async def get_historical(self, entities: pd.DataFrame, features: Sequence[str] | str,
+                             as_known_at: Time | None = None,
+                             *, timeout: float | None = None) -> pd.DataFrame: ...
+    @overload
     async def get_historical(self, entities: Any, features: Sequence[str] | str, as_known_at: Time | None = None,
-                             *, timeout: float | None = None) -> Any:
+                             *, timeout: float | None = None) -> Frame: ...
+    async def get_historical(self, entities: Any, features: Sequence[str] | str, as_known_at: Time | None = None,
+                             *, timeout: float | None = None) -> Frame:
         """Features as of each entity row; the frame type follows ``entities`` (Arrow IPC on the wire)."""
         return await self._run(_calls.historical(entities, features, as_known_at), timeout)
 
+    @overload
     async def get_ohlcv(self, symbol: str, start: Time | None = None, end: Time | None = None, *,
-                        timeframe: str | None = None, output: str = "polars", timeout: float | None = None) -> Any:
+                        timeframe: str | None = None, output: Literal["polars"] = "polars",
+                        timeout: float | None = None) -> pl.DataFrame: ...
+    @overload
+    async def get_ohlcv(self, symbol: str, start: Time | None = None, end: Time | None = None, *,
+                        timeframe: str | None = None, output: Literal["pandas"],
+                        timeout: float | None = None) -> pd.DataFrame: ...
+    @overload
+    async def get_ohlcv(self, symbol: str, start: Time | None = None, end: Time | None = None, *,
+                        timeframe: str | None = None, output: Literal["arrow"],
+                        timeout: float | None = None) -> pa.Table: ...
+    @overload
+    async def get_ohlcv(self, symbol: str, start: Time | None = None, end: Time | None = None, *,
+                        timeframe: str | None = None, output: str, timeout: float | None = None) -> Frame: ...
+    async def get_ohlcv(self, symbol: str, start: Time | None = None, end: Time | None = None, *,
+                        timeframe: str | None = None, output: str = "polars", timeout: float | None = None) -> Frame:
         """The stored bars of ``symbol`` in [start, end], aggregated to ``timeframe`` when given (coarser than
         the stored bars; see ``Store.bars``)."""
         return await self._run(_calls.ohlcv(symbol, start, end, timeframe, output), timeout)
 
+    @overload
     async def get_indicators(self, symbol: str, start: Time | None = None, end: Time | None = None, *,
             indicators: Sequence[str] | str = ("sma_50", "sma_200", "rsi_14"), timeframe: str | None = None,
-            output: str = "polars", timeout: float | None = None) -> Any:
+            output: Literal["polars"] = "polars", timeout: float | None = None) -> pl.DataFrame: ...
+    @overload
+    async def get_indicators(self, symbol: str, start: Time | None = None, end: Time | None = None, *,
+            indicators: Sequence[str] | str = ("sma_50", "sma_200", "rsi_14"), timeframe: str | None = None,
+            output: Literal["pandas"], timeout: float | None = None) -> pd.DataFrame: ...
+    @overload
+    async def get_indicators(self, symbol: str, start: Time | None = None, end: Time | None = None, *,
+            indicators: Sequence[str] | str = ("sma_50", "sma_200", "rsi_14"), timeframe: str | None = None,
+            output: Literal["arrow"], timeout: float | None = None) -> pa.Table: ...
+    @overload
+    async def get_indicators(self, symbol: str, start: Time | None = None, end: Time | None = None, *,
+            indicators: Sequence[str] | str = ("sma_50", "sma_200", "rsi_14"), timeframe: str | None = None,
+            output: str, timeout: float | None = None) -> Frame: ...
+    async def get_indicators(self, symbol: str, start: Time | None = None, end: Time | None = None, *,
+            indicators: Sequence[str] | str = ("sma_50", "sma_200", "rsi_14"), timeframe: str | None = None,
+            output: str = "polars", timeout: float | None = None) -> Frame:
         call = _calls.indicators(symbol, start, end, indicators, timeframe, output, self._core.catalogue)
         return await self._run(call, timeout)
 
+    @overload
+    async def compute_feature(self, name: str, symbol: str, start: Time | None = None, end: Time | None = None, *,
+            parameters: dict[str, Any] | None = None, timeframe: str | None = None,
+                              output: Literal["polars"] = "polars",
+            timeout: float | None = None) -> pl.DataFrame: ...
+    @overload
+    async def compute_feature(self, name: str, symbol: str, start: Time | None = None, end: Time | None = None, *,
+            parameters: dict[str, Any] | None = None, timeframe: str | None = None, output: Literal["pandas"],
+            timeout: float | None = None) -> pd.DataFrame: ...
+    @overload
+    async def compute_feature(self, name: str, symbol: str, start: Time | None = None, end: Time | None = None, *,
+            parameters: dict[str, Any] | None = None, timeframe: str | None = None, output: Literal["arrow"],
+            timeout: float | None = None) -> pa.Table: ...
+    @overload
+    async def compute_feature(self, name: str, symbol: str, start: Time | None = None, end: Time | None = None, *,
+            parameters: dict[str, Any] | None = None, timeframe: str | None = None, output: str,
+            timeout: float | None = None) -> Frame: ...
     async def compute_feature(self, name: str, symbol: str, start: Time | None = None, end: Time | None = None, *,
             parameters: dict[str, Any] | None = None, timeframe: str | None = None, output: str = "polars",
-            timeout: float | None = None) -> Any:
+            timeout: float | None = None) -> Frame:
         call = _calls.compute(name, symbol, start, end, parameters, timeframe, output, self._core.catalogue)
         return await self._run(call, timeout)
 

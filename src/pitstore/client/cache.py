@@ -67,7 +67,7 @@ class FeatureCache:
             self._redis = _RedisEntries(url, prefix)
         self._mem = _Counted(max_bytes, lambda _k, e, _now: e.expires, timer=clock, getsizeof=lambda e: e.size)
 
-    def get(self, key: str) -> Any:
+    def get(self, key: str) -> Any:  # Any: the value set() was given (any JSON-encodable value), or None
         if self._redis is not None:
             return self._get_redis(key)
         with self._lock:

@@ -7,9 +7,12 @@ import bisect
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pitstore.client._deps import need
+
+if TYPE_CHECKING:  # prometheus_client is optional (pitstore[server]); its Collector protocol, for the signature
+    from prometheus_client.registry import Collector
 
 __all__ = ["LATENCY_BUCKETS", "ClientMetrics"]
 
@@ -79,7 +82,7 @@ class ClientMetrics:
         out["cache"] = self._cache_stats() if self._cache_stats is not None else None
         return out
 
-    def collector(self, prefix: str = "pitstore_client") -> Any:
+    def collector(self, prefix: str = "pitstore_client") -> Collector:
         """A prometheus_client collector of these metrics: ``REGISTRY.register(client.metrics_collector())``."""
         core = need("prometheus_client.core")
         metrics = self

@@ -9,7 +9,7 @@ numpy views.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, Literal, cast, overload
 
 import numpy as np
 import polars as pl
@@ -18,7 +18,11 @@ from pitstore.bars import Runs, checked_bars, symbol_runs
 from pitstore.errors import DefinitionError
 from pitstore.features.base import Feature, FeatureSet, check_unique_outputs
 from pitstore.features.library import WindowKernel, is_window
-from pitstore.frames import FrameKind, frame_kind, from_polars
+from pitstore.frames import Frame, FrameKind, frame_kind, from_polars
+
+if TYPE_CHECKING:  # pandas is an optional extra; pyarrow has no types (pa.Table is Any to mypy)
+    import pandas as pd
+    import pyarrow as pa
 
 __all__ = ["ENGINE_VERSION", "compute", "compute_frame", "flatten_features"]
 
@@ -49,7 +53,20 @@ def flatten_features(features: FeatureLike) -> list[Feature]:
     return out
 
 
-def compute(features: FeatureLike, bars: Any, *, output: FrameKind | None = None) -> Any:
+# The output follows the bars' frame family, or ``output=``; Arrow bars (Any to mypy) give Any.
+@overload
+def compute(features: FeatureLike, bars: pl.DataFrame | pl.LazyFrame, *, output: None = None) -> pl.DataFrame: ...
+@overload
+def compute(features: FeatureLike, bars: pd.DataFrame, *, output: None = None) -> pd.DataFrame: ...
+@overload
+def compute(features: FeatureLike, bars: object, *, output: Literal["polars"]) -> pl.DataFrame: ...
+@overload
+def compute(features: FeatureLike, bars: object, *, output: Literal["pandas"]) -> pd.DataFrame: ...
+@overload
+def compute(features: FeatureLike, bars: object, *, output: Literal["arrow"]) -> pa.Table: ...
+@overload
+def compute(features: FeatureLike, bars: Any, *, output: FrameKind | None = None) -> Frame: ...
+def compute(features: FeatureLike, bars: Any, *, output: FrameKind | None = None) -> Frame:
     """Compute ``features`` over ``bars`` (pandas, polars or Arrow) and return a frame of the same type.
 
     The result has ``symbol``, ``ts`` and one column per feature output, sorted by (symbol, ts).

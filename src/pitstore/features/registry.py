@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from pitstore.catalog.base import Catalog, VersionRow
+from pitstore.catalog.base import VersionRegistry, VersionRow
 from pitstore.errors import FeatureSetNotFoundError, InvalidInputError, NotFoundError, VersionNotFoundError
 from pitstore.features.base import Feature, FeatureSet
 from pitstore.features.engine import ENGINE_VERSION
@@ -105,7 +105,7 @@ def parse_ref(ref: str) -> tuple[str, int | None, str | None]:
 class Registry:
     """Feature sets and their versions, persisted in a catalog."""
 
-    def __init__(self, catalog: Catalog) -> None:
+    def __init__(self, catalog: VersionRegistry) -> None:
         self._catalog = catalog
 
     def register(self, fs: FeatureSet) -> int:

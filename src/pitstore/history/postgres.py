@@ -69,8 +69,13 @@ from pitstore.history._rows import (
     encode_rows,
     micros,
 )
+from pitstore.history._rows import bound as _bound
+from pitstore.history._rows import check_table_id as _check_table_id
+from pitstore.history._rows import known as _known
+from pitstore.history._rows import spans as _spans
+from pitstore.history._rows import symbol_list as _symbols
+from pitstore.history._rows import version_keys as _version_keys
 from pitstore.history.base import TOMBSTONE, AsofRow, StoreScope
-from pitstore.rules import asof_bound
 
 __all__ = ["SCHEMA_VERSION", "TOMBSTONE", "AsofRow", "PostgresHistory", "StoreScope"]
 
@@ -772,52 +777,3 @@ def _one(cur: psycopg.Cursor[Any]) -> Any:
     row = cur.fetchone()
     assert row is not None
     return row
-
-
-def _check_table_id(table_id: str) -> None:
-    if not isinstance(table_id, str) or not table_id or not table_id.isprintable() or len(table_id) > 200:
-        raise InvalidInputError("table_id must be a printable string of 1 to 200 characters", value=table_id)
-
-
-def _symbols(symbols: Sequence[str]) -> list[str]:
-    if isinstance(symbols, str):
-        raise InvalidInputError("symbols must be a sequence of symbols, not one string", value=symbols)
-    return [validate_symbol(s) for s in symbols]
-
-
-def _spans(replaces: Sequence[tuple[str, int, int]]) -> dict[str, list[Any]]:
-    """``replaces`` as the array parameters of the tombstone statement, checked."""
-    if isinstance(replaces, str | bytes):
-        raise InvalidInputError("replaces must be a sequence of (symbol, first_ts, last_ts)", value=replaces)
-    out: dict[str, list[Any]] = {"symbols": [], "lo": [], "hi": []}
-    for symbol, first, last in replaces:
-        lo, hi = micros(first, "first_ts"), micros(last, "last_ts")
-        if lo > hi:
-            raise InvalidInputError(f"an empty span: first_ts {lo} > last_ts {hi}", symbol=symbol, value=first)
-        out["symbols"].append(validate_symbol(symbol))
-        out["lo"].append(lo)
-        out["hi"].append(hi)
-    return out
-
-
-def _version_keys(keys: pa.Table) -> tuple[list[str], list[int], list[int]]:
-    """``symbol``, ``ts`` and ``recorded_at`` of ``keys`` as lists (times as integer µs)."""
-    missing = [c for c in ("symbol", "ts", "recorded_at") if c not in keys.column_names]
-    if missing:
-        raise InvalidInputError(f"missing column(s) {', '.join(missing)}", column=missing[0])
-    ints = [keys[c].cast(pa.int64()).to_pylist() for c in ("ts", "recorded_at")]
-    # Not validated one by one: a symbol that is not stored matches no row, and this may be millions of keys.
-    return keys["symbol"].cast(pa.string()).to_pylist(), ints[0], ints[1]
-
-
-def _bound(t: int, lag: int) -> int:
-    """:func:`pitstore.rules.asof_bound` clamped into bigint: the statements compare ``ts <= bound``, which is
-    the as-of rule ``ts + lag <= t`` (tests/test_rules_paths.py checks the answers against the rule)."""
-    at, by = micros(t, "t"), micros(lag, "lag")
-    if by < 0:
-        raise InvalidInputError("lag must be >= 0: a negative lag would serve rows before they exist", value=lag)
-    return max(asof_bound(at, by), INT8_MIN)
-
-
-def _known(as_known_at: int | None) -> int:
-    return INT8_MAX if as_known_at is None else micros(as_known_at, "as_known_at")

@@ -24,21 +24,29 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import partial
-from typing import TYPE_CHECKING, TypeVar
+from typing import Protocol, TypeVar
+from urllib.parse import urlsplit
 
 import polars as pl
 
-from pitstore.catalog.base import Catalog
+from pitstore.catalog.base import FeatureEntries, HistoryIndex, VersionRegistry
 from pitstore.catalog.sqlite import now_us
 from pitstore.errors import BackendUnavailableError
-from pitstore.history.base import AsofRow, StoreScope
+from pitstore.history.base import AsofRow, HistoryBackend, StoreScope
 from pitstore.offline import EntryReader
 from pitstore.outage import warn_outage
 
-if TYPE_CHECKING:
-    from pitstore.history.postgres import PostgresHistory
+__all__ = ["HistoryTier", "SyncCatalog", "catalog_scope", "open_history"]
 
-__all__ = ["HistoryTier", "catalog_scope"]
+
+class SyncCatalog(FeatureEntries, HistoryIndex, Protocol):
+    """What the history tier reads and marks in a catalog: feature entries and their sync marks."""
+
+
+class ScopeCatalog(VersionRegistry, FeatureEntries, HistoryIndex, Protocol):
+    """What :func:`catalog_scope` reads: versions' fingerprints, entries, sync marks and the store id."""
+
+    def store_id(self) -> str: ...
 
 log = logging.getLogger("pitstore.history")
 _T = TypeVar("_T")
@@ -55,7 +63,7 @@ class _Queued:
     recorded_at: int | None = None
     marks: dict[int, int] = field(default_factory=dict)
     replaces: tuple[_Span, ...] = ()
-    catalog: Catalog | None = None
+    catalog: SyncCatalog | None = None
 
 
 _MAX_QUEUED_ROWS = 1_000_000  # rows kept for replay while PostgreSQL is down; beyond, writes raise
@@ -63,7 +71,7 @@ _BREAKER_SECONDS = 1.0  # after a failure, calls fail at once for this long (a s
 _IDS_PER_QUERY = 500  # entry ids per catalog look-up when checking a claim to an unscoped table
 
 
-def catalog_scope(catalog: Catalog) -> StoreScope:
+def catalog_scope(catalog: ScopeCatalog) -> StoreScope:
     """The history tables of the store of ``catalog``: its store id, the fingerprint of each version, and the
     unscoped tables (written before schema version 3) it adopts: those its catalog marks as synced, i.e. that
     this store wrote (a store that never synced one, e.g. a new store on a shared server, leaves it alone)."""
@@ -87,13 +95,27 @@ def catalog_scope(catalog: Catalog) -> StoreScope:
     return StoreScope(catalog.store_id(), fingerprint, adopt)
 
 
+def open_history(url: str, *, schema: str = "pitstore", scope: StoreScope | None = None) -> HistoryBackend:
+    """The history backend ``url`` names: PostgreSQL (``postgresql://...``), or ``memory://[name]``, rows in this
+    process's memory, shared by the stores of this process that name it, each seeing its own (``scope``), as
+    stores sharing one server do."""
+    if url.startswith("memory:"):
+        from pitstore.history.memory import MemoryHistory
+
+        parts = urlsplit(url)
+        return MemoryHistory(f"{parts.netloc}{parts.path}", scope=scope)
+    from pitstore.history import PostgresHistory  # psycopg: only when a history tier is configured
+
+    return PostgresHistory(url, schema=schema, scope=scope)
+
+
 class HistoryTier:
-    """Recent feature rows per table (``feature_set@version``) of one store (``scope``) in PostgreSQL."""
+    """Recent feature rows per table (``feature_set@version``) of one store (``scope``) in a history backend:
+    PostgreSQL, or ``backend`` when given (the one ``url`` names otherwise, see :func:`open_history`)."""
 
-    def __init__(self, url: str, days: float, *, schema: str = "pitstore", scope: StoreScope | None = None) -> None:
-        from pitstore.history import PostgresHistory  # psycopg: only when a history tier is configured
-
-        self.db = PostgresHistory(url, schema=schema, scope=scope)
+    def __init__(self, url: str, days: float, *, schema: str = "pitstore", scope: StoreScope | None = None,
+                 backend: HistoryBackend | None = None) -> None:
+        self.db = backend if backend is not None else open_history(url, schema=schema, scope=scope)
         self.window = timedelta(days=days)
         self._migrated = False
         self._lock = threading.Condition()  # the queue; notified when it grows or shrinks, and on close
@@ -106,7 +128,7 @@ class HistoryTier:
         self._retry_at = 0.0  # monotonic time before which calls fail at once
         self._last_error = ""
 
-    def _ready(self) -> PostgresHistory:
+    def _ready(self) -> HistoryBackend:
         if time.monotonic() < self._retry_at:
             raise BackendUnavailableError(f"{self.db!r} unavailable (retrying in under {_BREAKER_SECONDS} s): "
                                           f"{self._last_error}")
@@ -127,7 +149,7 @@ class HistoryTier:
     # --- writes -------------------------------------------------------------------------------------------
 
     def write(self, table_id: str, columns: Sequence[str], rows: pl.DataFrame, *, recorded_at: int | None = None,
-              catalog: Catalog | None = None, marks: dict[int, int] | None = None,
+              catalog: SyncCatalog | None = None, marks: dict[int, int] | None = None,
               replaces: Sequence[_Span] = ()) -> int:
         """Store ``rows`` (symbol, ts, columns) as versions recorded at ``recorded_at`` (default: now), after
         what is queued before them; when PostgreSQL is unreachable they stay queued for the writer thread.
@@ -234,7 +256,7 @@ class HistoryTier:
         """Rows queued, not yet written."""
         return self._queued_rows
 
-    def sync(self, table_id: str, columns: Sequence[str], catalog: Catalog, reader: EntryReader,
+    def sync(self, table_id: str, columns: Sequence[str], catalog: SyncCatalog, reader: EntryReader,
              symbols: Sequence[str] | None) -> int:
         """Copy the rows inside the window of every offline entry not yet synced, each replacing its span
         there (rows the entry lacks get a tombstone); returns the versions written."""

@@ -6,11 +6,16 @@ The Store calls these with ``engine="dask"``; dask is imported only then, so the
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pitstore.errors import MissingDependencyError
+from pitstore.scale.results import HistoricalDataset
 
-__all__ = ["ENGINES", "backfill", "get_historical"]
+if TYPE_CHECKING:
+    from pitstore.backfill import BackfillReport
+    from pitstore.frames import Frame
+
+__all__ = ["ENGINES", "HistoricalDataset", "backfill", "get_historical"]
 
 ENGINES = ("local", "dask")
 
@@ -19,7 +24,8 @@ def _missing(exc: ImportError) -> MissingDependencyError:
     return MissingDependencyError(f"engine='dask' needs its extra: pip install 'pitstore[dask]' ({exc})")
 
 
-def backfill(*args: Any, **kwargs: Any) -> Any:
+# The arguments are forwarded unchanged to the module that needs dask (its signature is the one checked there).
+def backfill(*args: Any, **kwargs: Any) -> BackfillReport:
     """:func:`pitstore.scale.dask_backfill.backfill`; needs ``pip install 'pitstore[dask]'``."""
     try:
         from pitstore.scale import dask_backfill
@@ -29,7 +35,7 @@ def backfill(*args: Any, **kwargs: Any) -> Any:
 
 
 
-def get_historical(*args: Any, **kwargs: Any) -> Any:
+def get_historical(*args: Any, **kwargs: Any) -> Frame | HistoricalDataset:
     """:func:`pitstore.scale.dask_join.get_historical`; needs ``pip install 'pitstore[dask]'``."""
     try:
         from pitstore.scale import dask_join

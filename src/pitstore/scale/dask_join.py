@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import uuid
 from contextlib import ExitStack
-from dataclasses import dataclass
 from datetime import datetime
 from importlib import import_module
 from pathlib import Path
@@ -31,37 +30,28 @@ from pitstore.atomic import publish
 from pitstore.catalog.base import Catalog
 from pitstore.errors import InvalidInputError
 from pitstore.features.registry import Registry
-from pitstore.frames import FrameKind, from_polars, to_polars
+from pitstore.frames import Frame, FrameKind, from_polars, to_polars
 from pitstore.offline import EntryReader
 from pitstore.scale.cluster import client_for, dask
+from pitstore.scale.results import HistoricalDataset
 from pitstore.scale.snapshot import CatalogSnapshot
 from pitstore.storage import Storage, as_storage
 from pitstore.versions import ensure_live, reading
 
 dd: Any = import_module("dask.dataframe")  # untyped: Any at the boundary (see pitstore.scale.cluster)
 
-__all__ = ["ROW", "HistoricalDataset", "get_historical"]
+__all__ = ["ROW", "HistoricalDataset", "get_historical"]  # HistoricalDataset: re-exported from pitstore.scale.results
 
 ROW = "input_row"  # the entity row's position in the input: the written dataset's order key
 _LOCAL = "__pitstore_local_row"  # position within its input partition
 _BUCKET = "__pitstore_bucket"
 
 
-@dataclass(frozen=True)
-class HistoricalDataset:
-    """Where ``get_historical(..., out=path)`` wrote its result: one Parquet file per partition, rows sorted by
-    ``input_row`` within each file (sort the dataset by it for the input order)."""
-
-    path: Path
-    rows: int
-    files: list[str]
-
-
 def get_historical(
     root: Path, catalog: Catalog, registry: Registry, entities: Any, features: str | list[str] | tuple[str, ...],
     as_known_at: datetime | None, *, scheduler: Any = None, out: str | os.PathLike[str] | None = None,
     partitions: int | None = None, output: FrameKind | None = None, storage: Storage | None = None,
-) -> Any:
+) -> Frame | HistoricalDataset:
     """The local engine's answer (in input order, as ``output``, polars by default) or, with ``out``, a Parquet
     dataset of it written by the workers (a :class:`HistoricalDataset`; nothing is gathered here)."""
     sources = _sources(entities)

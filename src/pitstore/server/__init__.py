@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pitstore.errors import MissingDependencyError
+
+if TYPE_CHECKING:  # pitstore[server]: starlette comes with fastapi
+    from starlette.types import ASGIApp
 
 __all__ = ["create_app"]
 
 
-def create_app(*args: Any, **kwargs: Any) -> Any:
+# The arguments are forwarded unchanged (the signature checked is pitstore.server.app.create_app's).
+def create_app(*args: Any, **kwargs: Any) -> ASGIApp:
     """The ASGI app (see :func:`pitstore.server.app.create_app`); needs ``pip install 'pitstore[server]'``."""
     try:
         from pitstore.server.app import create_app as create
     except ImportError as exc:
         raise MissingDependencyError(f"the HTTP service needs its extra: pip install 'pitstore[server]' ({exc})") \
             from exc
-    return create(*args, **kwargs)
+    app: ASGIApp = create(*args, **kwargs)  # pitstore.server.app.create_app: the pure-ASGI edge over FastAPI
+    return app

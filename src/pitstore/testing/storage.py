@@ -2,7 +2,7 @@
 
 A backend's test class subclasses :class:`StorageConformance` and provides the ``storage`` fixture (a new, empty
 backend per test) and ``damage(storage, path, data)`` (overwrite a stored file behind the backend's back, as a
-failing disk or a stray writer would). Nothing here knows the backend.
+failing disk or a stray writer would). Nothing here knows the backend. Imports pytest: for test modules only.
 """
 
 from __future__ import annotations
@@ -22,6 +22,16 @@ Damage = Callable[[Storage, str, bytes], None]
 
 
 class StorageConformance:
+    """Every operation of :class:`pitstore.storage.Storage`, atomic publication and damage detection included."""
+
+    @pytest.fixture
+    def storage(self) -> Storage:
+        raise NotImplementedError("a backend's test class provides the storage fixture (a new, empty backend)")
+
+    @pytest.fixture
+    def damage(self) -> Damage:
+        raise NotImplementedError("a backend's test class provides damage(storage, path, data)")
+
     def test_put_then_read_size_and_buffer(self, storage: Storage) -> None:
         storage.put("bars/s_A/one.parquet", b"hello")
         storage.put("bars/s_A/empty.parquet", b"")

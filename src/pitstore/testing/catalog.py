@@ -2,7 +2,8 @@
 
 A backend's test module subclasses :class:`CatalogConformance` and provides the ``opener`` fixture: a function
 that opens a new catalog on one store each time it is called (a second call is another process's view of the
-same store), and closes every catalog it opened at teardown. Nothing here knows the backend.
+same store), and closes every catalog it opened at teardown. Nothing here knows the backend. Imports pytest:
+for test modules only (``pitstore`` never imports this module).
 """
 
 from __future__ import annotations
@@ -229,7 +230,8 @@ class CatalogConformance:
         (f0,) = catalog.feature_entries("fs", 1, ["AAA"])
         assert catalog.commit_features(feature("AAA", 0, 11), supersede=[f0.id], expected_live=[f0.id])
         assert catalog.replay_from() is None
-        cut = max(e.superseded_at or 0 for e in (*catalog.all_bar_entries(), *catalog.all_feature_entries()))
+        cut = max([b.superseded_at or 0 for b in catalog.all_bar_entries()]
+                  + [f.superseded_at or 0 for f in catalog.all_feature_entries()])
         bars, features = catalog.drop_superseded(cut)
         assert {b.id for b in bars} == {first.id, restated.id} and [f.id for f in features] == [f0.id]
         kept = {b.id: b for b in catalog.all_bar_entries()}
