@@ -266,7 +266,9 @@ def serve() -> None:
             _say("key " + cache_key(call["symbol"], raw, call["config"], COMPUTES[call["compute"]]).key)
             continue
         # catalog_url: a team store (PostgreSQL catalog, the cache's locks advisory locks there).
-        with Store.open(order["root"], catalog_url=order.get("catalog_url")) as store:
+        # data_url / data_options: its data on object storage too (all children on one bucket).
+        with Store.open(order["root"], catalog_url=order.get("catalog_url"), data_url=order.get("data_url"),
+                        data_options=order.get("data_options")) as store:
             if op == "get":  # one call, announced: the parent may kill us at any moment after "started"
                 _say("started")
                 _say("done " + digest(_call(store, order["call"])))

@@ -154,23 +154,31 @@ def test_the_command_line_on_a_team_store(tmp_path: Path, catalog_url: str, monk
 
 
 @pytest.mark.slow  # three real processes
-def test_three_processes_compute_each_of_eight_keys_once(tmp_path: Path, catalog_url: str) -> None:
-    """3 processes, each its own Store on one PostgreSQL catalog and root, call 8 keys (0.3 s each) in different
-    orders, all at once: each key is computed exactly once, and every process gets the same results."""
+@pytest.mark.parametrize("data", ["root", "s3"])
+def test_three_processes_compute_each_of_eight_keys_once(tmp_path: Path, catalog_url: str, data: str,
+                                                         request: pytest.FixtureRequest) -> None:
+    """3 processes, each its own Store on one PostgreSQL catalog and the same data (a shared root, or one bucket of
+    the real S3-compatible server process, each process with a root of its own), call 8 keys (0.3 s each) in
+    different orders, all at once: each key is computed exactly once, and every process gets the same results."""
     root, log_dir = tmp_path / "store", tmp_path / "log"
     log_dir.mkdir()
     n_keys, n_procs = 8, 3
     configs = [{"log": str(log_dir), "name": f"k{i}", "k": i + 1, "sleep": 0.3} for i in range(n_keys)]
     symbols = [f"S{i % 3}" for i in range(n_keys)]
-    Store.open(root, catalog_url=catalog_url).close()  # the schema exists before the children race to open it
+    where: dict[str, Any] = {}
+    if data == "s3":
+        server: S3Server = request.getfixturevalue("s3_server")
+        where = {"data_url": request.getfixturevalue("s3_url"), "data_options": server.options}
+    roots = [root if data == "root" else tmp_path / f"local{i}" for i in range(n_procs)]
+    Store.open(root, catalog_url=catalog_url, **where).close()  # the schema exists before the children race to open it
     plans = [list(range(n_keys)), list(reversed(range(n_keys))), [i for p in zip(range(4), range(4, 8),
                                                                                 strict=True) for i in p]]
     children = [Child() for _ in range(n_procs)]
     try:
-        for child, plan in zip(children, plans, strict=True):
+        for child, plan, child_root in zip(children, plans, roots, strict=True):
             child.expect("ready")
             calls = [{"symbol": symbols[i], "config": configs[i], "compute": "slow_summary"} for i in plan * 2]
-            child.send({"op": "many", "root": str(root), "catalog_url": catalog_url, "calls": calls})
+            child.send({"op": "many", "root": str(child_root), "catalog_url": catalog_url, "calls": calls, **where})
             child.expect("waiting")
         for child in children:
             child.send("go")
@@ -188,11 +196,16 @@ def test_three_processes_compute_each_of_eight_keys_once(tmp_path: Path, catalog
         assert [ln.split()[0] for ln in log_lines(log_dir, f"k{i}")] == ["start", "end"], f"k{i}"
     computers = {log_lines(log_dir, f"k{i}")[0].split()[1] for i in range(n_keys)}
     assert len(computers) > 1, "one process computed every key: the others never raced"
-    with Store.open(root, catalog_url=catalog_url) as store:
+    with Store.open(root, catalog_url=catalog_url, **where) as store:
         s = store.stats()["cache"]
         assert (s["misses"], s["hits"], s["entries"]) == (n_keys, n_procs * 2 * n_keys - n_keys, n_keys)
         assert store.verify().ok
-    assert not (root / "cache" / ".locks").exists()  # the locks were advisory locks, not files
+        stored = {o.path for o in store.storage.list("cache")}
+        assert stored == {e.path for e in store.catalog.cache_entries()}  # one object per key, no second copy
+        if data == "s3":
+            assert isinstance(store.storage, FsspecStorage) and not list(tmp_path.rglob("*.parquet"))
+    for r in roots:
+        assert not (r / "cache" / ".locks").exists()  # the locks were advisory locks, not files
 
 
 def _waiting_on_advisory_lock(postgres_url: str, pid: int) -> bool:

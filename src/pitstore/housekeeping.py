@@ -38,7 +38,7 @@ from pitstore.offline import check_file, content_hash, encode_symbol, put_entry,
 from pitstore.segments import PartReader, chained_hash, entry_paths, parts_of, read_bars
 from pitstore.storage import Storage
 
-__all__ = ["GcReport", "VerifyReport", "gc", "verify"]
+__all__ = ["GcReport", "VerifyReport", "check_bars", "gc", "verify"]
 
 # Everything pitstore writes under the root, besides the catalog ("history": pitstore.tiering's archives).
 DATA_DIRS = ("bars", "features", CACHE_DIR, "history")
@@ -278,7 +278,7 @@ def _check(root: Path, catalog: Catalog, cache: ComputeCache) -> tuple[int, list
     reader = PartReader(storage)  # segment files are shared by snapshots: each decoded once
     for bar in catalog.all_bar_entries():
         checked += 1
-        what = _check_bars(storage, bar, reader)
+        what = check_bars(storage, bar, reader)
         if what is not None:
             broken.append(_Broken("bars", bar.path, what, bar))
     for feat in catalog.all_feature_entries():
@@ -294,7 +294,7 @@ def _check(root: Path, catalog: Catalog, cache: ComputeCache) -> tuple[int, list
     return checked, broken
 
 
-def _check_bars(storage: Storage, bar: BarEntry, reader: PartReader | None = None) -> str | None:
+def check_bars(storage: Storage, bar: BarEntry, reader: PartReader | None = None) -> str | None:
     """What is wrong with ``bar``'s files (``reader``: shared by the checks of one verify run, so a segment
     file that many snapshots list is parsed once)."""
     if bar.parts is not None:  # a base and appended segments: each part against its own row count and hash
@@ -440,7 +440,7 @@ class _Repair:
                        " cannot be rebuilt from the catalog); pass it to repair, or backfill it again")
             return
         source = {e.id: e for e in self.catalog.bar_history(feat.symbol, 0)}.get(feat.bars_entry_id)
-        if source is not None and _check_bars(self.storage, source) is None and self._rebuild(fs, feat, source):
+        if source is not None and check_bars(self.storage, source) is None and self._rebuild(fs, feat, source):
             self._note(self.report.repaired, "features", feat.path, feat.symbol,
                        "recomputed from the bar snapshot it was computed from")
             return

@@ -38,7 +38,8 @@ import polars as pl
 
 from pitstore.bars import validate_symbol
 from pitstore.cache.core import LOCK_DIR
-from pitstore.cache.lock import KeyLocks
+from pitstore.cache.lock import KeyLocks, ProcessLocks
+from pitstore.catalog import shared_locks
 from pitstore.catalog.base import Catalog, HistoryArchive
 from pitstore.catalog.sqlite import now_us as _clock_us
 from pitstore.datahash import file_hash
@@ -107,7 +108,7 @@ def tier(root: Path, catalog: Catalog, history: HistoryBackend, *, window_days: 
     data = storage if storage is not None else as_storage(root)
     t0 = time.perf_counter()
     report = TierReport(dry_run, window_days, _cutoff(window_days, now_us))
-    with _run_lock(root, dry_run):
+    with _run_lock(root, dry_run, shared_locks(catalog, "tier")):
         for table_id in history.tables():
             report.tables.append(_tier_table(data, catalog, history, table_id, report.cutoff, dry_run))
     report.seconds = time.perf_counter() - t0
@@ -213,13 +214,15 @@ def _cutoff(window_days: float, now_us: int | None) -> int:
 
 
 @contextmanager
-def _run_lock(root: Path, dry_run: bool) -> Iterator[None]:
+def _run_lock(root: Path, dry_run: bool, shared: ProcessLocks | None = None) -> Iterator[None]:
     """One run at a time per store (a cron job overlapping a manual run would otherwise write the same rows
-    twice). A dry run changes nothing, so it neither takes the lock nor creates its file."""
+    twice): a file lock under the root, or with a PostgreSQL catalog an advisory lock there (team mode: the runs
+    may be on different machines, each with a root of its own). A dry run changes nothing, so it neither takes
+    the lock nor creates its file."""
     if dry_run:
         yield
         return
-    with KeyLocks(root / ARCHIVE_DIR / LOCK_DIR).hold("tier"):
+    with (shared if shared is not None else KeyLocks(root / ARCHIVE_DIR / LOCK_DIR)).hold("tier"):
         yield
 
 

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 __all__ = [
+    "TABLES",
     "AccessStats",
     "BarEntries",
     "BarEntry",
@@ -25,6 +26,7 @@ __all__ = [
     "Housekeeping",
     "VersionRegistry",
     "VersionRow",
+    "table_columns",
 ]
 
 
@@ -309,3 +311,39 @@ class Catalog(VersionRegistry, BarEntries, FeatureEntries, CacheIndex, AccessSta
     def store_id(self) -> str:
         """This store's identity, made once and kept: what keeps its rows apart on shared servers."""
         ...
+
+    # --- whole tables (pitstore.migrate) ---------------------------------------------------------------
+
+    def dump_rows(self, table: str) -> list[tuple[Any, ...]]:
+        """Every row of ``table`` (a name of :data:`TABLES`), columns as :data:`TABLES` lists them, in primary key
+        order: what a migration copies and compares (``appended_only`` as a bool on every backend)."""
+        ...
+
+    def load_rows(self, table: str, rows: Sequence[tuple[Any, ...]], *,
+                  delete: Sequence[tuple[Any, ...]] = ()) -> None:
+        """In one transaction: delete the rows whose primary keys are ``delete``, then insert ``rows`` as given
+        (ids included; a row whose key exists is replaced). Id sequences move past the largest id, so later
+        commits never reuse one."""
+        ...
+
+
+# Every catalog table: its columns and primary key (the order dump_rows gives and load_rows takes).
+TABLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "feature_set_versions": (("name", "version", "fingerprint", "definition", "created_at"), ("name", "version")),
+    "retired_versions": (("name", "version", "retired_at"), ("name", "version")),
+    "bar_entries": (BarEntry._fields, ("id",)),
+    "feature_entries": (FeatureEntry._fields, ("id",)),
+    "cache_entries": (CacheEntry._fields, ("key",)),
+    "cache_stats": (CacheStatsRow._fields, ("symbol",)),
+    "history_archives": (HistoryArchive._fields, ("id",)),
+    "history_synced": (("table_id", "entry_id", "from_ts"), ("table_id", "entry_id")),
+    "online_requests": (("symbol", "requests"), ("symbol",)),
+    "store_meta": (("key", "value"), ("key",)),
+}
+
+
+def table_columns(table: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(columns, primary key) of a catalog table; ValueError for any other name (never interpolated unchecked)."""
+    if table not in TABLES:
+        raise ValueError(f"not a catalog table: {table!r}")
+    return TABLES[table]

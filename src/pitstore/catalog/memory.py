@@ -17,11 +17,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from pitstore.catalog.base import BarEntry, CacheEntry, CacheStatsRow, FeatureEntry, HistoryArchive, VersionRow
 from pitstore.errors import BackendError, ConfigError, ConflictError, ReadOnlyStoreError
+from pitstore.segments import part_paths
 
 __all__ = ["MemoryCatalog", "memory_state_name"]
 
@@ -351,8 +352,12 @@ class MemoryCatalog:
         return self._read(op)
 
     def referenced_paths(self) -> set[str]:
-        return self._read(lambda s: {r.path for rows in (s.bars.values(), s.features.values(), s.cache.values(),
-                                                         s.archives.values()) for r in rows})
+        def op(s: _State) -> set[str]:
+            paths = {r.path for rows in (s.bars.values(), s.features.values(), s.cache.values(), s.archives.values())
+                     for r in rows}
+            return paths | {p for b in s.bars.values() if b.parts is not None for p in part_paths(b.parts)}
+
+        return self._read(op)
 
     def drop_rows(self, table: str, ids: Sequence[int]) -> int:
         if table not in ("bar_entries", "feature_entries"):
@@ -416,6 +421,16 @@ class MemoryCatalog:
     def close(self) -> None:
         """Idempotent; the rows stay for the next catalog opened on this name."""
         self._closed = True
+
+    # --- whole tables (pitstore.migrate) ---------------------------------------------------------------
+
+    def dump_rows(self, table: str) -> list[tuple[Any, ...]]:
+        # Its state is not the tables (retired versions keep no retired_at): a copy would invent values.
+        raise ConfigError(f"{self!r}: a memory catalog cannot be migrated (it lives in one process, for tests)")
+
+    def load_rows(self, table: str, rows: Sequence[tuple[Any, ...]], *,
+                  delete: Sequence[tuple[Any, ...]] = ()) -> None:
+        raise ConfigError(f"{self!r}: a memory catalog cannot be migrated (it lives in one process, for tests)")
 
 
 def _visible(e: BarEntry | FeatureEntry, t: int) -> bool:

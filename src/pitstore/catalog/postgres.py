@@ -29,7 +29,15 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pitstore.cache.lock import ProcessLocks
 from pitstore.catalog import pg_schema
-from pitstore.catalog.base import BarEntry, CacheEntry, CacheStatsRow, FeatureEntry, HistoryArchive, VersionRow
+from pitstore.catalog.base import (
+    BarEntry,
+    CacheEntry,
+    CacheStatsRow,
+    FeatureEntry,
+    HistoryArchive,
+    VersionRow,
+    table_columns,
+)
 from pitstore.errors import BackendError, BackendUnavailableError, ConfigError, ConflictError, ReadOnlyStoreError
 from pitstore.segments import part_paths
 
@@ -614,6 +622,36 @@ class PostgresCatalog:
             return cur.rowcount
         return self._write("repoint compacted feature entries", op)
 
+    # --- whole tables (pitstore.migrate) ---------------------------------------------------------------
+
+    def dump_rows(self, table: str) -> list[tuple[Any, ...]]:
+        cols, key = table_columns(table)
+        return self._rows(f"SELECT {', '.join(cols)} FROM {table} ORDER BY {', '.join(key)}")
+
+    def load_rows(self, table: str, rows: Sequence[tuple[Any, ...]], *,
+                  delete: Sequence[tuple[Any, ...]] = ()) -> None:
+        cols, key = table_columns(table)
+        update = ", ".join(f"{c} = excluded.{c}" for c in cols if c not in key)
+        # OVERRIDING SYSTEM VALUE: the ids are the source's (feature entries and sync marks refer to them).
+        insert = (f"INSERT INTO {table} ({', '.join(cols)}) OVERRIDING SYSTEM VALUE VALUES"
+                  f" ({', '.join(['%s'] * len(cols))}) ON CONFLICT ({', '.join(key)}) DO "
+                  + (f"UPDATE SET {update}" if update else "NOTHING"))
+        where = " AND ".join(f"{c} = %s" for c in key)
+        flag = cols.index("appended_only") if table == "bar_entries" else -1
+
+        def op(conn: _Conn) -> None:
+            with conn.cursor() as cur:
+                if delete:
+                    cur.executemany(f"DELETE FROM {table} WHERE {where}".encode(), [tuple(k) for k in delete])
+                if rows:  # SQLite's 0/1 as a bool
+                    cur.executemany(insert.encode(), [r if flag < 0 else (*r[:flag], bool(r[flag]), *r[flag + 1:])
+                                                      for r in rows])
+                if "id" in key and rows:
+                    # The identity sequence past the largest id: the next commit must not take a copied one.
+                    cur.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), max(id)) FROM {table}"
+                                .encode())
+
+        self._write(f"load rows of {table}", op)
 
 
 class AdvisoryLocks(ProcessLocks):

@@ -12,7 +12,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
-from pitstore.catalog.base import BarEntry, CacheEntry, CacheStatsRow, FeatureEntry, HistoryArchive, VersionRow
+from pitstore.catalog.base import (
+    BarEntry,
+    CacheEntry,
+    CacheStatsRow,
+    FeatureEntry,
+    HistoryArchive,
+    VersionRow,
+    table_columns,
+)
 from pitstore.catalog.readonly import open_read_only, shadow_missing
 from pitstore.errors import BackendError, ConflictError, ReadOnlyStoreError
 from pitstore.segments import part_paths
@@ -505,6 +513,32 @@ class SqliteCatalog:
                             [(new, size, digest, i, old) for i, old, new, size, digest in moves])
             return self._conn.total_changes - before
 
+    # --- whole tables (pitstore.migrate) ---------------------------------------------------------------
+
+    def dump_rows(self, table: str) -> list[tuple[Any, ...]]:
+        cols, key = table_columns(table)
+        if table == "store_meta" and not self._read(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'store_meta'"):
+            return []  # made by the first store_id() or gc
+        rows = self._read(f"SELECT {', '.join(cols)} FROM {table} ORDER BY {', '.join(key)}")
+        if table == "bar_entries":  # stored as 0/1; PostgreSQL gives a bool
+            at = cols.index("appended_only")
+            return [(*r[:at], bool(r[at]), *r[at + 1:]) for r in rows]
+        return [tuple(r) for r in rows]
+
+    def load_rows(self, table: str, rows: Sequence[tuple[Any, ...]], *,
+                  delete: Sequence[tuple[Any, ...]] = ()) -> None:
+        cols, key = table_columns(table)
+        update = ", ".join(f"{c} = excluded.{c}" for c in cols if c not in key) or None
+        insert = (f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+                  f" ON CONFLICT ({', '.join(key)}) DO " + (f"UPDATE SET {update}" if update else "NOTHING"))
+        where = " AND ".join(f"{c} = ?" for c in key)
+        with self._write(f"load rows of {table}") as cur:
+            if table == "store_meta":
+                cur.execute("CREATE TABLE IF NOT EXISTS store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            cur.executemany(f"DELETE FROM {table} WHERE {where}", [tuple(k) for k in delete])
+            # AUTOINCREMENT: an explicit id moves sqlite_sequence past it, so new rows never reuse one.
+            cur.executemany(insert, [tuple(r) for r in rows])
 
 
 def _migrate(conn: sqlite3.Connection, lock: threading.Lock) -> None:

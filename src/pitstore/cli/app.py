@@ -14,6 +14,7 @@ import typer
 import pitstore
 from pitstore.cli import demo as _demo
 from pitstore.cli import legacy, listing, maintenance, output, serve, service
+from pitstore.cli import migrate as _migrate
 from pitstore.cli import tier as _tier
 from pitstore.cli import versions as _versions
 from pitstore.cli.common import (
@@ -350,6 +351,7 @@ app.command()(maintenance.gc)
 app.command()(maintenance.compact)
 app.command()(maintenance.verify)
 app.command()(_tier.tier)
+app.command()(_migrate.migrate)
 app.command()(serve.materialize)
 app.command()(serve.warm)
 app.add_typer(maintenance.cache_app, name="cache")
