@@ -206,3 +206,29 @@ def test_team_store_compacts_on_postgres_and_s3(team: dict[str, Any]) -> None:
         assert gc.orphan_files == [] and gc.missing_files == []  # compaction deleted the old objects itself
         referenced = store.catalog.referenced_paths()
         assert {o.path for o in store.storage.list("features")} == {p for p in referenced if p.startswith("features")}
+
+
+def test_a_second_compaction_writes_only_the_entries_added_since(tmp_path: Path) -> None:
+    """Files already compacted are never rewritten: a compaction costs the rows added since the last one."""
+    bars = synthetic_bars(len(SYMBOLS), N_BARS, seed=3)
+    with Store.open(tmp_path) as store:
+        store.ingest(bars.filter(pl.col("ts") < START + 60 * DAY))
+        for fs in feature_sets():
+            store.backfill(fs)
+        first = store.compact()
+        packed = {e.id: e.path for e in store.catalog.all_feature_entries() if is_compacted(e.path)}
+        assert first.files_written and packed
+        store.ingest(bars)
+        for fs in feature_sets():
+            store.backfill(fs)
+        new = [e for e in store.catalog.all_feature_entries() if e.superseded_at is None and e.id not in packed]
+        second = store.compact()
+        assert second.entries == len(new) and second.rows == sum(e.n_rows for e in new)
+        assert not set(second.files_written) & set(first.files_written)
+        now = {e.id: e.path for e in store.catalog.all_feature_entries()}
+        assert all(now[i] == path for i, path in packed.items() if i in now)  # the earlier files stay as they were
+        assert all((store.root / p).exists() for p in set(packed.values()))
+        assert store.verify().ok
+        want = store.read(["plain", "lagged"])
+    with Store.open(tmp_path) as fresh:
+        assert fresh.read(["plain", "lagged"]).equals(want)

@@ -8,7 +8,8 @@ and then, in ONE catalog transaction, points every entry it copied at the file n
 (:meth:`Catalog.repoint_features`). Nothing else of an entry changes: its id, symbol, ts range, rows and
 ``recorded_at`` / ``superseded_at`` are the same, so every read and every ``as_known_at`` answer is the same
 before and after (the rows are the same bytes' values, re-encoded). Entries recorded later stay in their own
-files until the next compaction.
+files until the next compaction, which writes them into new files of their own (files already compacted are
+never rewritten: a compaction costs the rows added since the last one).
 
 Crash safety: the new files are published before the transaction (a kill before it leaves orphans, which gc
 removes); the old files are deleted after it, only while no reader holds the version's lease (a reader that
@@ -90,7 +91,9 @@ def _version(root: Path, storage: Storage, catalog: Catalog, name: str, version:
     written: dict[str, tuple[str, int, str]] = {}  # symbol -> new path, size, hash
     # Under the version's lease: no cleanup retires the files while they are read.
     with _versions.reading(root, catalog, name, version, check_live=False):
-        entries = catalog.feature_entries(name, version)
+        # Only the entries outside compacted files: a compaction costs what was added since the last one, not
+        # the version's history (an incremental backfill of many symbols must not rewrite everything).
+        entries = [e for e in catalog.feature_entries(name, version) if not is_compacted(e.path)]
         if loose_entries(entries) < min_entries:
             return
         report.versions.append(label)
