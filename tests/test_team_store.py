@@ -263,3 +263,33 @@ def test_concurrent_ingests_of_overlapping_symbols_leave_one_live_snapshot(tmp_p
             assert store.bars(s).equals(expected.filter(pl.col("symbol") == s))
             assert len([e for e in store.catalog.all_bar_entries() if e.symbol == s]) == n_proc
         assert store.verify().ok
+
+
+def test_cache_hits_on_object_storage_fetch_an_object_once_per_process(tmp_path: Path, catalog_url: str,
+                                                                      request: pytest.FixtureRequest) -> None:
+    """A result this process decoded (every byte checked) is served again without fetching its object: the
+    object is deleted under it and the next hit still answers, counted as a hit. A new process has nothing kept,
+    fetches, finds the object gone and recomputes; a local store checks its file on every hit."""
+    (tmp_path / "log").mkdir()
+    config = {"log": str(tmp_path / "log"), "name": "once", "k": 2}
+    raw = make_raw("AAA")
+    with _open("postgres+s3", tmp_path / "a", catalog_url, request) as store:
+        first = store.get_or_compute("AAA", raw, config, slow_summary)
+        assert store.get_or_compute("AAA", raw, config, slow_summary).equals(first)  # decoded from the object
+        [entry] = store.catalog.cache_entries("AAA")
+        store.storage.delete(entry.path)
+        assert store.get_or_compute("AAA", raw, config, slow_summary).equals(first)
+        assert starts(tmp_path / "log", "once") == 1
+        assert store.catalog.cache_stats()[0].hits == 2
+    with _open("postgres+s3", tmp_path / "b", catalog_url, request) as other:
+        assert other.get_or_compute("AAA", raw, config, slow_summary).equals(first)
+        assert starts(tmp_path / "log", "once") == 2  # the object was gone: found on the fetch, recomputed
+        assert other.catalog.cache_stats()[0].corruptions == 1
+    local = {"log": str(tmp_path / "log"), "name": "local", "k": 2}
+    with Store.open(tmp_path / "c") as store:
+        store.get_or_compute("AAA", raw, local, slow_summary)
+        store.get_or_compute("AAA", raw, local, slow_summary)
+        [entry] = store.catalog.cache_entries("AAA")
+        store.storage.delete(entry.path)
+        store.get_or_compute("AAA", raw, local, slow_summary)
+        assert starts(tmp_path / "log", "local") == 2  # a local file is checked on every hit
