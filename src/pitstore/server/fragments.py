@@ -30,8 +30,9 @@ __all__ = ["OnlineAnswers", "encode_vector", "join_rows"]
 
 _MAX_SLOTS = 256  # distinct feature references kept (each a dict of symbols); more: start again
 
-# (encoded vector, valid from (µs: when it was read; a clock set back reads again), until (µs, exclusive), status)
-Entry = tuple[bytes, int, int, str]
+# (encoded vector, valid from (µs: when it was read; a clock set back reads again), until (µs, exclusive), status,
+#  the whole body of a one-symbol answer)
+Entry = tuple[bytes, int, int, str, bytes]
 
 
 def encode_vector(v: FeatureVector) -> bytes:
@@ -42,6 +43,10 @@ def encode_vector(v: FeatureVector) -> bytes:
 def join_rows(rows: Sequence[bytes]) -> bytes:
     """``{"rows": [...]}``, byte for byte what ``orjson.dumps({"rows": [...]})`` writes."""
     return b'{"rows":[' + b",".join(rows) + b"]}"
+
+
+def _entry(row: bytes, since: int, until: int, status: str) -> Entry:
+    return row, since, until, status, join_rows((row,))
 
 
 class _Slot:
@@ -86,7 +91,7 @@ class OnlineAnswers:
             hit = entries.get(symbols[0])
             if hit is not None and hit[1] <= now < hit[2]:
                 serving.note_reads(tables, symbols)
-                return join_rows((hit[0],)), [hit[3]]
+                return hit[4], [hit[3]]
             kept: list[Entry | None] = [None]
         else:
             kept = [e if e is not None and e[1] <= now < e[2] else None for e in map(entries.get, symbols)]
@@ -103,7 +108,7 @@ class OnlineAnswers:
             # one read of every symbol, as without this cache, and keep nothing of it.
             vectors = serving.get_online_until(symbols, features, now)[0]
             return join_rows([encode_vector(v) for v in vectors]), [v.status for v in vectors]
-        fresh = [(encode_vector(v), now, end, v.status) for v, end in zip(vectors, until, strict=True)]
+        fresh = [_entry(encode_vector(v), now, end, v.status) for v, end in zip(vectors, until, strict=True)]
         for s, entry in zip(missing, fresh, strict=True):
             if entry[2] > now:
                 entries[s] = entry

@@ -12,7 +12,7 @@ import asyncio
 import os
 from bisect import bisect_left
 from collections import Counter as Tally
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -61,11 +61,15 @@ def observe_request(endpoint: str, method: str, status: int, seconds: float) -> 
     _schedule()
 
 
-def count_online(statuses: Iterable[str], path: str) -> None:
+def count_online(statuses: Sequence[str], path: str) -> None:
     pending = _PENDING_ONLINE
-    for s, n in Tally(statuses).items():
-        key = (path, s)
-        pending[key] = pending.get(key, 0) + n
+    if len(statuses) == 1:  # building a Counter costs more than the rest of a one-symbol request's metrics
+        key = (path, statuses[0])
+        pending[key] = pending.get(key, 0) + 1
+    else:
+        for s, n in Tally(statuses).items():
+            key = (path, s)
+            pending[key] = pending.get(key, 0) + n
     _schedule()
 
 
