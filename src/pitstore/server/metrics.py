@@ -48,7 +48,7 @@ _ONLINE_CHILDREN: dict[tuple[str, str], Any] = {}
 # and a turn of the loop answers every request that is ready. Outside a running loop they are written at once.
 _PENDING_REQUESTS: dict[tuple[str, str, int], list[float]] = {}
 _PENDING_ONLINE: dict[tuple[str, str], int] = {}
-_scheduled = False
+_scheduled: asyncio.AbstractEventLoop | None = None  # the loop a flush is scheduled on
 
 
 def observe_request(endpoint: str, method: str, status: int, seconds: float) -> None:
@@ -75,21 +75,20 @@ def count_online(statuses: Sequence[str], path: str) -> None:
 
 def _schedule() -> None:
     global _scheduled
-    if _scheduled:
-        return
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:
         flush()
         return
-    _scheduled = True
-    loop.call_soon(flush)
+    if _scheduled is not loop:  # (a loop closed before its flush ran, as asyncio.run's may, is replaced)
+        _scheduled = loop
+        loop.call_soon(flush)
 
 
 def flush() -> None:
     """Write the kept updates to the metrics (the exporters read these)."""
     global _scheduled
-    _scheduled = False
+    _scheduled = None
     if _PENDING_REQUESTS:
         requests = dict(_PENDING_REQUESTS)
         _PENDING_REQUESTS.clear()
