@@ -507,6 +507,11 @@ def bench_breakdown(emit: Emit, root: Path, name: str, singles: Sequence[str], b
                     if app is not None:
                         await _asgi_calls(app, singles, n // 10)
                         rows.append((label, await _asgi_calls(app, singles, n)))
+                batch_paths = [online_path(b, name) for b in batches]
+                for label, app in ((f"pitstore app, {BATCH} symbols per request", full),
+                                   (f"floor_app, {BATCH} symbols per request", floor_app.app)):
+                    await _asgi_calls(app, batch_paths, n // 200)
+                    rows.append((label, await _asgi_calls(app, batch_paths, n // 20)))
             finally:
                 await inbox.put({"type": "lifespan.shutdown"})
                 await task
@@ -535,6 +540,8 @@ def bench_breakdown(emit: Emit, root: Path, name: str, singles: Sequence[str], b
         emit(f"     {label:<62} {pct_us(ns, 50):>8.1f} {statistics.fmean(ns) / 1e3:>8.1f}")
     emit(f"     1 / (pitstore req/s under wrk) = {1e6 / rps:.1f} µs per request: what the app does not spend there is"
          " uvicorn, httptools, the event loop and the sockets (compare floor_app with the floor's req/s).")
+    emit("     The pitstore app answers GET /v1/online from its kept rows (server/fragments.py) while the online tier's"
+         " change token holds; the store.get_online rows are what a kept row saves.")
     emit("")
 
 

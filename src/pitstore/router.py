@@ -39,11 +39,13 @@ from pitstore.reads import Selection, known_at_us, load
 from pitstore.rules import (
     DAMAGED,
     FALLBACK,
+    FOREVER,
     NO_DATA_YET,
     OK,
     STALE,
     UNKNOWN_SYMBOL,
     asof_bound,
+    fresh_until,
     from_us,
     is_available,
     is_stale,
@@ -116,6 +118,13 @@ class TierRouter:
 
     def latest(self, table: Table, symbols: Sequence[str], now: int) -> list[FeatureVector]:
         """The latest vector of each symbol at ``now`` (µs), in input order, in one round trip."""
+        return self.latest_until(table, symbols, now)[0]
+
+    def latest_until(self, table: Table, symbols: Sequence[str], now: int) -> tuple[list[FeatureVector], list[int]]:
+        """:meth:`latest`, and per vector the instant (µs, exclusive) until which it stays the answer while the
+        online tier is not written: an online row's vector holds until its TTL edge (``ok``) or for ever
+        (``stale``: it only gets older). 0 for every other answer (a miss, a fallback, a row not available
+        yet): the lower tiers decide those, and they change without an online write."""
         status: Status = OK
         try:
             rows = self.online.get_latest(table.table_id, symbols)
@@ -125,16 +134,21 @@ class TierRouter:
             warn_outage(log, f"online:{table.table_id}", "online tier unavailable (%s): serving %s from lower"
                         " tiers", exc, table.table_id)
             rows, status = self._fallback(table, symbols), FALLBACK
-        out = []
+        out, until = [], []
         for s, row in zip(symbols, rows, strict=True):
             if row is None:
                 out.append(table.empty(s, UNKNOWN_SYMBOL))
+                until.append(0)
             elif is_available(row.ts, now, table.lag_us):
-                out.append(table.vector(s, row.ts, row.values, now, status))
+                vec = table.vector(s, row.ts, row.values, now, status)
+                out.append(vec)
+                until.append(0 if status != OK else FOREVER if vec.status == STALE else fresh_until(row.ts,
+                                                                                                     table.ttl_us))
             else:  # not knowable yet: the as-of answer at now, which an older row gives
                 vec = self.asof(table, s, now, use_online=False)
                 out.append(vec._replace(status=status) if vec.status == OK else vec)
-        return out
+                until.append(0)
+        return out, until
 
     def _fill(self, table: Table, symbols: Sequence[str], rows: list[OnlineRow | None]) -> list[OnlineRow | None]:
         """Online misses: load the symbols' latest rows from the lower tiers into the online tier, once across

@@ -38,9 +38,9 @@ from pitstore.status import (
 )
 from pitstore.timeutil import parse_timeframe
 
-__all__ = ["DAMAGED", "EPOCH", "FALLBACK", "MISSING", "NO_DATA_YET", "OK", "STALE", "STATUSES", "UNKNOWN_SYMBOL",
-           "Status", "asof_bound", "default_ttl", "effective_ttl", "from_us", "is_available", "is_stale",
-           "micros", "now_us", "stale_expr", "to_us", "worse"]
+__all__ = ["DAMAGED", "EPOCH", "FALLBACK", "FOREVER", "MISSING", "NO_DATA_YET", "OK", "STALE", "STATUSES",
+           "UNKNOWN_SYMBOL", "Status", "asof_bound", "default_ttl", "effective_ttl", "fresh_until", "from_us",
+           "is_available", "is_stale", "micros", "now_us", "stale_expr", "to_us", "worse"]
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
@@ -116,6 +116,15 @@ def is_stale(row_ts_us: int, t_us: int, ttl_us: int | None) -> bool:
     """The TTL rule: the row at ``row_ts_us`` is too old to serve at ``t_us`` (``ts < t - ttl``; at equality it
     is still fresh). ``ttl_us=None``: no TTL (direct users of :func:`pitstore.pit.asof_join`)."""
     return ttl_us is not None and row_ts_us < t_us - ttl_us
+
+
+FOREVER = 2**63 - 1  # an instant (µs) no clock reaches: "until something is written"
+
+
+def fresh_until(row_ts_us: int, ttl_us: int) -> int:
+    """The first instant (µs) at which the row at ``row_ts_us`` is stale: :func:`is_stale` is false before it
+    and true from it on (``ts < t - ttl`` first holds at ``t = ts + ttl + 1``)."""
+    return row_ts_us + ttl_us + 1
 
 
 def stale_expr(row_ts: pl.Expr, t: pl.Expr, ttl: timedelta | None) -> pl.Expr:

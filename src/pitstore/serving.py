@@ -194,18 +194,40 @@ class Serving:
                    now_us: int | None = None) -> list[FeatureVector]:
         """The latest vector of each symbol at now (``now_us``, else :attr:`clock`), in input order, in one
         round trip per feature set (see :class:`pitstore.router.TierRouter`)."""
+        return self.get_online_until(symbols, features, self.clock() if now_us is None else now_us)[0]
+
+    def get_online_until(self, symbols: Sequence[str], features: str | Sequence[str],
+                         now: int) -> tuple[list[FeatureVector], list[int]]:
+        """:meth:`get_online` at ``now``, and per vector the instant (µs, exclusive) until which it stays the
+        answer unless the online tier is written (:meth:`pitstore.router.TierRouter.latest_until`; the
+        earliest over the feature sets; 0: not known to hold past ``now``)."""
         tables = self.tables(features)
-        now = self.clock() if now_us is None else now_us
+        self.count_requests(symbols)
+        merged: list[FeatureVector] | None = None
+        until: list[int] = []
+        for table in tables:
+            got, holds = self.router.latest_until(table, symbols, now)
+            if merged is None:
+                merged, until = got, holds
+            else:
+                merged = [_merge(a, b) for a, b in zip(merged, got, strict=True)]
+                until = [min(a, b) for a, b in zip(until, holds, strict=True)]
+        assert merged is not None
+        return merged, until
+
+    def count_requests(self, symbols: Sequence[str]) -> None:
+        """Count symbols asked for (``warm(top=N)`` warms the most asked)."""
         if len(symbols) == 1:
             self.requests[symbols[0]] += 1  # Counter.update costs microseconds more for one symbol
         else:
             self.requests.update(symbols)
-        merged: list[FeatureVector] | None = None
+
+    def note_reads(self, tables: Sequence[Table], symbols: Sequence[str]) -> None:
+        """``symbols`` of ``tables`` were answered from a copy a caller kept (valid by the online tier's change
+        token): count them as asked for and as read, for ``warm(top=N)`` and the online tier's LRU bound."""
+        self.count_requests(symbols)
         for table in tables:
-            got = self.router.latest(table, symbols, now)
-            merged = got if merged is None else [_merge(a, b) for a, b in zip(merged, got, strict=True)]
-        assert merged is not None
-        return merged
+            self.online.touch(table.table_id, symbols)
 
     def frame(self, vectors: Sequence[FeatureVector], features: str | Sequence[str]) -> pl.DataFrame:
         """``vectors`` (of ``features``) as a frame: symbol, ts, the features, status. Every feature column is

@@ -73,6 +73,16 @@ class OnlineStore(Protocol):
         """Raise BackendUnavailableError when the backend cannot be reached."""
         ...
 
+    def change_token(self) -> object | None:
+        """A value that differs after any write to the store, by any process, was committed (equal values: no
+        write in between), cheap enough to ask on every request; None when the backend has no such token (a
+        caller then cannot keep answers and must read)."""
+        ...
+
+    def touch(self, table_id: str, symbols: Sequence[str]) -> None:
+        """Record that ``symbols`` were read (answered from a copy the caller kept): the LRU bound sees them."""
+        ...
+
     def close(self) -> None:
         """Release connections; the store is unusable afterwards."""
         ...

@@ -24,6 +24,7 @@ class MemoryOnlineStore:
         self._rows: OrderedDict[tuple[str, str], OnlineRow] = OrderedDict()
         self._columns: dict[str, tuple[str, ...]] = {}
         self._lock = threading.Lock()
+        self._generation = 0  # bumped by every write, eviction and delete: the change token
 
     def put_latest(
         self,
@@ -40,6 +41,7 @@ class MemoryOnlineStore:
             stored = self._columns.setdefault(table_id, cols)
             if stored != cols:
                 raise schema_mismatch(table_id, stored, cols)
+            self._generation += 1
             for symbol, row in new:
                 key = (table_id, symbol)
                 old = self._rows.get(key)
@@ -76,7 +78,20 @@ class MemoryOnlineStore:
                 keys = [k for k in ((table_id, s) for s in set(symbols)) if k in self._rows]
             for key in keys:
                 del self._rows[key]
+            self._generation += 1
         return len(keys)
+
+    def change_token(self) -> int:
+        """The write generation: only this process writes this tier."""
+        return self._generation
+
+    def touch(self, table_id: str, symbols: Sequence[str]) -> None:
+        rows = self._rows
+        with self._lock:
+            for symbol in symbols:
+                key = (table_id, symbol)
+                if key in rows:
+                    rows.move_to_end(key)
 
     def ping(self) -> None:
         """Always reachable."""
@@ -85,6 +100,7 @@ class MemoryOnlineStore:
         with self._lock:
             self._rows.clear()
             self._columns.clear()
+            self._generation += 1
 
 
 def _floats(values: Sequence[float | None], symbol: str) -> tuple[float | None, ...]:

@@ -370,6 +370,14 @@ class RedisOnlineStore:
             with suppress(redis.RedisError, LockError):  # expired or Redis gone: the key expires on its own
                 lock.release()
 
+    def change_token(self) -> None:
+        """None: no token is both cheap and correct here. A write counter in Redis costs the round trip a read
+        does, and keys that expire or are evicted by Redis itself change rows without any writer."""
+        return None
+
+    def touch(self, table_id: str, symbols: Sequence[str]) -> None:
+        """Nothing: Redis keeps its own access times (and callers keep no copies of its rows)."""
+
     def ping(self) -> None:
         """Reach Redis (even while the breaker is open) and flush queued writes."""
         self._run("ping", self._client.ping, force=True)

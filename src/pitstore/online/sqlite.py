@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 import sqlite3
 import threading
 import weakref
@@ -51,6 +52,7 @@ _GET_MANY = {
     for n in (2**i for i in range(1, _MAX_BATCH.bit_length()))
 }
 _ACCESS_FLUSH_SECONDS = 1.0  # reads record accesses in memory; a background thread writes them this often
+_WAL_INDEX_HEADER = 48  # bytes: the first copy of the WAL-index header at the start of <db>-shm
 
 
 class SqliteOnlineStore:
@@ -69,7 +71,7 @@ class SqliteOnlineStore:
         # Two connections: WAL lets reads go on while a write transaction is open on the other one.
         self._read_lock = threading.Lock()
         self._write_lock = threading.Lock()
-        self._touched: set[tuple[str, str]] = set()  # read since the last access flush
+        self._touched: dict[str, set[str]] = {}  # table_id -> symbols read since the last access flush
         self._flusher: threading.Thread | None = None
         self._stop = threading.Event()
         self._closed = False
@@ -82,6 +84,8 @@ class SqliteOnlineStore:
         except (OSError, sqlite3.Error) as exc:
             raise BackendUnavailableError(f"cannot open online store {self.path}: {exc}") from exc
         self._cursor = self._reader.cursor()
+        self._header: mmap.mmap | None = None  # the WAL-index header, mapped by the first change_token()
+        self._header_failed = False
 
     def _connect(self, busy_timeout: float) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
@@ -125,11 +129,11 @@ class SqliteOnlineStore:
         """Inside a write transaction: advance the clock and stamp the rows read since the last flush with it."""
         (clock,) = cur.execute("SELECT COALESCE(MAX(accessed), 0) + 1 FROM online").fetchone()
         with self._read_lock:
-            touched, self._touched = self._touched, set()
+            touched, self._touched = self._touched, {}
         if touched:
             cur.executemany(
                 "UPDATE online SET accessed = ? WHERE table_id = ? AND symbol = ?",
-                [(clock, table_id, symbol) for table_id, symbol in touched],
+                [(clock, table_id, symbol) for table_id, symbols in touched.items() for symbol in symbols],
             )
         return int(clock)
 
@@ -140,11 +144,11 @@ class SqliteOnlineStore:
                     hit = self._cursor.execute(_GET_ONE, (table_id, symbols[0])).fetchone()
                     if hit is None:
                         return [None]
-                    self._touched.add((table_id, symbols[0]))
+                    self._touch(table_id).add(symbols[0])
                     out: list[OnlineRow | None] = [decode(hit[0])]
                 else:
                     found = self._select_many(table_id, symbols)
-                    self._touched.update((table_id, s) for s in found)
+                    self._touch(table_id).update(found)
                     out = [None if (row := found.get(s)) is None else decode(row) for s in symbols]
                 if self._flusher is None:
                     self._start_flusher()
@@ -162,6 +166,52 @@ class SqliteOnlineStore:
             padding = (chunk[-1],) * (size - len(chunk))  # repeated symbols in IN (...) change nothing
             found.update(self._cursor.execute(_GET_MANY[size], (table_id, *chunk, *padding)))
         return found
+
+    def change_token(self) -> bytes | int:
+        """The WAL-index header (https://sqlite.org/walformat.html): every commit, by any connection of any
+        process, rewrites it (its frame count, salts and checksums), and a checkpoint does not. Read from a
+        mapping of ``<db>-shm``: no system call, unlike ``PRAGMA data_version``, whose read transaction takes
+        and drops a lock on the file (about as dear as the read it would save). Fallback when the file cannot
+        be mapped: ``PRAGMA data_version``. The reader connection keeps the WAL open, so SQLite never
+        re-initialises (truncates) the mapped file while this store is open."""
+        header = self._header
+        if header is not None:
+            return header[:_WAL_INDEX_HEADER]
+        if not self._header_failed:
+            self._map_header()
+            if self._header is not None:
+                return self._header[:_WAL_INDEX_HEADER]
+        with self._read_lock:
+            try:
+                return int(self._cursor.execute("PRAGMA data_version").fetchone()[0])
+            except sqlite3.Error as exc:
+                raise BackendError(f"online store {self.path}: cannot read its data version: {exc}") from exc
+
+    def _map_header(self) -> None:
+        with self._read_lock:
+            try:
+                # A read opens the WAL (and its index) on the reader connection, if not open yet.
+                self._cursor.execute("SELECT n FROM online_count").fetchone()
+                mode = self._cursor.execute("PRAGMA journal_mode").fetchone()[0]
+                if str(mode).lower() != "wal":
+                    raise OSError(f"journal mode is {mode}, not wal")
+                with open(f"{self.path}-shm", "rb") as f:
+                    self._header = mmap.mmap(f.fileno(), _WAL_INDEX_HEADER, access=mmap.ACCESS_READ)
+            except (OSError, ValueError, sqlite3.Error):
+                self._header_failed = True
+
+    def touch(self, table_id: str, symbols: Sequence[str]) -> None:
+        with self._read_lock:
+            self._touch(table_id).update(symbols)
+            if self._flusher is None:
+                self._start_flusher()
+
+    def _touch(self, table_id: str) -> set[str]:
+        """Under the read lock: the set of ``table_id``'s symbols read since the last flush."""
+        touched = self._touched.get(table_id)
+        if touched is None:
+            touched = self._touched[table_id] = set()
+        return touched
 
     def _start_flusher(self) -> None:
         # The thread holds only a weak reference: a store dropped without close() is still collected.
@@ -218,6 +268,10 @@ class SqliteOnlineStore:
             self._flush_access()
         finally:
             with self._write_lock, self._read_lock:
+                if self._header is not None:
+                    self._header.close()
+                    self._header = None
+                self._header_failed = True  # closed: change_token() no longer maps anything
                 self._reader.close()
                 self._writer.close()
 

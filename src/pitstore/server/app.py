@@ -34,6 +34,7 @@ from pitstore.server import dashboard, metrics, schema
 from pitstore.server.auth import KeyRing
 from pitstore.server.errors import RETRY_AFTER_S, status_of
 from pitstore.server.figures import probe_tiers
+from pitstore.server.fragments import OnlineAnswers
 from pitstore.server.wire import (
     JSON,
     frame_response_body,
@@ -91,18 +92,19 @@ class _Edge:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        started = time.perf_counter()
         headers = {k: v for k, v in scope["headers"] if k in _HEADERS}
         given = headers.get(b"x-request-id", b"").decode("latin-1")
         rid = given if 0 < len(given) <= 64 and given.isprintable() else f"{_RID_PREFIX}{next(_RID_COUNTER):016x}"
-        scope.setdefault("state", {})["request_id"] = rid
         path: str = scope["path"]
         method: str = scope["method"]
-        started = time.perf_counter()
-        denied = self._check(path, method, headers, rid)
-        if denied is None and method == "GET" and path == "/v1/online" and b"arrow" not in headers.get(b"accept", b""):
+        denied = self._check(path, method, headers, rid) if self.keys or b"content-length" in headers else None
+        if denied is None and path == "/v1/online" and method == "GET" and b"arrow" not in headers.get(b"accept",
+                                                                                                      b""):
             status = await self._fast(scope["query_string"], rid, send)
             metrics.observe_request(path, method, status, time.perf_counter() - started)
             return
+        scope.setdefault("state", {})["request_id"] = rid
         status_box = [500]
 
         async def send_with_id(message: Message) -> None:
@@ -133,7 +135,7 @@ class _Edge:
             kind = type(exc).__name__ if isinstance(exc, PitstoreError) else "InternalError"
             body = json.dumps({"error": kind, "message": message, "request_id": rid}).encode()
         await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)),
                                 (b"x-request-id", rid.encode()), *extra]})
         await send({"type": "http.response.body", "body": body})
         return status
@@ -377,15 +379,43 @@ def create_app(store: Store | None = None, *, settings: Settings | None = None, 
 
     app.openapi = openapi  # type: ignore[method-assign]
 
+    answers: list[OnlineAnswers] = []  # made once the store is open (at startup, when it is opened here)
+    parsed: dict[bytes, tuple[list[str], tuple[str, ...]]] = {}
+
     def fast_online(query: bytes) -> bytes:
-        args = parse_qs(query.decode("latin-1"), keep_blank_values=True)
-        syms = parse_symbols(args["symbols"][-1] if "symbols" in args else None)
-        names = parse_list(args["features"][-1] if "features" in args else None, "features")
-        vectors = the_store().get_online(syms, names)
-        metrics.count_online([v.status for v in vectors], "online")
-        return vectors_json(vectors)
+        args = parsed.get(query)
+        if args is None:
+            args = _online_query(query)
+            if len(query) <= _MAX_MEMO_QUERY:  # a pure function of the bytes: remembered, within a bound
+                if len(parsed) >= _MAX_MEMO_QUERIES:
+                    parsed.clear()
+                parsed[query] = args
+        if not answers:
+            answers.append(OnlineAnswers(the_store().serving))
+        body, statuses = answers[0].answer(*args)
+        metrics.count_online(statuses, "online")
+        return body
 
     return _Edge(app, keys if keys is not None else KeyRing(()), settings.max_body_bytes, fast_online)
+
+
+_MAX_MEMO_QUERY = 8_192  # bytes: longer query strings are parsed every time
+_MAX_MEMO_QUERIES = 2_048  # remembered query strings (at most ~16 MB); more: start again
+
+
+def _online_query(query: bytes) -> tuple[list[str], tuple[str, ...]]:
+    """``symbols`` and ``features`` of a GET /v1/online query string (the last of each, blanks kept), checked.
+    What ``parse_qs`` gives, split by hand when there is nothing to unquote (a third of a request's time)."""
+    text = query.decode("latin-1")
+    if "%" in text or "+" in text:
+        args = {k: v[-1] for k, v in parse_qs(text, keep_blank_values=True).items()}
+    else:
+        args = {}
+        for part in text.split("&"):
+            if part:
+                name, _, value = part.partition("=")
+                args[name] = value
+    return parse_symbols(args.get("symbols")), tuple(parse_list(args.get("features"), "features"))
 
 
 def _standard_if_registered(store: Store) -> list[FeatureSet]:

@@ -8,8 +8,11 @@ hits and computations of batch jobs on the same store.
 
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import Iterable, Iterator
+from bisect import bisect_left
+from collections import Counter as Tally
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -22,7 +25,7 @@ from pitstore.server.figures import store_figures
 if TYPE_CHECKING:
     from pitstore.store import Store
 
-__all__ = ["backend_up", "count_online", "observe_request", "render"]
+__all__ = ["backend_up", "count_online", "flush", "observe_request", "render"]
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 
@@ -40,25 +43,89 @@ BACKEND_UP = Gauge("pitstore_backend_up", "1 when the tier answered its last rea
 _REQUEST_CHILDREN: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 _ONLINE_CHILDREN: dict[tuple[str, str], Any] = {}
 
+# Updates are kept in plain dicts and written to the metrics once per turn of the event loop (and before every
+# scrape or sample): a locked counter or histogram update costs about a microsecond each, several per request,
+# and a turn of the loop answers every request that is ready. Outside a running loop they are written at once.
+_PENDING_REQUESTS: dict[tuple[str, str, int], list[float]] = {}
+_PENDING_ONLINE: dict[tuple[str, str], int] = {}
+_scheduled: asyncio.AbstractEventLoop | None = None  # the loop a flush is scheduled on
+
 
 def observe_request(endpoint: str, method: str, status: int, seconds: float) -> None:
-    children = _REQUEST_CHILDREN.get((endpoint, method, status))
-    if children is None:
-        children = REQUESTS.labels(endpoint, method, str(status)), LATENCY.labels(endpoint)
-        _REQUEST_CHILDREN[(endpoint, method, status)] = children
-    children[0].inc()
-    children[1].observe(seconds)
+    key = (endpoint, method, status)
+    pending = _PENDING_REQUESTS.get(key)
+    if pending is None:
+        _PENDING_REQUESTS[key] = [seconds]
+    else:
+        pending.append(seconds)
+    _schedule()
 
 
-def count_online(statuses: Iterable[str], path: str) -> None:
-    counts: dict[str, int] = {}
-    for s in statuses:
-        counts[s] = counts.get(s, 0) + 1
-    for s, n in counts.items():
-        child = _ONLINE_CHILDREN.get((path, s))
-        if child is None:
-            child = _ONLINE_CHILDREN[(path, s)] = ONLINE.labels(path, s)
-        child.inc(n)
+def count_online(statuses: Sequence[str], path: str) -> None:
+    pending = _PENDING_ONLINE
+    if len(statuses) == 1:  # building a Counter costs more than the rest of a one-symbol request's metrics
+        key = (path, statuses[0])
+        pending[key] = pending.get(key, 0) + 1
+    else:
+        for s, n in Tally(statuses).items():
+            key = (path, s)
+            pending[key] = pending.get(key, 0) + n
+    _schedule()
+
+
+def _schedule() -> None:
+    global _scheduled
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        flush()
+        return
+    if _scheduled is not loop:  # (a loop closed before its flush ran, as asyncio.run's may, is replaced)
+        _scheduled = loop
+        loop.call_soon(flush)
+
+
+def flush() -> None:
+    """Write the kept updates to the metrics (the exporters read these)."""
+    global _scheduled
+    _scheduled = None
+    if _PENDING_REQUESTS:
+        requests = dict(_PENDING_REQUESTS)
+        _PENDING_REQUESTS.clear()
+        for key, seconds in requests.items():
+            children = _REQUEST_CHILDREN.get(key)
+            if children is None:
+                children = REQUESTS.labels(key[0], key[1], str(key[2])), LATENCY.labels(key[0])
+                _REQUEST_CHILDREN[key] = children
+            children[0].inc(len(seconds))
+            _observe_all(children[1], seconds)
+    if _PENDING_ONLINE:
+        online = dict(_PENDING_ONLINE)
+        _PENDING_ONLINE.clear()
+        for labels, n in online.items():
+            child = _ONLINE_CHILDREN.get(labels)
+            if child is None:
+                child = _ONLINE_CHILDREN[labels] = ONLINE.labels(*labels)
+            child.inc(n)
+
+
+def _observe_all(histogram: Any, seconds: list[float]) -> None:
+    """``histogram.observe`` of each value, in one update per bucket where prometheus-client's layout is the
+    known one (``_sum``, ``_buckets``, ``_upper_bounds``: non-cumulative bucket counts, as ``observe`` keeps)."""
+    bounds = getattr(histogram, "_upper_bounds", None)
+    buckets = getattr(histogram, "_buckets", None)
+    total = getattr(histogram, "_sum", None)
+    if bounds is None or buckets is None or total is None or len(seconds) == 1:
+        for v in seconds:
+            histogram.observe(v)
+        return
+    counts: dict[int, int] = {}
+    for v in seconds:
+        i = bisect_left(bounds, v)  # observe: the first bound with v <= bound
+        counts[i] = counts.get(i, 0) + 1
+    total.inc(sum(seconds))
+    for i, n in counts.items():
+        buckets[i].inc(n)
 
 
 def backend_up(tier: str, up: bool) -> None:
@@ -109,6 +176,7 @@ class _StoreCollector(Collector):
 
 
 def render(store: Store) -> tuple[bytes, str]:
+    flush()
     registry = CollectorRegistry()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         MultiProcessCollector(registry)  # type: ignore[no-untyped-call]

@@ -46,6 +46,7 @@ class Sample:
 
 
 def _families() -> Iterator[Any]:
+    metrics.flush()
     registry = CollectorRegistry()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         MultiProcessCollector(registry)  # type: ignore[no-untyped-call]

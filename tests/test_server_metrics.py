@@ -1,0 +1,43 @@
+"""Request metrics kept per event-loop turn are written exactly: the same counts, sums and buckets as one
+``observe`` per request."""
+
+from __future__ import annotations
+
+import asyncio
+
+from prometheus_client import CollectorRegistry, Histogram
+
+from pitstore.server import metrics
+
+
+def _samples(name: str, label: str) -> dict[tuple[str, str], float]:
+    return {(s.name, s.labels.get("le", "")): s.value for family in metrics.LATENCY.collect()
+            for s in family.samples if s.labels.get("endpoint") == label and s.name.startswith(name)}
+
+
+def test_batched_request_metrics_equal_one_observe_each() -> None:
+    seconds = [0.0001, 0.0005, 0.0005001, 0.003, 0.003, 0.7, 11.0, 0.0]
+    endpoint = "/test/batched"
+
+    async def serve() -> None:
+        for s in seconds:  # one turn of the loop: kept, then written by one flush
+            metrics.observe_request(endpoint, "GET", 200, s)
+            metrics.count_online(["ok", "stale", "ok"], "test-batched")
+        await asyncio.sleep(0)  # a turn of the loop: the scheduled flush runs
+
+    asyncio.run(serve())
+    asyncio.run(serve())  # a second loop (the first closed): its updates are written too
+    reference = Histogram("reference_seconds", "", buckets=metrics._LATENCY_BUCKETS, registry=CollectorRegistry())
+    for s in seconds * 2:
+        reference.observe(s)
+    want = {(s.name.replace("reference_seconds", "pitstore_http_request_seconds"), s.labels.get("le", "")): s.value
+            for family in reference.collect() for s in family.samples if not s.name.endswith("_created")}
+    got = {k: v for k, v in _samples("pitstore_http_request_seconds", endpoint).items()
+           if not k[0].endswith("_created")}
+    assert got == want
+    requests = {s.labels["status"]: s.value for family in metrics.REQUESTS.collect() for s in family.samples
+                if s.labels.get("endpoint") == endpoint and s.name.endswith("_total")}
+    assert requests == {"200": len(seconds) * 2}
+    online = {s.labels["status"]: s.value for family in metrics.ONLINE.collect() for s in family.samples
+              if s.labels.get("path") == "test-batched" and s.name.endswith("_total")}
+    assert online == {"ok": 4 * len(seconds), "stale": 2 * len(seconds)}
