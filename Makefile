@@ -18,7 +18,7 @@ $(STAMP): $(PY) pyproject.toml
 test: $(STAMP) services browser
 	$(PY) -m ruff check src tests bench examples
 	$(PY) -m mypy src
-	$(PY) -m pytest -q --doctest-modules src tests
+	$(PY) -m pytest -q --durations=25 --doctest-modules src tests
 
 ## quick: the inner loop: the tests not marked slow (real-process, crash and large-data tests are); no lint, no doctests
 quick: $(STAMP) services

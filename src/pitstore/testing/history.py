@@ -434,7 +434,10 @@ class HistoryConformance:
             with pytest.raises(InvalidInputError):
                 history.asof("fs@1", bad, 5)
 
-    @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    # differing_executors: every backend's subclass runs this one method (a fresh table per example, so no
+    # state is shared between them).
+    @settings(max_examples=100, deadline=None,
+              suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.differing_executors])
     @given(versions=_versions, queries=_queries, base=st.sampled_from([0, T0, -T0]), scan_known=st.integers(0, 5))
     def test_asof_matches_brute_force(self, history: HistoryBackend, versions: list[Version],
                                       queries: list[tuple[str, int, int, int | None]], base: int,
