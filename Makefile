@@ -18,7 +18,10 @@ $(STAMP): $(PY) pyproject.toml
 test: $(STAMP) services browser
 	$(PY) -m ruff check src tests bench examples
 	$(PY) -m mypy src
-	$(PY) -m pytest -q --durations=25 --doctest-modules src tests
+	# Two passes: the tests that start their own processes or servers (marked slow: SIGKILL loops, private servers)
+	# run alone, since their timing claims need the cores; the rest run on two workers, a file per worker.
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15 -m "not slow" --doctest-modules src tests
+	$(PY) -m pytest -q --durations=15 -m slow tests
 
 ## quick: the inner loop: the tests not marked slow (real-process, crash and large-data tests are); no lint, no doctests
 quick: $(STAMP) services

@@ -166,6 +166,7 @@ def test_a_failing_second_online_table_takes_the_first_tables_rows_back(store59:
     assert report.rows["main@1"].equals(_batch(tmp_path / "a", bars, MAIN).tail(1))
 
 
+@pytest.mark.slow  # a private redis-server filled to its maxmemory
 def test_redis_out_of_memory_raises_and_the_retry_serves_the_bar(tmp_path: Path) -> None:
     server = RedisServer("--maxmemory", "2mb", "--maxmemory-policy", "noeviction")
     server.start()
