@@ -4,12 +4,10 @@ one these tests start, stop and restart themselves (never the shared one)."""
 
 from __future__ import annotations
 
-import math
 import multiprocessing
 import socket
-import struct
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg
@@ -27,7 +25,13 @@ from pitstore.errors import (
 from pitstore.history import SCHEMA_VERSION, PostgresHistory, postgres
 from pitstore.history.postgres import _ASOF_ROWS as ASOF_ROWS  # white-box: the as-of query's own row bound
 from pitstore.history.postgres import StoreScope
-from pitstore.testing.history import SEEK_ROWS, HistoryConformance, Opener, scope
+from pitstore.testing.history import (  # the suite's own helpers, not a copy
+    SEEK_ROWS,
+    HistoryConformance,
+    Opener,
+    _rows,
+    scope,
+)
 
 TS = pa.timestamp("us", tz="UTC")
 DAY = 86_400_000_000
@@ -39,25 +43,6 @@ def _sql(url: str, query: str, schema: str, params: tuple[Any, ...] = ()) -> lis
     with psycopg.connect(url, autocommit=True) as conn:
         cur = conn.execute(sql.SQL(query).format(s=sql.Identifier(schema)), params)
         return cur.fetchall() if cur.description else []
-
-
-def _rows(symbols: list[str], ts: list[int], **cols: Sequence[float | None]) -> pa.Table:
-    return pa.table({"symbol": pa.array(symbols, pa.string()), "ts": pa.array(ts, pa.int64()),
-                     **{k: pa.array(v, pa.float64()) for k, v in cols.items()}})
-
-
-def _bits(value: float | None) -> object:
-    """Comparable form of a float that tells NaN from null and -0.0 from 0.0 (NaN payloads are not kept)."""
-    if value is None:
-        return None
-    return "nan" if math.isnan(value) else struct.pack("<d", value)
-
-
-def _same(a: Any, b: Any) -> bool:
-    """Equal as (ts, values) results, NaN equal to NaN."""
-    if a is None or b is None:
-        return a is b
-    return bool(a[0] == b[0] and [_bits(v) for v in a[1]] == [_bits(v) for v in b[1]])
 
 
 class TestPostgresHistory(HistoryConformance):
