@@ -29,7 +29,7 @@ What is timed:
 * pruning (``--only pruning``, written to ``bench/results/bench_offline_pruning.txt``): 1,000 look-ups in the
   last day of a store of minute bars (200 symbols x 98,280 by default, the seven standard features), each
   variant in its own worker process (cold call after Store.open, then warm calls; peak RSS = VmHWM): pitstore
-  with pruning (pitstore.prune.ENABLED, the default), without (the module flag turned off: every touched
+  with pruning (pitstore.offline.prune.ENABLED, the default), without (the module flag turned off: every touched
   symbol's full history decoded, as before #18), and polars reading the same files with a ts filter plus
   ``join_asof`` (the floor). The variants' answers are compared by hash before anything is reported.
 * one more backfill and one more get_historical call run instrumented: pitstore's stage functions are
@@ -73,12 +73,12 @@ from _common import Report, git_commit, load_average, machine, timed  # bench/ i
 
 import pitstore
 from pitstore import Store, standard_features
-from pitstore import backfill as backfill_module
-from pitstore import compact as compact_module
-from pitstore import prune as prune_module
-from pitstore import reads as reads_module
 from pitstore.catalog.sqlite import SqliteCatalog
-from pitstore.offline import EntryReader
+from pitstore.offline import backfill as backfill_module
+from pitstore.offline import compact as compact_module
+from pitstore.offline import prune as prune_module
+from pitstore.offline import reads as reads_module
+from pitstore.offline.entries import EntryReader
 from pitstore.testing import synthetic_bars
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -441,7 +441,7 @@ def historical(emit: Callable[[str], None], root: Path, n_symbols: int, n_lookup
     emit(f"get_historical: {n_lookups:,} look-ups, {n_symbols} symbols x {HIST_BARS:,} daily bars "
          f"(synthetic_bars(seed={SEED})), {rows.height:,} stored rows of {FS} ({len(FEATURES)} features)")
     emit(f"  entries: {entries:,} in {files:,} file(s)" + (" (the backfill compacted them: more than"
-         f" pitstore.compact.AUTO_ENTRIES = {compact_module.AUTO_ENTRIES})" if files < entries else ""))
+         f" pitstore.offline.compact.AUTO_ENTRIES = {compact_module.AUTO_ENTRIES})" if files < entries else ""))
     emit(f"  setup (not timed against targets): ingest {ingest_s:.2f} s, backfill {backfill_s:.2f} s")
 
     # --- correctness: pitstore vs polars vs pandas, on the same look-ups

@@ -46,7 +46,7 @@ import distributed
 from _common import Report, git_commit, load_average, machine, nproc
 
 from pitstore import FeatureSet, Store, macd, rsi, standard_features
-from pitstore.offline import read_entries
+from pitstore.offline.entries import read_entries
 from pitstore.testing import synthetic_bars
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "bench_scale.txt"

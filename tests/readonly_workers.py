@@ -30,7 +30,7 @@ from typer.testing import CliRunner
 
 from pitstore import FeatureSet, ReadOnlyStoreError, Store, ret, sma, standard_features
 from pitstore.cli import app
-from pitstore.offline import read_entries
+from pitstore.offline.entries import read_entries
 from pitstore.testing import synthetic_bars
 
 LATE = datetime(2030, 1, 1, tzinfo=UTC)

@@ -40,7 +40,7 @@ from polars.testing import assert_frame_equal
 
 from pitstore import Store
 from pitstore.cache import cache_key
-from pitstore.offline import encode_symbol
+from pitstore.offline.entries import encode_symbol
 
 pytestmark = pytest.mark.slow  # real processes
 

@@ -20,7 +20,7 @@ from server_proc import Server
 from pitstore import Store
 from pitstore.client import Client, FeatureCache
 from pitstore.errors import NotFoundError
-from pitstore.serving import FeatureVector
+from pitstore.online.serving import FeatureVector
 
 
 class Clock:

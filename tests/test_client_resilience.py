@@ -23,7 +23,7 @@ from server_proc import Server, free_port
 from pitstore import Store
 from pitstore.client import SOURCE_COLUMN, CircuitBreaker, Client, Resilience
 from pitstore.errors import BackendUnavailableError, InvalidInputError
-from pitstore.serving import FeatureVector
+from pitstore.online.serving import FeatureVector
 
 FAST = Resilience(timeout=2.0, retries=3, backoff=0.01, max_backoff=0.02, jitter=0.0)
 

@@ -1,4 +1,4 @@
-"""Compaction (pitstore.compact) changes no answer: a compacted store answers every get_historical, read and
+"""Compaction (pitstore.offline.compact) changes no answer: a compacted store answers every get_historical, read and
 as_known_at question exactly as its uncompacted twin (restatements, superseded entries, a symbol whose entries
 are split between a compacted file and its own files); gc, retention and repair treat the shared file as shared;
 team stores (PostgreSQL catalog, S3 data) compact too."""
@@ -19,10 +19,11 @@ from s3_server import S3Server, s3_server, s3_url  # noqa: F401  (fixtures)
 from servers import drop_schema
 from test_prune import DAY, N_BARS, START, SYMBOLS, feature_sets, windows
 
-from pitstore import Store, housekeeping
-from pitstore import offline as offline_module
+from pitstore import Store
 from pitstore.catalog.base import FeatureEntry
-from pitstore.offline import EntryReader, is_compacted
+from pitstore.offline import entries as offline_module
+from pitstore.offline.entries import EntryReader, is_compacted
+from pitstore.ops import housekeeping
 from pitstore.rules import to_us
 from pitstore.testing import synthetic_bars
 

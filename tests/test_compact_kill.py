@@ -22,8 +22,8 @@ from polars.testing import assert_frame_equal
 
 import pitstore
 from pitstore import Store
-from pitstore.housekeeping import DATA_DIRS
-from pitstore.offline import is_compacted
+from pitstore.offline.entries import is_compacted
+from pitstore.ops.housekeeping import DATA_DIRS
 from pitstore.testing import synthetic_bars
 
 RUN_SEED = int(os.environ.get("PITSTORE_CRASH_SEED", random.SystemRandom().randrange(2**32)))

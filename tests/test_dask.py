@@ -18,8 +18,8 @@ import pytest
 
 import pitstore.scale
 from pitstore import FeatureSet, MissingDependencyError, Store, feature, macd, rsi, standard_features
-from pitstore.backfill import BackfillReport, compute_batch, plan
-from pitstore.offline import read_entries
+from pitstore.offline.backfill import BackfillReport, compute_batch, plan
+from pitstore.offline.entries import read_entries
 from pitstore.testing import synthetic_bars
 
 distributed = pytest.importorskip("distributed")

@@ -22,7 +22,7 @@ import pytest
 
 import pitstore
 from pitstore import FeatureSet, Store
-from pitstore.serving import FeatureVector
+from pitstore.online.serving import FeatureVector
 from pitstore.testing import synthetic_bars
 
 HOUR = timedelta(hours=1)

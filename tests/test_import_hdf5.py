@@ -28,7 +28,7 @@ from typer.testing import CliRunner
 import pitstore
 from pitstore import InvalidInputError, MissingDependencyError, Store
 from pitstore.cli import app
-from pitstore.legacy.safety import pickle_problem
+from pitstore.sources.legacy.safety import pickle_problem
 
 runner = CliRunner()
 

@@ -17,11 +17,11 @@ from clirun import run, run_json
 from ingest_workers import SYMBOLS, ingest_interleaved, ingest_until_commit, interleaved_bars
 from spawn import run_processes
 
-import pitstore.retention
+import pitstore.catalog.retention
 from pitstore import FeatureSet, Store, ret
 from pitstore.errors import CacheCorruptionError, ConflictError
-from pitstore.offline import encode_symbol, read_entries
-from pitstore.segments import entry_paths
+from pitstore.offline.entries import encode_symbol, read_entries
+from pitstore.sources.segments import entry_paths
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 COLUMNS = ["symbol", "ts", "open", "high", "low", "close", "volume"]
@@ -315,7 +315,7 @@ def test_segments_share_files_and_gc_deletes_only_what_no_row_lists(tmp_path: Pa
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """Appends are segments listing the same base; gc past the retention drops the superseded snapshots but keeps
     every file a live snapshot lists, and after a compaction it deletes the old base and segments."""
-    monkeypatch.setattr(pitstore.retention, "GRACE", timedelta(0))  # everything superseded is past retention
+    monkeypatch.setattr(pitstore.catalog.retention, "GRACE", timedelta(0))  # everything superseded is past retention
     with Store.open(tmp_path / "store", bar_segments=2, retention_days=0) as store:
         store.ingest(make_bars("AAA", 10))
         for day in (10, 11):  # two appends: base + 2 segments

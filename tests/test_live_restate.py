@@ -13,8 +13,8 @@ import pytest
 from test_history_tier import _delete_tables
 
 import pitstore
-import pitstore.ingest
 import pitstore.live.engine
+import pitstore.sources.ingest
 from pitstore import FeatureSet, Store
 from pitstore.testing import synthetic_bars
 
@@ -203,7 +203,7 @@ def test_a_restatement_keeps_a_concurrent_correction_between_its_bars(
     s, fs, bars, _ = pushed
     pushed_fix = pl.concat([_corrected(bars, "S0001", T - k * MINUTE) for k in (10, 2)])
     other_fix = _corrected(bars, "S0001", T - 6 * MINUTE)
-    real = pitstore.ingest.ingest
+    real = pitstore.sources.ingest.ingest
 
     def racing(root: Path, catalog: object, new: pl.DataFrame, **kwargs: object) -> object:
         if new["ts"].is_in(pushed_fix["ts"].implode()).any():  # the restatement's ingest, not the flush

@@ -11,8 +11,8 @@ import talib
 
 import pitstore
 from pitstore import LookaheadError
-from pitstore.bars import BAR_COLUMNS
 from pitstore.features.library import BUILTINS
+from pitstore.sources.bars import BAR_COLUMNS
 
 CUTS = 3
 

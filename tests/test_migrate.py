@@ -29,8 +29,8 @@ from pitstore import Store, standard_features
 from pitstore.catalog.base import TABLES
 from pitstore.config import Settings
 from pitstore.errors import ConfigError, ConflictError
-from pitstore.migrate import MARKER, migrate
-from pitstore.offline import put_entry
+from pitstore.offline.entries import put_entry
+from pitstore.ops.migrate import MARKER, migrate
 from pitstore.testing import synthetic_bars
 
 SYMBOLS = ["S0000", "S0001", "S0002"]
@@ -210,7 +210,7 @@ def test_a_corrupted_source_file_is_reported_not_copied(tmp_path: Path) -> None:
 
 
 _CHILD = """
-import sys, pitstore.migrate as m
+import sys, pitstore.ops.migrate as m
 from pitstore.config import Settings
 m._BATCH_ROWS = 2  # many commits, so the kill lands between some of them
 src, catalog_url, data_url, options = sys.argv[1:5]

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import pitstore
-import pitstore.segments
+import pitstore.sources.segments
 from pitstore import (
     FeatureSet,
     InvalidInputError,
@@ -84,7 +84,7 @@ def stored_bars(store: Store) -> pl.DataFrame:
 
 def files(root: Path) -> set[Path]:
     """Every data file under ``root`` (the catalog's own files and lock files excluded: a read takes its
-    version's lease, pitstore.versions)."""
+    version's lease, pitstore.catalog.versions)."""
     return {p for p in root.rglob("*") if p.is_file() and not p.name.startswith("catalog.sqlite")
             and ".locks" not in p.relative_to(root).parts}
 
@@ -298,7 +298,7 @@ def test_one_batch_of_every_kind_of_change(tmp_path: Path, monkeypatch: pytest.M
     """One ingest holding a new symbol, an append, a restatement leaving out one stored bar, a gap fill and
     unchanged bars: each symbol is reported and stored as if ingested alone, however the symbols are chunked.
     The left-out bar is kept by an overlay and removed by ``replace_range``."""
-    monkeypatch.setattr(pitstore.ingest, "_CHUNK_BARS", chunk_bars)
+    monkeypatch.setattr(pitstore.sources.ingest, "_CHUNK_BARS", chunk_bars)
     full = synthetic_bars(6, 40, seed=9)
     sym = sorted(full["symbol"].unique())
     part = {s: full.filter(pl.col("symbol") == s) for s in sym}
@@ -377,8 +377,8 @@ def test_incremental_appends_equal_full_recompute(tmp_path: Path, window_only: b
     A set of window features only computes the new rows from the lookback bars before them, not from all.
     With segments (compacted after 2), bases in row groups of 32 bars with a last group of 8 (shorter than the
     lookback): the tails are read from segments and base groups back, across a compaction, and still equal."""
-    monkeypatch.setattr(pitstore.segments, "_ROW_GROUP_ROWS", 32)
-    monkeypatch.setattr(pitstore.segments, "TAIL_ROWS", 8)
+    monkeypatch.setattr(pitstore.sources.segments, "_ROW_GROUP_ROWS", 32)
+    monkeypatch.setattr(pitstore.sources.segments, "TAIL_ROWS", 8)
     fs = WINDOW_SET if window_only else all_features()
     lookback = max(f.lookback for f in fs.features)
     full = synthetic_bars(4, 260, gaps=0.03, seed=11)  # missing bars: irregular timestamps
@@ -611,7 +611,7 @@ def test_pandas_entities_with_restatement(tmp_path: Path) -> None:
 
 def test_the_decoded_entry_cache_is_bounded_in_bytes(tmp_path: Path) -> None:
     """Decoded reads are kept up to ``entry_cache_bytes``, least recently used out first; bigger ones not kept."""
-    from pitstore.offline import EntryReader
+    from pitstore.offline.entries import EntryReader
 
     with Store.open(tmp_path / "s", entry_cache_bytes=0) as store:
         store.ingest(synthetic_bars(3, 400, seed=4))

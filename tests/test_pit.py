@@ -90,7 +90,7 @@ def make_bars(series: dict[str, list[tuple[datetime, float]]]) -> pl.DataFrame:
 def check_against_reference(store: Store, bars: pl.DataFrame, lag: timedelta, ttl: timedelta | None,
                             lookups: list[tuple[str, datetime]], compacted: bool = False) -> list[str]:
     """Backfill both sets, query them alone and together, compare with the reference; returns the statuses.
-    ``compacted``: each set's entries are compacted into one file first (pitstore.compact)."""
+    ``compacted``: each set's entries are compacted into one file first (pitstore.offline.compact)."""
     sets = [base_set(), lagged_set(lag, ttl)]
     # Every read applies the effective TTL: a set's own, else its timeframe's default (pitstore.rules).
     rules = {"base": (timedelta(0), effective_ttl(None, "1m")), "lagged": (lag, effective_ttl(ttl, "1m", lag))}
@@ -222,7 +222,7 @@ def test_one_million_lookups_equal_pandas_merge_asof(tmp_path: Any) -> None:
     with Store.open(tmp_path / "store") as store:
         store.ingest(bars)
         store.backfill(fs)
-        # 500 symbols: the backfill compacted them (pitstore.compact.AUTO_ENTRIES); read from one file
+        # 500 symbols: the backfill compacted them (pitstore.offline.compact.AUTO_ENTRIES); read from one file
         assert {e.path.rsplit("/", 2)[1] for e in store.catalog.feature_entries("big", 1)} == {"compacted"}
         t1 = time.perf_counter()
         known = bars["symbol"].unique().sort().to_list()

@@ -1,4 +1,4 @@
-"""Pruned reads (pitstore.prune) answer exactly as reads of every stored row: random look-up windows over
+"""Pruned reads (pitstore.offline.prune) answer exactly as reads of every stored row: random look-up windows over
 symbols with several entries (incremental backfills), superseded entries (a restatement, as_known_at), gaps
 (stale answers), an availability lag, and row groups of a few rows so that row-group pruning is exercised."""
 
@@ -14,9 +14,10 @@ from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
 import pitstore
-from pitstore import Store, prune
-from pitstore import offline as offline_module
-from pitstore.offline import EntryReader
+from pitstore import Store
+from pitstore.offline import entries as offline_module
+from pitstore.offline import prune
+from pitstore.offline.entries import EntryReader
 from pitstore.rules import to_us
 from pitstore.testing import synthetic_bars
 
@@ -114,7 +115,7 @@ def test_a_window_of_one_day_reads_only_its_rows(built: tuple[Store, list[int]])
         .with_columns(pl.col("ts").dt.cast_time_unit("us"))
     got = store.get_historical(entities, "plain")
     assert got["status"].to_list() == ["ok"]
-    (sel,) = pitstore.reads.select(store.registry, "plain")
+    (sel,) = pitstore.offline.reads.select(store.registry, "plain")
     spans = prune.window_spans(store.catalog.feature_entries("plain", 1, ["S0000"]),
                                prune.windows_of(entities, sel.availability_lag, sel.ttl))
     assert len(spans) == 1  # only the newest entry: the older ones end before the window

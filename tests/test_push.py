@@ -15,8 +15,8 @@ import polars as pl
 import pytest
 
 import pitstore
-import pitstore.ingest
 import pitstore.live.engine
+import pitstore.sources.ingest
 from pitstore import FeatureSet, InvalidInputError, Store
 from pitstore.features.base import Feature
 from pitstore.live.engine import PushReport
@@ -513,7 +513,7 @@ class _GatedIngest:
             if self.fail is not None:
                 fail, self.fail = self.fail, None
                 raise fail
-        return pitstore.ingest.ingest(*args, **kwargs)
+        return pitstore.sources.ingest.ingest(*args, **kwargs)
 
 
 def test_a_full_buffer_is_written_in_the_background(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

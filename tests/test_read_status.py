@@ -13,8 +13,8 @@ from polars.testing import assert_frame_equal
 
 import pitstore
 from pitstore import CacheCorruptionError, InvalidInputError, Store
-from pitstore.offline import EntryReader
-from pitstore.reads import read_range
+from pitstore.offline.entries import EntryReader
+from pitstore.offline.reads import read_range
 from pitstore.testing import synthetic_bars
 
 

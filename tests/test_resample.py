@@ -11,7 +11,7 @@ import pytest
 
 from pitstore import Store
 from pitstore.errors import InvalidInputError
-from pitstore.resample import resample_bars
+from pitstore.sources.resample import resample_bars
 from pitstore.testing import synthetic_bars
 
 START = datetime(2024, 1, 2, 14, 31, tzinfo=UTC)  # the first minute bar of a 14:30 UTC session open

@@ -1,4 +1,4 @@
-"""Retention of superseded entries (pitstore.retention): a daily append job with restatements, then gc."""
+"""Retention of superseded entries (pitstore.catalog.retention): a daily append job with restatements, then gc."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from polars.testing import assert_frame_equal
 import pitstore
 from pitstore import InvalidInputError, RetentionError, Store
 from pitstore.catalog import sqlite as sqlite_catalog
-from pitstore.segments import entry_paths
+from pitstore.sources.segments import entry_paths
 from pitstore.testing import synthetic_bars
 
 DAY_US = 86_400_000_000

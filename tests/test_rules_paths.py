@@ -22,7 +22,7 @@ import psycopg
 import pytest
 
 from pitstore import FeatureSet, Store, ret, sma
-from pitstore.serving import FeatureVector
+from pitstore.online.serving import FeatureVector
 from pitstore.testing import synthetic_bars
 
 US = timedelta(microseconds=1)

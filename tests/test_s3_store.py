@@ -24,7 +24,7 @@ from s3_server import S3Server, s3_server, s3_url  # noqa: F401  (fixtures)
 from servers import drop_schema
 
 from pitstore import Store, standard_features
-from pitstore.housekeeping import DATA_DIRS
+from pitstore.ops.housekeeping import DATA_DIRS
 from pitstore.storage.fsspec import FsspecStorage
 from pitstore.testing import synthetic_bars
 

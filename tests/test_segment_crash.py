@@ -1,4 +1,4 @@
-"""SIGKILL during appended-segment writes and compactions (pitstore.segments), with real processes.
+"""SIGKILL during appended-segment writes and compactions (pitstore.sources.segments), with real processes.
 
 A child appends a few bars per symbol per ingest to a store that keeps at most 2 segments (so every third
 append compacts), backfilling the standard features after each, and prints ``step N`` after each committed

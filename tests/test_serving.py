@@ -14,7 +14,7 @@ import pytest
 
 from pitstore import FeatureSet, Store, standard_features
 from pitstore.features.library import ret
-from pitstore.pit import micros
+from pitstore.offline.pit import micros
 from pitstore.rules import to_us
 from pitstore.testing import synthetic_bars
 from pitstore.timeutil import parse_timeframe

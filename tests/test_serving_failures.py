@@ -31,7 +31,7 @@ from spawn import run_processes
 from pitstore import FeatureSet, Store, standard_features
 from pitstore.errors import BackendUnavailableError
 from pitstore.online.redis import RedisOnlineStore
-from pitstore.serving import FeatureVector
+from pitstore.online.serving import FeatureVector
 from pitstore.testing import synthetic_bars
 
 TABLE = "minute_core@1"

@@ -20,13 +20,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import pitstore
-from pitstore.bars import BAR_COLUMNS, validate_bars
 from pitstore.features.base import Feature
 from pitstore.features.engine import compute_frame
 from pitstore.features.library import is_window
 from pitstore.features.talib_features import talib_functions
 from pitstore.features.windows import window_moments, window_sum
 from pitstore.live.steppers import WindowBlock, stepper_for
+from pitstore.sources.bars import BAR_COLUMNS, validate_bars
 
 START = datetime(2020, 1, 2, tzinfo=UTC)
 N_BARS = 160  # > the largest lookback here (60) plus room to step past it

@@ -19,9 +19,9 @@ from test_tier import CUTOFF, FS, NOW, WEIRD, canon, fill, new, old, pg_all
 
 from pitstore import Store
 from pitstore.history import PostgresHistory
+from pitstore.history.tiering import read_archive, tier
 from pitstore.storage.fsspec import FsspecStorage
 from pitstore.testing import synthetic_bars
-from pitstore.tiering import read_archive, tier
 
 
 @pytest.fixture
@@ -111,7 +111,7 @@ _TIER_CHILD = """
 import sys
 from pitstore import Store
 from pitstore.history import PostgresHistory
-from pitstore.tiering import tier
+from pitstore.history.tiering import tier
 root, catalog_url, data_url, options, pg, schema, now = sys.argv[1:8]
 with Store.open(root, catalog_url=catalog_url, data_url=data_url, data_options=options) as s, \\
         PostgresHistory(pg, schema=schema) as h:

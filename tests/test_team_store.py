@@ -24,7 +24,7 @@ from spawn import run_processes
 
 from pitstore import Store, standard_features
 from pitstore.catalog.postgres import PostgresCatalog
-from pitstore.housekeeping import DATA_DIRS
+from pitstore.ops.housekeeping import DATA_DIRS
 from pitstore.storage.fsspec import FsspecStorage
 from pitstore.testing import synthetic_bars
 

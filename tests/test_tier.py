@@ -24,7 +24,7 @@ from pitstore.catalog.sqlite import now_us
 from pitstore.errors import BackendError
 from pitstore.history import PostgresHistory
 from pitstore.history.recent import catalog_scope
-from pitstore.tiering import TierReport, archive_dir, latest_versions, read_archive, tier
+from pitstore.history.tiering import TierReport, archive_dir, latest_versions, read_archive, tier
 
 DAY = 86_400_000_000
 NOW = 1_700_000_000_000_000  # 2023-11-14, µs: the clock of the in-process runs

@@ -19,10 +19,10 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from pitstore import FeatureSet, Store, sma
-from pitstore.bars import BAR_COLUMNS, MAX_TS, MIN_TS, validate_bars
 from pitstore.config import Settings
 from pitstore.errors import ConfigError, DefinitionError, InvalidInputError
 from pitstore.frames import to_polars
+from pitstore.sources.bars import BAR_COLUMNS, MAX_TS, MIN_TS, validate_bars
 from pitstore.testing import synthetic_bars
 
 T0 = datetime(2024, 1, 2, tzinfo=UTC)

@@ -15,7 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pitstore.bars import (
+from pitstore.errors import InvalidInputError
+from pitstore.sources.bars import (
     _ROW,
     BAR_COLUMNS,
     MAX_TS,
@@ -27,7 +28,6 @@ from pitstore.bars import (
     symbol_runs,
     validate_bars,
 )
-from pitstore.errors import InvalidInputError
 from pitstore.testing import synthetic_bars
 
 # Values that break a check (or sit on its edge, valid): NaN, infinities, zeros of both signs, negatives.

@@ -13,8 +13,8 @@ import signal
 import sys
 from typing import Any
 
-from pitstore import tiering
 from pitstore.cli import app
+from pitstore.history import tiering
 from pitstore.history.postgres import PostgresHistory
 from pitstore.storage import LocalStorage
 

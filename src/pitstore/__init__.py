@@ -12,9 +12,8 @@ Compute features once and get exactly the same values everywhere, never from the
 from importlib.metadata import PackageNotFoundError, version
 
 from pitstore import testing
-from pitstore.backfill import BackfillReport
-from pitstore.bars import validate_bars
 from pitstore.cache import CachedCompute, WarmReport
+from pitstore.catalog.versions import CleanupReport, VersionSummary
 from pitstore.config import Settings
 from pitstore.errors import (
     BackendError,
@@ -62,19 +61,20 @@ from pitstore.features import (
     vwap,
     zscore,
 )
+from pitstore.features.lookahead import check_lookahead
 from pitstore.frames import Frame, FrameKind
-from pitstore.housekeeping import GcReport, VerifyReport
-from pitstore.ingest import IngestReport
-from pitstore.legacy.hdf5 import ImportReport
+from pitstore.history.tiering import TierReport
 from pitstore.live.engine import PushReport
-from pitstore.lookahead import check_lookahead
+from pitstore.offline.backfill import BackfillReport
+from pitstore.online.serving import FeatureVector
+from pitstore.ops.housekeeping import GcReport, VerifyReport
 from pitstore.scale.results import HistoricalDataset
-from pitstore.serving import FeatureVector
+from pitstore.sources.bars import validate_bars
+from pitstore.sources.ingest import IngestReport
+from pitstore.sources.legacy.hdf5 import ImportReport
 from pitstore.status import Status
 from pitstore.store import Store
-from pitstore.tiering import TierReport
 from pitstore.timeutil import periods_per_year
-from pitstore.versions import CleanupReport, VersionSummary
 
 try:
     __version__ = version("pitstore")

@@ -64,7 +64,7 @@ class Settings:
     catalog_url: str | None = None
     catalog_schema: str = "pitstore_catalog"  # the catalog's PostgreSQL schema when catalog_url has no ?schema=
     # Days superseded bar snapshots and feature entries are kept for as_known_at replays; gc then deletes them,
-    # and as_known_at further back is refused (RetentionError): pitstore.retention.
+    # and as_known_at further back is refused (RetentionError): pitstore.catalog.retention.
     retention_days: float = 90.0
     # Where the data files are: None (the root), a local path or file:// URL, or an fsspec URL (s3://bucket/prefix).
     # Off the root, the root keeps only local state (locks, online.sqlite; catalog.sqlite without catalog_url).
@@ -72,7 +72,7 @@ class Settings:
     # fsspec storage options of data_url as a JSON object (given as a dict or TOML table too, kept as its JSON),
     # e.g. {"endpoint_url": "http://127.0.0.1:9000"}; fsspec's own configuration and the AWS variables apply too.
     data_options: str | None = None
-    # Appends kept as segments after a bar snapshot's base (pitstore.segments); the append that would add one
+    # Appends kept as segments after a bar snapshot's base (pitstore.sources.segments); the append that would add one
     # more rewrites the symbol's bars as a new base (compaction). 0: every ingest writes whole snapshots.
     bar_segments: int = 16
 

@@ -114,7 +114,7 @@ def effective_ttl(ttl: timedelta | None, timeframe: str, availability_lag: timed
 
 def is_stale(row_ts_us: int, t_us: int, ttl_us: int | None) -> bool:
     """The TTL rule: the row at ``row_ts_us`` is too old to serve at ``t_us`` (``ts < t - ttl``; at equality it
-    is still fresh). ``ttl_us=None``: no TTL (direct users of :func:`pitstore.pit.asof_join`)."""
+    is still fresh). ``ttl_us=None``: no TTL (direct users of :func:`pitstore.offline.pit.asof_join`)."""
     return ttl_us is not None and row_ts_us < t_us - ttl_us
 
 

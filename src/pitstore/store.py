@@ -13,38 +13,41 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 import polars as pl
 
-from pitstore import backfill as _backfill
-from pitstore import compact as _compact
-from pitstore import housekeeping, reads, retention, scale, tiering
-from pitstore import ingest as _ingest
-from pitstore import versions as _versions
+from pitstore import scale
 from pitstore.cache import CachedCompute, ComputeCache, WarmReport
-from pitstore.catalog import open_catalog, shared_locks
+from pitstore.catalog import open_catalog, retention, shared_locks
+from pitstore.catalog import versions as _versions
+from pitstore.catalog.versions import VersionSummary
 from pitstore.config import Settings
 from pitstore.errors import ConfigError, InvalidInputError, NotFoundError, ReadOnlyStoreError
 from pitstore.features.base import Feature, FeatureSet
 from pitstore.features.catalogue import build_feature, parse_indicator
 from pitstore.features.library import standard_features
+from pitstore.features.ondemand import indicator_rows
 from pitstore.features.registry import FeatureRef, Registry
 from pitstore.frames import Frame, FrameKind, frame_kind, from_polars
-from pitstore.layout import BarLayout
+from pitstore.history import tiering
 from pitstore.live.engine import LiveEngine, PushReport
 from pitstore.live.marker import reconcile as reconcile_dead_pushers
-from pitstore.offline import EntryReader
-from pitstore.ondemand import indicator_rows
-from pitstore.resample import resample_bars
+from pitstore.offline import backfill as _backfill
+from pitstore.offline import compact as _compact
+from pitstore.offline import reads
+from pitstore.offline.entries import EntryReader
+from pitstore.online.serving import FeatureVector, Serving
+from pitstore.ops import housekeeping
 from pitstore.scale.results import HistoricalDataset
-from pitstore.segments import read_bars
-from pitstore.serving import FeatureVector, Serving
+from pitstore.sources import ingest as _ingest
+from pitstore.sources.layout import BarLayout
+from pitstore.sources.resample import resample_bars
+from pitstore.sources.segments import read_bars
 from pitstore.storage import open_storage
 from pitstore.timeutil import utc
-from pitstore.versions import VersionSummary
 
 if TYPE_CHECKING:  # optional extras: their types only (pandas-stubs; pitstore[dask], pitstore[hdf5])
     import pandas as pd
     import pyarrow as pa
 
-    from pitstore.legacy.hdf5 import ImportReport
+    from pitstore.sources.legacy.hdf5 import ImportReport
 
 __all__ = ["Store"]
 
@@ -119,7 +122,7 @@ class Store:
 
     def versions(self, name: str) -> list[VersionSummary]:
         """Every readable version of a feature set, oldest first, with what the store holds of each: entries,
-        rows, bytes, symbols, whether online or history-tier rows use it (see :mod:`pitstore.versions`)."""
+        rows, bytes, symbols, whether online or history-tier rows use it (see :mod:`pitstore.catalog.versions`)."""
         return _versions.summaries(self.storage, self.catalog, self.registry.versions(name), lambda: self.serving)
 
     def cleanup_versions(self, name: str, *, max_versions: int, dry_run: bool = False) -> _versions.CleanupReport:
@@ -155,7 +158,8 @@ class Store:
         ``Open``, ``HIGH``, ``Volume``, ``Symbol``, a single ``Date``/``Timestamp``/``Datetime`` match in any case
         without it), ``tz`` is the zone of naive timestamps, ``close_time`` (in ``tz``) the time a date-only ts
         stands for (required for date-only ts: a date at midnight would leak the day's close into that day),
-        ``symbol`` the symbol of a one-symbol source without a symbol column. See :class:`pitstore.layout.BarLayout`.
+        ``symbol`` the symbol of a one-symbol source without a symbol column.
+        See :class:`pitstore.sources.layout.BarLayout`.
         """
         self._writes("ingest bars")
         layout = BarLayout(dict(columns or {}), tz, close_time, symbol)
@@ -195,7 +199,7 @@ class Store:
         else:
             report = _backfill.backfill(*args, **kwargs)
         if report.full or report.incremental:
-            # Many small entries make every cold read open many files: fold them into few (pitstore.compact).
+            # Many small entries make every cold read open many files: fold them into few (pitstore.offline.compact).
             _compact.compact(self.root, self.storage, self.catalog, feature_set=feature_set.name, version=version,
                              min_entries=_compact.AUTO_ENTRIES + 1)
         if report.full:
@@ -205,7 +209,7 @@ class Store:
 
     def _known_at(self, as_known_at: datetime | None) -> datetime | None:
         """``as_known_at`` checked: timezone-aware, and not before what the retained entries replay exactly
-        (RetentionError naming ``retention_days`` otherwise: pitstore.retention)."""
+        (RetentionError naming ``retention_days`` otherwise: pitstore.catalog.retention)."""
         known = _aware(as_known_at, "as_known_at")
         retention.check_known_at(self.catalog, self.settings.retention_days, known)
         return known
@@ -407,8 +411,8 @@ class Store:
     ) -> housekeeping.GcReport:
         """Garbage-collect: cache entries not accessed within ``retention_weeks``, bar snapshots and feature
         entries superseded more than the ``retention_days`` setting ago (``as_known_at`` cannot go back that far:
-        :mod:`pitstore.retention`), files no catalog row refers to, rows whose file is gone, feature-set versions
-        beyond the newest ``max_versions``; then VACUUM. Safe while other processes use the store. ``dry_run``
+        :mod:`pitstore.catalog.retention`), files no catalog row refers to, rows whose file is gone, feature-set
+        versions beyond the newest ``max_versions``; then VACUUM. Safe while other processes use the store. ``dry_run``
         reports what it would do and changes nothing."""
         self._writes("garbage-collect (gc, dry runs included: they take the locks gc takes)")
         return housekeeping.gc(self.root, self.catalog, self.cache, retention_weeks=retention_weeks,
@@ -417,7 +421,7 @@ class Store:
 
     def compact(self, feature_set: str | FeatureSet | None = None, *, dry_run: bool = False) -> _compact.CompactReport:
         """Rewrite the live entries of each version (of ``feature_set``; all when None) that has more than one
-        outside compacted files into few large files sorted by symbol (:mod:`pitstore.compact`). No answer
+        outside compacted files into few large files sorted by symbol (:mod:`pitstore.offline.compact`). No answer
         changes, ``as_known_at`` ones included; safe while other processes read and write."""
         self._writes("compact feature entries")
         name = feature_set.name if isinstance(feature_set, FeatureSet) else feature_set
@@ -441,9 +445,9 @@ class Store:
                     timeframe: str | None = None) -> ImportReport:
         """Import the HDF5 files of older in-house stores (hash-named ``AAPL_b1686acd.h5`` or the partitioned
         ``features/<set>/symbol=.../version=v1/...`` layout): bars are ingested, feature tables become a set of
-        kind "imported", one version per legacy version (see :mod:`pitstore.legacy.hdf5`). A file holding a
+        kind "imported", one version per legacy version (see :mod:`pitstore.sources.legacy.hdf5`). A file holding a
         pickle outside pandas' own types is refused before it is opened. Needs ``pip install 'pitstore[hdf5]'``."""
-        from pitstore.legacy import hdf5
+        from pitstore.sources.legacy import hdf5
 
         return hdf5.import_hdf5(self, [Path(paths)] if isinstance(paths, str | os.PathLike) else
                                 [Path(p) for p in paths], tz=tz, timeframe=timeframe)
@@ -589,7 +593,8 @@ class Store:
 
     def bars(self, symbol: str, *, timeframe: str | None = None) -> pl.DataFrame:
         """The stored bars of ``symbol`` (polars), oldest first; with ``timeframe`` (coarser than the stored
-        bars) aggregated to it (:mod:`pitstore.resample`: UTC-aligned buckets, each stamped with its last bar)."""
+        bars) aggregated to it (:mod:`pitstore.sources.resample`: UTC-aligned buckets, each stamped with its last
+        bar)."""
         live = self.catalog.live_bars([symbol])
         if not live:
             raise NotFoundError(f"no bars stored for symbol {symbol!r}")

@@ -21,7 +21,7 @@ from pitstore.catalog.sqlite import now_us
 from pitstore.datahash import HASH_METHOD, file_hash
 from pitstore.errors import CacheCorruptionError, InvalidInputError, ReadOnlyStoreError
 from pitstore.memo import BytesLRU
-from pitstore.offline import default_cache_bytes, encode_symbol
+from pitstore.offline.entries import default_cache_bytes, encode_symbol
 from pitstore.storage import Storage, as_storage
 
 __all__ = ["CACHE_DIR", "CachedCompute", "ComputeCache", "WarmReport"]

@@ -8,10 +8,10 @@ from typing import Any, NamedTuple
 
 import pyarrow as pa
 
-from pitstore.bars import validate_symbol
 from pitstore.datahash import DataHash, table_hash
 from pitstore.errors import DefinitionError, InvalidInputError
 from pitstore.fingerprint import canonical_json, code_fingerprint, library_versions
+from pitstore.sources.bars import validate_symbol
 
 __all__ = ["KEY_FORMAT", "CacheKey", "cache_key", "raw_table"]
 

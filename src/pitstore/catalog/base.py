@@ -32,7 +32,7 @@ __all__ = [
 
 class BarEntry(NamedTuple):
     """The full bar history of one symbol (a snapshot): one immutable Parquet file, or a base file plus appended
-    segments (``parts``, see :mod:`pitstore.segments`)."""
+    segments (``parts``, see :mod:`pitstore.sources.segments`)."""
 
     id: int
     symbol: str
@@ -46,7 +46,7 @@ class BarEntry(NamedTuple):
     recorded_at: int
     superseded_at: int | None
     # JSON list of [path, row_group, n_rows, content_hash]: a base file (row group -1) then appended segments
-    # (pitstore.segments); None: the whole history is the one file at ``path``.
+    # (pitstore.sources.segments); None: the whole history is the one file at ``path``.
     parts: str | None = None
 
 
@@ -312,7 +312,7 @@ class Catalog(VersionRegistry, BarEntries, FeatureEntries, CacheIndex, AccessSta
         """This store's identity, made once and kept: what keeps its rows apart on shared servers."""
         ...
 
-    # --- whole tables (pitstore.migrate) ---------------------------------------------------------------
+    # --- whole tables (pitstore.ops.migrate) ---------------------------------------------------------------
 
     def dump_rows(self, table: str) -> list[tuple[Any, ...]]:
         """Every row of ``table`` (a name of :data:`TABLES`), columns as :data:`TABLES` lists them, in primary key

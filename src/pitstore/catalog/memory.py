@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 from pitstore.catalog.base import BarEntry, CacheEntry, CacheStatsRow, FeatureEntry, HistoryArchive, VersionRow
 from pitstore.errors import BackendError, ConfigError, ConflictError, ReadOnlyStoreError
-from pitstore.segments import part_paths
+from pitstore.sources.segments import part_paths
 
 __all__ = ["MemoryCatalog", "memory_state_name"]
 
@@ -422,7 +422,7 @@ class MemoryCatalog:
         """Idempotent; the rows stay for the next catalog opened on this name."""
         self._closed = True
 
-    # --- whole tables (pitstore.migrate) ---------------------------------------------------------------
+    # --- whole tables (pitstore.ops.migrate) ---------------------------------------------------------------
 
     def dump_rows(self, table: str) -> list[tuple[Any, ...]]:
         # Its state is not the tables (retired versions keep no retired_at): a copy would invent values.

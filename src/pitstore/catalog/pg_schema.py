@@ -114,7 +114,7 @@ _V1 = (
 )
 
 # (version, statements): each applied once, in one transaction with its schema_version row.
-# 2: bar snapshots as a base plus appended segments (pitstore.segments); NULL: one file, as before.
+# 2: bar snapshots as a base plus appended segments (pitstore.sources.segments); NULL: one file, as before.
 _V2 = ("ALTER TABLE bar_entries ADD COLUMN parts text",)
 
 MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = ((1, _V1), (2, _V2))

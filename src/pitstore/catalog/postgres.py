@@ -39,7 +39,7 @@ from pitstore.catalog.base import (
     table_columns,
 )
 from pitstore.errors import BackendError, BackendUnavailableError, ConfigError, ConflictError, ReadOnlyStoreError
-from pitstore.segments import part_paths
+from pitstore.sources.segments import part_paths
 
 __all__ = ["DEFAULT_SCHEMA", "AdvisoryLocks", "PostgresCatalog", "catalog_target"]
 
@@ -606,7 +606,7 @@ class PostgresCatalog:
             locks.close()
         self._link.close()
 
-    # --- compaction (pitstore.compact) -----------------------------------------------------------------
+    # --- compaction (pitstore.offline.compact) -----------------------------------------------------------------
 
     def repoint_features(self, moves: Sequence[tuple[int, str, str, int, str]]) -> int:
         def op(conn: _Conn) -> int:
@@ -622,7 +622,7 @@ class PostgresCatalog:
             return cur.rowcount
         return self._write("repoint compacted feature entries", op)
 
-    # --- whole tables (pitstore.migrate) ---------------------------------------------------------------
+    # --- whole tables (pitstore.ops.migrate) ---------------------------------------------------------------
 
     def dump_rows(self, table: str) -> list[tuple[Any, ...]]:
         cols, key = table_columns(table)

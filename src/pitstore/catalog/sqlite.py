@@ -23,7 +23,7 @@ from pitstore.catalog.base import (
 )
 from pitstore.catalog.readonly import open_read_only, shadow_missing
 from pitstore.errors import BackendError, ConflictError, ReadOnlyStoreError
-from pitstore.segments import part_paths
+from pitstore.sources.segments import part_paths
 from pitstore.sqlite_wal import immediate, switch_to_wal
 
 __all__ = ["SqliteCatalog"]
@@ -52,7 +52,7 @@ CREATE TABLE IF NOT EXISTS bar_entries (
     restated_rows INTEGER NOT NULL,
     recorded_at   INTEGER NOT NULL,
     superseded_at INTEGER,
-    parts         TEXT  -- base file and appended segments (pitstore.segments); NULL: the one file at path
+    parts         TEXT  -- base file and appended segments (pitstore.sources.segments); NULL: the one file at path
 );
 CREATE INDEX IF NOT EXISTS bar_entries_live ON bar_entries (symbol, superseded_at);
 CREATE TABLE IF NOT EXISTS feature_entries (
@@ -96,7 +96,7 @@ CREATE TABLE IF NOT EXISTS cache_stats (
     hash_bytes      INTEGER NOT NULL DEFAULT 0,
     corruptions     INTEGER NOT NULL DEFAULT 0
 );
--- Files of rows moved out of the PostgreSQL history tier (pitstore.tiering); never superseded: each holds
+-- Files of rows moved out of the PostgreSQL history tier (pitstore.history.tiering); never superseded: each holds
 -- versions no other archive holds, so all of them together are the tiered history.
 CREATE TABLE IF NOT EXISTS history_archives (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -504,7 +504,7 @@ class SqliteCatalog:
                         (uuid.uuid4().hex,))
             return str(cur.execute("SELECT value FROM store_meta WHERE key = 'store_id'").fetchone()[0])
 
-    # --- compaction (pitstore.compact) -----------------------------------------------------------------
+    # --- compaction (pitstore.offline.compact) -----------------------------------------------------------------
 
     def repoint_features(self, moves: Sequence[tuple[int, str, str, int, str]]) -> int:
         with self._write("repoint compacted feature entries") as cur:
@@ -513,7 +513,7 @@ class SqliteCatalog:
                             [(new, size, digest, i, old) for i, old, new, size, digest in moves])
             return self._conn.total_changes - before
 
-    # --- whole tables (pitstore.migrate) ---------------------------------------------------------------
+    # --- whole tables (pitstore.ops.migrate) ---------------------------------------------------------------
 
     def dump_rows(self, table: str) -> list[tuple[Any, ...]]:
         cols, key = table_columns(table)

@@ -34,7 +34,7 @@ from pitstore.cli.common import (
     symbol_progress,
 )
 from pitstore.config import Settings
-from pitstore.layout import BarLayout
+from pitstore.sources.layout import BarLayout
 from pitstore.store import Store
 
 __all__ = ["app"]

@@ -10,11 +10,11 @@ import polars as pl
 from rich.console import Console
 from rich.table import Table
 
-from pitstore.backfill import BackfillReport
 from pitstore.cli.common import print_wide, symbol_progress
 from pitstore.cli.output import frame_table
 from pitstore.features.library import standard_features
-from pitstore.ingest import IngestReport
+from pitstore.offline.backfill import BackfillReport
+from pitstore.sources.ingest import IngestReport
 from pitstore.store import Store
 from pitstore.testing import synthetic_bars
 

@@ -22,7 +22,7 @@ from pitstore.cli.common import (
     symbol_progress,
 )
 from pitstore.errors import ConfigError
-from pitstore.housekeeping import ORPHAN_GRACE_SECONDS
+from pitstore.ops.housekeeping import ORPHAN_GRACE_SECONDS
 
 __all__ = ["cache_app", "compact", "gc", "verify"]
 

@@ -17,8 +17,8 @@ from pitstore.cli.common import clean_errors, err_console, fail, print_wide
 from pitstore.cli.maintenance import JsonFileOption, _write_json
 from pitstore.cli.output import human_bytes
 from pitstore.config import Settings
-from pitstore.migrate import MigrationReport
-from pitstore.migrate import migrate as _migrate
+from pitstore.ops.migrate import MigrationReport
+from pitstore.ops.migrate import migrate as _migrate
 
 __all__ = ["migrate"]
 

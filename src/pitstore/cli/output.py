@@ -16,11 +16,11 @@ from rich import box
 from rich.table import Table
 from rich.text import Text
 
-from pitstore.backfill import BackfillReport
 from pitstore.errors import InvalidInputError
 from pitstore.frames import to_polars
-from pitstore.ingest import IngestReport, load_bars_source
-from pitstore.layout import BarLayout
+from pitstore.offline.backfill import BackfillReport
+from pitstore.sources.ingest import IngestReport, load_bars_source
+from pitstore.sources.layout import BarLayout
 
 __all__ = [
     "backfill_dict",

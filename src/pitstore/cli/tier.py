@@ -8,9 +8,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from pitstore import tiering
 from pitstore.cli.common import RootOption, clean_errors, fail, open_store, print_wide
 from pitstore.cli.maintenance import JsonFileOption, _write_json
+from pitstore.history import tiering
 from pitstore.history.recent import catalog_scope
 
 __all__ = ["tier"]

@@ -15,15 +15,15 @@ from urllib.parse import quote
 import polars as pl
 import pyarrow as pa
 
-from pitstore.bars import validate_symbol
 from pitstore.client._http import Request
 from pitstore.errors import InvalidInputError, NotFoundError
 from pitstore.features.catalogue import FeatureMetadata
 from pitstore.features.catalogue import _is_number as is_number
 from pitstore.frames import FrameKind, frame_kind, from_polars, to_polars
 from pitstore.live.engine import PushReport
+from pitstore.online.serving import FeatureVector
 from pitstore.server.wire import ARROW, MAX_SYMBOLS, frame_response_body
-from pitstore.serving import FeatureVector
+from pitstore.sources.bars import validate_symbol
 from pitstore.status import FALLBACK, OK
 from pitstore.store import Store
 from pitstore.timeutil import utc

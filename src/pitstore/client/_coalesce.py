@@ -13,8 +13,8 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 from pitstore.client._calls import Call, online
+from pitstore.online.serving import FeatureVector
 from pitstore.server.wire import MAX_SYMBOLS
-from pitstore.serving import FeatureVector
 
 __all__ = ["Coalescer"]
 

@@ -8,7 +8,7 @@ import json
 from datetime import datetime
 from typing import Any
 
-from pitstore.serving import FeatureVector
+from pitstore.online.serving import FeatureVector
 
 __all__ = ["decode", "encode"]
 

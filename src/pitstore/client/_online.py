@@ -15,7 +15,7 @@ from pitstore.client._http import Request
 from pitstore.client.cache import FeatureCache
 from pitstore.errors import PitstoreError
 from pitstore.frames import from_polars
-from pitstore.serving import FeatureVector
+from pitstore.online.serving import FeatureVector
 from pitstore.status import OK
 from pitstore.store import Store
 

@@ -21,7 +21,7 @@ from pitstore.errors import PitstoreError
 from pitstore.features.catalogue import FeatureMetadata
 from pitstore.frames import Frame
 from pitstore.live.engine import PushReport
-from pitstore.serving import FeatureVector
+from pitstore.online.serving import FeatureVector
 from pitstore.store import Store
 
 if TYPE_CHECKING:  # pandas is an optional extra; pyarrow has no types (pa.Table is Any to mypy)

@@ -2,7 +2,7 @@
 
 Every feature is computed per symbol, in time order, from that symbol's full history in the input;
 the first ``lookback`` rows of each symbol are null. Bars arrive sorted by (symbol, ts) from
-:func:`pitstore.bars.validate_bars`, so each symbol is a contiguous slice and kernels run on zero-copy
+:func:`pitstore.sources.bars.validate_bars`, so each symbol is a contiguous slice and kernels run on zero-copy
 numpy views.
 """
 
@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Any, Literal, cast, overload
 import numpy as np
 import polars as pl
 
-from pitstore.bars import Runs, checked_bars, symbol_runs
 from pitstore.errors import DefinitionError
 from pitstore.features.base import Feature, FeatureSet, check_unique_outputs
 from pitstore.features.library import WindowKernel, is_window
 from pitstore.frames import Frame, FrameKind, frame_kind, from_polars
+from pitstore.sources.bars import Runs, checked_bars, symbol_runs
 
 if TYPE_CHECKING:  # pandas is an optional extra; pyarrow has no types (pa.Table is Any to mypy)
     import pandas as pd
@@ -90,7 +90,7 @@ def compute_frame(features: Sequence[Feature], df: pl.DataFrame, *,
     ``offsets``: per symbol, the absolute position of its first row here when the bars are a tail of its
     stored history (default 0: they start at its first stored bar). Only window features can start late
     (:func:`pitstore.features.library.is_window`); the first ``lookback`` rows given are null either way.
-    ``runs``: the :func:`pitstore.bars.symbol_runs` of ``df`` when the caller has them already."""
+    ``runs``: the :func:`pitstore.sources.bars.symbol_runs` of ``df`` when the caller has them already."""
     if not features:
         raise DefinitionError("no features to compute")
     check_unique_outputs(features)

@@ -12,9 +12,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 
-from pitstore.bars import validate_symbol
 from pitstore.errors import DefinitionError, InvalidInputError
 from pitstore.rules import asof_bound
+from pitstore.sources.bars import validate_symbol
 
 __all__ = ["INT8_MAX", "INT8_MIN", "KEY_COLUMNS", "TS_TYPE", "bound", "check_columns", "check_table_id",
            "checked_rows", "decode_scan", "encode_rows", "known", "micros", "spans", "symbol_list", "version_keys"]

@@ -50,7 +50,6 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.numeric import Int4, Int8
 
-from pitstore.bars import validate_symbol
 from pitstore.errors import (
     BackendError,
     BackendUnavailableError,
@@ -76,6 +75,7 @@ from pitstore.history._rows import spans as _spans
 from pitstore.history._rows import symbol_list as _symbols
 from pitstore.history._rows import version_keys as _version_keys
 from pitstore.history.base import TOMBSTONE, AsofRow, StoreScope
+from pitstore.sources.bars import validate_symbol
 
 __all__ = ["SCHEMA_VERSION", "TOMBSTONE", "AsofRow", "PostgresHistory", "StoreScope"]
 

@@ -33,8 +33,8 @@ from pitstore.catalog.base import FeatureEntries, HistoryIndex, VersionRegistry
 from pitstore.catalog.sqlite import now_us
 from pitstore.errors import BackendUnavailableError
 from pitstore.history.base import AsofRow, HistoryBackend, StoreScope
-from pitstore.offline import EntryReader
-from pitstore.outage import warn_outage
+from pitstore.offline.entries import EntryReader
+from pitstore.online.outage import warn_outage
 
 __all__ = ["HistoryTier", "SyncCatalog", "catalog_scope", "open_history"]
 

@@ -23,7 +23,7 @@ the same push are part of that restatement; those of later pushes are new bars a
 the history tier's window is no different: the offline tier holds every recomputed row, the history tier the
 ones inside its window.
 
-Bars closer together than the live sets' timeframes allow (:mod:`pitstore.spacing`) are refused before anything
+Bars closer together than the live sets' timeframes allow (:mod:`pitstore.sources.spacing`) are refused before anything
 of the push is computed or stored.
 """
 
@@ -41,18 +41,18 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from pitstore import backfill as _backfill
-from pitstore import ingest as _ingest
-from pitstore.bars import BAR_COLUMNS, symbol_runs, validate_bars
 from pitstore.catalog.base import Catalog
 from pitstore.features.base import Feature, FeatureSet
 from pitstore.features.library import is_window
 from pitstore.live.marker import PushMarker
 from pitstore.live.steppers import Stepper, WindowBlock, stepper_for
-from pitstore.offline import read_entries
-from pitstore.segments import read_bars
-from pitstore.serving import Serving
-from pitstore.spacing import check_spacing, min_gap_us, spacing_error
+from pitstore.offline import backfill as _backfill
+from pitstore.offline.entries import read_entries
+from pitstore.online.serving import Serving
+from pitstore.sources import ingest as _ingest
+from pitstore.sources.bars import BAR_COLUMNS, symbol_runs, validate_bars
+from pitstore.sources.segments import read_bars
+from pitstore.sources.spacing import check_spacing, min_gap_us, spacing_error
 from pitstore.storage import Storage, as_storage
 
 __all__ = ["LiveEngine", "PushReport"]
@@ -193,7 +193,7 @@ class LiveEngine:
 
     def _check_gaps(self, symbol: str, last_ts: int | None, ts: list[int], i: int, b: int) -> None:
         """New bars ``ts[i:b]`` of ``symbol`` after its latest known bar: far enough apart for every live set
-        (:mod:`pitstore.spacing`). Plain Python: a push of one bar must not pay for a DataFrame operation."""
+        (:mod:`pitstore.sources.spacing`). Plain Python: a push of one bar must not pay for a DataFrame operation."""
         assert self._strictest is not None
         fs, gap = self._strictest
         prev = last_ts

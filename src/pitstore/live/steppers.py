@@ -30,10 +30,10 @@ import polars as pl
 import talib
 from talib import stream as talib_stream
 
-from pitstore.bars import BAR_COLUMNS, TS_DTYPE
 from pitstore.features.base import Feature
 from pitstore.features.engine import compute_frame
 from pitstore.features.library import is_window
+from pitstore.sources.bars import BAR_COLUMNS, TS_DTYPE
 
 __all__ = ["Stepper", "WindowBlock", "stepper_for"]
 

@@ -8,8 +8,8 @@ import operator
 from collections.abc import Sequence
 from typing import Any, NamedTuple, Protocol
 
-from pitstore.bars import validate_symbol
 from pitstore.errors import InvalidInputError, SchemaMismatchError
+from pitstore.sources.bars import validate_symbol
 
 __all__ = [
     "MAX_TS",

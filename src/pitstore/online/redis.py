@@ -40,7 +40,7 @@ from pitstore.errors import (
 )
 from pitstore.online.base import InputRow, OnlineRow, check_put, schema_mismatch, validate_table_id
 from pitstore.online.codec import TS_OFFSET, decode, decode_columns, encode, encode_columns
-from pitstore.outage import warn_outage
+from pitstore.online.outage import warn_outage
 
 __all__ = ["RedisOnlineStore"]
 

@@ -12,8 +12,8 @@ from pitstore.errors import MissingDependencyError
 from pitstore.scale.results import HistoricalDataset
 
 if TYPE_CHECKING:
-    from pitstore.backfill import BackfillReport
     from pitstore.frames import Frame
+    from pitstore.offline.backfill import BackfillReport
 
 __all__ = ["ENGINES", "HistoricalDataset", "backfill", "get_historical"]
 

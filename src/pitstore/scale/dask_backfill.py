@@ -1,6 +1,6 @@
 """``store.backfill(..., engine="dask")``: the local engine's work, split at its seam.
 
-The client plans (reads the catalog), Dask workers run :func:`pitstore.backfill.compute_batch` on whole symbols
+The client plans (reads the catalog), Dask workers run :func:`pitstore.offline.backfill.compute_batch` on whole symbols
 (the same function the local engine calls: same values, same files and paths) and return only the metadata of
 the files they wrote; the client commits each symbol in its own transaction with the same optimistic check.
 
@@ -17,10 +17,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from pitstore import backfill as _backfill
-from pitstore.backfill import BackfillReport, Progress
 from pitstore.catalog.base import Catalog
 from pitstore.features.base import FeatureSet
+from pitstore.offline import backfill as _backfill
+from pitstore.offline.backfill import BackfillReport, Progress
 from pitstore.rules import to_us
 from pitstore.scale.cluster import client_for, distributed
 from pitstore.storage import Storage

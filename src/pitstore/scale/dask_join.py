@@ -4,7 +4,7 @@ Two stages of tasks, polars throughout: each input partition (a Parquet file of 
 the Dask DataFrame) is split by a hash of the symbol into ``partitions`` pieces; join task ``i`` takes piece ``i``
 of every input partition (so each symbol is in one join task), numbers its rows by their input position
 (``input_row``: the input partitions' lengths come along, no extra pass) and runs the local engine's join
-(:func:`pitstore.reads.get_historical`) on them, reading its symbols' entries from the store's root. Every row's
+(:func:`pitstore.offline.reads.get_historical`) on them, reading its symbols' entries from the store's root. Every row's
 answer depends on its own symbol and ts only, so it is the local engine's whatever the partitioning. The
 client lists the entries once (one snapshot for every task) and holds the versions' leases until the end.
 
@@ -25,18 +25,18 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from pitstore import reads
 from pitstore.atomic import publish
 from pitstore.catalog.base import Catalog
+from pitstore.catalog.versions import ensure_live, reading
 from pitstore.errors import InvalidInputError
 from pitstore.features.registry import Registry
 from pitstore.frames import Frame, FrameKind, from_polars, to_polars
-from pitstore.offline import EntryReader
+from pitstore.offline import reads
+from pitstore.offline.entries import EntryReader
 from pitstore.scale.cluster import client_for, dask
 from pitstore.scale.results import HistoricalDataset
 from pitstore.scale.snapshot import CatalogSnapshot
 from pitstore.storage import Storage, as_storage
-from pitstore.versions import ensure_live, reading
 
 dd: Any = import_module("dask.dataframe")  # untyped: Any at the boundary (see pitstore.scale.cluster)
 

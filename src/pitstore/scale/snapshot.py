@@ -1,6 +1,6 @@
 """The catalog as one call of a distributed read saw it, shipped to Dask workers (which never open the catalog).
 
-It answers the few catalog queries a point-in-time join asks (:func:`pitstore.reads.get_historical` through
+It answers the few catalog queries a point-in-time join asks (:func:`pitstore.offline.reads.get_historical` through
 :class:`pitstore.features.registry.Registry`), so workers run the local engine's join code unchanged.
 """
 
@@ -21,7 +21,8 @@ class CatalogSnapshot:
 
     versions_by_name: dict[str, list[VersionRow]] = field(default_factory=dict)
     entries: dict[tuple[str, int], list[FeatureEntry]] = field(default_factory=dict)
-    # Read-only: :func:`pitstore.versions.reading` then creates no lease file on a worker (the client holds one).
+    # Read-only: :func:`pitstore.catalog.versions.reading` then creates no lease file on a worker (the client
+    # holds one).
     mode: str = "ro"
 
     def versions(self, name: str) -> list[VersionRow]:

@@ -5,7 +5,7 @@ A kept fragment is served only while both hold:
 * the online tier's change token (:meth:`pitstore.online.base.OnlineStore.change_token`) is the one it was read
   under: any write by any process (push, materialize, invalidate, a fill, an eviction) drops every fragment,
   so a value written elsewhere is seen by the next request;
-* now is before its own end (:meth:`pitstore.serving.Serving.get_online_until`): an ``ok`` vector ends at its
+* now is before its own end (:meth:`pitstore.online.serving.Serving.get_online_until`): an ``ok`` vector ends at its
   TTL edge, exactly where :func:`pitstore.rules.is_stale` turns it ``stale``; misses, fallbacks and rows not
   available yet are never kept (the lower tiers decide those, without an online write).
 
@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING, cast
 
 import orjson
 
-from pitstore.router import FeatureVector, Table
+from pitstore.online.router import FeatureVector, Table
 
 if TYPE_CHECKING:
-    from pitstore.serving import Serving
+    from pitstore.online.serving import Serving
 
 __all__ = ["OnlineAnswers", "encode_vector", "join_rows"]
 

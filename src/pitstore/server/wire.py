@@ -11,9 +11,9 @@ import orjson
 import polars as pl
 import pyarrow as pa
 
-from pitstore.bars import validate_symbol
 from pitstore.errors import InvalidInputError
-from pitstore.serving import FeatureVector
+from pitstore.online.serving import FeatureVector
+from pitstore.sources.bars import validate_symbol
 from pitstore.timeutil import utc
 
 __all__ = [

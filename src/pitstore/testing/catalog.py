@@ -421,7 +421,7 @@ class CatalogConformance:
         assert len(set(ids)) == 1
 
     def test_bar_parts_round_trip_and_keep_their_files_referenced(self, catalog: Catalog) -> None:
-        """A snapshot of a base plus segments (pitstore.segments) reads back as committed; every file it lists
+        """A snapshot of a base plus segments (pitstore.sources.segments) reads back as committed; every file it lists
         is referenced, while the row exists, superseded or not."""
         base = catalog.commit_bars(bar("AAA", "bars/AAA/base.parquet"), None)
         parts = '[["bars/AAA/base.parquet",-1,10,"h"],["bars/_segments/s1.parquet",3,2,"g"]]'

@@ -15,7 +15,7 @@ import polars as pl
 import pytest
 
 from pitstore.datahash import file_hash
-from pitstore.offline import check_file, file_facts, put_entry, read_entries
+from pitstore.offline.entries import check_file, file_facts, put_entry, read_entries
 from pitstore.storage import Storage
 
 Damage = Callable[[Storage, str, bytes], None]

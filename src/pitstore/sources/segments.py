@@ -9,7 +9,7 @@ snapshot visible at ``as_known_at=t`` is the base plus the segments committed by
 
 A part records its rows and content hash, so a damaged part is found (verify) and named. The snapshot's
 ``content_hash`` is then :func:`chained_hash` over its parts' hashes (equal to the base's hash when there are no
-segments): it identifies the content as stored, but is not :func:`pitstore.offline.content_hash` of the whole
+segments): it identifies the content as stored, but is not :func:`pitstore.offline.entries.content_hash` of the whole
 frame, so nothing compares the two.
 """
 
@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 import xxhash
 
 from pitstore.catalog.base import BarEntry, FeatureEntry
-from pitstore.offline import read_entries
+from pitstore.offline.entries import read_entries
 from pitstore.storage import Storage
 
 __all__ = ["Part", "PartReader", "chained_hash", "encode_parts", "entry_paths", "part_paths", "parts_of",
@@ -35,7 +35,7 @@ __all__ = ["Part", "PartReader", "chained_hash", "encode_parts", "entry_paths", 
 
 WHOLE_FILE = -1
 SEGMENT_DIR = "bars/_segments"
-_ROW_GROUP_ROWS = 16_384  # as pitstore.offline's entries: a part of a large append decodes only its groups
+_ROW_GROUP_ROWS = 16_384  # as pitstore.offline.entries's entries: a part of a large append decodes only its groups
 
 
 class Part:

@@ -23,16 +23,16 @@ from pathlib import Path
 
 import polars as pl
 
-from pitstore.bars import symbol_runs
 from pitstore.catalog.base import BarEntry, Catalog, FeatureEntry
 from pitstore.features.base import FeatureSet
 from pitstore.features.engine import compute_frame
 from pitstore.features.library import is_window
 from pitstore.filenames import safe_name
-from pitstore.offline import encode_symbol, put_entry
+from pitstore.offline.entries import encode_symbol, put_entry
 from pitstore.rules import to_us
-from pitstore.segments import TAIL_ROWS, PartReader, read_bars, read_tail
-from pitstore.spacing import check_spacing
+from pitstore.sources.bars import symbol_runs
+from pitstore.sources.segments import TAIL_ROWS, PartReader, read_bars, read_tail
+from pitstore.sources.spacing import check_spacing
 from pitstore.storage import Storage, as_storage
 
 __all__ = ["BackfillReport", "Written", "backfill", "batches", "commit_batch", "compute_batch", "plan"]

@@ -5,7 +5,7 @@ lock (so never while it is being computed or published), offline-tier files with
 once older than a grace period (an ingest or backfill writes its file just before committing its row),
 and catalog rows are removed before their files, so a new reader never finds a row without its file.
 A reader that already has a file open keeps reading it after the unlink (POSIX); versions beyond
-``max_versions`` are retired only while no reader holds their lease (see :mod:`pitstore.versions`).
+``max_versions`` are retired only while no reader holds their lease (see :mod:`pitstore.catalog.versions`).
 """
 
 from __future__ import annotations
@@ -22,11 +22,9 @@ from typing import Any
 import polars as pl
 import pyarrow as pa
 
-from pitstore import backfill as _backfill
-from pitstore import compact as _compact
-from pitstore import versions as _versions
 from pitstore.atomic import TMP_SUFFIX
 from pitstore.cache.core import CACHE_DIR, ComputeCache
+from pitstore.catalog import versions as _versions
 from pitstore.catalog.base import BarEntry, CacheEntry, Catalog, FeatureEntry, HistoryArchive
 from pitstore.catalog.sqlite import now_us
 from pitstore.errors import CacheCorruptionError, InvalidInputError
@@ -34,13 +32,15 @@ from pitstore.features.base import FeatureSet
 from pitstore.features.engine import compute_frame
 from pitstore.features.registry import fingerprint
 from pitstore.filenames import safe_name
-from pitstore.offline import check_file, content_hash, encode_symbol, put_entry, write_entry
-from pitstore.segments import PartReader, chained_hash, entry_paths, parts_of, read_bars
+from pitstore.offline import backfill as _backfill
+from pitstore.offline import compact as _compact
+from pitstore.offline.entries import check_file, content_hash, encode_symbol, put_entry, write_entry
+from pitstore.sources.segments import PartReader, chained_hash, entry_paths, parts_of, read_bars
 from pitstore.storage import Storage
 
 __all__ = ["GcReport", "VerifyReport", "check_bars", "gc", "verify"]
 
-# Everything pitstore writes under the root, besides the catalog ("history": pitstore.tiering's archives).
+# Everything pitstore writes under the root, besides the catalog ("history": pitstore.history.tiering's archives).
 DATA_DIRS = ("bars", "features", CACHE_DIR, "history")
 _UNREADABLE = (OSError, pl.exceptions.PolarsError)
 ORPHAN_GRACE_SECONDS = 3600.0  # an unreferenced offline file younger than this may be one being committed
@@ -53,7 +53,7 @@ class GcReport:
     dry_run: bool
     stale_entries: list[str] = field(default_factory=list)  # cache entries not accessed within the retention
     old_versions: list[str] = field(default_factory=list)  # feature entries of versions beyond max_versions
-    # Bar snapshots and feature entries superseded before the retention (pitstore.retention): as_known_at no
+    # Bar snapshots and feature entries superseded before the retention (pitstore.catalog.retention): as_known_at no
     # longer reaches them.
     superseded: list[str] = field(default_factory=list)
     retired_versions: list[str] = field(default_factory=list)  # those versions ("name@v"): no longer readable
@@ -108,10 +108,10 @@ def gc(
 ) -> GcReport:
     """Delete stale cache entries, files nobody refers to, rows whose file is gone and versions beyond
     ``max_versions`` per feature set (among those with stored entries); compact versions with more than
-    :data:`pitstore.compact.AUTO_ENTRIES` small entries; then VACUUM/ANALYZE the catalog.
+    :data:`pitstore.offline.compact.AUTO_ENTRIES` small entries; then VACUUM/ANALYZE the catalog.
     ``dry_run`` only reports. A version whose entries are deleted is retired: no longer listed, and reading it
     raises VersionNotFoundError (registering its definition again brings the number back).
-    ``superseded_before`` (µs; :func:`pitstore.retention.gc_horizon`): bar snapshots and feature entries
+    ``superseded_before`` (µs; :func:`pitstore.catalog.retention.gc_horizon`): bar snapshots and feature entries
     superseded at or before it are deleted, rows first in one transaction, then their files (a crash between
     leaves only unreferenced files, which the next gc removes)."""
     if retention_weeks is not None and retention_weeks < 0:
@@ -171,7 +171,7 @@ def gc(
         if gone and not dry_run:
             catalog.drop_rows(table, [r.id for r in gone])
     if max_versions is not None:
-        # The one implementation of `versions cleanup` (pitstore.versions): leases, retire-then-unlink order.
+        # The one implementation of `versions cleanup` (pitstore.catalog.versions): leases, retire-then-unlink order.
         versions = _versions.cleanup(root, catalog, max_versions=max_versions, dry_run=dry_run, entries=features,
                                      storage=storage)
         report.retired_versions = versions.retired
@@ -179,7 +179,7 @@ def gc(
         report.busy.extend(versions.busy)
         report.bytes_freed += versions.bytes_freed
 
-    # Small entries folded into few files (pitstore.compact); the files they leave go under the version's lease.
+    # Small entries folded into few files (pitstore.offline.compact); the files they leave go under the version's lease.
     compacted = _compact.compact(root, storage, catalog, dry_run=dry_run, min_entries=_compact.AUTO_ENTRIES + 1)
     report.compacted = compacted.versions
     for label in compacted.held:  # their old files are left for a later gc, like any busy version's

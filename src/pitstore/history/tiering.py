@@ -36,7 +36,6 @@ from typing import Any
 
 import polars as pl
 
-from pitstore.bars import validate_symbol
 from pitstore.cache.core import LOCK_DIR
 from pitstore.cache.lock import KeyLocks, ProcessLocks
 from pitstore.catalog import shared_locks
@@ -46,6 +45,7 @@ from pitstore.datahash import file_hash
 from pitstore.errors import InvalidInputError
 from pitstore.filenames import safe_name
 from pitstore.history.base import TOMBSTONE, HistoryBackend
+from pitstore.sources.bars import validate_symbol
 from pitstore.storage import Storage, as_storage
 
 __all__ = ["ARCHIVE_DIR", "TableTier", "TierReport", "archive_dir", "latest_versions", "read_archive",

@@ -3,7 +3,7 @@
 Incremental backfills leave one small file per symbol and run (50 runs over 500 symbols: 25,500 files), and a
 cold read pays for opening, hashing and decoding each. Compaction writes the live rows of a (set, version) into
 files of at most :data:`MAX_FILE_ROWS` rows, sorted by symbol then ts, in row groups of one symbol each (at
-most :data:`pitstore.offline.ROW_GROUP_ROWS` rows, statistics on, the groups listed in the file's metadata),
+most :data:`pitstore.offline.entries.ROW_GROUP_ROWS` rows, statistics on, the groups listed in the file's metadata),
 and then, in ONE catalog transaction, points every entry it copied at the file now holding its rows
 (:meth:`Catalog.repoint_features`). Nothing else of an entry changes: its id, symbol, ts range, rows and
 ``recorded_at`` / ``superseded_at`` are the same, so every read and every ``as_known_at`` answer is the same
@@ -31,11 +31,11 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pitstore import offline
-from pitstore import versions as _versions
+from pitstore.catalog import versions as _versions
 from pitstore.catalog.base import Catalog, FeatureEntry
 from pitstore.datahash import file_hash
-from pitstore.offline import _COMPRESSION_LEVEL, COMPACTED_DIR, GROUPS_KEY, EntryReader, is_compacted
+from pitstore.offline import entries as offline
+from pitstore.offline.entries import _COMPRESSION_LEVEL, COMPACTED_DIR, GROUPS_KEY, EntryReader, is_compacted
 from pitstore.storage import Storage
 
 __all__ = ["AUTO_ENTRIES", "MAX_FILE_ROWS", "CompactReport", "compact", "is_compacted", "loose_entries"]

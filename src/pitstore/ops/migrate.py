@@ -34,9 +34,9 @@ from pitstore.catalog.base import TABLES, BarEntry, CacheEntry, FeatureEntry, Hi
 from pitstore.config import Settings
 from pitstore.datahash import file_hash
 from pitstore.errors import ConfigError, ConflictError
-from pitstore.housekeeping import check_bars
-from pitstore.offline import check_file, content_hash
-from pitstore.segments import entry_paths
+from pitstore.offline.entries import check_file, content_hash
+from pitstore.ops.housekeeping import check_bars
+from pitstore.sources.segments import entry_paths
 from pitstore.store import Store
 
 __all__ = ["MARKER", "MigrationReport", "migrate"]

@@ -24,7 +24,7 @@ from urllib.parse import unquote
 import polars as pl
 
 from pitstore.errors import InvalidInputError
-from pitstore.legacy.safety import check_hdf5
+from pitstore.sources.legacy.safety import check_hdf5
 
 __all__ = ["Frame", "Source", "discover", "read_frames", "stage"]
 

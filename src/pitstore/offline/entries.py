@@ -29,17 +29,17 @@ from pitstore.storage import Storage, as_storage
 __all__ = ["COMPACTED_DIR", "GROUPS_KEY", "CheckedRead", "EntryReader", "check_file", "content_hash", "encode_symbol",
            "file_facts", "is_compacted", "put_entry", "read_compacted", "read_entries", "write_entry"]
 
-log = logging.getLogger("pitstore.offline")
+log = logging.getLogger("pitstore.offline.entries")
 _UNREADABLE = (OSError, pl.exceptions.PolarsError)
 
 _COMPRESSION_LEVEL = 1  # zstd level: float features barely compress, level 1 writes fastest (measured)
 # Rows per Parquet row group: a read of a short span decodes only the groups whose ts statistics overlap it
-# (pitstore.prune); polars' default (262,144) makes a 98k-bar file one group, decoded whole for one look-up.
+# (pitstore.offline.prune); polars' default (262,144) makes a 98k-bar file one group, decoded whole for one look-up.
 ROW_GROUP_ROWS = 16_384
 _RAM_FRACTION = 8  # by default an EntryReader keeps decoded reads up to 1/8 of the machine's memory
 
 
-# Compacted files (pitstore.compact) live in this directory of a version's entries; symbol directories all start
+# Compacted files (pitstore.offline.compact) live in this directory of a version's entries; symbol directories all start
 # with "s_", so no symbol can name it. An entry whose path is in it shares the file with other entries: its rows
 # are those of its symbol with first_ts <= ts <= last_ts (entries of one symbol in a file never overlap).
 COMPACTED_DIR = "compacted"
@@ -48,7 +48,7 @@ GROUPS_KEY = b"pitstore.groups"
 
 
 def is_compacted(path: str) -> bool:
-    """Whether ``path`` is a compacted file holding the rows of many entries (see :mod:`pitstore.compact`)."""
+    """Whether ``path`` is a compacted file holding the rows of many entries (see :mod:`pitstore.offline.compact`)."""
     return f"/{COMPACTED_DIR}/" in path
 
 
@@ -126,7 +126,7 @@ def _check_local(path: Path, size: int | None, expected_hash: str | None) -> str
     return None if digest == expected_hash else "content does not match its hash"
 
 
-Span = tuple[int | None, int | None]  # ts bounds in µs, inclusive, None: open (see pitstore.prune)
+Span = tuple[int | None, int | None]  # ts bounds in µs, inclusive, None: open (see pitstore.offline.prune)
 
 
 def _between(span: Span) -> pl.Expr:
@@ -142,7 +142,7 @@ def _groups(entries: Sequence[FeatureEntry], spans: Sequence[Span]) -> list[tupl
     """How to scan ``entries`` cut to ``spans``: all in one scan under the hull of the spans when that decodes
     at most about twice the rows (one scan of many files is twice as fast as one scan per file, measured),
     else one scan per file. More rows than a span are harmless: each is a real stored row, and every row of
-    the spans is read (see pitstore.prune)."""
+    the spans is read (see pitstore.offline.prune)."""
     exact = [(e.first_ts if lo is None else lo, e.last_ts if hi is None else hi)
              for e, (lo, hi) in zip(entries, spans, strict=True)]
     lo, hi = min(a for a, _ in exact), max(b for _, b in exact)
@@ -325,7 +325,7 @@ class EntryReader:
         matching its recorded size or hash, undecodable), each logged as a warning: one damaged file must not
         fail a read of every symbol. Hashing reads every byte once per decode; cached results skip it.
 
-        ``spans`` (entry id -> ts bounds, see :mod:`pitstore.prune`): only those entries are decoded, each only
+        ``spans`` (entry id -> ts bounds, see :mod:`pitstore.offline.prune`): only those entries are decoded, each only
         within its span; every entry is still checked, so a damaged one marks its symbol whether it is read or
         not (the statuses of a pruned read are those of a full one). Returns damaged files by path: a compacted
         file damages every entry in it.

@@ -56,7 +56,7 @@ def asof_join(
     ``known_symbols`` are the symbols the store has data for (others are ``unknown_symbol``);
     ``damaged_symbols`` those whose stored rows could not be read (``damaged``; ``rows`` must hold none of theirs).
     ``stored_from``: symbol -> its first stored ts (µs), for ``rows`` cut to what the look-ups need
-    (:mod:`pitstore.prune`: nothing older than the smallest ``t - ttl``): a look-up left without a row although
+    (:mod:`pitstore.offline.prune`: nothing older than the smallest ``t - ttl``): a look-up left without a row although
     the symbol has one available is ``stale`` (that row is older than ``t - ttl``), not ``no_data_yet``.
     """
     # Join narrow (keys and a row index only), then gather the feature columns once in input order:

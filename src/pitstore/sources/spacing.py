@@ -16,10 +16,10 @@ from datetime import timedelta
 import numpy as np
 import polars as pl
 
-from pitstore.bars import symbol_runs
 from pitstore.errors import InvalidInputError
 from pitstore.features.base import FeatureSet
 from pitstore.rules import from_us
+from pitstore.sources.bars import symbol_runs
 from pitstore.timeutil import parse_timeframe
 
 __all__ = ["check_spacing", "min_gap_us", "spacing_error"]

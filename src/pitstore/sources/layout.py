@@ -15,8 +15,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import polars as pl
 
-from pitstore.bars import BAR_COLUMNS
 from pitstore.errors import InvalidInputError
+from pitstore.sources.bars import BAR_COLUMNS
 
 __all__ = ["BarLayout"]
 

@@ -10,16 +10,16 @@ from typing import Any, Literal
 
 import polars as pl
 
-from pitstore import prune
 from pitstore.catalog.base import Catalog, FeatureEntry
+from pitstore.catalog.versions import ensure_live, reading
 from pitstore.errors import CacheCorruptionError, InvalidInputError
 from pitstore.features.registry import Registry
 from pitstore.frames import to_polars
-from pitstore.offline import EntryReader, Span
-from pitstore.pit import ORDER, asof_join, worst_status
-from pitstore.prune import range_spans, window_spans, windows_of
+from pitstore.offline import prune
+from pitstore.offline.entries import EntryReader, Span
+from pitstore.offline.pit import ORDER, asof_join, worst_status
+from pitstore.offline.prune import range_spans, window_spans, windows_of
 from pitstore.rules import DAMAGED, OK, effective_ttl, to_us
-from pitstore.versions import ensure_live, reading
 
 __all__ = ["Loaded", "Selection", "get_historical", "known_at_us", "load", "read_range", "select"]
 
@@ -82,7 +82,7 @@ def load(reader: EntryReader, catalog: Catalog, sel: Selection, symbols: Sequenc
          as_known_at: int | None, needs: Needs | None = None) -> Loaded:
     """The stored rows of ``symbols`` (all when None) visible at ``as_known_at`` (µs; now when None), in time
     order per symbol, and which symbols have rows (``present``) or are damaged: what a status is decided on.
-    ``needs`` (:mod:`pitstore.prune`): only the rows it names are read (the statuses stay those of all)."""
+    ``needs`` (:mod:`pitstore.offline.prune`): only the rows it names are read (the statuses stay those of all)."""
     # Under the version's lease: no cleanup deletes the listed entries' files before they are read.
     with reading(reader.root, catalog, sel.feature_set, sel.version, check_live=False):
         entries = catalog.feature_entries(sel.feature_set, sel.version, symbols, as_known_at)

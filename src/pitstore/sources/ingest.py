@@ -6,7 +6,7 @@ leaves only unlisted files, which ``gc`` removes). The commit is optimistic: whe
 a symbol meanwhile, that symbol is re-read, re-merged and the commit retried (bounded).
 
 Bars dated after a symbol's last stored bar are a pure append: they go into one segment file for the whole
-ingest (a row group per symbol, :mod:`pitstore.segments`) and the new snapshot is the old one's parts plus
+ingest (a row group per symbol, :mod:`pitstore.sources.segments`) and the new snapshot is the old one's parts plus
 that row group, so an append costs the new bars, not the history. The stored bars are not read then (verify
 checks every part's hash). The append that would make more than ``max_segments`` segments writes the symbol's
 whole bars as a new base instead (compaction, through the merge path, which hash-checks what it reads).
@@ -29,16 +29,16 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pitstore.bars import BAR_COLUMNS, symbol_runs, validate_bars
 from pitstore.cache.core import LOCK_DIR
 from pitstore.cache.lock import KeyLocks
 from pitstore.catalog.base import BarEntry, Catalog
 from pitstore.datahash import table_hash
 from pitstore.errors import CacheCorruptionError, ConflictError, InvalidInputError
 from pitstore.frames import to_polars
-from pitstore.layout import BarLayout
-from pitstore.offline import content_hash, encode_symbol
-from pitstore.segments import (
+from pitstore.offline.entries import content_hash, encode_symbol
+from pitstore.sources.bars import BAR_COLUMNS, symbol_runs, validate_bars
+from pitstore.sources.layout import BarLayout
+from pitstore.sources.segments import (
     Part,
     chained_hash,
     encode_parts,

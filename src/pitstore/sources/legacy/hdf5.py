@@ -26,9 +26,9 @@ import polars as pl
 from pitstore.catalog.base import FeatureEntry
 from pitstore.errors import InvalidInputError, MissingDependencyError
 from pitstore.fingerprint import canonical_json, sha256_hex
-from pitstore.ingest import IngestReport
-from pitstore.legacy.layouts import Frame, discover, read_frames, stage
-from pitstore.offline import content_hash, encode_symbol, file_facts, write_entry
+from pitstore.offline.entries import content_hash, encode_symbol, file_facts, write_entry
+from pitstore.sources.ingest import IngestReport
+from pitstore.sources.legacy.layouts import Frame, discover, read_frames, stage
 from pitstore.timeutil import parse_timeframe
 
 if TYPE_CHECKING:

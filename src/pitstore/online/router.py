@@ -27,15 +27,16 @@ import polars as pl
 
 from pitstore.cache.lock import KeyLocks
 from pitstore.catalog.base import Catalog, FeatureEntry
+from pitstore.catalog.versions import ensure_live, reading
 from pitstore.errors import BackendUnavailableError
 from pitstore.history.recent import HistoryTier
-from pitstore.offline import EntryReader
+from pitstore.live.pending import PendingRows
+from pitstore.offline.entries import EntryReader
+from pitstore.offline.prune import Window, window_spans
+from pitstore.offline.reads import Selection, known_at_us, load
 from pitstore.online import OnlineStore
 from pitstore.online.base import OnlineRow
-from pitstore.outage import warn_outage
-from pitstore.pending import PendingRows
-from pitstore.prune import Window, window_spans
-from pitstore.reads import Selection, known_at_us, load
+from pitstore.online.outage import warn_outage
 from pitstore.rules import (
     DAMAGED,
     FALLBACK,
@@ -52,11 +53,10 @@ from pitstore.rules import (
     to_us,
 )
 from pitstore.status import Status
-from pitstore.versions import ensure_live, reading
 
 __all__ = ["FeatureVector", "Table", "TierRouter"]
 
-log = logging.getLogger("pitstore.serving")
+log = logging.getLogger("pitstore.online.serving")
 
 _FILL_LOCK_SECONDS = 30.0  # the longest one process may hold the lock that fills an online miss
 _NO_FILL_SECONDS = 1.0  # a symbol no tier has is not looked up again for this long
@@ -293,10 +293,10 @@ class TierRouter:
                    for e in overlapping)
 
     def offline_asof(self, table: Table, symbol: str, t: int, as_known_at: datetime | None = None) -> FeatureVector:
-        """The as-of rule over the symbol's stored rows: the statuses :func:`pitstore.pit.asof_join` gives
+        """The as-of rule over the symbol's stored rows: the statuses :func:`pitstore.offline.pit.asof_join` gives
         ``get_historical`` for the same look-up."""
         bound = asof_bound(t, table.lag_us)
-        # No TTL cut (pitstore.prune): a stale answer reports the ts of its row, which must then be read.
+        # No TTL cut (pitstore.offline.prune): a stale answer reports the ts of its row, which must then be read.
         needs = partial(window_spans, windows={symbol: Window(bound, bound, None)})
         loaded = load(self.reader, self.catalog, table.sel, [symbol], known_at_us(as_known_at), needs)
         if loaded.damaged:

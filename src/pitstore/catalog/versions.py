@@ -31,7 +31,7 @@ from pitstore.features.registry import VersionInfo
 from pitstore.storage import Storage, as_storage
 
 if TYPE_CHECKING:
-    from pitstore.serving import Serving
+    from pitstore.online.serving import Serving
 
 __all__ = ["CleanupReport", "VersionSummary", "cleanup", "ensure_live", "lease_path", "reading", "summaries"]
 

@@ -2,8 +2,8 @@
 
 The online tier holds, per feature-set version (``table_id`` = ``name@version``) and symbol, the latest row;
 the optional history tier (PostgreSQL) the last N days of rows; the offline tier everything; rows pushed in
-this process and not yet stored are :class:`pitstore.pending.PendingRows`. Which tier answers a read is the
-:class:`pitstore.router.TierRouter`'s decision; the rules (as-of, lag, the effective TTL, statuses) are
+this process and not yet stored are :class:`pitstore.live.pending.PendingRows`. Which tier answers a read is the
+:class:`pitstore.online.router.TierRouter`'s decision; the rules (as-of, lag, the effective TTL, statuses) are
 :mod:`pitstore.rules`'s. This module resolves feature references to tables, writes the tiers, and is what the
 live engine calls to serve pushed rows.
 """
@@ -26,16 +26,16 @@ from pitstore.config import Settings
 from pitstore.errors import BackendUnavailableError
 from pitstore.features.registry import Registry
 from pitstore.history.recent import HistoryTier, catalog_scope
-from pitstore.offline import EntryReader
+from pitstore.live.pending import PendingRows, PushedRow
+from pitstore.offline.entries import EntryReader
+from pitstore.offline.reads import read_range, select
 from pitstore.online import MemoryOnlineStore, OnlineStore, open_online
-from pitstore.pending import PendingRows, PushedRow
-from pitstore.reads import read_range, select
-from pitstore.router import FeatureVector, Table, TierRouter
+from pitstore.online.router import FeatureVector, Table, TierRouter
 from pitstore.rules import default_ttl, micros, now_us, to_us, worse
 
 __all__ = ["FeatureVector", "Serving", "Table", "default_ttl"]
 
-log = logging.getLogger("pitstore.serving")
+log = logging.getLogger("pitstore.online.serving")
 
 _RESOLVE_SECONDS = 1.0  # how long "set" (= latest version) stays resolved in a process before a re-check
 _MIN_EXPIRY = 7 * 86_400.0  # online keys expire (a memory bound only) no sooner than this, in seconds
@@ -193,13 +193,13 @@ class Serving:
     def get_online(self, symbols: Sequence[str], features: str | Sequence[str],
                    now_us: int | None = None) -> list[FeatureVector]:
         """The latest vector of each symbol at now (``now_us``, else :attr:`clock`), in input order, in one
-        round trip per feature set (see :class:`pitstore.router.TierRouter`)."""
+        round trip per feature set (see :class:`pitstore.online.router.TierRouter`)."""
         return self.get_online_until(symbols, features, self.clock() if now_us is None else now_us)[0]
 
     def get_online_until(self, symbols: Sequence[str], features: str | Sequence[str],
                          now: int) -> tuple[list[FeatureVector], list[int]]:
         """:meth:`get_online` at ``now``, and per vector the instant (µs, exclusive) until which it stays the
-        answer unless the online tier is written (:meth:`pitstore.router.TierRouter.latest_until`; the
+        answer unless the online tier is written (:meth:`pitstore.online.router.TierRouter.latest_until`; the
         earliest over the feature sets; 0: not known to hold past ``now``)."""
         tables = self.tables(features)
         self.count_requests(symbols)
@@ -241,7 +241,7 @@ class Serving:
     def get_features(self, symbol: str, as_of: datetime, features: str | Sequence[str], *,
                      as_known_at: datetime | None = None) -> FeatureVector:
         """Features of ``symbol`` as of ``as_of`` (the as-of rule and effective TTL of :mod:`pitstore.rules`),
-        from whichever tier holds the answer (:meth:`pitstore.router.TierRouter.asof`); ``as_known_at``
+        from whichever tier holds the answer (:meth:`pitstore.online.router.TierRouter.asof`); ``as_known_at``
         replays what the store knew then."""
         t = to_us(as_of, "as_of")
         self.requests[symbol] += 1

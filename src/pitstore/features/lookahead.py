@@ -7,9 +7,9 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from pitstore.bars import validate_bars
 from pitstore.errors import LookaheadError
 from pitstore.features.engine import FeatureLike, compute_frame, flatten_features
+from pitstore.sources.bars import validate_bars
 
 __all__ = ["check_lookahead"]
 

@@ -10,7 +10,7 @@ first), and one ending at or before ``lo`` its last. So entries ending before th
 With a TTL, a row older than ``t - ttl`` can only be a *stale* answer, whose values are null and whose ts
 ``get_historical`` does not return: rows older than the smallest ``t - ttl`` are not read either, and a
 look-up left without a row is then told apart (stale, not no_data_yet) by the symbol's first stored ts, which
-the catalog knows (``Loaded.first_ts``; :func:`pitstore.pit.asof_join` ``stored_from``). Reads that report
+the catalog knows (``Loaded.first_ts``; :func:`pitstore.offline.pit.asof_join` ``stored_from``). Reads that report
 the ts of a stale row (``get_features``) pass no TTL here.
 
 The answers are those of reading everything: ``tests/test_prune.py`` compares both on random look-ups.
