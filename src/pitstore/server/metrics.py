@@ -43,9 +43,12 @@ BACKEND_UP = Gauge("pitstore_backend_up", "1 when the tier answered its last rea
 _REQUEST_CHILDREN: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 _ONLINE_CHILDREN: dict[tuple[str, str], Any] = {}
 
-# Updates are kept in plain dicts and written to the metrics once per turn of the event loop (and before every
-# scrape or sample): a locked counter or histogram update costs about a microsecond each, several per request,
-# and a turn of the loop answers every request that is ready. Outside a running loop they are written at once.
+# Updates are kept in plain dicts and written to the metrics in batches: a locked counter or histogram update
+# costs about a microsecond each, several per request. Every reader of this process's metrics (a scrape, a
+# dashboard sample) flushes first, so one process flushes at most every FLUSH_S seconds; with several workers
+# (PROMETHEUS_MULTIPROC_DIR) another worker reads the shared files at any time, so each flushes at the end of
+# its loop turn (a turn answers every request that is ready). Outside a running loop they are written at once.
+FLUSH_S = 0.5
 _PENDING_REQUESTS: dict[tuple[str, str, int], list[float]] = {}
 _PENDING_ONLINE: dict[tuple[str, str], int] = {}
 _scheduled: asyncio.AbstractEventLoop | None = None  # the loop a flush is scheduled on
@@ -82,7 +85,10 @@ def _schedule() -> None:
         return
     if _scheduled is not loop:  # (a loop closed before its flush ran, as asyncio.run's may, is replaced)
         _scheduled = loop
-        loop.call_soon(flush)
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            loop.call_soon(flush)
+        else:
+            loop.call_later(FLUSH_S, flush)
 
 
 def flush() -> None:
