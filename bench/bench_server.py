@@ -20,6 +20,8 @@ How figures are taken:
 * throughput: ``wrk`` (Debian package; ``scripts/install-load-tools.sh`` installs it), 1 thread, ``--connections``
   keep-alive connections, requests from a seeded list of random symbols (a Lua script cycles through them);
   ``--rounds`` rounds of ``--seconds`` each, pitstore and floor alternating; median requests/s, non-2xx must be 0.
+  Beside it, the server's CPU time per request (``/proc/<pid>/task/*/schedstat``, all threads): on a shared,
+  loaded machine requests/s follows the load, CPU per request much less.
 * constant rate: ``bench/openloop.py`` (wrk2 is not in Debian): requests leave on a fixed schedule, latency from
   the time each was due to its last byte (no coordinated omission); its own precision is shown (send lag) and its
   headroom by the floor at a rate far above 1,000/s. 100-symbol requests: seeded random sets of 100 distinct
@@ -126,6 +128,15 @@ class Server:
         self.stop()
         raise RuntimeError(f"{name} did not answer on port {port} within 60 s")
 
+    def cpu_ns(self) -> int | None:
+        """CPU time the server process has used (all its threads, user + system), from Linux's schedstat; None
+        where there is none. Per request it is what the request cost the server whatever else the machine
+        runs, which the requests/s of a shared core is not."""
+        try:
+            return sum(int(f.read_text().split()[0]) for f in Path(f"/proc/{self.proc.pid}/task").glob("*/schedstat"))
+        except (OSError, ValueError, IndexError):
+            return None
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()
@@ -185,9 +196,14 @@ def wrk_script(paths: Sequence[str], lua: Path) -> Path:
     return lua
 
 
-def run_wrk(wrk: str, url: str, lua: Path, connections: int, seconds: int) -> dict[str, float]:
-    out = subprocess.run([wrk, "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(lua), url],
+def run_wrk(wrk: str, server: Server, lua: Path, connections: int, seconds: int) -> dict[str, float]:
+    before = server.cpu_ns()
+    out = subprocess.run([wrk, "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(lua), server.url],
                          capture_output=True, text=True, check=True).stdout
+    after = server.cpu_ns()
+    done = re.search(r"^\s*(\d+) requests in", out, re.M)
+    cpu_us = ((after - before) / 1e3 / int(done.group(1)) if before is not None and after is not None and done
+              and int(done.group(1)) else float("nan"))
     rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
     if rps is None:
         raise RuntimeError(f"wrk printed no Requests/sec:\n{out}")
@@ -195,7 +211,7 @@ def run_wrk(wrk: str, url: str, lua: Path, connections: int, seconds: int) -> di
     errors = re.search(r"Socket errors:.*", out)
     lat = {q: _wrk_ms(re.search(rf"^\s+{q}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)) for q in ("50", "99")}
     return {"rps": float(rps.group(1)), "non2xx": float(non2xx.group(1)) if non2xx else 0.0,
-            "socket_errors": 1.0 if errors else 0.0, "p50_ms": lat["50"], "p99_ms": lat["99"]}
+            "socket_errors": 1.0 if errors else 0.0, "p50_ms": lat["50"], "p99_ms": lat["99"], "cpu_us": cpu_us}
 
 
 def _wrk_ms(m: re.Match[str] | None) -> float:
@@ -255,21 +271,26 @@ def bench_throughput(emit: Emit, wrk: str, servers: Sequence[Server], lua: Path,
     """The verdicts, and pitstore's median requests/s."""
     emit(f"  1. GET /v1/online, 1 random symbol per request: wrk -t1 -c{args.connections}, {args.rounds} rounds of"
          f" {args.seconds} s, servers alternating")
-    emit(f"     {'server':<16} {'round':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
-    emit("     " + "-" * 60)
+    emit(f"     {'server':<16} {'round':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8} {'CPU µs/req':>11}")
+    emit("     " + "-" * 72)
     rps: dict[str, list[float]] = {s.name: [] for s in servers}
+    cpu: dict[str, list[float]] = {s.name: [] for s in servers}
     bad = 0.0
     for k in range(args.rounds):
         for s in servers:
-            r = run_wrk(wrk, s.url, lua, args.connections, args.seconds)
+            r = run_wrk(wrk, s, lua, args.connections, args.seconds)
             rps[s.name].append(r["rps"])
+            cpu[s.name].append(r["cpu_us"])
             bad += r["non2xx"] + r["socket_errors"]
             emit(f"     {s.name:<16} {k + 1:>5} {r['rps']:>9,.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f}"
-                 f" {r['non2xx']:>8.0f}")
+                 f" {r['non2xx']:>8.0f} {r['cpu_us']:>11.1f}")
     ours, floor = (statistics.median(rps[s.name]) for s in servers)
     ratio = floor / ours
+    ours_cpu, floor_cpu = (statistics.median(cpu[s.name]) for s in servers)
     emit(f"     median: pitstore {ours:,.0f} req/s, floor {floor:,.0f} req/s: floor / pitstore = {ratio:.2f}x")
-    batch = {s.name: run_wrk(wrk, s.url, batch_lua, args.connections, args.seconds) for s in servers}
+    emit(f"     server CPU per request (median): pitstore {ours_cpu:.1f} µs, floor {floor_cpu:.1f} µs:"
+         f" pitstore / floor = {ours_cpu / floor_cpu:.2f}x (what req/s would be on a core of its own)")
+    batch = {s.name: run_wrk(wrk, s, batch_lua, args.connections, args.seconds) for s in servers}
     for s in servers:
         bad += batch[s.name]["non2xx"] + batch[s.name]["socket_errors"]
     emit(f"     {BATCH} random symbols per request, 1 round (informational, the capacity behind 2.): "

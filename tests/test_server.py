@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -480,3 +481,45 @@ def test_bars_indicators_and_compute_on_a_coarser_timeframe(served: tuple[Server
     for bad in ("1h", "weekly"):  # finer than the stored daily bars; not a timeframe
         r = httpx.get(f"{server.url}/v1/bars/AAA", params={"timeframe": bad})
         assert r.status_code == 422 and r.json()["error"] == "InvalidInputError", r.text
+
+
+def test_a_large_historical_read_does_not_hold_up_online_answers(root: Path) -> None:
+    """The heavy reads run in a worker thread: while one computes, the event loop goes on answering
+    GET /v1/online. On the loop itself, an online request sent meanwhile would wait for all of it."""
+    bars = _bars()
+    n = 600_000
+    entities = pl.DataFrame({"symbol": [SYMBOLS[i % len(SYMBOLS)] for i in range(n)],
+                             "ts": bars["ts"].gather([i % N_BARS for i in range(n)])})
+    sink = io.BytesIO()
+    table = entities.to_arrow()
+    with pa.ipc.new_stream(sink, table.schema) as w:
+        w.write_table(table)
+    body = sink.getvalue()
+    server = Server(root)
+    try:
+        with httpx.Client(base_url=server.url, timeout=120) as client:
+            online = {"symbols": "AAA", "features": "daily_core"}
+            assert client.get("/v1/online", params=online).status_code == 200
+            done: dict[str, float] = {}
+
+            def historical() -> None:
+                started = time.perf_counter()
+                r = httpx.post(f"{server.url}/v1/historical", params={"features": "daily_core"}, content=body,
+                               headers={"Content-Type": ARROW, "Accept": ARROW}, timeout=120)
+                assert r.status_code == 200, r.text
+                done["seconds"] = time.perf_counter() - started
+
+            thread = threading.Thread(target=historical)
+            thread.start()
+            waits = []
+            while thread.is_alive():
+                t0 = time.perf_counter()
+                assert client.get("/v1/online", params=online).status_code == 200
+                waits.append(time.perf_counter() - t0)
+            thread.join()
+        assert "seconds" in done
+        # Every online answer came in a small part of the historical's time, none waited for the rest of it.
+        assert len(waits) >= 10, (len(waits), done)
+        assert max(waits) < done["seconds"] / 4, (max(waits), done)
+    finally:
+        server.stop()

@@ -23,6 +23,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pitstore.config import Settings
@@ -276,11 +277,17 @@ def create_app(store: Store | None = None, *, settings: Settings | None = None, 
     @app.post("/v1/historical", tags=["features"],
               summary="Features as of each entity row (JSON rows, or an Arrow IPC / Parquet body)")
     async def historical(request: Request, features: str | None = None, as_known_at: str | None = None) -> Response:
-        entities, body = await _table(request, "entities")
-        names, known = body.get("features", features), body.get("as_known_at", as_known_at)
-        out = the_store().get_historical(entities, parse_list(names, "features"),
-                                         as_known_at=parse_time(known, "as_known_at"), output="polars")
-        data, media = frame_response_body(out, wants_arrow(request.headers.get("accept")))
+        raw = await request.body()
+        arrow = wants_arrow(request.headers.get("accept"))
+
+        def work() -> tuple[bytes | memoryview, str]:
+            entities, body = _table(raw, request.headers.get("content-type", JSON), "entities")
+            names, known = body.get("features", features), body.get("as_known_at", as_known_at)
+            out = the_store().get_historical(entities, parse_list(names, "features"),
+                                             as_known_at=parse_time(known, "as_known_at"), output="polars")
+            return frame_response_body(out, arrow)
+
+        data, media = await run_in_threadpool(work)
         return Response(data, media_type=media)
 
     # --- bars and the catalogue ------------------------------------------------------------------------
@@ -289,13 +296,18 @@ def create_app(store: Store | None = None, *, settings: Settings | None = None, 
              summary="The stored OHLCV bars of a symbol in [start, end], or aggregated to a coarser timeframe")
     async def bars(request: Request, symbol: str, start: str | None = None, end: str | None = None,
                    timeframe: str | None = None) -> Response:
-        df = the_store().bars(parse_symbols(symbol)[0], timeframe=timeframe)
-        t0, t1 = parse_time(start, "start"), parse_time(end, "end")
-        if t0 is not None:
-            df = df.filter(df["ts"] >= t0)
-        if t1 is not None:
-            df = df.filter(df["ts"] <= t1)
-        data, media = frame_response_body(df, wants_arrow(request.headers.get("accept")))
+        arrow = wants_arrow(request.headers.get("accept"))
+
+        def work() -> tuple[bytes | memoryview, str]:
+            df = the_store().bars(parse_symbols(symbol)[0], timeframe=timeframe)
+            t0, t1 = parse_time(start, "start"), parse_time(end, "end")
+            if t0 is not None:
+                df = df.filter(df["ts"] >= t0)
+            if t1 is not None:
+                df = df.filter(df["ts"] <= t1)
+            return frame_response_body(df, arrow)
+
+        data, media = await run_in_threadpool(work)
         return Response(data, media_type=media)
 
     @app.get("/v1/catalog", tags=["catalogue"], summary="Every feature pitstore can compute")
@@ -323,9 +335,14 @@ def create_app(store: Store | None = None, *, settings: Settings | None = None, 
              summary="Indicator rows for a range by default names (sma_50, rsi_14, macd_12_26_9)")
     async def indicators(request: Request, symbol: str, indicators: str, start: str | None = None,
                          end: str | None = None, timeframe: str | None = None) -> Response:
-        df = the_store().get_indicators(parse_symbols(symbol)[0], parse_list(indicators, "indicators"),
-                                        parse_time(start, "start"), parse_time(end, "end"), timeframe=timeframe)
-        data, media = frame_response_body(df, wants_arrow(request.headers.get("accept")))
+        arrow = wants_arrow(request.headers.get("accept"))
+
+        def work() -> tuple[bytes | memoryview, str]:
+            df = the_store().get_indicators(parse_symbols(symbol)[0], parse_list(indicators, "indicators"),
+                                            parse_time(start, "start"), parse_time(end, "end"), timeframe=timeframe)
+            return frame_response_body(df, arrow)
+
+        data, media = await run_in_threadpool(work)
         return Response(data, media_type=media)
 
     @app.post("/v1/compute", tags=["data"], summary="A catalogue feature with parameters, computed once, cached")
@@ -340,10 +357,15 @@ def create_app(store: Store | None = None, *, settings: Settings | None = None, 
         timeframe = body.get("timeframe")
         if timeframe is not None and not isinstance(timeframe, str):
             raise InvalidInputError("must be a timeframe such as '1h'", column="timeframe", value=timeframe)
-        df = the_store().compute_feature(name, parse_symbols(body.get("symbol"))[0], parse_time(body.get("start"),
-                                         "start"), parse_time(body.get("end"), "end"), params=params,
-                                         timeframe=timeframe)
-        data, media = frame_response_body(df, wants_arrow(request.headers.get("accept")))
+        arrow = wants_arrow(request.headers.get("accept"))
+
+        def work() -> tuple[bytes | memoryview, str]:
+            df = the_store().compute_feature(name, parse_symbols(body.get("symbol"))[0],
+                                             parse_time(body.get("start"), "start"), parse_time(body.get("end"), "end"),
+                                             params=params, timeframe=timeframe)
+            return frame_response_body(df, arrow)
+
+        data, media = await run_in_threadpool(work)
         return Response(data, media_type=media)
 
     @app.get("/v1/stats", tags=["health"], summary="Store and compute-cache statistics")
@@ -354,8 +376,8 @@ def create_app(store: Store | None = None, *, settings: Settings | None = None, 
     async def push(request: Request) -> Response:
         if not push_enabled:
             raise ConflictError("push needs a single worker: live state is kept per process (serve --workers 1)")
-        bars, _ = await _table(request, "bars")
-        report = the_store().push(bars)
+        bars, _ = _table(await request.body(), request.headers.get("content-type", JSON), "bars")
+        report = the_store().push(bars)  # on the loop: a push is small, and its rows are seen in order
         return _json({"bars": report.bars, "duplicates": report.duplicates, "restated": report.restated,
                       "pending_offline": report.pending_offline,
                       "rows": {t: json.loads(df.write_json()) for t, df in report.rows.items()}})
@@ -454,11 +476,9 @@ def _online(store: Store, request: Request, symbols: Any, features: Any) -> Resp
     return Response(vectors_json(vectors), media_type=JSON)
 
 
-async def _table(request: Request, field: str) -> tuple[pl.DataFrame, dict[str, Any]]:
+def _table(raw: bytes, content_type: str, field: str) -> tuple[pl.DataFrame, dict[str, Any]]:
     """A table from a JSON body (``{field: [rows], ...}``, returned with the rest of the body) or from an
     Arrow / Parquet body (other arguments then come in the query)."""
-    content_type = request.headers.get("content-type", JSON)
-    raw = await request.body()
     if content_type.split(";")[0].strip().lower() == JSON:
         body = _parse_json(raw)
         return table_from_json(body.get(field), field), body
