@@ -319,6 +319,7 @@ def test_a_postgres_catalog_of_version_1_is_read_and_migrated(pg_url: str, postg
         old = c.commit_bars(bar("AAA"), None)
     with psycopg.connect(postgres_url) as conn:  # back to the layout of version 1
         conn.execute(f'ALTER TABLE "{namespace}".bar_entries DROP COLUMN parts')
+        conn.execute(f'DROP TABLE "{namespace}".commit_clock')
         conn.execute(f'DELETE FROM "{namespace}".schema_version WHERE version > 1')
     with closing(PostgresCatalog(pg_url, read_only=True)) as ro:
         assert ro.live_bars() == [old] and ro.all_bar_entries() == [old]

@@ -11,6 +11,11 @@
   against now. (Until 2026-12, point-in-time reads applied only a set's own ``ttl`` while ``get_online``
   applied the default too, so one look-up was ``ok`` in one and ``stale`` in the other: "never serve a stale
   value" holds in every path or in none.)
+* **Commit times**: every catalog commit (a bar snapshot, feature entries, a retirement, an archive) is stamped
+  :func:`commit_time` of now and the last commit's time: strictly increasing in commit order, so no two commits
+  share a time and ``as_known_at = t - 1`` sees exactly what was live before the commit at ``t``. The SQLite
+  and PostgreSQL catalogs compute it in SQL on a one-row ``commit_clock`` table, under the lock that orders
+  their commits.
 * **Statuses** and their rank: :mod:`pitstore.status` (re-exported here). A symbol the store has no rows of is
   ``unknown_symbol`` in every read, ``get_online`` included (it said ``missing``: the same fact under a second
   name; ``missing`` stays in the vocabulary for answers of older servers, and no path of this one gives it).
@@ -78,6 +83,11 @@ def now_us() -> int:
 
 
 # --- as-of ----------------------------------------------------------------------------------------------------
+
+
+def commit_time(now: int, last: int) -> int:
+    """A commit's time (µs): now, or 1 µs after the last commit when the clock has not moved on (or went back)."""
+    return max(now, last + 1)
 
 
 def is_available(row_ts_us: int, t_us: int, lag_us: int) -> bool:

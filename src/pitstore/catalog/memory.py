@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 from pitstore.catalog.base import BarEntry, CacheEntry, CacheStatsRow, FeatureEntry, HistoryArchive, VersionRow
 from pitstore.errors import BackendError, ConfigError, ConflictError, ReadOnlyStoreError
+from pitstore.rules import commit_time
 from pitstore.sources.segments import part_paths
 
 __all__ = ["MemoryCatalog", "memory_state_name"]
@@ -63,7 +64,7 @@ class _State:
     def now(self) -> int:
         """µs since the epoch, strictly increasing: two commits never share a time, however close (the lock is
         held), so ``as_known_at=t - 1`` always sees what was live just before a commit at ``t``."""
-        self.last_t = max(time.time_ns() // 1000, self.last_t + 1)
+        self.last_t = commit_time(time.time_ns() // 1000, self.last_t)
         return self.last_t
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 __all__ = ["COMPONENT", "MIGRATIONS", "SCHEMA_VERSION", "TABLES"]
 
 COMPONENT = "catalog"  # its rows of schema_version (the history tier's are 'history': one server may hold both)
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _V1 = (
     """CREATE TABLE feature_set_versions (
@@ -117,7 +117,11 @@ _V1 = (
 # 2: bar snapshots as a base plus appended segments (pitstore.sources.segments); NULL: one file, as before.
 _V2 = ("ALTER TABLE bar_entries ADD COLUMN parts text",)
 
-MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = ((1, _V1), (2, _V2))
+# 3: the commit clock (pitstore.rules.commit_time): one row, the time of the last commit; a commit updates it,
+# so its row lock orders the commits and no two share a time.
+_V3 = ("CREATE TABLE commit_clock (id integer PRIMARY KEY CHECK (id = 0), t bigint NOT NULL)",)
+
+MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = ((1, _V1), (2, _V2), (3, _V3))
 
 TABLES = ("feature_set_versions", "bar_entries", "feature_entries", "cache_entries", "cache_stats",
-          "history_archives", "history_synced", "online_requests", "retired_versions", "store_meta")
+          "history_archives", "history_synced", "online_requests", "retired_versions", "store_meta", "commit_clock")

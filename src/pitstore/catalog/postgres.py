@@ -58,7 +58,8 @@ _CACHE_COLS = ("key, symbol, path, size, file_hash, kind, n_rows, first_ts, last
                " last_access, hits")
 _ARCHIVE_COLS = "id, table_id, path, n_rows, first_ts, last_ts, cutoff, size, file_hash, recorded_at"
 _VISIBLE = "recorded_at <= %(t)s AND (superseded_at IS NULL OR superseded_at > %(t)s)"
-_NOW = "SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint"
+_TICK = ("INSERT INTO commit_clock VALUES (0, (extract(epoch FROM clock_timestamp()) * 1000000)::bigint)"
+         " ON CONFLICT (id) DO UPDATE SET t = GREATEST(EXCLUDED.t, commit_clock.t + 1) RETURNING t")
 
 
 def catalog_target(url: str, schema: str | None = None) -> tuple[str, str]:
@@ -263,7 +264,10 @@ class PostgresCatalog:
 
     @staticmethod
     def _now(conn: _Conn) -> int:
-        row = conn.execute(_NOW).fetchone()
+        """This commit's time (pitstore.rules.commit_time, on the server's clock). The clock row stays locked
+        until COMMIT, so commits get their times in the order they become visible: a replay at ``t`` never
+        gains a row later. Called after the op's advisory locks (always the last lock taken: no cycles)."""
+        row = conn.execute(_TICK).fetchone()
         assert row is not None
         return int(row[0])
 

@@ -130,6 +130,12 @@ CREATE TABLE IF NOT EXISTS retired_versions (
     retired_at INTEGER NOT NULL,
     PRIMARY KEY (name, version)
 );
+-- The time of the last commit (µs): each commit takes max(now, last + 1), so no two share a time
+-- (pitstore.rules.commit_time).
+CREATE TABLE IF NOT EXISTS commit_clock (
+    id INTEGER PRIMARY KEY CHECK (id = 0),
+    t  INTEGER NOT NULL
+);
 """
 
 _BAR_COLS = ("id, symbol, path, n_rows, first_ts, last_ts, content_hash, appended_only, restated_rows, "
@@ -145,6 +151,13 @@ _FAR_FUTURE = 2**62
 
 def now_us() -> int:
     return time.time_ns() // 1000
+
+
+def _tick(cur: sqlite3.Cursor) -> int:
+    """Inside a write transaction (BEGIN IMMEDIATE: writers are serialised): this commit's time."""
+    (t,) = cur.execute("INSERT INTO commit_clock VALUES (0, ?) ON CONFLICT (id) DO UPDATE SET t = max(excluded.t,"
+                       " t + 1) RETURNING t", (now_us(),)).fetchone()
+    return int(t)
 
 
 class SqliteCatalog:
@@ -209,8 +222,9 @@ class SqliteCatalog:
 
     def retire_versions(self, versions: Sequence[tuple[str, int]], *, drop_entries: bool = False) -> None:
         with self._write("retire versions") as cur:
+            t = _tick(cur)
             cur.executemany("INSERT INTO retired_versions VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
-                            [(name, v, now_us()) for name, v in versions])
+                            [(name, v, t) for name, v in versions])
             if drop_entries:
                 cur.executemany("DELETE FROM feature_entries WHERE feature_set = ? AND version = ?", versions)
 
@@ -254,7 +268,7 @@ class SqliteCatalog:
                 shown = ", ".join(repr(s) for s in changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5
                                                                     else "")
                 raise ConflictError(f"bars of {shown} changed during the ingest; retry it")
-            t = now_us()
+            t = _tick(cur)
             cur.executemany("UPDATE bar_entries SET superseded_at = ? WHERE symbol = ? AND superseded_at IS NULL",
                             [(t, e.symbol) for e, _ in items])
             for entry, _ in items:
@@ -297,7 +311,7 @@ class SqliteCatalog:
             ).fetchall()
             if [r[0] for r in live] != sorted(expected_live):
                 return False
-            t = now_us()
+            t = _tick(cur)
             cur.executemany("UPDATE feature_entries SET superseded_at = ? WHERE id = ?", [(t, i) for i in supersede])
             cur.execute(
                 "INSERT INTO feature_entries (feature_set, version, symbol, path, n_rows, first_ts, last_ts,"
@@ -374,8 +388,8 @@ class SqliteCatalog:
     # --- history archives ------------------------------------------------------------------------------
 
     def commit_history_archive(self, entry: HistoryArchive) -> HistoryArchive:
-        t = now_us()
         with self._write(f"record history archive of {entry.table_id!r}") as cur:
+            t = _tick(cur)
             cur.execute(
                 "INSERT INTO history_archives (table_id, path, n_rows, first_ts, last_ts, cutoff, size, file_hash,"
                 " recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",

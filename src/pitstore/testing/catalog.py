@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -194,6 +195,31 @@ class CatalogConformance:
             assert [e.superseded_at is None for e in chain].count(True) == 1 and chain[-1].superseded_at is None
             for older, newer in itertools.pairwise(chain):
                 assert older.superseded_at == newer.recorded_at
+
+    @pytest.mark.parametrize("clock", ["running", "standing still"])
+    def test_commits_never_share_a_time(self, opener: Opener, clock: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        """pitstore.rules.commit_time: commits in a row, by one catalog or by two, get strictly increasing
+        times, so each one's ``as_known_at = t - 1`` is exactly the state before it, however fast they come
+        (a clock standing still, as a coarse or stepped-back one does; a server's own clock is not stopped)."""
+        one, two = opener(), opener()
+        if clock == "standing still":
+            stopped = time.time_ns()
+            monkeypatch.setattr(time, "time_ns", lambda: stopped)
+        try:
+            entries: list[BarEntry] = []
+            for i in range(40):
+                c = (one, two)[i % 2]
+                entries.append(c.commit_bars(bar("AAA", n=10 + i), entries[-1].id if entries else None))
+            archived = one.commit_history_archive(archive("t@1", 0))
+            assert one.commit_features(feature("AAA", 0, 9), supersede=[], expected_live=[])
+            times = [e.recorded_at for e in entries] + [archived.recorded_at,
+                                                        one.feature_entries("fs", 1)[0].recorded_at]
+            assert times == sorted(times) and len(set(times)) == len(times), times
+            for before, after in itertools.pairwise(entries):
+                assert [e.id for e in two.live_bars(["AAA"], as_known_at=after.recorded_at - 1)] == [before.id]
+        finally:
+            one.close()
+            two.close()
 
     # --- feature entries ------------------------------------------------------------------------------
 
