@@ -6,9 +6,12 @@ test can hand it a smaller fake and a reader can see at a glance what it touches
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
+
+from pitstore.errors import InvalidInputError
 
 __all__ = [
     "TABLES",
@@ -26,6 +29,7 @@ __all__ = [
     "Housekeeping",
     "VersionRegistry",
     "VersionRow",
+    "check_distinct_symbols",
     "table_columns",
 ]
 
@@ -347,3 +351,13 @@ def table_columns(table: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
     if table not in TABLES:
         raise ValueError(f"not a catalog table: {table!r}")
     return TABLES[table]
+
+
+def check_distinct_symbols(items: Sequence[tuple[BarEntry, int | None]]) -> None:
+    """A batch of bar snapshots names each symbol once: two would both supersede the same live snapshot (and
+    SQLite would keep both live). Every backend's ``commit_bars_batch`` checks this first."""
+    counts = Counter(e.symbol for e, _ in items)
+    twice = sorted(s for s, n in counts.items() if n > 1)
+    if twice:
+        shown = ", ".join(repr(s) for s in twice[:5]) + (f" and {len(twice) - 5} more" if len(twice) > 5 else "")
+        raise InvalidInputError(f"a batch of bar snapshots names {shown} more than once", column="symbol")

@@ -20,7 +20,15 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from pitstore.catalog.base import BarEntry, CacheEntry, CacheStatsRow, FeatureEntry, HistoryArchive, VersionRow
+from pitstore.catalog.base import (
+    BarEntry,
+    CacheEntry,
+    CacheStatsRow,
+    FeatureEntry,
+    HistoryArchive,
+    VersionRow,
+    check_distinct_symbols,
+)
 from pitstore.errors import BackendError, ConfigError, ConflictError, ReadOnlyStoreError
 from pitstore.rules import commit_time
 from pitstore.sources.segments import part_paths
@@ -171,6 +179,7 @@ class MemoryCatalog:
         return self.commit_bars_batch([(entry, expected_live_id)])[0]
 
     def commit_bars_batch(self, items: Sequence[tuple[BarEntry, int | None]]) -> list[BarEntry]:
+        check_distinct_symbols(items)
         if not items:
             return []
 

@@ -36,6 +36,7 @@ from pitstore.catalog.base import (
     FeatureEntry,
     HistoryArchive,
     VersionRow,
+    check_distinct_symbols,
     table_columns,
 )
 from pitstore.errors import BackendError, BackendUnavailableError, ConfigError, ConflictError, ReadOnlyStoreError
@@ -331,6 +332,7 @@ class PostgresCatalog:
         return self.commit_bars_batch([(entry, expected_live_id)])[0]
 
     def commit_bars_batch(self, items: Sequence[tuple[BarEntry, int | None]]) -> list[BarEntry]:
+        check_distinct_symbols(items)
         if not items:
             return []
         symbols = [e.symbol for e, _ in items]

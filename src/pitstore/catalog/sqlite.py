@@ -19,6 +19,7 @@ from pitstore.catalog.base import (
     FeatureEntry,
     HistoryArchive,
     VersionRow,
+    check_distinct_symbols,
     table_columns,
 )
 from pitstore.catalog.readonly import open_read_only, shadow_missing
@@ -253,6 +254,7 @@ class SqliteCatalog:
         """Publish bar snapshots of distinct symbols in one transaction, each superseding its symbol's live
         snapshot, which must be the expected id: otherwise ConflictError names the symbols and nothing is
         written. All entries get the same ``recorded_at``."""
+        check_distinct_symbols(items)
         if not items:
             return []
         out: list[BarEntry] = []

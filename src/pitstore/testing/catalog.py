@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from pitstore.catalog.base import BarEntry, CacheEntry, Catalog, FeatureEntry, HistoryArchive
-from pitstore.errors import ConflictError
+from pitstore.errors import ConflictError, InvalidInputError
 
 Opener = Callable[[], Any]
 
@@ -149,6 +149,12 @@ class CatalogConformance:
         assert [e.symbol for e in catalog.live_bars()] == ["A", "B/x", "C"]  # by symbol
         assert [e.symbol for e in catalog.live_bars(["C", "A", "nope"])] == ["A", "C"]
         assert catalog.live_bars([]) == []
+
+    def test_a_batch_naming_a_symbol_twice_is_refused_and_writes_nothing(self, catalog: Catalog) -> None:
+        a = catalog.commit_bars(bar("A"), None)
+        with pytest.raises(InvalidInputError, match="'B' more than once"):
+            catalog.commit_bars_batch([(bar("B"), None), (bar("A", n=11), a.id), (bar("B", n=12), None)])
+        assert catalog.all_bar_entries() == [a]
 
     def test_many_conflicting_symbols_are_named_briefly(self, catalog: Catalog) -> None:
         with pytest.raises(ConflictError, match="and 3 more"):
