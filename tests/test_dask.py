@@ -239,6 +239,7 @@ def test_get_historical_equals_local_on_100k_rows(tmp_path: Path, client: Any, j
     back = pl.concat(parts).sort("input_row")
     assert back["input_row"].to_list() == list(range(100_000))
     assert back.drop("input_row").equals(expected, null_equal=True)
+    assert list(store.storage.list("features/_shuffle")) == []  # the split's scratch pieces are gone
 
 
 def test_get_historical_as_known_at_and_refusals(tmp_path: Path, client: Any, joined_store: Store) -> None:
