@@ -7,8 +7,9 @@ feature-set name), sorted so two commits never deadlock, then reads the committe
 statement sees what committed before it) and writes. Writers of different symbols never wait for each other.
 Entry times (``recorded_at``, ``superseded_at``) come from the server's clock: one clock for every machine.
 
-Also :class:`AdvisoryLocks`: single flight of compute-cache keys across machines (session advisory locks, which
-the server drops when a holder's session ends, a killed process's included).
+Also :class:`AdvisoryLocks`: single flight of compute-cache keys and tiering runs, and reader leases on versions,
+across machines (session advisory locks, which the server drops when a holder's session ends, a killed
+process's included).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import hashlib
 import os
 import threading
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -188,7 +190,7 @@ class PostgresCatalog:
         self.mode = "ro" if read_only else "rw"
         self._link = _Link(dsn, self.schema, connect_timeout, "catalog")
         self.where = self._link.where
-        self._locks: list[AdvisoryLocks] = []
+        self._locks: dict[str, AdvisoryLocks] = {}
         self._bar_cols = _BAR_COLS
         if read_only:
             if self._check_schema() < 2:  # read as it is, without segments (added by migration 2)
@@ -596,13 +598,16 @@ class PostgresCatalog:
     # --- locks and lifetime ----------------------------------------------------------------------------
 
     def key_locks(self, name: str) -> AdvisoryLocks:
-        """Single-flight locks of this store's ``name`` keys (e.g. "cache"), closed with the catalog."""
-        locks = AdvisoryLocks(self._link, name)
-        self._locks.append(locks)
+        """Locks of this store's ``name`` keys (e.g. "cache"), one object per name (a version lease is taken per
+        read), closed with the catalog."""
+        with self._link.lock:
+            locks = self._locks.get(name)
+            if locks is None:
+                locks = self._locks[name] = AdvisoryLocks(self._link, name)
         return locks
 
     def close(self) -> None:
-        for locks in self._locks:
+        for locks in self._locks.values():
             locks.close()
         self._link.close()
 
@@ -657,7 +662,11 @@ class PostgresCatalog:
 class AdvisoryLocks(ProcessLocks):
     """Locks named by key across processes and machines: PostgreSQL session advisory locks, one connection per
     held (or awaited) key, idle connections kept for the next one. The server releases a lock when its session
-    ends, so a waiter takes over from a holder that died (TCP keepalives detect a vanished machine)."""
+    ends, so a waiter takes over from a holder that died (TCP keepalives detect a vanished machine).
+
+    :meth:`shared` holds a key shared (version leases: many readers, excluded by one retiring ``hold``), on one
+    session per process for every shared hold, where they stack: a lease costs two round trips, no connection.
+    That session is never one ``hold`` uses: a session's own locks do not conflict with each other."""
 
     _IDLE_MAX = 4  # idle lock connections kept open per process
 
@@ -666,6 +675,7 @@ class AdvisoryLocks(ProcessLocks):
         self._link, self._name = link, name
         self._idle: list[_Conn] = []
         self._pid = os.getpid()
+        self._reader: _Link | None = None  # the shared holds' session, opened on the first one
 
     def _take(self) -> _Conn:
         with self._guard:
@@ -684,8 +694,29 @@ class AdvisoryLocks(ProcessLocks):
                 return
         conn.close()
 
+    def _key(self, key: str) -> int:
+        return lock_key("pitstore:lock", self._link.schema, self._name, key)
+
+    @contextmanager
+    def shared(self, key: str) -> Iterator[None]:
+        with self._guard:
+            if self._reader is None:
+                self._reader = _Link(self._link.dsn, self._link.schema, self._link.timeout, "lease")
+            reader = self._reader
+        k = self._key(key)
+        # Waits while a retirement holds the key exclusively (short): other threads' leases queue behind it.
+        reader.run(f"take the {self._name} lease {key}",
+                   lambda conn: conn.execute("SELECT pg_advisory_lock_shared(%s)", (k,)), write=False)
+        try:
+            yield
+        finally:
+            # Not raised: a session that is gone has released the lock already (the read itself is done).
+            with suppress(BackendError):
+                reader.run(f"release the {self._name} lease {key}",
+                           lambda conn: conn.execute("SELECT pg_advisory_unlock_shared(%s)", (k,)), write=False)
+
     def _acquire(self, key: str, timeout: float | None) -> Callable[[], None] | None:
-        k = lock_key("pitstore:lock", self._link.schema, self._name, key)
+        k = self._key(key)
         conn = self._take()
         try:
             if timeout is not None and timeout <= 0:
@@ -720,9 +751,12 @@ class AdvisoryLocks(ProcessLocks):
         with self._guard:
             idle, self._idle = self._idle, []
             mine = self._pid == os.getpid()
+            reader, self._reader = self._reader, None
         if mine:
             for conn in idle:
                 conn.close()
+        if reader is not None:
+            reader.close()  # its own pid check: never a parent's session
 
 
 def _cause(exc: BaseException) -> str:
