@@ -102,3 +102,16 @@ def test_a_sigkilled_reader_releases_its_lease(stores: tuple[Store, list[str]], 
     report = store.gc(max_versions=1, orphan_grace_seconds=0)
     assert report.retired_versions == ["fs@1"] and report.busy == []
     assert _v1_files(store) == []
+
+
+def test_a_lease_held_in_this_process_keeps_its_version_from_this_processs_cleanup(
+        stores: tuple[Store, list[str]]) -> None:
+    """The lease's session is never the one the cleanup tries the lock on (a session's own locks never conflict)."""
+    store, _ = stores
+    with store.hold_version("fs@1"):
+        assert store.cleanup_versions("fs", max_versions=1, dry_run=True).busy == ["fs@1"]
+        assert store.cleanup_versions("fs", max_versions=1).busy == ["fs@1"]
+        with store.hold_version("fs@1"):  # shared holds stack on the one session: releasing one keeps the other
+            pass
+        assert store.cleanup_versions("fs", max_versions=1).busy == ["fs@1"]
+    assert store.cleanup_versions("fs", max_versions=1).retired == ["fs@1"]
