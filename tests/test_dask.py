@@ -239,6 +239,7 @@ def test_get_historical_equals_local_on_100k_rows(tmp_path: Path, client: Any, j
     back = pl.concat(parts).sort("input_row")
     assert back["input_row"].to_list() == list(range(100_000))
     assert back.drop("input_row").equals(expected, null_equal=True)
+    assert list(store.storage.list("features/_shuffle")) == []  # the split's scratch pieces are gone
 
 
 def test_get_historical_as_known_at_and_refusals(tmp_path: Path, client: Any, joined_store: Store) -> None:
@@ -275,3 +276,65 @@ def test_scheduler_none_is_the_current_client_and_an_address_connects(tmp_path: 
     report = store.backfill(FS, engine="dask", scheduler=client.scheduler.address)  # a Client of its own, closed
     assert len(report.incremental) == 4 and store.verify().ok
     assert client.status == "running"
+
+
+def _gated(chunk: Any, gate: str | None) -> Any:
+    """A partition of the entities; the one with a gate is loaded only once the test opens it."""
+    if gate is not None:
+        distributed.Event(gate).wait(120)
+    return chunk
+
+
+def _splits_held(dask_scheduler: Any) -> dict[str, list[str]]:
+    """On the scheduler: each finished split task -> the workers holding its result."""
+    return {str(k): [w.address for w in ts.who_has] for k, ts in dask_scheduler.tasks.items()
+            if "pitstore-split" in str(k) and ts.state == "memory"}
+
+
+@pytest.mark.slow  # its own Dask cluster and a SIGKILLed worker
+def test_worker_killed_between_split_and_join_changes_nothing(tmp_path: Path, joined_store: Store) -> None:
+    """A split is done and the joins cannot start (the last input partition waits on an Event) when a worker
+    holding a split's result is SIGKILLed: the scheduler runs it again, it rewrites its scratch pieces, the answer
+    is the local engine's and no scratch file is left."""
+    import dask
+    import dask.dataframe as dd
+
+    store = joined_store
+    bars = pl.concat([store.bars(s) for s in store.symbols()])
+    entities = _entities(20_000, bars, seed=3)
+    expected = store.get_historical(entities, "core")
+    chunks = [c.to_pandas() for c in entities.iter_slices(5_000)]
+    gate = f"pitstore-test-gate-{os.getpid()}"
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0")
+    with distributed.Client(cluster) as client:
+        pids = client.run(os.getpid)
+        ddf = dd.from_delayed([dask.delayed(_gated)(c, gate if i == len(chunks) - 1 else None)
+                               for i, c in enumerate(chunks)], meta=chunks[0].iloc[:0], verify_meta=False)
+        result: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                result["frame"] = store.get_historical(ddf, "core", engine="dask", scheduler=client, partitions=3)
+            except BaseException as exc:  # re-raised below, in the test's thread
+                result["error"] = exc
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        deadline = time.monotonic() + 60
+        # Not all of the other splits: one may be queued on the worker that waits on the gate.
+        while not (held := client.run_on_scheduler(_splits_held)):
+            assert time.monotonic() < deadline and thread.is_alive(), (held, result)
+            time.sleep(0.02)  # polling the scheduler's state with a deadline
+        # Whichever worker holds a finished split (perhaps the one waiting on the gate: its task runs again).
+        victim = next(iter(held.values()))[0]
+        os.kill(pids[victim], signal.SIGKILL)
+        distributed.Event(gate, client=client).set()
+        thread.join(120)
+        done = client.run_on_scheduler(lambda dask_scheduler: [
+            str(t[0]) for t in dask_scheduler.transition_log if "pitstore-split" in str(t[0]) and t[2] == "memory"])
+        cluster.close()
+    if "error" in result:
+        raise result["error"]
+    assert len(done) > len(set(done)) == len(chunks)  # a lost split was run again
+    assert result["frame"].equals(expected, null_equal=True)
+    assert list(store.storage.list("features/_shuffle")) == []

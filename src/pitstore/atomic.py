@@ -24,19 +24,22 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def publish(directory: Path, name: str, write: Callable[[Path], object]) -> Path:
-    """Call ``write(tmp_path)``, then make its file appear atomically as ``directory/name``; returns that path."""
+def publish(directory: Path, name: str, write: Callable[[Path], object], *, durable: bool = True) -> Path:
+    """Call ``write(tmp_path)``, then make its file appear atomically as ``directory/name``; returns that path.
+    ``durable=False``: no fsync, for scratch files that a crash makes useless anyway (still atomic)."""
     directory.mkdir(parents=True, exist_ok=True)
     tmp = directory / f".{name}.{uuid.uuid4().hex[:8]}{TMP_SUFFIX}"
     try:
         write(tmp)
-        _fsync(tmp)
+        if durable:
+            _fsync(tmp)
         final = directory / name
         os.rename(tmp, final)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync(directory)
+    if durable:
+        _fsync(directory)
     return final
 
 

@@ -15,7 +15,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 __all__ = ["KeyLocks", "ProcessLocks"]
@@ -64,6 +64,11 @@ class ProcessLocks:
     def _acquire(self, key: str, timeout: float | None) -> Callable[[], None] | None:
         """Take ``key``'s cross-process lock (waiting at most ``timeout`` seconds, forever when None); returns
         what releases it, or None when the time ran out."""
+        raise NotImplementedError
+
+    def shared(self, key: str) -> AbstractContextManager[None]:
+        """Hold ``key``'s lock shared inside the block: with other shared holders, never with a :meth:`hold`
+        (waits for it). Only the team store's locks have it (version leases every machine sees)."""
         raise NotImplementedError
 
     def remove_unused(self) -> int:

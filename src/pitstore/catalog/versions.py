@@ -9,6 +9,11 @@ alone (reported busy) and retired by a later run. The kernel drops the lock of a
 reader never pins a version. A reader that waited for a cleanup finds the version retired and raises
 VersionNotFoundError, never an empty answer that looks live.
 
+Team mode (a PostgreSQL catalog): the processes of one store are on many machines, each with a root of its own,
+so the lease is a session-level advisory lock in the catalog instead (:meth:`AdvisoryLocks.shared
+<pitstore.catalog.postgres.AdvisoryLocks.shared>`, the cleanup's a try of the exclusive one), of the same key on
+every machine; the server drops a dead reader's session and its locks with it.
+
 Order of a retirement, under the exclusive lease: one catalog transaction retires the version and deletes every
 entry row of it, then its files are unlinked. A crash in between leaves files no row refers to, which gc's orphan
 sweep removes; never a row without its file (what a reader would see as damaged data).
@@ -25,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pitstore.cache.core import LOCK_DIR
+from pitstore.catalog import shared_locks
 from pitstore.catalog.base import Catalog, FeatureEntry
 from pitstore.errors import InvalidInputError, PitstoreError, VersionNotFoundError
 from pitstore.features.registry import VersionInfo
@@ -115,6 +121,13 @@ def reading(root: Path, catalog: Catalog, name: str, version: int, *, check_live
     Raises VersionNotFoundError when it was retired before the lease was held. ``check_live=False``: the caller
     calls :func:`ensure_live` itself when it finds no entries (rows and retirement go in one transaction, so
     entries listed under the lease belong to a live version): one catalog query less per read."""
+    team = shared_locks(catalog, LEASE_DIR)
+    if team is not None:  # taking an advisory lock writes nothing: a read-only team reader holds one too
+        with team.shared(f"{name}@{version}"):
+            if check_live:
+                ensure_live(catalog, name, version)
+            yield
+        return
     # A read-only store writes nothing, lease files included: it takes a lease only where one exists.
     fd = _open(lease_path(root, name, version), create=catalog.mode == "rw")
     try:
@@ -129,9 +142,17 @@ def reading(root: Path, catalog: Catalog, name: str, version: int, *, check_live
 
 
 @contextmanager
-def _exclusive(root: Path, name: str, version: int, *, dry_run: bool) -> Iterator[bool]:
+def _exclusive(root: Path, catalog: Catalog, name: str, version: int, *, dry_run: bool) -> Iterator[bool]:
     """Hold ``name@version``'s lease exclusively, without waiting; yields False when a reader holds it. A dry
     run only tests it (and creates no lease file)."""
+    team = shared_locks(catalog, LEASE_DIR)
+    if team is not None:
+        with team.hold(f"{name}@{version}", blocking=False) as holding:
+            if not dry_run:
+                yield holding
+                return
+        yield holding
+        return
     fd = _open(lease_path(root, name, version), create=not dry_run)
     if fd is None:
         yield True  # no lease file: no reader ever held one (a dry run), or a store we cannot lock
@@ -182,7 +203,7 @@ def cleanup(root: Path, catalog: Catalog, *, max_versions: int, names: Sequence[
 def _retire(root: Path, storage: Storage, catalog: Catalog, name: str, version: int, rows: list[FeatureEntry],
             report: CleanupReport) -> None:
     label = f"{name}@{version}"
-    with _exclusive(root, name, version, dry_run=report.dry_run) as holding:
+    with _exclusive(root, catalog, name, version, dry_run=report.dry_run) as holding:
         if not holding:
             report.busy.append(label)
             return

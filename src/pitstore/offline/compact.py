@@ -123,7 +123,7 @@ def _version(root: Path, storage: Storage, catalog: Catalog, name: str, version:
     for path in {p for p, _, _ in written.values()} - referenced:  # lost every race: nothing points to it
         storage.delete(path)
     retired = sorted({e.path for e in intact} - referenced)
-    with _versions._exclusive(root, name, version, dry_run=False) as holding:
+    with _versions._exclusive(root, catalog, name, version, dry_run=False) as holding:
         if holding:  # no reader has the old paths listed: they can go now
             for path in retired:
                 storage.delete(path)

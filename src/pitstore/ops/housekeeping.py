@@ -211,7 +211,7 @@ def gc(
                     delete_file(obj.path, report.orphan_files, obj.size)
                     continue
                 # A file compaction left (old, so no grace): a reader that listed it before may still read it.
-                with _versions._exclusive(root, *lease, dry_run=dry_run) as holding:
+                with _versions._exclusive(root, catalog, *lease, dry_run=dry_run) as holding:
                     if holding:
                         delete_file(obj.path, report.orphan_files, obj.size)
                     elif (label := f"{lease[0]}@{lease[1]}") not in report.busy:
