@@ -295,7 +295,7 @@ def _run_cleanup(root: Path, kill_after: float | None) -> tuple[int, float]:
 
 @pytest.mark.slow  # cleanup processes SIGKILLed at random moments
 def test_sigkill_of_a_cleanup_at_random_moments_leaves_a_clean_store(tmp_path: Path) -> None:
-    """24 cleanups SIGKILLed at random moments of their run: afterwards verify is clean (no row without its
+    """24 (or more) cleanups SIGKILLed at random moments of their run: afterwards verify is clean (no row without its
     file), each version is either whole and readable or retired with no rows, the kept versions read as before,
     and gc removes whatever files the kill left without rows; a cleanup run again finishes the job."""
     base = tmp_path / "base"
@@ -309,7 +309,11 @@ def test_sigkill_of_a_cleanup_at_random_moments_leaves_a_clean_store(tmp_path: P
     assert rc == 0
     rng = random.Random(18)
     partial = 0
-    for trial in range(24):
+    trials = 0
+    # 24 trials, more (up to 48) while fewer than 3 kills landed mid-way: on a loaded machine the probe's
+    # duration is a poor guide, and kills then land before or after the cleanup.
+    while trials < 24 or (partial < 3 and trials < 48):
+        trial, trials = trials, trials + 1
         root = tmp_path / f"t{trial}"
         shutil.copytree(base, root)
         rc, _ = _run_cleanup(root, rng.uniform(0, seconds * 1.3))
@@ -337,5 +341,5 @@ def test_sigkill_of_a_cleanup_at_random_moments_leaves_a_clean_store(tmp_path: P
             on_disk, rows = files_and_rows(root)
             assert on_disk == rows
         shutil.rmtree(root)
-    print(f"cleanup {seconds:.3f} s; {partial} of 24 kills landed mid-way")
-    assert partial >= 3, f"only {partial} of 24 kills landed mid-way: the timing no longer exercises the cleanup"
+    print(f"cleanup {seconds:.3f} s; {partial} of {trials} kills landed mid-way")
+    assert partial >= 3, f"only {partial} of {trials} kills landed mid-way: the timing no longer exercises the cleanup"
