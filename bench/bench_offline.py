@@ -851,7 +851,6 @@ def scale(emit: Callable[[str], None], base: Path, names: Sequence[str], quick: 
          f" get_historical of {n_lookups:,} look-ups (uniform symbols and times over the history); ingest from"
          f" Parquet files of about {SCALE_FILE_BARS:,} bars (whole symbols), one ingest call per file; target:"
          f" peak RSS < {TARGET_SCALE_RSS_MB / 1e3:g} GB and cost per unit <= {TARGET_SCALE_COST}x the reference's")
-    emit(f"  reference: {shapes['reference'].label()}")
     ref: dict[str, float] = {}
     verdicts: list[str] = []
     for name in order:

@@ -293,7 +293,8 @@ class Store:
                                         scheduler=scheduler, out=out, partitions=partitions, output=output,
                                         storage=self.storage)
             return dask_out
-        rows = reads.get_historical(self.reader, self.catalog, self.registry, entities, features, known)
+        rows = reads.get_historical(self.reader, self.catalog, self.registry, entities, features, known,
+                                    batch_bytes=self.settings.read_batch_bytes)
         return from_polars(rows, output or frame_kind(entities))
 
     @overload
@@ -329,7 +330,7 @@ class Store:
         """
         out = reads.read_range(self.reader, self.catalog, self.registry, features, _symbols(symbols),
                                _aware(start, "start"), _aware(end, "end"), self._known_at(as_known_at),
-                               on_damage="status")
+                               on_damage="status", batch_bytes=self.settings.read_batch_bytes)
         return from_polars(out, output)
 
     # --- compute cache --------------------------------------------------------------------------------
