@@ -132,3 +132,29 @@ def test_symbol_batches_are_consecutive_and_bounded(root: tuple[Path, datetime])
     assert symbol_batches(names, [(sel, entries, None)], None) == [names]
     assert all(len(b) == 1 or per_symbol.get(b[0], 0) == 0 for b in symbol_batches(names, [(sel, entries, None)], 1))
 
+
+def test_compaction_in_batches_of_a_file_answers_as_before(root: tuple[Path, datetime], tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Compaction reads one file's worth of symbols at a time (MAX_FILE_ROWS); set small, several batches and
+    files, and every answer is the one before."""
+    import shutil
+
+    path = tmp_path / "copy"
+    shutil.copytree(root[0], path)
+    spine = entities(2_000, seed=3)
+    with Store.open(path) as store:
+        rows_before = store.read("lagged")
+        hist_before = store.get_historical(spine, ["lagged:lr", "lagged:le"])
+        per_symbol = rows_before.group_by("symbol").len()["len"]
+        monkeypatch.setattr(compact, "MAX_FILE_ROWS", int(2 * per_symbol.max()))
+        done = compact.compact(path, store.storage, store.catalog, feature_set="lagged", min_entries=2)
+        assert len(done.files_written) >= 3, done  # 7 symbols, at most two per file
+        listed = store.catalog.feature_entries("lagged", 1)
+        assert all(compact.is_compacted(e.path) for e in listed)
+        files = {e.path: 0 for e in listed}
+        for e in listed:
+            files[e.path] += e.n_rows
+        assert max(files.values()) <= compact.MAX_FILE_ROWS
+    with Store.open(path) as store:
+        assert_frame_equal(store.read("lagged"), rows_before)
+        assert_frame_equal(store.get_historical(spine, ["lagged:lr", "lagged:le"]), hist_before)

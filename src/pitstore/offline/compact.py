@@ -103,18 +103,23 @@ def _version(root: Path, storage: Storage, catalog: Catalog, name: str, version:
             return
         reader = EntryReader(root, 0, storage)  # nothing kept: this process reads them once
         columns = pq.read_schema(pa.BufferReader(storage.read_buffer(entries[0].path))).names
-        rows, damaged = reader.read_checked(entries, columns)
+        base = entries[0].path.rsplit("/", 2)[0]  # features/<set>/v<version>
+        damaged: dict[str, str] = {}
+        for batch in _batches(entries):  # a file's worth of rows at a time: memory stays that of one file
+            rows, broken = reader.read_checked(batch, columns)
+            damaged.update(broken)
+            if rows is None:
+                continue
+            for part in _files(offline.by_symbol_ts(rows)):
+                path, size, digest = _write(storage, f"{base}/{COMPACTED_DIR}", part)
+                report.files_written.append(path)
+                for symbol in part["symbol"].unique().to_list():
+                    written[symbol] = (path, size, digest)
+            del rows
         report.damaged.extend(sorted(damaged))
         intact = [e for e in entries if e.path not in damaged]
-        if rows is None or not intact:
+        if not intact:
             return
-        rows = rows.sort("symbol", "ts", maintain_order=True)
-        base = entries[0].path.rsplit("/", 2)[0]  # features/<set>/v<version>
-        for part in _files(rows):
-            path, size, digest = _write(storage, f"{base}/{COMPACTED_DIR}", part)
-            report.files_written.append(path)
-            for symbol in part["symbol"].unique().to_list():
-                written[symbol] = (path, size, digest)
     moves = [(e.id, e.path, *written[e.symbol]) for e in intact if e.symbol in written]
     moved = catalog.repoint_features(moves)  # the one commit: every entry, or (killed) none
     report.entries += moved
@@ -131,6 +136,25 @@ def _version(root: Path, storage: Storage, catalog: Catalog, name: str, version:
         elif retired:
             report.left_for_gc.extend(retired)
             report.held.append(label)
+
+
+def _batches(entries: list[FeatureEntry]) -> list[list[FeatureEntry]]:
+    """``entries`` by symbol, whole symbols cut into batches of at most MAX_FILE_ROWS rows (by the catalog's
+    counts; a symbol with more is a batch of its own), as :func:`_files` cuts the rows of a batch."""
+    by_symbol: dict[str, list[FeatureEntry]] = {}
+    for e in entries:
+        by_symbol.setdefault(e.symbol, []).append(e)
+    out: list[list[FeatureEntry]] = []
+    batch: list[FeatureEntry] = []
+    rows = 0
+    for symbol in sorted(by_symbol):
+        n = sum(e.n_rows for e in by_symbol[symbol])
+        if batch and rows + n > MAX_FILE_ROWS:
+            out.append(batch)
+            batch, rows = [], 0
+        batch.extend(by_symbol[symbol])
+        rows += n
+    return [*out, batch] if batch else out
 
 
 def _files(rows: pl.DataFrame) -> list[pl.DataFrame]:
