@@ -197,7 +197,8 @@ class Store:
             report: _backfill.BackfillReport = scale.backfill(*args, **kwargs, scheduler=scheduler,
                                                               **_partition(partition_rows))
         else:
-            report = _backfill.backfill(*args, **kwargs)
+            # A backfill that would leave more loose entries than compaction allows writes compacted files itself.
+            report = _backfill.backfill(*args, **kwargs, pack_above=_compact.AUTO_ENTRIES)
         if report.full or report.incremental:
             # Many small entries make every cold read open many files: fold them into few (pitstore.offline.compact).
             _compact.compact(self.root, self.storage, self.catalog, feature_set=feature_set.name, version=version,

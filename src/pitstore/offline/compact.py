@@ -38,7 +38,8 @@ from pitstore.offline import entries as offline
 from pitstore.offline.entries import _COMPRESSION_LEVEL, COMPACTED_DIR, GROUPS_KEY, EntryReader, is_compacted
 from pitstore.storage import Storage
 
-__all__ = ["AUTO_ENTRIES", "MAX_FILE_ROWS", "CompactReport", "compact", "is_compacted", "loose_entries"]
+__all__ = ["AUTO_ENTRIES", "MAX_FILE_ROWS", "CompactReport", "compact", "is_compacted", "loose_entries",
+           "write_packed"]
 
 MAX_FILE_ROWS = 4_000_000  # rows per compacted file (cut at symbol boundaries): bounds the memory of one write
 # A backfill compacts a version when more of its live entries than this are outside compacted files: about
@@ -110,8 +111,7 @@ def _version(root: Path, storage: Storage, catalog: Catalog, name: str, version:
             damaged.update(broken)
             if rows is None:
                 continue
-            for part in _files(offline.by_symbol_ts(rows)):
-                path, size, digest = _write(storage, f"{base}/{COMPACTED_DIR}", part)
+            for path, size, digest, part in write_packed(storage, base, offline.by_symbol_ts(rows)):
                 report.files_written.append(path)
                 for symbol in part["symbol"].unique().to_list():
                     written[symbol] = (path, size, digest)
@@ -136,6 +136,17 @@ def _version(root: Path, storage: Storage, catalog: Catalog, name: str, version:
         elif retired:
             report.left_for_gc.extend(retired)
             report.held.append(label)
+
+
+def write_packed(storage: Storage, directory: str, rows: pl.DataFrame) -> list[tuple[str, int, str, pl.DataFrame]]:
+    """``rows`` (sorted by symbol, then ts) written as compacted files under ``directory`` (features/<set>/v<n>);
+    per file its path, size, hash and rows. What a compaction writes, for a backfill that writes its rows so
+    directly rather than a file per symbol first."""
+    out = []
+    for part in _files(rows):
+        path, size, digest = _write(storage, f"{directory}/{COMPACTED_DIR}", part)
+        out.append((path, size, digest, part))
+    return out
 
 
 def _batches(entries: list[FeatureEntry]) -> list[list[FeatureEntry]]:
