@@ -828,7 +828,9 @@ def scale_worker(step: str, root: str, timeframe: str, n_symbols: int, n_bars: i
                 count = report.written_rows
             elif step == "historical":
                 out = store.get_historical(spine, SCALE_FS)
-                count = out.height
+                # Its work is the look-ups and the stored rows they are joined to (every row: they span it all).
+                stored = store.catalog.feature_entries(SCALE_FS, store.registry.get(SCALE_FS).version)
+                count = out.height + sum(e.n_rows for e in stored)
                 extra["statuses"] = dict(out["status"].value_counts().iter_rows())
             elif step == "read":
                 count = store.read(SCALE_FS).height
@@ -850,7 +852,8 @@ def scale(emit: Callable[[str], None], base: Path, names: Sequence[str], quick: 
     emit(f"scale: the seven standard features ({SCALE_FS}); each step in its own process (peak RSS = its VmHWM);"
          f" get_historical of {n_lookups:,} look-ups (uniform symbols and times over the history); ingest from"
          f" Parquet files of about {SCALE_FILE_BARS:,} bars (whole symbols), one ingest call per file; target:"
-         f" peak RSS < {TARGET_SCALE_RSS_MB / 1e3:g} GB and cost per unit <= {TARGET_SCALE_COST}x the reference's")
+         f" peak RSS < {TARGET_SCALE_RSS_MB / 1e3:g} GB and cost per unit <= {TARGET_SCALE_COST}x the reference's;"
+         " units: bars (write, ingest, backfill), look-ups + stored rows (historical), rows (read)")
     ref: dict[str, float] = {}
     verdicts: list[str] = []
     for name in order:
