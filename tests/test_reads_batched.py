@@ -1,7 +1,7 @@
 """Reads in symbol batches (``read_batch_bytes``, issue #18 item 4) answer exactly as one read of everything:
 get_historical (input order, statuses, two feature sets, an availability lag and TTL, unknown symbols, extra
-entity columns, as_known_at) and read (ranges, several sets, a damaged symbol), over a store with several
-entries per symbol, a restatement and one compacted set."""
+entity columns, as_known_at), read and iter_read (ranges, several sets, a damaged symbol), over a store with
+several entries per symbol, a restatement and one compacted set; and compaction in batches of a file."""
 
 from __future__ import annotations
 
@@ -96,6 +96,10 @@ def test_batched_read_answers_as_one_batch(root: tuple[Path, datetime], start: d
     whole, batched = both(root[0], "read", features=["plain", "lagged"], start=start, end=end)
     assert whole["symbol"].n_unique() == N_SYMBOLS
     assert_frame_equal(whole, batched)
+    with Store.open(root[0], read_batch_bytes=1) as store:
+        frames = list(store.iter_read(["plain", "lagged"], start=start, end=end))
+    assert [f["symbol"].unique().to_list() for f in frames] == [[s] for s in sorted(whole["symbol"].unique())]
+    assert_frame_equal(pl.concat(frames), whole)  # streamed: the same rows, a batch per symbol here
 
 
 def test_batched_reads_of_a_damaged_symbol_answer_as_one_batch(root: tuple[Path, datetime],
@@ -110,6 +114,11 @@ def test_batched_reads_of_a_damaged_symbol_answer_as_one_batch(root: tuple[Path,
     whole, batched = both(path, "read", features=["plain", "lagged"])
     assert whole.filter(pl.col("status") == "damaged")["symbol"].to_list() == ["S0003"]
     assert_frame_equal(whole, batched)
+    with Store.open(path, read_batch_bytes=1) as store:
+        frames = list(store.iter_read(["plain", "lagged"]))
+    assert [f["symbol"].unique().to_list() for f in frames if "status" in f.columns] == [["S0003"]]
+    streamed = pl.concat(frames, how="diagonal").with_columns(pl.col("status").fill_null("ok"))
+    assert_frame_equal(streamed.select(whole.columns), whole)
     spine = entities(2_000, seed=2)
     whole, batched = both(path, "get_historical", entities=spine, features=FEATURES)
     assert "damaged" in whole["status"].to_list()

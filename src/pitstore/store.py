@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import replace
 from datetime import datetime, time
@@ -333,6 +333,24 @@ class Store:
                                _aware(start, "start"), _aware(end, "end"), self._known_at(as_known_at),
                                on_damage="status", batch_bytes=self.settings.read_batch_bytes)
         return from_polars(out, output)
+
+    def iter_read(
+        self,
+        features: str | Sequence[str],
+        symbols: Sequence[str] | str | None = None,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        *,
+        as_known_at: datetime | None = None,
+        output: FrameKind = "polars",
+    ) -> Iterator[Frame]:
+        """:meth:`read`'s rows as frames of consecutive symbols (in order), each of about the ``read_batch_bytes``
+        setting, decoded as it is asked for: a read larger than memory, streamed. A frame holding a damaged
+        symbol has the ``status`` column (``ok`` rows, one ``damaged`` row for that symbol), the others none."""
+        for out in reads.iter_range(self.reader, self.catalog, self.registry, features, _symbols(symbols),
+                                    _aware(start, "start"), _aware(end, "end"), self._known_at(as_known_at),
+                                    on_damage="status", batch_bytes=self.settings.read_batch_bytes):
+            yield from_polars(out, output)
 
     # --- compute cache --------------------------------------------------------------------------------
 

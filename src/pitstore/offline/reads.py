@@ -22,8 +22,8 @@ from pitstore.offline.pit import ORDER, asof_join, worst_status
 from pitstore.offline.prune import range_spans, window_spans, windows_of
 from pitstore.rules import DAMAGED, OK, effective_ttl, to_us
 
-__all__ = ["Loaded", "Selection", "get_historical", "known_at_us", "listed", "load", "load_listed", "read_range",
-           "select", "symbol_batches"]
+__all__ = ["Loaded", "Selection", "get_historical", "iter_range", "known_at_us", "listed", "load", "load_listed",
+           "read_range", "select", "symbol_batches"]
 
 
 @dataclass(frozen=True)
@@ -287,6 +287,46 @@ def read_range(reader: EntryReader, catalog: Catalog, registry: Registry, featur
     damaged symbol, ts and values null), only when some symbol is damaged. ``batch_bytes``: the rows are
     decoded in batches of symbols of about that many bytes (None: at once), the answer assembled from them.
     """
+    frames: list[tuple[pl.DataFrame, dict[str, list[str]]]] = []
+    damaged: dict[str, list[str]] = {}
+    for out, bad in _range_batches(reader, catalog, registry, features, symbols, start, end, as_known_at,
+                                   batch_bytes):
+        frames.append((out, bad))
+        damaged.update(bad)
+    if damaged and on_damage == "raise":
+        _raise_damaged(damaged)
+    if damaged:  # the status column on every batch, marks where the damaged symbols are
+        frames = [(_marked(out, sorted(bad)), bad) for out, bad in frames]
+    # The batches are consecutive runs of the sorted symbols: each sorted, in order, they are the sorted answer.
+    return pl.concat([out for out, _ in frames], how="vertical", rechunk=False)
+
+
+def iter_range(reader: EntryReader, catalog: Catalog, registry: Registry, features: str | Sequence[str],
+               symbols: Sequence[str] | None, start: datetime | None, end: datetime | None,
+               as_known_at: datetime | None, *, on_damage: Literal["raise", "status"] = "raise",
+               batch_bytes: int | None = None) -> Iterator[pl.DataFrame]:
+    """:func:`read_range` as consecutive batches of its sorted symbols, each decoded only when asked for: their
+    rows, in order, are read_range's. ``on_damage="status"`` marks damage as read_range does, but per batch: a
+    batch holding a damaged symbol has the ``status`` column, the others none."""
+    for out, bad in _range_batches(reader, catalog, registry, features, symbols, start, end, as_known_at,
+                                   batch_bytes):
+        if bad and on_damage == "raise":
+            _raise_damaged(bad)
+        yield _marked(out, sorted(bad)) if bad else out
+
+
+def _raise_damaged(damaged: Mapping[str, list[str]]) -> None:
+    files = sorted(p for paths in damaged.values() for p in paths)
+    raise CacheCorruptionError(f"stored entries of {sorted(damaged)} are damaged: {files};"
+                               " run `pitstore verify --repair`")
+
+
+def _range_batches(reader: EntryReader, catalog: Catalog, registry: Registry, features: str | Sequence[str],
+                   symbols: Sequence[str] | None, start: datetime | None, end: datetime | None,
+                   as_known_at: datetime | None, batch_bytes: int | None
+                   ) -> Iterator[tuple[pl.DataFrame, dict[str, list[str]]]]:
+    """Per batch of consecutive sorted symbols: its rows in range, joined across the sets and sorted by symbol
+    and ts (the damaged symbols' rows left out), and its damaged symbols with their files."""
     known = known_at_us(as_known_at)
     lo, hi = (None if start is None else to_us(start, "start")), (None if end is None else to_us(end, "end"))
     sels = select(registry, features)
@@ -298,10 +338,9 @@ def read_range(reader: EntryReader, catalog: Catalog, registry: Registry, featur
         names = {e.symbol for _, entries, _ in parts for e in entries}
         batches = symbol_batches(sorted(names), parts, batch_bytes)
         keep = len(batches) == 1
-        damaged: dict[str, list[str]] = {}
-        frames = []
         for batch in batches:
             out: pl.DataFrame | None = None
+            damaged: dict[str, list[str]] = {}
             for sel, entries, spans in parts:
                 own, own_spans = (entries, spans) if keep else _of(entries, spans, batch)
                 loaded = load_listed(reader, sel, own, own_spans, keep=keep)
@@ -315,23 +354,16 @@ def read_range(reader: EntryReader, catalog: Catalog, registry: Registry, featur
                 rows = rows.rename(dict(zip(sel.columns, sel.names, strict=True)))
                 out = rows if out is None else out.join(rows, on=["symbol", "ts"], how="full", coalesce=True)
             assert out is not None
-            frames.append((batch, out))
-    if damaged and on_damage == "raise":
-        files = sorted(p for paths in damaged.values() for p in paths)
-        raise CacheCorruptionError(f"stored entries of {sorted(damaged)} are damaged: {files};"
-                                   " run `pitstore verify --repair`")
-    # The batches are consecutive runs of the sorted symbols: each sorted, in order, they are the sorted answer.
-    return pl.concat([_marked(out, sorted(s for s in batch if s in damaged) if damaged else None)
-                      for batch, out in frames], how="vertical", rechunk=False)
+            if damaged:  # a symbol damaged in one set: its rows of the other sets go too
+                out = out.filter(~pl.col("symbol").is_in(pl.Series(list(damaged), dtype=pl.String).implode()))
+            yield by_symbol_ts(out), damaged
 
 
-def _marked(out: pl.DataFrame, damaged: list[str] | None) -> pl.DataFrame:
-    """``out`` sorted by symbol and ts; with ``damaged`` (a read that found damage) a ``status`` column, and
-    the damaged symbols' rows replaced by one ``damaged`` row each."""
-    if damaged is not None:
-        # The symbol's rows in the range cannot be known; say so on one row rather than dropping it silently.
-        out = out.filter(~pl.col("symbol").is_in(pl.Series(damaged, dtype=pl.String).implode()))
-        marks = pl.DataFrame({"symbol": damaged}, schema={"symbol": pl.String})
-        out = pl.concat([out.with_columns(status=pl.lit(OK)), marks.with_columns(status=pl.lit(DAMAGED))],
-                        how="diagonal_relaxed")
+def _marked(out: pl.DataFrame, damaged: list[str]) -> pl.DataFrame:
+    """``out`` (without the rows of ``damaged``) sorted by symbol and ts; with ``damaged`` (a read that found
+    damage) a ``status`` column and one ``damaged`` row per damaged symbol."""
+    # The symbol's rows in the range cannot be known; say so on one row rather than dropping it silently.
+    marks = pl.DataFrame({"symbol": damaged}, schema={"symbol": pl.String})
+    out = pl.concat([out.with_columns(status=pl.lit(OK)), marks.with_columns(status=pl.lit(DAMAGED))],
+                    how="diagonal_relaxed")
     return by_symbol_ts(out)
