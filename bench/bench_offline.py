@@ -38,8 +38,10 @@ What is timed:
   shape, each step runs in its own worker process (``--scale-worker``), so each peak RSS (VmHWM) is that step's:
   writing the bars as Parquet files of whole symbols (setup), ingesting those files one by one, the full
   backfill, a get_historical of 10M look-ups (uniform symbols, uniform times over the whole history; built in
-  the worker before the timer starts, counted in its RSS) and a full-range ``read``. Cost per bar (per look-up,
-  per row read) is set against the reference's; targets: peak RSS < 4 GB, cost <= 1.5x the reference's.
+  the worker before the timer starts, counted in its RSS), a full-range ``read`` (the answer materialised) and
+  the same read streamed (``Store.iter_read``: frames of consecutive symbols, each dropped once counted). Cost
+  per bar (per look-up plus stored row joined, per row read) is set against the reference's; targets: peak RSS
+  < 4 GB, cost <= 1.5x the reference's.
 * one more backfill and one more get_historical call run instrumented: pitstore's stage functions are
   wrapped with timers (catalog calls, Parquet reads, compute, Parquet encode, fsync, commits) to show
   where the time goes. The instrumented runs are not the timed ones.
@@ -782,7 +784,8 @@ SCALE_SHAPES = {"reference": Shape("reference", 500, 9_828, "1m"), "daily": Shap
                 "minute": Shape("minute", 500, 98_280, "1m")}
 QUICK_SCALE_SHAPES = {"reference": Shape("reference", 20, 2_000, "1m"), "daily": Shape("daily", 200, 2_520, "1d"),
                       "minute": Shape("minute", 20, 20_000, "1m")}
-SCALE_STEPS = ("write", "ingest", "backfill", "historical", "read")  # write: setup, not against the targets
+# write: setup, not against the targets; stream: the full-range read taken batch by batch (Store.iter_read)
+SCALE_STEPS = ("write", "ingest", "backfill", "historical", "read", "stream")
 
 
 def spread_lookups(n_symbols: int, n_bars: int, timeframe: str, n: int) -> pl.DataFrame:
@@ -834,6 +837,8 @@ def scale_worker(step: str, root: str, timeframe: str, n_symbols: int, n_bars: i
                 extra["statuses"] = dict(out["status"].value_counts().iter_rows())
             elif step == "read":
                 count = store.read(SCALE_FS).height
+            elif step == "stream":  # each frame dropped once counted: what a consumer of batches holds
+                count = sum(frame.height for frame in store.iter_read(SCALE_FS))
             else:
                 raise SystemExit(f"unknown scale step {step!r}")
     seconds = time.perf_counter() - t0
@@ -853,7 +858,7 @@ def scale(emit: Callable[[str], None], base: Path, names: Sequence[str], quick: 
          f" get_historical of {n_lookups:,} look-ups (uniform symbols and times over the history); ingest from"
          f" Parquet files of about {SCALE_FILE_BARS:,} bars (whole symbols), one ingest call per file; target:"
          f" peak RSS < {TARGET_SCALE_RSS_MB / 1e3:g} GB and cost per unit <= {TARGET_SCALE_COST}x the reference's;"
-         " units: bars (write, ingest, backfill), look-ups + stored rows (historical), rows (read)")
+         " units: bars (write, ingest, backfill), look-ups + stored rows (historical), rows (read, stream)")
     ref: dict[str, float] = {}
     verdicts: list[str] = []
     for name in order:
