@@ -45,6 +45,9 @@ MAX_FILE_ROWS = 4_000_000  # rows per compacted file (cut at symbol boundaries):
 # A backfill compacts a version when more of its live entries than this are outside compacted files: about
 # one file per symbol of a small universe is fine, a run of incremental backfills over many symbols is not.
 AUTO_ENTRIES = 256
+# Columns pyarrow dictionary-encodes (its default is every column): a dictionary of float features only grows until
+# pyarrow gives up on it, and building it was three quarters of writing a row group (4.6x faster without, measured).
+DICTIONARY_COLUMNS = ["symbol"]
 
 
 @dataclass
@@ -205,7 +208,7 @@ def _write(storage: Storage, directory: str, part: pl.DataFrame) -> tuple[str, i
     schema = table.schema.with_metadata({**(table.schema.metadata or {}), GROUPS_KEY: json.dumps(groups).encode()})
     sink = io.BytesIO()
     with pq.ParquetWriter(sink, schema, compression="zstd", compression_level=_COMPRESSION_LEVEL,
-                          write_statistics=True) as writer:
+                          write_statistics=True, use_dictionary=DICTIONARY_COLUMNS) as writer:
         for c, d in cuts:
             writer.write_table(table.slice(c, d - c), row_group_size=d - c)
     body = sink.getbuffer()
