@@ -159,11 +159,17 @@ def symbol_batches(symbols: Sequence[str], listed_entries: Sequence[tuple[Select
     return [*out, batch] if batch else out or [[]]
 
 
-def _of(entries: Sequence[FeatureEntry], spans: Mapping[int, Span] | None, symbols: Sequence[str]
+def _by_symbol(entries: Sequence[FeatureEntry]) -> dict[str, list[FeatureEntry]]:
+    out: dict[str, list[FeatureEntry]] = {}
+    for e in entries:
+        out.setdefault(e.symbol, []).append(e)
+    return out
+
+
+def _of(by_symbol: Mapping[str, Sequence[FeatureEntry]], spans: Mapping[int, Span] | None, symbols: Sequence[str]
         ) -> tuple[list[FeatureEntry], dict[int, Span] | None]:
-    """The entries (and spans) of ``symbols``."""
-    wanted = set(symbols)
-    own = [e for e in entries if e.symbol in wanted]
+    """The entries (and spans) of ``symbols``, from the entries by symbol."""
+    own = [e for s in symbols for e in by_symbol.get(s, ())]
     return own, None if spans is None else {e.id: spans[e.id] for e in own if e.id in spans}
 
 
@@ -258,8 +264,9 @@ def _join_batched(reader: EntryReader, spine: pl.DataFrame, sel: Selection, entr
     grouped = spine.select("symbol", "ts")[order]
     pieces: list[pl.DataFrame] = []
     offset = 0
+    by_symbol = _by_symbol(entries)
     for batch, m in zip(batches, counts.tolist(), strict=True):
-        own, own_spans = _of(entries, spans, batch)
+        own, own_spans = _of(by_symbol, spans, batch)
         sub = grouped.slice(offset, m).with_row_index(ORDER)
         offset += m
         pieces.append(_join(sub, load_listed(reader, sel, own, own_spans, keep=False), sel, status).drop(ORDER))
@@ -338,11 +345,12 @@ def _range_batches(reader: EntryReader, catalog: Catalog, registry: Registry, fe
         names = {e.symbol for _, entries, _ in parts for e in entries}
         batches = symbol_batches(sorted(names), parts, batch_bytes)
         keep = len(batches) == 1
+        grouped = [_by_symbol(entries) for _, entries, _ in parts]
         for batch in batches:
             out: pl.DataFrame | None = None
             damaged: dict[str, list[str]] = {}
-            for sel, entries, spans in parts:
-                own, own_spans = (entries, spans) if keep else _of(entries, spans, batch)
+            for (sel, entries, spans), by_symbol in zip(parts, grouped, strict=True):
+                own, own_spans = (entries, spans) if keep else _of(by_symbol, spans, batch)
                 loaded = load_listed(reader, sel, own, own_spans, keep=keep)
                 for symbol, paths in loaded.damaged.items():
                     damaged.setdefault(symbol, []).extend(paths)
