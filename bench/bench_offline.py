@@ -847,7 +847,9 @@ def scale_worker(step: str, root: str, timeframe: str, n_symbols: int, n_bars: i
 
 
 def scale(emit: Callable[[str], None], base: Path, names: Sequence[str], quick: bool) -> list[str]:
-    """Each shape's steps in their own processes; cost per bar (look-up, row) against the reference's."""
+    """Each step in its own process, step by step across the shapes (the reference's step first, the others' right
+    after it: a machine shared with others changes its speed within minutes); cost per unit against the
+    reference's."""
     shapes = QUICK_SCALE_SHAPES if quick else SCALE_SHAPES
     unknown = [n for n in names if n not in shapes]
     if unknown:
@@ -858,23 +860,29 @@ def scale(emit: Callable[[str], None], base: Path, names: Sequence[str], quick: 
          f" get_historical of {n_lookups:,} look-ups (uniform symbols and times over the history); ingest from"
          f" Parquet files of about {SCALE_FILE_BARS:,} bars (whole symbols), one ingest call per file; target:"
          f" peak RSS < {TARGET_SCALE_RSS_MB / 1e3:g} GB and cost per unit <= {TARGET_SCALE_COST}x the reference's;"
-         " units: bars (write, ingest, backfill), look-ups + stored rows (historical), rows (read, stream)")
+         " units: bars (write, ingest, backfill), look-ups + stored rows (historical), rows (read, stream);"
+         " steps interleaved across the shapes, the reference's first")
+    for name in order:
+        emit(f"  {name}: {shapes[name].label()}")
+    emit(f"    {'step':<11} {'shape':<10} {'s':>8} {'units':>12} {'units/s':>11} {'µs/unit':>8} {'vs ref':>7}"
+         f" {'peak MB':>8} {'RSS':>5} {'cost':>5}  load (1 min) before")
     ref: dict[str, float] = {}
     verdicts: list[str] = []
-    for name in order:
-        shape = shapes[name]
-        root = base / name
-        emit(f"  {name}: {shape.label()}")
-        emit(f"    {'step':<11} {'s':>8} {'units':>12} {'units/s':>11} {'µs/unit':>8} {'vs ref':>7} {'peak MB':>8}"
-             f" {'RSS':>5} {'cost':>5}")
-        for step in SCALE_STEPS:
-            cmd = [sys.executable, str(Path(__file__).resolve()), "--scale-worker", step, str(root), shape.timeframe,
-                   str(shape.symbols), str(shape.bars), str(n_lookups)]
+    failed: set[str] = set()
+    for step in SCALE_STEPS:
+        for name in order:
+            if name in failed:
+                continue
+            shape = shapes[name]
+            load = os.getloadavg()[0]
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--scale-worker", step, str(base / name),
+                   shape.timeframe, str(shape.symbols), str(shape.bars), str(n_lookups)]
             res = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)
             if res.returncode != 0:
-                emit(f"    {step:<11} FAILED: exit code {res.returncode} (a negative code is the signal, -9: killed)")
+                emit(f"    {step:<11} {name:<10} FAILED: exit code {res.returncode} (negative: the signal; -9: killed)")
                 verdicts.append(f"scale {name} {step}: the worker failed (exit code {res.returncode}) -> FAIL")
-                break
+                failed.add(name)
+                continue
             r = json.loads(res.stdout.strip().splitlines()[-1])
             unit_us = r["seconds"] / max(r["count"], 1) * 1e6
             if name == "reference":
@@ -884,15 +892,16 @@ def scale(emit: Callable[[str], None], base: Path, names: Sequence[str], quick: 
             targets = step != "write"  # the bench's own setup: reported, no target
             rss_mark = ("PASS" if rss_ok else "FAIL") if targets else ""
             cost_mark = ("PASS" if cost_ok else "FAIL") if targets and name != "reference" else ""
-            emit(f"    {step:<11} {r['seconds']:>8.2f} {r['count']:>12,} {r['count'] / r['seconds']:>11,.0f}"
-                 f" {unit_us:>8.3f} {ratio:>6.2f}x {r['peak']:>8,.0f} {rss_mark:>5} {cost_mark:>5}"
+            emit(f"    {step:<11} {name:<10} {r['seconds']:>8.2f} {r['count']:>12,} {r['count'] / r['seconds']:>11,.0f}"
+                 f" {unit_us:>8.3f} {ratio:>6.2f}x {r['peak']:>8,.0f} {rss_mark:>5} {cost_mark:>5}  {load:.2f}"
                  + (f"  statuses {r['statuses']}" if "statuses" in r else ""))
             if targets:
                 verdicts.append(f"scale {name} {step}: peak RSS {r['peak']:,.0f} MB -> {'PASS' if rss_ok else 'FAIL'}"
                                 + ("" if name == "reference" else f"; cost per unit {ratio:.2f}x the reference's ->"
                                    f" {'PASS' if cost_ok else 'FAIL'}"))
-        emit(f"    disk: {sum(f.stat().st_size for f in root.rglob('*') if f.is_file()) / 1e6:,.0f} MB;"
-             f" load average now {load_average()}")
+    for name in order:
+        root = base / name
+        emit(f"  {name}: {sum(f.stat().st_size for f in root.rglob('*') if f.is_file()) / 1e6:,.0f} MB on disk")
         shutil.rmtree(root, ignore_errors=True)  # the big stores do not stay on the shared disk
         shutil.rmtree(base / f"{name}-parquet", ignore_errors=True)
     return verdicts
