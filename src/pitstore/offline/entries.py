@@ -30,7 +30,8 @@ __all__ = ["COMPACTED_DIR", "GROUPS_KEY", "CheckedRead", "EntryReader", "by_symb
            "encode_symbol", "file_facts", "is_compacted", "put_entry", "read_compacted", "read_entries", "write_entry"]
 
 log = logging.getLogger("pitstore.offline.entries")
-_UNREADABLE = (OSError, pl.exceptions.PolarsError)
+# A damaged file can make polars' decoder panic (PanicException, a BaseException) rather than raise an error.
+_UNREADABLE = (OSError, pl.exceptions.PolarsError, pl.exceptions.PanicException)
 
 _COMPRESSION_LEVEL = 1  # zstd level: float features barely compress, level 1 writes fastest (measured)
 # Rows per Parquet row group: a read of a short span decodes only the groups whose ts statistics overlap it

@@ -119,6 +119,8 @@ _COMMIT_ATTEMPTS = 5
 _BACKOFF_SECONDS = 0.005
 DEFAULT_SEGMENTS = 16  # Settings.bar_segments
 _KEYS = list(BAR_COLUMNS)
+# A damaged snapshot can make polars' decoder panic (PanicException, a BaseException) rather than raise an error.
+_UNREADABLE = (OSError, pl.exceptions.PolarsError, pl.exceptions.PanicException)
 _ON = ["symbol", "ts"]
 
 
@@ -288,7 +290,7 @@ def _read_verified(data: Storage, entries: Sequence[BarEntry]) -> pl.DataFrame |
         return None
     try:
         old = read_bars(data, entries)
-    except (OSError, pl.exceptions.PolarsError, CacheCorruptionError, pa.ArrowException) as exc:  # names the file only
+    except (*_UNREADABLE, CacheCorruptionError, pa.ArrowException) as exc:  # names the file only
         bad = _unreadable(data, entries)
         raise CacheCorruptionError(f"bars of {bad.symbol!r}: snapshot {bad.path} is unreadable ({exc}); "
                                    "not building on it") from exc
@@ -317,7 +319,7 @@ def _unreadable(data: Storage, entries: Sequence[BarEntry]) -> BarEntry:
         for part in parts_of(e):
             try:
                 read_part(data, part)
-            except (OSError, pl.exceptions.PolarsError, CacheCorruptionError, pa.ArrowException):
+            except (*_UNREADABLE, CacheCorruptionError, pa.ArrowException):
                 return e._replace(path=part.path)
     return entries[0]
 
