@@ -32,6 +32,16 @@ What is timed:
   with pruning (pitstore.offline.prune.ENABLED, the default), without (the module flag turned off: every touched
   symbol's full history decoded, as before #18), and polars reading the same files with a ts filter plus
   ``join_asof`` (the floor). The variants' answers are compared by hash before anything is reported.
+* scale (``--only scale``, written to ``bench/results/bench_offline_scale.txt``; issue #18 item 4): stores of
+  500 symbols x 98,280 minute bars (49M), of 5,000 symbols x 2,520 daily bars, and the 4.9M-bar reference
+  (500 x 9,828 minute bars: the 49M shape's symbols, a tenth of the history), the seven standard features. Per
+  shape, each step runs in its own worker process (``--scale-worker``), so each peak RSS (VmHWM) is that step's:
+  writing the bars as Parquet files of whole symbols (setup), ingesting those files one by one, the full
+  backfill, a get_historical of 10M look-ups (uniform symbols, uniform times over the whole history; built in
+  the worker before the timer starts, counted in its RSS), a full-range ``read`` (the answer materialised) and
+  the same read streamed (``Store.iter_read``: frames of consecutive symbols, each dropped once counted). Cost
+  per bar (per look-up plus stored row joined, per row read) is set against the reference's; targets: peak RSS
+  < 4 GB, cost <= 1.5x the reference's.
 * one more backfill and one more get_historical call run instrumented: pitstore's stage functions are
   wrapped with timers (catalog calls, Parquet reads, compute, Parquet encode, fsync, commits) to show
   where the time goes. The instrumented runs are not the timed ones.
@@ -80,10 +90,12 @@ from pitstore.offline import prune as prune_module
 from pitstore.offline import reads as reads_module
 from pitstore.offline.entries import EntryReader
 from pitstore.testing import synthetic_bars
+from pitstore.timeutil import parse_timeframe
 
 BENCH_DIR = Path(__file__).resolve().parent
 DEFAULT_OUT = BENCH_DIR / "results" / "bench_offline.txt"
 DEFAULT_OUT_PRUNING = BENCH_DIR / "results" / "bench_offline_pruning.txt"
+DEFAULT_OUT_SCALE = BENCH_DIR / "results" / "bench_offline_scale.txt"
 
 SEED = 42
 HIST_SYMBOLS, HIST_BARS, LOOKUPS = 500, 2_520, 1_000_000
@@ -326,10 +338,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "with --out")
     parser.add_argument("--out", type=Path, default=None,
                         help=f"also write the report here (default for a full run: {DEFAULT_OUT})")
-    parser.add_argument("--only", choices=("all", "historical", "incremental", "backfill", "pruning", "append"),
+    parser.add_argument("--only", choices=("all", "historical", "incremental", "backfill", "pruning", "append",
+                                           "scale"),
                         default="all",
                         help="run one section (pruning alone writes bench/results/bench_offline_pruning.txt, "
-                             "append alone bench/results/bench_offline_append.txt)")
+                             "append alone bench/results/bench_offline_append.txt, scale alone "
+                             "bench/results/bench_offline_scale.txt; scale is not part of all)")
     parser.add_argument("--append-symbols", type=int, default=None,
                         help=f"symbols of the append stores (default {APPEND_SYMBOLS}; quick {QUICK_APPEND_SYMBOLS})")
     parser.add_argument("--append-rounds", type=int, default=5, help="timed one-bar appends per store (default 5)")
@@ -339,6 +353,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help=f"minute bars per symbol of the pruning store (default {PRUNE_BARS:_})")
     parser.add_argument("--worker", nargs=5, metavar=("ROOT", "SYMBOLS", "BARS", "LOOKUPS", "RUNS"),
                         help=argparse.SUPPRESS)
+    parser.add_argument("--scale-shapes", default=",".join(SCALE_SHAPES),
+                        help=f"scale section: which shapes, comma-separated (default {','.join(SCALE_SHAPES)}; "
+                             "the reference always runs first)")
+    parser.add_argument("--scale-worker", nargs=6, help=argparse.SUPPRESS)
     parser.add_argument("--prune-worker", nargs=6, help=argparse.SUPPRESS)
     parser.add_argument("--floor-worker", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -349,6 +367,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.floor_worker:
         path, *nums = args.floor_worker
         floor_worker(path, *(int(n) for n in nums))
+        return 0
+    if args.scale_worker:
+        step, root, timeframe, *nums = args.scale_worker
+        scale_worker(step, root, timeframe, *(int(n) for n in nums))
         return 0
     if args.prune_worker:
         root, *nums, mode = args.prune_worker
@@ -365,7 +387,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     pandas_runs = 1 if q else args.pandas_runs
     bf_runs = min(args.backfill_runs, 2) if q else args.backfill_runs
     noop_runs = min(args.noop_runs, 2) if q else args.noop_runs
-    default_out = {"pruning": DEFAULT_OUT_PRUNING, "append": DEFAULT_OUT_APPEND}.get(args.only, DEFAULT_OUT)
+    default_out = {"pruning": DEFAULT_OUT_PRUNING, "append": DEFAULT_OUT_APPEND,
+                   "scale": DEFAULT_OUT_SCALE}.get(args.only, DEFAULT_OUT)
     out_path: Path | None = args.out if args.out is not None else (None if q else default_out)
     prune_symbols = args.prune_symbols or (QUICK_PRUNE_SYMBOLS if q else PRUNE_SYMBOLS)
     prune_bars = args.prune_bars or (QUICK_PRUNE_BARS if q else PRUNE_BARS)
@@ -400,6 +423,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             verdicts += append_cost(emit, base / "append", args.append_symbols or (
                 QUICK_APPEND_SYMBOLS if q else APPEND_SYMBOLS), sizes, min(args.append_rounds, 2) if q
                 else args.append_rounds)
+            emit()
+        if args.only == "scale":  # not in "all": the 49M store alone takes a quarter of an hour to build
+            verdicts += scale(emit, base / "scale", args.scale_shapes.split(","), q)
             emit()
         emit(f"load average at end: {load_average()}")
         emit("summary:")
@@ -727,6 +753,158 @@ def pruning(emit: Callable[[str], None], root: Path, n_symbols: int, n_bars: int
             f"{on / floor:.2f}x the polars floor; peak RSS {max(r['peak_cold'] for r in results['off']):,.0f} MB -> "
             f"{max(r['peak_cold'] for r in results['on']):,.0f} MB"]
 
+
+
+# --- scale (#18 item 4) -------------------------------------------------------------------------------------
+
+SCALE_FS = "scale_core"
+SCALE_LOOKUPS, QUICK_SCALE_LOOKUPS = 10_000_000, 200_000
+TARGET_SCALE_RSS_MB = 4_000.0  # 4 GB, decimal
+TARGET_SCALE_COST = 1.5  # cost per bar (look-up, row) against the 4.9M-bar reference's
+SCALE_FILE_BARS = 2_500_000  # bars per Parquet file the bench writes (whole symbols): what one ingest call gets
+
+
+@dataclass(frozen=True)
+class Shape:
+    name: str
+    symbols: int
+    bars: int
+    timeframe: str
+
+    @property
+    def n(self) -> int:
+        return self.symbols * self.bars
+
+    def label(self) -> str:
+        return f"{self.symbols:,} x {self.bars:,} {self.timeframe} bars ({self.n / 1e6:.1f}M)"
+
+
+# The reference shares the 49M shape's symbol count: the ratio then isolates the length of the history.
+SCALE_SHAPES = {"reference": Shape("reference", 500, 9_828, "1m"), "daily": Shape("daily", 5_000, 2_520, "1d"),
+                "minute": Shape("minute", 500, 98_280, "1m")}
+QUICK_SCALE_SHAPES = {"reference": Shape("reference", 20, 2_000, "1m"), "daily": Shape("daily", 200, 2_520, "1d"),
+                      "minute": Shape("minute", 20, 20_000, "1m")}
+# write: setup, not against the targets; stream: the full-range read taken batch by batch (Store.iter_read)
+SCALE_STEPS = ("write", "ingest", "backfill", "historical", "read", "stream")
+
+
+def spread_lookups(n_symbols: int, n_bars: int, timeframe: str, n: int) -> pl.DataFrame:
+    """``n`` seeded look-ups: uniform symbols, uniform times over the symbols' whole history."""
+    rng = np.random.default_rng(SEED + 3)
+    names = np.array([f"S{i:04d}" for i in range(n_symbols)])
+    lo = int(START.timestamp() * 1e6)
+    hi = int((START + parse_timeframe(timeframe) * n_bars).timestamp() * 1e6)
+    return pl.DataFrame({
+        "symbol": names[rng.integers(0, n_symbols, n)],
+        "ts": pl.Series(rng.integers(lo, hi, n), dtype=pl.Int64).cast(pl.Datetime("us", "UTC")),
+    })
+
+
+def scale_worker(step: str, root: str, timeframe: str, n_symbols: int, n_bars: int, n_lookups: int) -> None:
+    """Runs in its own process: one step of the scale section on the store at ``root``; prints JSON with its
+    wall seconds, what it counted (bars, look-ups or rows) and this process's peak RSS."""
+    files = Path(root).parent / f"{Path(root).name}-parquet"
+    rss_before = peak_rss_mb()
+    extra: dict[str, Any] = {}
+    if step == "historical":
+        spine = spread_lookups(n_symbols, n_bars, timeframe, n_lookups)
+        rss_before = peak_rss_mb()
+    t0 = time.perf_counter()
+    if step == "write":
+        files.mkdir(parents=True, exist_ok=True)
+        per_file = max(SCALE_FILE_BARS // n_bars, 1)
+        for first in range(0, n_symbols, per_file):
+            k = min(per_file, n_symbols - first)
+            bars = synthetic_bars(k, n_bars, timeframe=timeframe, seed=SEED + first)
+            names = {f"S{i:04d}": f"S{first + i:04d}" for i in range(k)}
+            bars.with_columns(pl.col("symbol").replace(names)).write_parquet(files / f"bars_{first:05d}.parquet")
+            del bars
+        count = n_symbols * n_bars
+    else:
+        with Store.open(root) as store:
+            t0 = time.perf_counter()
+            if step == "ingest":
+                count = sum(store.ingest(path).rows for path in sorted(files.glob("*.parquet")))
+                shutil.rmtree(files)
+            elif step == "backfill":
+                report = store.backfill(standard_features(SCALE_FS, timeframe=timeframe))
+                count = report.written_rows
+            elif step == "historical":
+                out = store.get_historical(spine, SCALE_FS)
+                # Its work is the look-ups and the stored rows they are joined to (every row: they span it all).
+                stored = store.catalog.feature_entries(SCALE_FS, store.registry.get(SCALE_FS).version)
+                count = out.height + sum(e.n_rows for e in stored)
+                extra["statuses"] = dict(out["status"].value_counts().iter_rows())
+            elif step == "read":
+                count = store.read(SCALE_FS).height
+            elif step == "stream":  # each frame dropped once counted: what a consumer of batches holds
+                count = sum(frame.height for frame in store.iter_read(SCALE_FS))
+            else:
+                raise SystemExit(f"unknown scale step {step!r}")
+    seconds = time.perf_counter() - t0
+    print(json.dumps({"seconds": seconds, "count": count, "rss_before": rss_before, "peak": peak_rss_mb(),
+                      **extra}), flush=True)
+
+
+def scale(emit: Callable[[str], None], base: Path, names: Sequence[str], quick: bool) -> list[str]:
+    """Each step in its own process, step by step across the shapes (the reference's step first, the others' right
+    after it: a machine shared with others changes its speed within minutes); cost per unit against the
+    reference's."""
+    shapes = QUICK_SCALE_SHAPES if quick else SCALE_SHAPES
+    unknown = [n for n in names if n not in shapes]
+    if unknown:
+        raise SystemExit(f"unknown scale shapes {unknown}: choose from {list(shapes)}")
+    order = ["reference", *(n for n in shapes if n in names and n != "reference")]
+    n_lookups = QUICK_SCALE_LOOKUPS if quick else SCALE_LOOKUPS
+    emit(f"scale: the seven standard features ({SCALE_FS}); each step in its own process (peak RSS = its VmHWM);"
+         f" get_historical of {n_lookups:,} look-ups (uniform symbols and times over the history); ingest from"
+         f" Parquet files of about {SCALE_FILE_BARS:,} bars (whole symbols), one ingest call per file; target:"
+         f" peak RSS < {TARGET_SCALE_RSS_MB / 1e3:g} GB and cost per unit <= {TARGET_SCALE_COST}x the reference's;"
+         " units: bars (write, ingest, backfill), look-ups + stored rows (historical), rows (read, stream);"
+         " steps interleaved across the shapes, the reference's first")
+    for name in order:
+        emit(f"  {name}: {shapes[name].label()}")
+    emit(f"    {'step':<11} {'shape':<10} {'s':>8} {'units':>12} {'units/s':>11} {'µs/unit':>8} {'vs ref':>7}"
+         f" {'peak MB':>8} {'RSS':>5} {'cost':>5}  load (1 min) before")
+    ref: dict[str, float] = {}
+    verdicts: list[str] = []
+    failed: set[str] = set()
+    for step in SCALE_STEPS:
+        for name in order:
+            if name in failed:
+                continue
+            shape = shapes[name]
+            load = os.getloadavg()[0]
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--scale-worker", step, str(base / name),
+                   shape.timeframe, str(shape.symbols), str(shape.bars), str(n_lookups)]
+            res = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)
+            if res.returncode != 0:
+                emit(f"    {step:<11} {name:<10} FAILED: exit code {res.returncode} (negative: the signal; -9: killed)")
+                verdicts.append(f"scale {name} {step}: the worker failed (exit code {res.returncode}) -> FAIL")
+                failed.add(name)
+                continue
+            r = json.loads(res.stdout.strip().splitlines()[-1])
+            unit_us = r["seconds"] / max(r["count"], 1) * 1e6
+            if name == "reference":
+                ref[step] = unit_us
+            ratio = unit_us / ref[step] if step in ref else float("nan")
+            rss_ok, cost_ok = r["peak"] < TARGET_SCALE_RSS_MB, ratio <= TARGET_SCALE_COST
+            targets = step != "write"  # the bench's own setup: reported, no target
+            rss_mark = ("PASS" if rss_ok else "FAIL") if targets else ""
+            cost_mark = ("PASS" if cost_ok else "FAIL") if targets and name != "reference" else ""
+            emit(f"    {step:<11} {name:<10} {r['seconds']:>8.2f} {r['count']:>12,} {r['count'] / r['seconds']:>11,.0f}"
+                 f" {unit_us:>8.3f} {ratio:>6.2f}x {r['peak']:>8,.0f} {rss_mark:>5} {cost_mark:>5}  {load:.2f}"
+                 + (f"  statuses {r['statuses']}" if "statuses" in r else ""))
+            if targets:
+                verdicts.append(f"scale {name} {step}: peak RSS {r['peak']:,.0f} MB -> {'PASS' if rss_ok else 'FAIL'}"
+                                + ("" if name == "reference" else f"; cost per unit {ratio:.2f}x the reference's ->"
+                                   f" {'PASS' if cost_ok else 'FAIL'}"))
+    for name in order:
+        root = base / name
+        emit(f"  {name}: {sum(f.stat().st_size for f in root.rglob('*') if f.is_file()) / 1e6:,.0f} MB on disk")
+        shutil.rmtree(root, ignore_errors=True)  # the big stores do not stay on the shared disk
+        shutil.rmtree(base / f"{name}-parquet", ignore_errors=True)
+    return verdicts
 
 
 # --- append cost (#18 item 2) ------------------------------------------------------------------------------

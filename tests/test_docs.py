@@ -22,7 +22,7 @@ SAMPLES = {
     "redis_url": "redis://127.0.0.1:6399/3", "online_namespace": "ns-env", "postgres_url": "postgresql://h/db",
     "history_days": "7", "live_flush_bars": "7", "max_future_days": "2.5", "api_keys": "read:" + "0" * 64,
     "max_body_bytes": "4096", "cost_per_compute_second": "0.5", "cost_per_data_call": "0.25", "read_only": "true",
-    "entry_cache_bytes": "1048576", "retention_days": "30", "bar_segments": "4",
+    "entry_cache_bytes": "1048576", "read_batch_bytes": "65536", "retention_days": "30", "bar_segments": "4",
     "catalog_url": "postgresql://h/catalog", "catalog_schema": "cat_env",
     "data_url": "s3://bucket/prefix", "data_options": '{"endpoint_url": "http://127.0.0.1:9000"}',
 }

@@ -59,6 +59,9 @@ class Settings:
     read_only: bool | None = None
     # Bytes of decoded entries a store keeps in memory between reads; None: 1/8 of this machine's RAM; 0: none.
     entry_cache_bytes: int | None = None
+    # Bytes of decoded feature rows one get_historical or read decodes at a time (estimated from the catalog): larger
+    # reads go through the symbols in batches of about this much, each dropped once answered (issue #18 item 4).
+    read_batch_bytes: int = 256 * 1024 * 1024
     # Team mode: the catalog in PostgreSQL (postgresql://...; "?schema=" picks its schema), data files still under
     # root. None: the embedded SQLite catalog, root/catalog.sqlite.
     catalog_url: str | None = None
@@ -145,8 +148,8 @@ class Settings:
             values["root"] = env_root
         for key in ("online_url", "online_namespace", "redis_url", "postgres_url", "lock_timeout", "history_days",
                     "live_flush_bars", "max_future_days", "api_keys", "max_body_bytes", "cost_per_compute_second",
-                    "cost_per_data_call", "read_only", "entry_cache_bytes", "catalog_url", "catalog_schema",
-                    "retention_days", "data_url", "data_options", "bar_segments"):
+                    "cost_per_data_call", "read_only", "entry_cache_bytes", "read_batch_bytes", "catalog_url",
+                    "catalog_schema", "retention_days", "data_url", "data_options", "bar_segments"):
             env = os.environ.get(f"PITSTORE_{key.upper()}")
             if env:
                 values[key] = env
@@ -198,6 +201,12 @@ class Settings:
             raise ConfigError(f"entry_cache_bytes must be a number of bytes, got {self.entry_cache_bytes!r}") from exc
         if entry_bytes is not None and entry_bytes < 0:
             raise ConfigError(f"entry_cache_bytes must not be negative, got {entry_bytes}")
+        try:
+            batch_bytes = int(self.read_batch_bytes)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"read_batch_bytes must be a number of bytes, got {self.read_batch_bytes!r}") from exc
+        if batch_bytes < 1:
+            raise ConfigError(f"read_batch_bytes must be positive, got {batch_bytes}")
         retention = _days(self.retention_days, "retention_days")
         try:
             segments = int(self.bar_segments)
@@ -206,7 +215,8 @@ class Settings:
         if segments < 0:
             raise ConfigError(f"bar_segments must not be negative, got {segments}")
         return replace(self, root=root_path(self.root), read_only=_tristate(self.read_only),
-                       entry_cache_bytes=entry_bytes, retention_days=retention, data_options=options,
+                       entry_cache_bytes=entry_bytes, read_batch_bytes=batch_bytes, retention_days=retention,
+                       data_options=options,
                        lock_timeout=lock_timeout, history_days=history_days, live_flush_bars=flush,
                        max_future_days=future, max_body_bytes=max_body, cost_per_compute_second=costs[0],
                        cost_per_data_call=costs[1], bar_segments=segments)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import replace
 from datetime import datetime, time
@@ -197,7 +197,8 @@ class Store:
             report: _backfill.BackfillReport = scale.backfill(*args, **kwargs, scheduler=scheduler,
                                                               **_partition(partition_rows))
         else:
-            report = _backfill.backfill(*args, **kwargs)
+            # A backfill that would leave more loose entries than compaction allows writes compacted files itself.
+            report = _backfill.backfill(*args, **kwargs, pack_above=_compact.AUTO_ENTRIES)
         if report.full or report.incremental:
             # Many small entries make every cold read open many files: fold them into few (pitstore.offline.compact).
             _compact.compact(self.root, self.storage, self.catalog, feature_set=feature_set.name, version=version,
@@ -293,7 +294,8 @@ class Store:
                                         scheduler=scheduler, out=out, partitions=partitions, output=output,
                                         storage=self.storage)
             return dask_out
-        rows = reads.get_historical(self.reader, self.catalog, self.registry, entities, features, known)
+        rows = reads.get_historical(self.reader, self.catalog, self.registry, entities, features, known,
+                                    batch_bytes=self.settings.read_batch_bytes)
         return from_polars(rows, output or frame_kind(entities))
 
     @overload
@@ -329,8 +331,26 @@ class Store:
         """
         out = reads.read_range(self.reader, self.catalog, self.registry, features, _symbols(symbols),
                                _aware(start, "start"), _aware(end, "end"), self._known_at(as_known_at),
-                               on_damage="status")
+                               on_damage="status", batch_bytes=self.settings.read_batch_bytes)
         return from_polars(out, output)
+
+    def iter_read(
+        self,
+        features: str | Sequence[str],
+        symbols: Sequence[str] | str | None = None,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        *,
+        as_known_at: datetime | None = None,
+        output: FrameKind = "polars",
+    ) -> Iterator[Frame]:
+        """:meth:`read`'s rows as frames of consecutive symbols (in order), each of about the ``read_batch_bytes``
+        setting, decoded as it is asked for: a read larger than memory, streamed. A frame holding a damaged
+        symbol has the ``status`` column (``ok`` rows, one ``damaged`` row for that symbol), the others none."""
+        for out in reads.iter_range(self.reader, self.catalog, self.registry, features, _symbols(symbols),
+                                    _aware(start, "start"), _aware(end, "end"), self._known_at(as_known_at),
+                                    on_damage="status", batch_bytes=self.settings.read_batch_bytes):
+            yield from_polars(out, output)
 
     # --- compute cache --------------------------------------------------------------------------------
 

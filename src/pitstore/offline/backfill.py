@@ -28,6 +28,7 @@ from pitstore.features.base import FeatureSet
 from pitstore.features.engine import compute_frame
 from pitstore.features.library import is_window
 from pitstore.filenames import safe_name
+from pitstore.offline.compact import write_packed
 from pitstore.offline.entries import encode_symbol, put_entry
 from pitstore.rules import to_us
 from pitstore.sources.bars import symbol_runs
@@ -153,25 +154,30 @@ def backfill(
     start: datetime | None = None,
     end: datetime | None = None,
     progress: Progress | None = None,
+    pack_above: int | None = None,
 ) -> BackfillReport:
     """Bring the stored features of ``feature_set`` (registered as ``version``) up to date; ``data``: where the
-    entries are (a Path: files under an embedded store's root)."""
+    entries are (a Path: files under an embedded store's root). ``pack_above``: when more symbols than that are
+    computed in full, their rows go straight into compacted files (:func:`pitstore.offline.compact.write_packed`),
+    a file per batch, not a file per symbol that a compaction would rewrite next (None: a file per symbol)."""
     storage = as_storage(data)
     report = BackfillReport(feature_set.name, version)
     start_us, end_us = _us(start), _us(end)
     tails = all(is_window(f) for f in feature_set.features)
-    for batch in batches(plan(catalog, feature_set, version, symbols, start_us, end_us, report), 2_000_000,
-                         tail_reads=tails):
-        _run(storage, catalog, feature_set, version, batch, start_us, end_us, report, progress)
+    plans = plan(catalog, feature_set, version, symbols, start_us, end_us, report)
+    pack = pack_above is not None and sum(p.full for p in plans) > pack_above
+    for batch in batches(plans, 2_000_000, tail_reads=tails):
+        _run(storage, catalog, feature_set, version, batch, start_us, end_us, report, progress, pack)
     return report
 
 
 def _run(
     data: Storage | Path, catalog: Catalog, fs: FeatureSet, version: int, plans: list[_Plan],
     start_us: int | None, end_us: int | None, report: BackfillReport, progress: Progress | None,
+    pack: bool = False,
 ) -> None:
     """One batch on this machine: compute and write, then commit (the Dask engine splits the two)."""
-    computed, written = compute_batch(data, fs, version, plans, start_us, end_us)
+    computed, written = compute_batch(data, fs, version, plans, start_us, end_us, pack=pack)
     commit_batch(data, catalog, fs, version, plans, computed, written, report, progress)
 
 
@@ -189,10 +195,11 @@ class Written:
 
 def compute_batch(
     data: Storage | Path, fs: FeatureSet, version: int, plans: Sequence[_Plan], start_us: int | None,
-    end_us: int | None,
+    end_us: int | None, *, pack: bool = False,
 ) -> tuple[int, list[Written | None]]:
     """Compute a batch and write its entry files (no catalog access: a Dask worker runs this as is); returns
-    the rows computed and, per plan, the file written (None: no new rows)."""
+    the rows computed and, per plan, the file written (None: no new rows). ``pack``: the full plans' rows go
+    into compacted files shared by the batch (see :func:`backfill`)."""
     storage = as_storage(data)
     bars, tail_starts = _read_bars(storage, fs, plans)
     if end_us is not None:
@@ -213,13 +220,31 @@ def compute_batch(
                 part = part.filter(pl.col("ts").dt.epoch("us") > lower)
         todo.append(part if part is not None and part.height else None)
     directory = f"features/{safe_name(fs.name)}/v{version}"
+    packed: dict[str, Written] = _write_packed(storage, directory, plans, todo) if pack else {}
     # Files are written on two threads (Parquet encoding releases the GIL).
     with ThreadPoolExecutor(max_workers=2) as pool:
         written = list(pool.map(
-            lambda t: None if t[1] is None else _write(storage, f"{directory}/{encode_symbol(t[0].bars.symbol)}",
-                                                        t[1]),
+            lambda t: None if t[1] is None else packed.get(t[0].bars.symbol) or _write(
+                storage, f"{directory}/{encode_symbol(t[0].bars.symbol)}", t[1]),
             zip(plans, todo, strict=True)))
     return out.height, written
+
+
+def _write_packed(storage: Storage, directory: str, plans: Sequence[_Plan], todo: Sequence[pl.DataFrame | None]
+                  ) -> dict[str, Written]:
+    """The rows of the full plans in compacted files (by symbol); per symbol, its entry in them."""
+    full = sorted(((p.bars.symbol, part) for p, part in zip(plans, todo, strict=True) if p.full and part is not None),
+                  key=lambda t: t[0])
+    if not full:
+        return {}
+    out: dict[str, Written] = {}
+    rows = pl.concat([part for _, part in full], how="vertical")
+    for path, size, digest, part in write_packed(storage, directory, rows):
+        names, starts, ends = symbol_runs(part["symbol"])
+        epochs = part["ts"].dt.epoch("us")
+        for name, a, b in zip(names, starts.tolist(), ends.tolist(), strict=True):
+            out[name] = Written(path, size, digest, b - a, int(epochs[a]), int(epochs[b - 1]))
+    return out
 
 
 def _read_bars(storage: Storage, fs: FeatureSet, plans: Sequence[_Plan]) -> tuple[pl.DataFrame, dict[str, int]]:
@@ -247,6 +272,8 @@ def commit_batch(
     """Commit the files :func:`compute_batch` wrote, one transaction per symbol, each checked against the live
     entries the plan saw (optimistic: a symbol another process committed meanwhile is ``lost_race``)."""
     report.computed_rows += computed
+    kept: set[str] = set()
+    lost: set[str] = set()  # files of plans that lost: deleted unless a plan that won shares them (packed)
     for p, w in zip(plans, written, strict=True):
         if w is None:
             report.up_to_date.append(p.bars.symbol)
@@ -257,11 +284,14 @@ def commit_batch(
             if catalog.commit_features(entry, supersede=supersede, expected_live=[e.id for e in p.live]):
                 report.written_rows += w.n_rows
                 (report.full if p.full else report.incremental).append(p.bars.symbol)
+                kept.add(w.path)
             else:
-                as_storage(data).delete(w.path)
+                lost.add(w.path)
                 report.lost_race.append(p.bars.symbol)
         if progress:
             progress(1)
+    for path in lost - kept:
+        as_storage(data).delete(path)
 
 
 def _write(storage: Storage, directory: str, part: pl.DataFrame) -> Written:

@@ -42,7 +42,8 @@ __all__ = ["GcReport", "VerifyReport", "check_bars", "gc", "verify"]
 
 # Everything pitstore writes under the root, besides the catalog ("history": pitstore.history.tiering's archives).
 DATA_DIRS = ("bars", "features", CACHE_DIR, "history")
-_UNREADABLE = (OSError, pl.exceptions.PolarsError)
+# A damaged file can make polars' decoder panic (PanicException, a BaseException) rather than raise an error.
+_UNREADABLE = (OSError, pl.exceptions.PolarsError, pl.exceptions.PanicException)
 ORPHAN_GRACE_SECONDS = 3600.0  # an unreferenced offline file younger than this may be one being committed
 
 

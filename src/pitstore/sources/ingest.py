@@ -116,9 +116,14 @@ _CHUNK_BARS = 2_000_000
 # Optimistic commits: each lost race means another ingest of one of these symbols committed, so a few
 # attempts with jittered, growing back-off turn contention into success; past that it is a real conflict.
 _COMMIT_ATTEMPTS = 5
+# Snapshot files written at once: each is small and ends in two fsyncs, so more writers than cores overlap the
+# waits (1,000 daily symbols on 2 cores: 6 writers ~25% faster than 2, measured; memory: 6 encoded files).
+_WRITERS = 6
 _BACKOFF_SECONDS = 0.005
 DEFAULT_SEGMENTS = 16  # Settings.bar_segments
 _KEYS = list(BAR_COLUMNS)
+# A damaged snapshot can make polars' decoder panic (PanicException, a BaseException) rather than raise an error.
+_UNREADABLE = (OSError, pl.exceptions.PolarsError, pl.exceptions.PanicException)
 _ON = ["symbol", "ts"]
 
 
@@ -288,7 +293,7 @@ def _read_verified(data: Storage, entries: Sequence[BarEntry]) -> pl.DataFrame |
         return None
     try:
         old = read_bars(data, entries)
-    except (OSError, pl.exceptions.PolarsError, CacheCorruptionError, pa.ArrowException) as exc:  # names the file only
+    except (*_UNREADABLE, CacheCorruptionError, pa.ArrowException) as exc:  # names the file only
         bad = _unreadable(data, entries)
         raise CacheCorruptionError(f"bars of {bad.symbol!r}: snapshot {bad.path} is unreadable ({exc}); "
                                    "not building on it") from exc
@@ -317,15 +322,15 @@ def _unreadable(data: Storage, entries: Sequence[BarEntry]) -> BarEntry:
         for part in parts_of(e):
             try:
                 read_part(data, part)
-            except (OSError, pl.exceptions.PolarsError, CacheCorruptionError, pa.ArrowException):
+            except (*_UNREADABLE, CacheCorruptionError, pa.ArrowException):
                 return e._replace(path=part.path)
     return entries[0]
 
 
 def _write(data: Storage, todo: Sequence[tuple[pl.DataFrame, _Planned]], planned: dict[str, _Planned]) -> None:
-    """Write the snapshot files (two threads: Parquet encoding releases the GIL). Every file written is
-    recorded in ``planned`` before the first failure is raised, so the caller can remove them all."""
-    with ThreadPoolExecutor(max_workers=2) as pool:
+    """Write the snapshot files (threads: Parquet encoding releases the GIL, fsyncs wait on the disk). Every file
+    written is recorded in ``planned`` before the first failure is raised, so the caller can remove them all."""
+    with ThreadPoolExecutor(max_workers=_WRITERS) as pool:
         futures: list[tuple[_Planned, Future[str]]] = [
             (p, pool.submit(write_base, data, f"bars/{encode_symbol(p.entry.symbol)}", part)) for part, p in todo]
     errors = [exc for _, f in futures if (exc := f.exception()) is not None]

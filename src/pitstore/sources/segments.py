@@ -104,7 +104,10 @@ def write_base(storage: Storage, relative_dir: str, df: pl.DataFrame) -> str:
     sink = io.BytesIO()
     table = df.to_arrow()
     head = max(table.num_rows - TAIL_ROWS, 0)
-    with pq.ParquetWriter(sink, table.schema, compression="zstd", compression_level=1) as w:
+    # Only the symbol is dictionary-encoded (pyarrow's default: every column): a dictionary of prices was half
+    # the cost of writing a snapshot of 2,520 daily bars, and the file larger (synthetic bars, measured).
+    with pq.ParquetWriter(sink, table.schema, compression="zstd", compression_level=1,
+                          use_dictionary=["symbol"]) as w:
         if head:
             w.write_table(table.slice(0, head), row_group_size=_ROW_GROUP_ROWS)
         w.write_table(table.slice(head), row_group_size=TAIL_ROWS)
