@@ -19,6 +19,7 @@ __all__ = [
     "CacheIndex",
     "CacheStatsRow",
     "Catalog",
+    "FeatureCommit",
     "FeatureEntries",
     "FeatureEntry",
     "HistoryArchive",
@@ -26,6 +27,7 @@ __all__ = [
     "Housekeeping",
     "VersionRegistry",
     "VersionRow",
+    "commit_what",
     "table_columns",
 ]
 
@@ -66,6 +68,10 @@ class FeatureEntry(NamedTuple):
     superseded_at: int | None
     size: int | None = None  # bytes of the file (None: recorded before catalogs kept it)
     file_hash: str | None = None  # xxh3-128 of the file's bytes (see pitstore.datahash.file_hash)
+
+
+# One commit of :meth:`FeatureEntries.commit_features_batch`: the entry, the ids it supersedes, the live ids expected.
+FeatureCommit = tuple[FeatureEntry, Sequence[int], Sequence[int]]
 
 
 class CacheEntry(NamedTuple):
@@ -188,6 +194,12 @@ class FeatureEntries(Protocol):
 
     def commit_features(self, entry: FeatureEntry, *, supersede: Sequence[int], expected_live: Sequence[int]) -> bool:
         """Publish a feature entry unless the symbol's live entries changed meanwhile (then False)."""
+        ...
+
+    def commit_features_batch(self, items: Sequence[FeatureCommit]) -> list[bool]:
+        """:meth:`commit_features` of each item (entry, supersede, expected_live), all in ONE transaction: every
+        item whose symbol's live entries are still as expected is published, the others are not (False), and
+        a kill leaves all of them or none. Items are of distinct (set, version, symbol)."""
         ...
 
     def all_feature_entries(self) -> list[FeatureEntry]:
@@ -340,6 +352,11 @@ TABLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "online_requests": (("symbol", "requests"), ("symbol",)),
     "store_meta": (("key", "value"), ("key",)),
 }
+
+
+def commit_what(items: Sequence[FeatureCommit]) -> str:
+    """What a failed :meth:`FeatureEntries.commit_features_batch` was doing, for its error message."""
+    return f"commit features of {items[0][0].symbol!r}" if len(items) == 1 else f"commit {len(items)} feature entries"
 
 
 def table_columns(table: str) -> tuple[tuple[str, ...], tuple[str, ...]]:

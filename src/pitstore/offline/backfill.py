@@ -23,12 +23,13 @@ from pathlib import Path
 
 import polars as pl
 
-from pitstore.catalog.base import BarEntry, Catalog, FeatureEntry
+from pitstore.catalog.base import BarEntry, Catalog, FeatureCommit, FeatureEntry
 from pitstore.features.base import FeatureSet
 from pitstore.features.engine import compute_frame
 from pitstore.features.library import is_window
 from pitstore.filenames import safe_name
-from pitstore.offline.entries import encode_symbol, put_entry
+from pitstore.offline.compact import write_compacted
+from pitstore.offline.entries import COMPACTED_DIR, encode_symbol, put_entry
 from pitstore.rules import to_us
 from pitstore.sources.bars import symbol_runs
 from pitstore.sources.segments import TAIL_ROWS, PartReader, read_bars, read_tail
@@ -213,12 +214,23 @@ def compute_batch(
                 part = part.filter(pl.col("ts").dt.epoch("us") > lower)
         todo.append(part if part is not None and part.height else None)
     directory = f"features/{safe_name(fs.name)}/v{version}"
-    # Files are written on two threads (Parquet encoding releases the GIL).
+    # The new rows of every incremental plan go into ONE file (the compacted layout, small symbols packed):
+    # a file per symbol made an append of one bar to 500 symbols 500 file writes, and the compaction after it
+    # (more than AUTO_ENTRIES loose entries) read and rewrote them all again.
+    shared = [(i, part) for i, (p, part) in enumerate(zip(plans, todo, strict=True)) if part is not None and not p.full]
+    written: list[Written | None] = [None] * len(plans)
+    if shared:
+        path, size, digest = write_compacted(storage, f"{directory}/{COMPACTED_DIR}",
+                                             pl.concat([part for _, part in shared], rechunk=False), pack=True)
+        for i, part in shared:
+            written[i] = _facts(path, size, digest, part)
+    full = [(i, part) for i, (p, part) in enumerate(zip(plans, todo, strict=True)) if part is not None and p.full]
+    # Full recomputes keep a file per symbol (large; written on two threads: Parquet encoding releases the GIL).
     with ThreadPoolExecutor(max_workers=2) as pool:
-        written = list(pool.map(
-            lambda t: None if t[1] is None else _write(storage, f"{directory}/{encode_symbol(t[0].bars.symbol)}",
-                                                        t[1]),
-            zip(plans, todo, strict=True)))
+        for (i, _), w in zip(full, pool.map(
+                lambda t: _write(storage, f"{directory}/{encode_symbol(plans[t[0]].bars.symbol)}", t[1]), full),
+                strict=True):
+            written[i] = w
     return out.height, written
 
 
@@ -244,28 +256,42 @@ def commit_batch(
     data: Storage | Path, catalog: Catalog, fs: FeatureSet, version: int, plans: Sequence[_Plan], computed: int,
     written: Sequence[Written | None], report: BackfillReport, progress: Progress | None,
 ) -> None:
-    """Commit the files :func:`compute_batch` wrote, one transaction per symbol, each checked against the live
-    entries the plan saw (optimistic: a symbol another process committed meanwhile is ``lost_race``)."""
+    """Commit the files :func:`compute_batch` wrote, in ONE catalog transaction, each symbol checked against the
+    live entries its plan saw (optimistic: a symbol another process committed meanwhile is ``lost_race``, the
+    others are committed). A file no committed entry points to is deleted (a shared file only when every symbol
+    in it lost)."""
     report.computed_rows += computed
+    items: list[FeatureCommit] = []
+    todo: list[tuple[_Plan, Written]] = []
     for p, w in zip(plans, written, strict=True):
         if w is None:
             report.up_to_date.append(p.bars.symbol)
         else:
             entry = FeatureEntry(0, fs.name, version, p.bars.symbol, w.path, w.n_rows, w.first_ts, w.last_ts,
                                  p.bars.id, 0, None, w.size, w.file_hash)
-            supersede = [e.id for e in p.live] if p.full else []
-            if catalog.commit_features(entry, supersede=supersede, expected_live=[e.id for e in p.live]):
-                report.written_rows += w.n_rows
-                (report.full if p.full else report.incremental).append(p.bars.symbol)
-            else:
-                as_storage(data).delete(w.path)
-                report.lost_race.append(p.bars.symbol)
-        if progress:
+            items.append((entry, [e.id for e in p.live] if p.full else [], [e.id for e in p.live]))
+            todo.append((p, w))
+    done = catalog.commit_features_batch(items) if items else []
+    kept = {w.path for (_, w), ok in zip(todo, done, strict=True) if ok}
+    for (p, w), ok in zip(todo, done, strict=True):
+        if ok:
+            report.written_rows += w.n_rows
+            (report.full if p.full else report.incremental).append(p.bars.symbol)
+        else:
+            report.lost_race.append(p.bars.symbol)
+    for path in sorted({w.path for _, w in todo} - kept):
+        as_storage(data).delete(path)
+    if progress:
+        for _ in plans:
             progress(1)
 
 
 def _write(storage: Storage, directory: str, part: pl.DataFrame) -> Written:
     """Publish ``part`` as an entry; its path, size and hash (recorded in the catalog for verify and reads)."""
-    path, size, digest = put_entry(storage, directory, part)
+    return _facts(*put_entry(storage, directory, part), part)
+
+
+def _facts(path: str, size: int, digest: str, part: pl.DataFrame) -> Written:
+    """What the catalog records of ``part``'s rows, written to ``path`` (size and hash of the whole file)."""
     epochs = part["ts"].dt.epoch("us")
     return Written(path, size, digest, part.height, int(epochs[0]), int(epochs[-1]))
