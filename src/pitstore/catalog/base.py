@@ -196,10 +196,10 @@ class FeatureEntries(Protocol):
         """Publish a feature entry unless the symbol's live entries changed meanwhile (then False)."""
         ...
 
-    def commit_features_batch(self, items: Sequence[FeatureCommit]) -> list[bool]:
+    def commit_features_batch(self, items: Sequence[FeatureCommit]) -> list[int | None]:
         """:meth:`commit_features` of each item (entry, supersede, expected_live), all in ONE transaction: every
-        item whose symbol's live entries are still as expected is published, the others are not (False), and
-        a kill leaves all of them or none. Items are of distinct (set, version, symbol)."""
+        item whose symbol's live entries are still as expected is published (its new id), the others are not
+        (None), and a kill leaves all of them or none. Items are of distinct (set, version, symbol)."""
         ...
 
     def all_feature_entries(self) -> list[FeatureEntry]:

@@ -231,17 +231,17 @@ class MemoryCatalog:
         return self._read(op)
 
     def commit_features(self, entry: FeatureEntry, *, supersede: Sequence[int], expected_live: Sequence[int]) -> bool:
-        return self.commit_features_batch([(entry, supersede, expected_live)])[0]
+        return self.commit_features_batch([(entry, supersede, expected_live)])[0] is not None
 
-    def commit_features_batch(self, items: Sequence[FeatureCommit]) -> list[bool]:
-        def op(s: _State) -> list[bool]:
-            done: list[bool] = []
+    def commit_features_batch(self, items: Sequence[FeatureCommit]) -> list[int | None]:
+        def op(s: _State) -> list[int | None]:
+            done: list[int | None] = []
             t = s.now()
             for entry, supersede, expected_live in items:
                 key = (entry.feature_set, entry.version, entry.symbol)
                 live = [i for i in s.by_symbol.get(key, ()) if s.features[i].superseded_at is None]
                 if sorted(live) != sorted(expected_live):
-                    done.append(False)
+                    done.append(None)
                     continue
                 for i in supersede:
                     if i in s.features:
@@ -249,7 +249,7 @@ class MemoryCatalog:
                 new = entry._replace(id=next(s.ids), recorded_at=t, superseded_at=None)
                 s.features[new.id] = new
                 s.by_symbol.setdefault(key, []).append(new.id)
-                done.append(True)
+                done.append(new.id)
             return done
 
         what = commit_what(items)

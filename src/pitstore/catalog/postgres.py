@@ -373,10 +373,10 @@ class PostgresCatalog:
         return [FeatureEntry(*r) for r in rows]
 
     def commit_features(self, entry: FeatureEntry, *, supersede: Sequence[int], expected_live: Sequence[int]) -> bool:
-        return self.commit_features_batch([(entry, supersede, expected_live)])[0]
+        return self.commit_features_batch([(entry, supersede, expected_live)])[0] is not None
 
-    def commit_features_batch(self, items: Sequence[FeatureCommit]) -> list[bool]:
-        def op(conn: _Conn) -> list[bool]:
+    def commit_features_batch(self, items: Sequence[FeatureCommit]) -> list[int | None]:
+        def op(conn: _Conn) -> list[int | None]:
             self._lock(conn, *(("features", self.schema, e.feature_set, e.version, e.symbol) for e, _, _ in items))
             keys = sorted({(e.feature_set, e.version) for e, _, _ in items})
             live: dict[tuple[str, int, str], list[int]] = {}
@@ -388,20 +388,27 @@ class PostgresCatalog:
                         (fs, version, symbols)).fetchall():
                     live.setdefault((fs, version, symbol), []).append(i)
             t = self._now(conn)
-            done = [live.get((e.feature_set, e.version, e.symbol), []) == sorted(expected)
-                    for e, _, expected in items]
-            ok = [item for item, d in zip(items, done, strict=True) if d]
-            superseded = [i for _, supersede, _ in ok for i in supersede]
+            ok = [live.get((e.feature_set, e.version, e.symbol), []) == sorted(expected) for e, _, expected in items]
+            superseded = [i for (_, supersede, _), d in zip(items, ok, strict=True) if d for i in supersede]
             if superseded:
                 conn.execute("UPDATE feature_entries SET superseded_at = %s WHERE id = ANY(%s)", (t, superseded))
-            if ok:
+            rows = [(e.feature_set, e.version, e.symbol, e.path, e.n_rows, e.first_ts, e.last_ts, e.bars_entry_id, t,
+                     e.size, e.file_hash) for (e, _, _), d in zip(items, ok, strict=True) if d]
+            ids: list[int] = []
+            if rows:
                 with conn.cursor() as cur:
                     cur.executemany(
                         "INSERT INTO feature_entries (feature_set, version, symbol, path, n_rows, first_ts, last_ts,"
                         " bars_entry_id, recorded_at, size, file_hash) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s,"
-                        " %s, %s)", [(e.feature_set, e.version, e.symbol, e.path, e.n_rows, e.first_ts, e.last_ts,
-                                      e.bars_entry_id, t, e.size, e.file_hash) for e, _, _ in ok])
-            return done
+                        " %s, %s) RETURNING id", rows, returning=True)
+                    while True:  # one result set per row, in order
+                        row = cur.fetchone()
+                        assert row is not None
+                        ids.append(int(row[0]))
+                        if not cur.nextset():
+                            break
+            published = iter(ids)
+            return [next(published) if d else None for d in ok]
 
         what = commit_what(items)
         return self._write(what, op)

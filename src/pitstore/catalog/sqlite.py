@@ -291,10 +291,10 @@ class SqliteCatalog:
     def commit_features(self, entry: FeatureEntry, *, supersede: Sequence[int], expected_live: Sequence[int]) -> bool:
         """Publish a feature entry, superseding ``supersede``. Returns False (and writes nothing) when the live
         entries of that symbol are no longer ``expected_live``: another process got there first."""
-        return self.commit_features_batch([(entry, supersede, expected_live)])[0]
+        return self.commit_features_batch([(entry, supersede, expected_live)])[0] is not None
 
-    def commit_features_batch(self, items: Sequence[FeatureCommit]) -> list[bool]:
-        done: list[bool] = []
+    def commit_features_batch(self, items: Sequence[FeatureCommit]) -> list[int | None]:
+        done: list[int | None] = []
         what = commit_what(items)
         with self._write(what) as cur:
             t = now_us()
@@ -305,7 +305,7 @@ class SqliteCatalog:
                     (entry.feature_set, entry.version, entry.symbol),
                 ).fetchall()
                 if [r[0] for r in live] != sorted(expected_live):
-                    done.append(False)
+                    done.append(None)
                     continue
                 cur.executemany("UPDATE feature_entries SET superseded_at = ? WHERE id = ?",
                                 [(t, i) for i in supersede])
@@ -315,7 +315,7 @@ class SqliteCatalog:
                     (entry.feature_set, entry.version, entry.symbol, entry.path, entry.n_rows, entry.first_ts,
                      entry.last_ts, entry.bars_entry_id, t, entry.size, entry.file_hash),
                 )
-                done.append(True)
+                done.append(cur.lastrowid)
         return done
 
     def counts(self) -> dict[str, int]:
