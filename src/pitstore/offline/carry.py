@@ -22,12 +22,15 @@ from talib import stream as talib_stream
 
 from pitstore.features.base import Feature
 from pitstore.features.library import is_window
+from pitstore.memo import BytesLRU
 from pitstore.sources.bars import PRICE_COLUMNS
+from pitstore.sources.segments import kept_bytes
 
 __all__ = ["Carry", "Handles", "carried", "open_handles", "step_handles"]
 
 Handles = dict[str, Any]  # feature name -> TA-Lib stream handle, all at one bar of one symbol
 Key = tuple[str, int, str]  # feature set, version, symbol
+TAIL_BYTES = 256 << 20  # 500 symbols' last base groups of 1,024 bars: ~30 MB
 _STEPPABLE = frozenset((*PRICE_COLUMNS, "volume"))  # validated finite: a handle's update never refuses them
 
 
@@ -41,11 +44,14 @@ def carried(features: Sequence[Feature]) -> list[Feature]:
 
 
 class Carry:
-    """The handles of each (feature set, version, symbol), at the last row of one committed entry."""
+    """The handles of each (feature set, version, symbol), at the last row of one committed entry; and the
+    decoded bar row groups incremental backfills read their tails from."""
 
-    def __init__(self) -> None:
+    def __init__(self, tail_bytes: int = TAIL_BYTES) -> None:
         self._state: dict[Key, tuple[int, Handles]] = {}
         self._lock = threading.Lock()
+        # Decoded bar row groups (bases' last groups, segments): the tails the next append reads again.
+        self.tails = BytesLRU(tail_bytes, sizeof=kept_bytes)
 
     def get(self, feature_set: str, version: int, symbol: str, entry_id: int) -> Handles | None:
         """Copies of the handles that stand at the last row of entry ``entry_id`` (None: not carried)."""
