@@ -945,6 +945,7 @@ def append_cost(emit: Callable[[str], None], base: Path, n_symbols: int, sizes: 
             emit(f"  {size:,} stored bars per symbol ({n_symbols * size:,} bars): setup ingest {t1 - t0:.1f} s, "
                  f"full backfills of both sets {t2 - t1:.1f} s (not timed against targets)")
             ingest_s, std_s, ten_s = [], [], []
+            resumed: list[int] = []  # symbols whose rsi/macd/atr continued from carried TA-Lib state, per round
             for r in range(rounds):
                 new = bars.filter(pos == size + r)
                 gc.collect()
@@ -957,6 +958,7 @@ def append_cost(emit: Callable[[str], None], base: Path, n_symbols: int, sizes: 
                 t3 = time.perf_counter()
                 assert len(report.appended) == n_symbols, report
                 assert len(b1.incremental) == n_symbols and len(b2.incremental) == n_symbols, (b1, b2)
+                resumed.append(len(b2.resumed))
                 ingest_s.append(t1 - t0)
                 std_s.append(t2 - t1)
                 ten_s.append(t3 - t2)
@@ -970,7 +972,7 @@ def append_cost(emit: Callable[[str], None], base: Path, n_symbols: int, sizes: 
             want = pitstore.compute(ten, bars.filter(pl.col("symbol").is_in(check) & (pos < size + rounds)))
             ok = stored.equals(want)
         emit(f"    check: stored rows of {len(check)} symbols == pitstore.compute on their bars: "
-             f"{'yes' if ok else 'NO'}")
+             f"{'yes' if ok else 'NO'}; symbols resumed from carried TA-Lib state per round: {resumed}")
         if not ok:
             raise SystemExit("ABORT: appended rows differ from pitstore.compute")
         for label, xs in (("ingest", ingest_s), ("backfill seven", std_s), ("backfill ten (rsi/macd/atr)", ten_s),

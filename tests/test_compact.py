@@ -22,7 +22,7 @@ from test_prune import DAY, N_BARS, START, SYMBOLS, feature_sets, windows
 from pitstore import Store
 from pitstore.catalog.base import FeatureEntry
 from pitstore.offline import entries as offline_module
-from pitstore.offline.entries import EntryReader, is_compacted
+from pitstore.offline.entries import EntryReader, is_compacted, put_entry
 from pitstore.ops import housekeeping
 from pitstore.rules import to_us
 from pitstore.testing import synthetic_bars
@@ -73,14 +73,20 @@ def twins(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Store, Sto
             for name, old in before.items():
                 now = packed.catalog.feature_entries(name, 1)
                 assert _facts(now) == _facts(old)
-                assert len({e.path for e in now}) == 1 and all(is_compacted(e.path) for e in now)
-                last = old[[e.symbol for e in old].index("S0001") - 1]  # S0000's newest
-                (packed.root / last.path).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(plain.root / last.path, packed.root / last.path)
-                assert packed.catalog.repoint_features(
-                    [(last.id, now[0].path, last.path, last.size or 0, last.file_hash or "")]) == 1
+                # Incremental backfills wrote their new rows into shared (compacted) files already: those stay,
+                # the loose entries (full backfills) all went into one new file.
+                shared = {e.path for e in old if is_compacted(e.path)}
+                assert shared and len({e.path for e in old}) > len(shared) + 1
+                assert len({e.path for e in now} - shared) == 1 and all(is_compacted(e.path) for e in now)
+                last = now[[e.symbol for e in now].index("S0001") - 1]  # S0000's newest
+                columns = ["symbol", "ts", *{fs.name: fs for fs in feature_sets()}[name].columns]
+                rows = EntryReader(packed.root, 0).read_of([last], columns)
+                assert rows is not None and rows.height == last.n_rows
+                own, size, digest = put_entry(packed.storage, f"features/{name}/v1/s_S0000", rows)
+                assert packed.catalog.repoint_features([(last.id, last.path, own, size, digest)]) == 1
             superseded = [e for e in packed.catalog.all_feature_entries() if e.superseded_at is not None]
-            assert superseded and not any(is_compacted(e.path) for e in superseded)  # only live ones move
+            where = {e.id: e.path for e in plain.catalog.all_feature_entries()}
+            assert superseded and all(e.path == where[e.id] for e in superseded)  # only live ones move
             assert packed.verify().ok
             yield plain, packed, known
     finally:
@@ -153,8 +159,10 @@ def test_gc_retention_and_repair_keep_the_shared_file(tmp_path: Path) -> None:
         store.reader = EntryReader(store.root)
         assert_frame_equal(store.get_historical(ents, FEATURES), want)
         # Damage the compacted file of "plain": every entry in it reads damaged, repair rebuilds each.
-        inside = [e for e in store.catalog.feature_entries("plain", 1) if is_compacted(e.path)]
-        path = inside[0].path
+        compacted = [e for e in store.catalog.feature_entries("plain", 1) if is_compacted(e.path)]
+        path = compacted[0].path  # the file compact() wrote: S0000's first entry was a full backfill's
+        inside = [e for e in compacted if e.path == path]
+        assert len(inside) > 1
         (store.root / path).write_bytes(b"garbage")
         store.reader = EntryReader(store.root)
         damaged = store.get_historical(ents, "plain")
@@ -193,11 +201,14 @@ def test_team_store_compacts_on_postgres_and_s3(team: dict[str, Any]) -> None:
         want = [(store.get_historical(ents, FEATURES, as_known_at=k), store.read(["plain", "lagged"], as_known_at=k))
                 for k in queries]
         old = {n: _facts(store.catalog.feature_entries(n, 1)) for n in ("plain", "lagged")}
+        # The first backfill's entries are loose (a file each); the two incremental ones wrote one shared file each.
+        shared = {e.path for e in store.catalog.all_feature_entries() if is_compacted(e.path)}
+        assert len(shared) == 2 * 2
         report = store.compact()
-        assert report.entries == 2 * 4 * 3 and len(report.files_written) == 2
+        assert report.entries == 2 * 4 and len(report.files_written) == 2
         for n in ("plain", "lagged"):
             now = store.catalog.feature_entries(n, 1)
-            assert _facts(now) == old[n] and len({e.path for e in now}) == 1
+            assert _facts(now) == old[n] and len({e.path for e in now} - shared) == 1
         store.reader = EntryReader(store.root, storage=store.storage)
         for k, (hist, rows) in zip(queries, want, strict=True):
             assert_frame_equal(store.get_historical(ents, FEATURES, as_known_at=k), hist)
@@ -211,9 +222,12 @@ def test_team_store_compacts_on_postgres_and_s3(team: dict[str, Any]) -> None:
 
 def test_a_second_compaction_writes_only_the_entries_added_since(tmp_path: Path) -> None:
     """Files already compacted are never rewritten: a compaction costs the rows added since the last one."""
-    bars = synthetic_bars(len(SYMBOLS), N_BARS, seed=3)
+    bars = synthetic_bars(len(SYMBOLS) + 2, N_BARS, seed=3)
+    late = bars["symbol"].unique().sort().to_list()[-2:]
     with Store.open(tmp_path) as store:
-        store.ingest(bars.filter(pl.col("ts") < START + 60 * DAY))
+        # The last two symbols come later: their first backfill is a full one (loose entries; the other symbols'
+        # new rows go into a shared file, compacted already).
+        store.ingest(bars.filter((pl.col("ts") < START + 60 * DAY) & ~pl.col("symbol").is_in(late)))
         for fs in feature_sets():
             store.backfill(fs)
         first = store.compact()
@@ -222,7 +236,9 @@ def test_a_second_compaction_writes_only_the_entries_added_since(tmp_path: Path)
         store.ingest(bars)
         for fs in feature_sets():
             store.backfill(fs)
-        new = [e for e in store.catalog.all_feature_entries() if e.superseded_at is None and e.id not in packed]
+        new = [e for e in store.catalog.all_feature_entries() if e.superseded_at is None and e.id not in packed
+               and not is_compacted(e.path)]
+        assert sorted(e.symbol for e in new) == sorted(late * 2)
         second = store.compact()
         assert second.entries == len(new) and second.rows == sum(e.n_rows for e in new)
         assert not set(second.files_written) & set(first.files_written)

@@ -63,15 +63,18 @@ def _answers(store: Store) -> tuple[pl.DataFrame, pl.DataFrame]:
 
 @pytest.fixture(scope="module")
 def template(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """30 symbols x 8 incremental backfills (240 small entries, under the backfill's own compaction threshold)."""
+    """240 small entries in files of their own (under the backfill's own compaction threshold): 8 backfills, each
+    the first (a full one) of 30 new symbols; the new rows of the symbols already there go into one shared
+    (compacted) file per backfill."""
     root = tmp_path_factory.mktemp("kill") / "template"
-    bars = synthetic_bars(30, 400, seed=9)
+    bars = synthetic_bars(240, 400, seed=9)
     days = pl.col("ts").rank("dense") - 1  # daily bars: the bar's day number
+    number = pl.col("symbol").rank("dense") - 1
     with Store.open(root) as store:
-        for cut in range(50, 401, 50):
-            store.ingest(bars.filter(days < cut))
+        for k, cut in enumerate(range(50, 401, 50)):
+            store.ingest(bars.filter((days < cut) & (number < 30 * (k + 1))))
             store.backfill(FS)
-        assert not any(is_compacted(e.path) for e in store.catalog.all_feature_entries())
+        assert sum(not is_compacted(e.path) for e in store.catalog.all_feature_entries()) == 240
     yield root
 
 
@@ -141,7 +144,7 @@ def test_compaction_survives_sigkill(template: Path, tmp_path: Path) -> None:
             assert _facts(store) == facts, f"{where}: entries lost or changed"
             for w, g in zip(want, _answers(store), strict=True):
                 assert_frame_equal(g, w)
-            packed = any(is_compacted(e.path) for e in store.catalog.all_feature_entries())
+            packed = all(is_compacted(e.path) for e in store.catalog.all_feature_entries())
             leftover = _objects(store) - store.catalog.referenced_paths()
             if code is None:
                 kills += 1

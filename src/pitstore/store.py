@@ -32,6 +32,7 @@ from pitstore.live.marker import reconcile as reconcile_dead_pushers
 from pitstore.offline import backfill as _backfill
 from pitstore.offline import compact as _compact
 from pitstore.offline import reads
+from pitstore.offline.carry import Carry
 from pitstore.offline.entries import EntryReader
 from pitstore.online.serving import FeatureVector, Serving
 from pitstore.ops import housekeeping
@@ -77,6 +78,8 @@ class Store:
         self.registry = Registry(self.catalog)
         self.storage = open_storage(settings.data_url, settings.root, settings.storage_options)  # the data files
         self.reader = EntryReader(settings.root, settings.entry_cache_bytes, self.storage)
+        # TA-Lib features' state between this process's backfills: appends resume instead of recomputing.
+        self.carry = Carry()
         self.cache = ComputeCache(settings.root, self.catalog, cost_per_compute_second=settings.cost_per_compute_second,
                                   cost_per_data_call=settings.cost_per_data_call, read_only=self.read_only,
                                   locks=shared_locks(self.catalog, "cache"), memory_bytes=settings.entry_cache_bytes,
@@ -198,7 +201,8 @@ class Store:
                                                               **_partition(partition_rows))
         else:
             # A backfill that would leave more loose entries than compaction allows writes compacted files itself.
-            report = _backfill.backfill(*args, **kwargs, pack_above=_compact.AUTO_ENTRIES)
+            report = _backfill.backfill(*args, **kwargs, pack_above=_compact.AUTO_ENTRIES,
+                                         carry=self.carry)
         if report.full or report.incremental:
             # Many small entries make every cold read open many files: fold them into few (pitstore.offline.compact).
             _compact.compact(self.root, self.storage, self.catalog, feature_set=feature_set.name, version=version,

@@ -22,6 +22,7 @@ __all__ = [
     "CacheIndex",
     "CacheStatsRow",
     "Catalog",
+    "FeatureCommit",
     "FeatureEntries",
     "FeatureEntry",
     "HistoryArchive",
@@ -30,6 +31,7 @@ __all__ = [
     "VersionRegistry",
     "VersionRow",
     "check_distinct_symbols",
+    "commit_what",
     "table_columns",
 ]
 
@@ -70,6 +72,10 @@ class FeatureEntry(NamedTuple):
     superseded_at: int | None
     size: int | None = None  # bytes of the file (None: recorded before catalogs kept it)
     file_hash: str | None = None  # xxh3-128 of the file's bytes (see pitstore.datahash.file_hash)
+
+
+# One commit of :meth:`FeatureEntries.commit_features_batch`: the entry, the ids it supersedes, the live ids expected.
+FeatureCommit = tuple[FeatureEntry, Sequence[int], Sequence[int]]
 
 
 class CacheEntry(NamedTuple):
@@ -192,6 +198,12 @@ class FeatureEntries(Protocol):
 
     def commit_features(self, entry: FeatureEntry, *, supersede: Sequence[int], expected_live: Sequence[int]) -> bool:
         """Publish a feature entry unless the symbol's live entries changed meanwhile (then False)."""
+        ...
+
+    def commit_features_batch(self, items: Sequence[FeatureCommit]) -> list[int | None]:
+        """:meth:`commit_features` of each item (entry, supersede, expected_live), all in ONE transaction: every
+        item whose symbol's live entries are still as expected is published (its new id), the others are not
+        (None), and a kill leaves all of them or none. Items are of distinct (set, version, symbol)."""
         ...
 
     def all_feature_entries(self) -> list[FeatureEntry]:
@@ -344,6 +356,11 @@ TABLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "online_requests": (("symbol", "requests"), ("symbol",)),
     "store_meta": (("key", "value"), ("key",)),
 }
+
+
+def commit_what(items: Sequence[FeatureCommit]) -> str:
+    """What a failed :meth:`FeatureEntries.commit_features_batch` was doing, for its error message."""
+    return f"commit features of {items[0][0].symbol!r}" if len(items) == 1 else f"commit {len(items)} feature entries"
 
 
 def table_columns(table: str) -> tuple[tuple[str, ...], tuple[str, ...]]:

@@ -24,10 +24,12 @@ from pitstore.catalog.base import (
     BarEntry,
     CacheEntry,
     CacheStatsRow,
+    FeatureCommit,
     FeatureEntry,
     HistoryArchive,
     VersionRow,
     check_distinct_symbols,
+    commit_what,
 )
 from pitstore.errors import BackendError, ConfigError, ConflictError, ReadOnlyStoreError
 from pitstore.rules import commit_time
@@ -232,22 +234,29 @@ class MemoryCatalog:
         return self._read(op)
 
     def commit_features(self, entry: FeatureEntry, *, supersede: Sequence[int], expected_live: Sequence[int]) -> bool:
-        key = (entry.feature_set, entry.version, entry.symbol)
+        return self.commit_features_batch([(entry, supersede, expected_live)])[0] is not None
 
-        def op(s: _State) -> bool:
-            live = [i for i in s.by_symbol.get(key, ()) if s.features[i].superseded_at is None]
-            if sorted(live) != sorted(expected_live):
-                return False
+    def commit_features_batch(self, items: Sequence[FeatureCommit]) -> list[int | None]:
+        def op(s: _State) -> list[int | None]:
+            done: list[int | None] = []
             t = s.now()
-            for i in supersede:
-                if i in s.features:
-                    s.features[i] = s.features[i]._replace(superseded_at=t)
-            new = entry._replace(id=next(s.ids), recorded_at=t, superseded_at=None)
-            s.features[new.id] = new
-            s.by_symbol.setdefault(key, []).append(new.id)
-            return True
+            for entry, supersede, expected_live in items:
+                key = (entry.feature_set, entry.version, entry.symbol)
+                live = [i for i in s.by_symbol.get(key, ()) if s.features[i].superseded_at is None]
+                if sorted(live) != sorted(expected_live):
+                    done.append(None)
+                    continue
+                for i in supersede:
+                    if i in s.features:
+                        s.features[i] = s.features[i]._replace(superseded_at=t)
+                new = entry._replace(id=next(s.ids), recorded_at=t, superseded_at=None)
+                s.features[new.id] = new
+                s.by_symbol.setdefault(key, []).append(new.id)
+                done.append(new.id)
+            return done
 
-        return self._write(f"commit features of {entry.symbol!r}", op)
+        what = commit_what(items)
+        return self._write(what, op)
 
     def all_feature_entries(self) -> list[FeatureEntry]:
         return self._read(lambda s: list(s.features.values()))

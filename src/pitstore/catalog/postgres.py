@@ -35,10 +35,12 @@ from pitstore.catalog.base import (
     BarEntry,
     CacheEntry,
     CacheStatsRow,
+    FeatureCommit,
     FeatureEntry,
     HistoryArchive,
     VersionRow,
     check_distinct_symbols,
+    commit_what,
     table_columns,
 )
 from pitstore.errors import BackendError, BackendUnavailableError, ConfigError, ConflictError, ReadOnlyStoreError
@@ -379,23 +381,45 @@ class PostgresCatalog:
         return [FeatureEntry(*r) for r in rows]
 
     def commit_features(self, entry: FeatureEntry, *, supersede: Sequence[int], expected_live: Sequence[int]) -> bool:
-        def op(conn: _Conn) -> bool:
-            self._lock(conn, ("features", self.schema, entry.feature_set, entry.version, entry.symbol))
-            live = conn.execute("SELECT id FROM feature_entries WHERE feature_set = %s AND version = %s"
-                                " AND symbol = %s AND superseded_at IS NULL ORDER BY id",
-                                (entry.feature_set, entry.version, entry.symbol)).fetchall()
-            if [r[0] for r in live] != sorted(expected_live):
-                return False
-            t = self._now(conn)
-            conn.execute("UPDATE feature_entries SET superseded_at = %s WHERE id = ANY(%s)", (t, list(supersede)))
-            conn.execute("INSERT INTO feature_entries (feature_set, version, symbol, path, n_rows, first_ts, last_ts,"
-                         " bars_entry_id, recorded_at, size, file_hash) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s,"
-                         " %s, %s)", (entry.feature_set, entry.version, entry.symbol, entry.path, entry.n_rows,
-                                      entry.first_ts, entry.last_ts, entry.bars_entry_id, t, entry.size,
-                                      entry.file_hash))
-            return True
+        return self.commit_features_batch([(entry, supersede, expected_live)])[0] is not None
 
-        return self._write(f"commit features of {entry.symbol!r}", op)
+    def commit_features_batch(self, items: Sequence[FeatureCommit]) -> list[int | None]:
+        def op(conn: _Conn) -> list[int | None]:
+            self._lock(conn, *(("features", self.schema, e.feature_set, e.version, e.symbol) for e, _, _ in items))
+            keys = sorted({(e.feature_set, e.version) for e, _, _ in items})
+            live: dict[tuple[str, int, str], list[int]] = {}
+            for fs, version in keys:  # one query per (set, version), not per symbol
+                symbols = [e.symbol for e, _, _ in items if (e.feature_set, e.version) == (fs, version)]
+                for symbol, i in conn.execute(
+                        "SELECT symbol, id FROM feature_entries WHERE feature_set = %s AND version = %s"
+                        " AND symbol = ANY(%s) AND superseded_at IS NULL ORDER BY id",
+                        (fs, version, symbols)).fetchall():
+                    live.setdefault((fs, version, symbol), []).append(i)
+            t = self._now(conn)
+            ok = [live.get((e.feature_set, e.version, e.symbol), []) == sorted(expected) for e, _, expected in items]
+            superseded = [i for (_, supersede, _), d in zip(items, ok, strict=True) if d for i in supersede]
+            if superseded:
+                conn.execute("UPDATE feature_entries SET superseded_at = %s WHERE id = ANY(%s)", (t, superseded))
+            rows = [(e.feature_set, e.version, e.symbol, e.path, e.n_rows, e.first_ts, e.last_ts, e.bars_entry_id, t,
+                     e.size, e.file_hash) for (e, _, _), d in zip(items, ok, strict=True) if d]
+            ids: list[int] = []
+            if rows:
+                with conn.cursor() as cur:
+                    cur.executemany(
+                        "INSERT INTO feature_entries (feature_set, version, symbol, path, n_rows, first_ts, last_ts,"
+                        " bars_entry_id, recorded_at, size, file_hash) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s,"
+                        " %s, %s) RETURNING id", rows, returning=True)
+                    while True:  # one result set per row, in order
+                        row = cur.fetchone()
+                        assert row is not None
+                        ids.append(int(row[0]))
+                        if not cur.nextset():
+                            break
+            published = iter(ids)
+            return [next(published) if d else None for d in ok]
+
+        what = commit_what(items)
+        return self._write(what, op)
 
     def counts(self) -> dict[str, int]:
         """Row counts for stats: live and total entries."""

@@ -16,10 +16,12 @@ from pitstore.catalog.base import (
     BarEntry,
     CacheEntry,
     CacheStatsRow,
+    FeatureCommit,
     FeatureEntry,
     HistoryArchive,
     VersionRow,
     check_distinct_symbols,
+    commit_what,
     table_columns,
 )
 from pitstore.catalog.readonly import open_read_only, shadow_missing
@@ -305,23 +307,32 @@ class SqliteCatalog:
     def commit_features(self, entry: FeatureEntry, *, supersede: Sequence[int], expected_live: Sequence[int]) -> bool:
         """Publish a feature entry, superseding ``supersede``. Returns False (and writes nothing) when the live
         entries of that symbol are no longer ``expected_live``: another process got there first."""
-        with self._write(f"commit features of {entry.symbol!r}") as cur:
-            live = cur.execute(
-                "SELECT id FROM feature_entries WHERE feature_set = ? AND version = ? AND symbol = ?"
-                " AND superseded_at IS NULL ORDER BY id",
-                (entry.feature_set, entry.version, entry.symbol),
-            ).fetchall()
-            if [r[0] for r in live] != sorted(expected_live):
-                return False
+        return self.commit_features_batch([(entry, supersede, expected_live)])[0] is not None
+
+    def commit_features_batch(self, items: Sequence[FeatureCommit]) -> list[int | None]:
+        done: list[int | None] = []
+        what = commit_what(items)
+        with self._write(what) as cur:
             t = _tick(cur)
-            cur.executemany("UPDATE feature_entries SET superseded_at = ? WHERE id = ?", [(t, i) for i in supersede])
-            cur.execute(
-                "INSERT INTO feature_entries (feature_set, version, symbol, path, n_rows, first_ts, last_ts,"
-                " bars_entry_id, recorded_at, size, file_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (entry.feature_set, entry.version, entry.symbol, entry.path, entry.n_rows, entry.first_ts,
-                 entry.last_ts, entry.bars_entry_id, t, entry.size, entry.file_hash),
-            )
-        return True
+            for entry, supersede, expected_live in items:
+                live = cur.execute(
+                    "SELECT id FROM feature_entries WHERE feature_set = ? AND version = ? AND symbol = ?"
+                    " AND superseded_at IS NULL ORDER BY id",
+                    (entry.feature_set, entry.version, entry.symbol),
+                ).fetchall()
+                if [r[0] for r in live] != sorted(expected_live):
+                    done.append(None)
+                    continue
+                cur.executemany("UPDATE feature_entries SET superseded_at = ? WHERE id = ?",
+                                [(t, i) for i in supersede])
+                cur.execute(
+                    "INSERT INTO feature_entries (feature_set, version, symbol, path, n_rows, first_ts, last_ts,"
+                    " bars_entry_id, recorded_at, size, file_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (entry.feature_set, entry.version, entry.symbol, entry.path, entry.n_rows, entry.first_ts,
+                     entry.last_ts, entry.bars_entry_id, t, entry.size, entry.file_hash),
+                )
+                done.append(cur.lastrowid)
+        return done
 
     def counts(self) -> dict[str, int]:
         """Row counts for stats: live and total entries."""

@@ -35,11 +35,18 @@ from pitstore.catalog import versions as _versions
 from pitstore.catalog.base import Catalog, FeatureEntry
 from pitstore.datahash import file_hash
 from pitstore.offline import entries as offline
-from pitstore.offline.entries import _COMPRESSION_LEVEL, COMPACTED_DIR, GROUPS_KEY, EntryReader, is_compacted
+from pitstore.offline.entries import (
+    _COMPRESSION_LEVEL,
+    COMPACTED_DIR,
+    GROUPS_KEY,
+    RUNS_KEY,
+    EntryReader,
+    is_compacted,
+)
 from pitstore.storage import Storage
 
 __all__ = ["AUTO_ENTRIES", "MAX_FILE_ROWS", "CompactReport", "compact", "is_compacted", "loose_entries",
-           "write_packed"]
+           "write_compacted", "write_packed"]
 
 MAX_FILE_ROWS = 4_000_000  # rows per compacted file (cut at symbol boundaries): bounds the memory of one write
 # A backfill compacts a version when more of its live entries than this are outside compacted files: about
@@ -147,7 +154,7 @@ def write_packed(storage: Storage, directory: str, rows: pl.DataFrame) -> list[t
     directly rather than a file per symbol first."""
     out = []
     for part in _files(rows):
-        path, size, digest = _write(storage, f"{directory}/{COMPACTED_DIR}", part)
+        path, size, digest = write_compacted(storage, f"{directory}/{COMPACTED_DIR}", part)
         out.append((path, size, digest, part))
     return out
 
@@ -194,18 +201,31 @@ def _runs(rows: pl.DataFrame) -> list[tuple[str, int, int]]:
     return out
 
 
-def _write(storage: Storage, directory: str, part: pl.DataFrame) -> tuple[str, int, str]:
-    """One compacted file: row groups of one symbol each, listed in its metadata; its path, size and hash."""
+def write_compacted(storage: Storage, directory: str, part: pl.DataFrame, *, pack: bool = False
+                    ) -> tuple[str, int, str]:
+    """One compacted file of ``part`` (each symbol's rows together): row groups of one symbol each, listed in its
+    metadata; its path, size and hash. ``pack``: symbols with few rows share row groups of up to ROW_GROUP_ROWS
+    rows (an incremental backfill's new rows of all its symbols: a group per symbol and row is dear to write)."""
     table = part.to_arrow(compat_level=pl.CompatLevel.oldest())
     epochs = part["ts"].dt.epoch("us").to_numpy()
     cuts: list[tuple[int, int]] = []
     groups: list[list[Any]] = []
+    per_group: list[int] = []
     for sym, a, b in _runs(part):
+        if pack and cuts and b - cuts[-1][0] <= offline.ROW_GROUP_ROWS:  # fits into the open group: joins it
+            cuts[-1] = (cuts[-1][0], b)
+            groups.append([sym, b - a, int(epochs[a]), int(epochs[b - 1])])
+            per_group[-1] += 1
+            continue
         for c in range(a, b, offline.ROW_GROUP_ROWS):
             d = min(b, c + offline.ROW_GROUP_ROWS)
             cuts.append((c, d))
             groups.append([sym, d - c, int(epochs[c]), int(epochs[d - 1])])
-    schema = table.schema.with_metadata({**(table.schema.metadata or {}), GROUPS_KEY: json.dumps(groups).encode()})
+            per_group.append(1)
+    meta = {**(table.schema.metadata or {}), GROUPS_KEY: json.dumps(groups).encode()}
+    if any(n > 1 for n in per_group):
+        meta[RUNS_KEY] = json.dumps(per_group).encode()
+    schema = table.schema.with_metadata(meta)
     sink = io.BytesIO()
     with pq.ParquetWriter(sink, schema, compression="zstd", compression_level=_COMPRESSION_LEVEL,
                           write_statistics=True, use_dictionary=DICTIONARY_COLUMNS) as writer:

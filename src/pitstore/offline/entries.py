@@ -26,8 +26,9 @@ from pitstore.memo import BytesLRU
 from pitstore.rules import from_us
 from pitstore.storage import Storage, as_storage
 
-__all__ = ["COMPACTED_DIR", "GROUPS_KEY", "CheckedRead", "EntryReader", "by_symbol_ts", "check_file", "content_hash",
-           "encode_symbol", "file_facts", "is_compacted", "put_entry", "read_compacted", "read_entries", "write_entry"]
+__all__ = ["COMPACTED_DIR", "GROUPS_KEY", "RUNS_KEY", "CheckedRead", "EntryReader", "by_symbol_ts", "check_file",
+           "content_hash", "encode_symbol", "file_facts", "is_compacted", "put_entry", "read_compacted",
+           "read_entries", "write_entry"]
 
 log = logging.getLogger("pitstore.offline.entries")
 # A damaged file can make polars' decoder panic (PanicException, a BaseException) rather than raise an error.
@@ -46,6 +47,9 @@ _RAM_FRACTION = 8  # by default an EntryReader keeps decoded reads up to 1/8 of 
 COMPACTED_DIR = "compacted"
 # Key of the compacted file's Parquet metadata listing its row groups: [symbol, rows, first ts, last ts] each.
 GROUPS_KEY = b"pitstore.groups"
+# Key listing how many of those [symbol, ...] runs each row group holds, when a group holds several (the one file
+# of an incremental backfill: a row group per symbol cost 3 ms each to write for one new row); absent: one each.
+RUNS_KEY = b"pitstore.group_runs"
 
 
 def is_compacted(path: str) -> bool:
@@ -192,20 +196,24 @@ def by_symbol_ts(rows: pl.DataFrame) -> pl.DataFrame:
     return rows.sort("symbol", "ts", maintain_order=True, nulls_last=True)
 
 
-Groups = list[tuple[str, int, int, int]]  # per row group of a compacted file: symbol, rows, first ts, last ts
+Groups = list[tuple[str, int, int, int]]  # per run of a compacted file: symbol, rows, first ts, last ts
 
 
-def _open_compacted(storage: Storage, path: str) -> tuple[pq.ParquetFile, Groups]:
+def _open_compacted(storage: Storage, path: str) -> tuple[pq.ParquetFile, Groups, list[int]]:
+    """The file, its runs (one symbol's rows each, in file order) and how many runs each row group holds."""
     local = storage.local_path(path)
     source: str | pa.BufferReader = str(local) if local is not None else pa.BufferReader(storage.read(path))
     pf = pq.ParquetFile(source, memory_map=local is not None)
-    raw = (pf.metadata.metadata or {}).get(GROUPS_KEY)
+    meta = pf.metadata.metadata or {}
+    raw = meta.get(GROUPS_KEY)
     if raw is None:
         raise pl.exceptions.ComputeError(f"{path} has no {GROUPS_KEY.decode()} metadata")
     groups = [(str(g[0]), int(g[1]), int(g[2]), int(g[3])) for g in json.loads(raw)]
-    if len(groups) != pf.metadata.num_row_groups:
-        raise pl.exceptions.ComputeError(f"{path}: {len(groups)} groups listed, {pf.metadata.num_row_groups} stored")
-    return pf, groups
+    per_group = [int(n) for n in json.loads(meta[RUNS_KEY])] if RUNS_KEY in meta else [1] * len(groups)
+    if len(per_group) != pf.metadata.num_row_groups or sum(per_group) != len(groups):
+        raise pl.exceptions.ComputeError(f"{path}: {len(groups)} runs in {len(per_group)} groups listed, "
+                                         f"{pf.metadata.num_row_groups} groups stored")
+    return pf, groups, per_group
 
 
 def _row_groups(pf: pq.ParquetFile, local: Path | None, groups: Groups, chosen: Sequence[int],
@@ -237,7 +245,7 @@ def read_compacted(storage: Storage, path: str, wanted: Sequence[tuple[FeatureEn
     whole = sum(e.n_rows for e, span in wanted if span == (None, None))
     local = storage.local_path(path)
     cols = list(columns) if columns is not None else None
-    pf, groups = _open_compacted(storage, path)
+    pf, groups, per_group = _open_compacted(storage, path)
     if whole == sum(g[1] for g in groups):  # every row of the file is wanted: no group to skip, no row to cut
         if local is not None:
             return pl.read_parquet(local, columns=cols)
@@ -246,8 +254,10 @@ def read_compacted(storage: Storage, path: str, wanted: Sequence[tuple[FeatureEn
     for e, (lo, hi) in wanted:
         keep.setdefault(e.symbol, []).append((e.first_ts if lo is None else max(lo, e.first_ts),
                                               e.last_ts if hi is None else min(hi, e.last_ts)))
-    chosen = [i for i, (sym, _, first, last) in enumerate(groups)
-              if any(a <= last and b >= first for a, b in keep.get(sym, ()))]
+    bounds = np.concatenate(([0], np.cumsum(per_group))).tolist()  # runs of group g: bounds[g] .. bounds[g + 1]
+    chosen = [g for g in range(len(per_group)) if any(
+        any(a <= last and b >= first for a, b in keep.get(sym, ())) for sym, _, first, last in
+        groups[bounds[g]:bounds[g + 1]])]
     read_cols = cols if cols is None or "ts" in cols else [*cols, "ts"]
     df = _row_groups(pf, local, groups, chosen, read_cols)
     if not chosen:
@@ -255,13 +265,14 @@ def read_compacted(storage: Storage, path: str, wanted: Sequence[tuple[FeatureEn
     ts = df["ts"].dt.epoch("us").to_numpy()
     starts, ends = [], []
     offset = 0
-    for i in chosen:  # each group holds one symbol, sorted by ts: its wanted rows are searchsorted ranges
-        sym, n = groups[i][0], groups[i][1]
-        spans = np.asarray(keep[sym], dtype=np.int64)
-        part = ts[offset:offset + n]
-        starts.append(offset + np.searchsorted(part, spans[:, 0], "left"))
-        ends.append(offset + np.searchsorted(part, spans[:, 1], "right"))
-        offset += n
+    for g in chosen:  # each run is one symbol's rows sorted by ts: its wanted rows are searchsorted ranges
+        for sym, n, _, _ in groups[bounds[g]:bounds[g + 1]]:
+            if sym in keep:
+                spans = np.asarray(keep[sym], dtype=np.int64)
+                part = ts[offset:offset + n]
+                starts.append(offset + np.searchsorted(part, spans[:, 0], "left"))
+                ends.append(offset + np.searchsorted(part, spans[:, 1], "right"))
+            offset += n
     a, b = np.concatenate(starts), np.concatenate(ends)
     order = np.argsort(a, kind="stable")
     a, b = a[order], b[order]

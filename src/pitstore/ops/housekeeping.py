@@ -483,7 +483,7 @@ class _Repair:
         live = self.catalog.feature_entries(feat.feature_set, feat.version, [feat.symbol])
         result = _backfill.BackfillReport(fs.name, feat.version)
         _backfill._run(self.storage, self.catalog, fs, feat.version, [_backfill._Plan(live_bars[0], live, True, None)],
-                       None, None, result, None)
+                       None, None, result, None, None)
         if not result.full:
             return False
         self._drop("feature_entries", feat)

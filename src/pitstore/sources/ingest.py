@@ -25,6 +25,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -203,7 +204,7 @@ def _plan(data: Storage, df: pl.DataFrame, symbols: Sequence[str], spans: Mappin
     appends = [s for s in symbols if (e := live.get(s)) is not None and ts[spans[s][0]] > e.last_ts
                and len(parts_of(e)) <= max_segments]
     if appends:
-        _plan_appends(data, df, appends, spans, live, planned)
+        _plan_appends(data, df, ts, appends, spans, live, planned)
         unchanged.difference_update(appends)
         chosen = set(appends)
         symbols = [s for s in symbols if s not in chosen]
@@ -220,10 +221,12 @@ def _plan(data: Storage, df: pl.DataFrame, symbols: Sequence[str], spans: Mappin
             chunk, size = [], 0
 
 
-def _plan_appends(data: Storage, df: pl.DataFrame, symbols: Sequence[str], spans: Mapping[str, tuple[int, int]],
-                  live: Mapping[str, BarEntry], planned: dict[str, _Planned]) -> None:
+def _plan_appends(data: Storage, df: pl.DataFrame, ts: np.ndarray, symbols: Sequence[str],
+                  spans: Mapping[str, tuple[int, int]], live: Mapping[str, BarEntry], planned: dict[str, _Planned]
+                  ) -> None:
     """One segment file with the new bars of ``symbols`` (each after its last stored bar), a row group each, and
-    their snapshots: the live one's parts plus that row group. The stored bars are not read."""
+    their snapshots: the live one's parts plus that row group. The stored bars are not read. ``ts``: ``df``'s
+    timestamps in µs (a polars expression per symbol cost more than the rest of its snapshot)."""
     frames = [df.slice(a, b - a) for a, b in (spans[s] for s in symbols)]
     path, groups = write_segment(data, frames)
     table = df.to_arrow()  # once: a hash covers values, not layout, so a slice hashes as its own frame would
@@ -231,7 +234,7 @@ def _plan_appends(data: Storage, df: pl.DataFrame, symbols: Sequence[str], spans
         old = live[symbol]
         a, b = spans[symbol]
         parts = [*parts_of(old), Part(path, group, frame.height, table_hash(table.slice(a, b - a)).hex)]
-        last = int(frame["ts"].dt.epoch("us")[-1])
+        last = int(ts[b - 1])
         bar = BarEntry(0, symbol, old.path, old.n_rows + frame.height, old.first_ts, last, chained_hash(parts), True,
                        0, 0, None, encode_parts(parts))
         planned[symbol] = _Planned(bar, old, 0, 0, True, path)

@@ -20,18 +20,21 @@ import io
 import json
 import uuid
 from collections.abc import Sequence
+from typing import cast
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import xxhash
 
 from pitstore.catalog.base import BarEntry, FeatureEntry
+from pitstore.memo import BytesLRU
 from pitstore.offline.entries import read_entries
 from pitstore.storage import Storage
 
-__all__ = ["Part", "PartReader", "chained_hash", "encode_parts", "entry_paths", "part_paths", "parts_of",
-           "read_bars", "read_part", "read_tail", "write_base", "write_segment"]
+__all__ = ["Part", "PartReader", "chained_hash", "encode_parts", "entry_paths", "kept_bytes", "part_paths", "parts_of",
+           "read_bars", "read_part", "read_tail", "read_tails", "write_base", "write_segment"]
 
 WHOLE_FILE = -1
 SEGMENT_DIR = "bars/_segments"
@@ -118,13 +121,17 @@ def write_base(storage: Storage, relative_dir: str, df: pl.DataFrame) -> str:
 
 class PartReader:
     """Reads parts, each file's footer parsed once and each row group decoded once (many symbols' parts share
-    one segment file, and their tails one base's last groups)."""
+    one segment file, and their tails one base's last groups). ``keep``: where decoded row groups outlive this
+    reader (files are immutable and uniquely named, so a group decoded by an earlier backfill of this process
+    is still the group: a base's tail is decoded once per base, not once per append). Values in ``keep`` are
+    (value, bytes) pairs: make it with ``sizeof=kept_bytes``."""
 
-    def __init__(self, storage: Storage, columns: Sequence[str] | None = None) -> None:
+    def __init__(self, storage: Storage, columns: Sequence[str] | None = None, keep: BytesLRU | None = None) -> None:
         self.storage = storage
         self.columns = list(columns) if columns is not None else None
+        self.keep = keep
         self._files: dict[str, tuple[pq.ParquetFile, list[int]]] = {}  # path -> file, first row of each group
-        self._groups: dict[tuple[str, int], pl.DataFrame] = {}
+        self._groups: dict[tuple[str, int], tuple[pl.DataFrame, np.ndarray]] = {}  # frame, ts in µs
 
     def _file(self, path: str) -> tuple[pq.ParquetFile, list[int]]:
         got = self._files.get(path)
@@ -138,27 +145,54 @@ class PartReader:
 
     def groups(self, path: str) -> list[int]:
         """First row of each row group of ``path``, and its row count last."""
-        return self._file(path)[1]
+        key = ("starts", path)
+        kept = self.keep.get(key) if self.keep is not None else None
+        if kept is not None:
+            return cast(list[int], kept[0])
+        starts = self._file(path)[1]
+        if self.keep is not None:
+            self.keep.put(key, (starts, 8 * len(starts)))
+        return starts
 
     def group(self, path: str, g: int) -> pl.DataFrame:
-        df = self._groups.get((path, g))
-        if df is None:
-            table = self._file(path)[0].read_row_group(g, columns=self.columns)
-            df = self._groups[(path, g)] = pl.from_arrow(table)  # type: ignore[assignment]
-            assert isinstance(df, pl.DataFrame)
-        return df
+        return self._group(path, g)[0]
+
+    def _group(self, path: str, g: int) -> tuple[pl.DataFrame, np.ndarray]:
+        got = self._groups.get((path, g))
+        if got is not None:
+            return got
+        key = ("group", path, g, None if self.columns is None else tuple(self.columns))
+        kept = self.keep.get(key) if self.keep is not None else None
+        if kept is not None:
+            got = self._groups[(path, g)] = cast(tuple[pl.DataFrame, np.ndarray], kept[0])
+            return got
+        df = pl.from_arrow(self._file(path)[0].read_row_group(g, columns=self.columns))
+        assert isinstance(df, pl.DataFrame)
+        got = self._groups[(path, g)] = (df, df["ts"].dt.epoch("us").to_numpy())
+        if self.keep is not None:
+            self.keep.put(key, (got, int(df.estimated_size()) + got[1].nbytes))
+        return got
 
     def rows(self, path: str, first: int, n: int) -> pl.DataFrame:
         """Rows ``first`` to ``first + n`` of ``path``, decoding only the row groups they lie in."""
+        return self._rows(path, first, n)[0]
+
+    def _rows(self, path: str, first: int, n: int) -> tuple[pl.DataFrame, np.ndarray]:
         starts = self.groups(path)
         lo = max(bisect.bisect_right(starts, first) - 1, 0)
-        frames = []
+        frames, epochs = [], []
         g = lo
         while g < len(starts) - 1 and starts[g] < first + n:
-            frames.append(self.group(path, g))
+            df, ep = self._group(path, g)
+            frames.append(df)
+            epochs.append(ep)
             g += 1
-        df = pl.concat(frames, how="vertical_relaxed") if len(frames) > 1 else frames[0]
-        return df.slice(first - starts[lo], n)
+        if len(frames) == 1:
+            df, ep = frames[0], epochs[0]
+        else:
+            df, ep = pl.concat(frames, how="vertical_relaxed"), np.concatenate(epochs)
+        at = first - starts[lo]
+        return df.slice(at, n), ep[at:at + n]
 
     def part(self, part: Part) -> pl.DataFrame:
         if part.offset == WHOLE_FILE:
@@ -166,6 +200,11 @@ class PartReader:
             assert df is not None
             return df
         return self.rows(part.path, part.offset, part.n_rows)
+
+
+def kept_bytes(value: tuple[object, int]) -> int:
+    """The size of a value :class:`PartReader` keeps (stored next to it)."""
+    return value[1]
 
 
 def read_part(storage: Storage, part: Part, columns: Sequence[str] | None = None) -> pl.DataFrame:
@@ -197,34 +236,41 @@ def read_tail(reader: PartReader, entry: BarEntry, after_us: int, keep: int) -> 
     """The bars of ``entry`` from the ``keep``-th last bar dated at or before ``after_us`` on (all of them when
     there are fewer), read from the newest parts back, a base file only from its last row groups; and the
     absolute position (bars before it in the snapshot) of the first bar returned."""
-    frames: list[pl.DataFrame] = []
-    older = 0  # bars read dated at or before after_us
-    position = entry.n_rows
+    df, (position,) = read_tails(reader, [(entry, after_us)], keep)
+    return df, position
 
-    def take(df: pl.DataFrame) -> bool:
-        nonlocal older, position
-        frames.append(df)
-        position -= df.height
-        older += int((df["ts"].dt.epoch("us") <= after_us).sum())
-        return older >= keep
 
-    done = False
-    for part in reversed(parts_of(entry)):
-        if part.offset != WHOLE_FILE:
-            done = take(reader.part(part))
-        else:
-            for g in range(len(reader.groups(part.path)) - 2, -1, -1):
-                if take(reader.group(part.path, g)):
-                    done = True
+def read_tails(reader: PartReader, tails: Sequence[tuple[BarEntry, int]], keep: int
+               ) -> tuple[pl.DataFrame, list[int]]:
+    """:func:`read_tail` of many snapshots (each with its ``after_us``), concatenated in order, and the position
+    of each one's first bar: per snapshot only slices and counts (one concatenation at the end), since an append
+    to 500 symbols reads 500 tails of a few bars each."""
+    pieces: list[pl.DataFrame] = []
+    positions: list[int] = []
+    for entry, after_us in tails:
+        mine: list[tuple[pl.DataFrame, np.ndarray]] = []
+        older = 0  # bars read dated at or before after_us
+        for part in reversed(parts_of(entry)):
+            # A base's groups newest first, each decoded only when the bars after it do not suffice.
+            got = iter([reader._rows(part.path, part.offset, part.n_rows)]) if part.offset != WHOLE_FILE else (
+                reader._group(part.path, g) for g in range(len(reader.groups(part.path)) - 2, -1, -1))
+            for df, ep in got:
+                mine.append((df, ep))
+                older += int(np.count_nonzero(ep <= after_us))
+                if older >= keep:
                     break
-        if done:
-            break
-    frames.reverse()
-    df = pl.concat(frames, how="vertical_relaxed")
-    extra = older - keep  # the oldest bars read that no window reaches
-    if extra > 0:
-        df, position = df.slice(extra), position + extra
-    return df.rechunk(), position
+            if older >= keep:
+                break
+        mine.reverse()
+        extra = max(older - keep, 0)  # the oldest bars read that no window reaches
+        positions.append(entry.n_rows - sum(df.height for df, _ in mine) + extra)
+        for df, _ in mine:
+            if extra >= df.height:
+                extra -= df.height
+                continue
+            pieces.append(df.slice(extra) if extra else df)
+            extra = 0
+    return pl.concat(pieces, how="vertical_relaxed").rechunk(), positions
 
 
 def entry_paths(entry: BarEntry | FeatureEntry) -> list[str]:

@@ -253,6 +253,28 @@ class CatalogConformance:
         old = [e for e in catalog.all_feature_entries() if e.id in (a0.id, a10.id)]
         assert all(e.superseded_at == now[0].recorded_at for e in old)
 
+    def test_feature_entries_commit_batch(self, catalog: Catalog) -> None:
+        ids = catalog.commit_features_batch([(feature("AAA", 0, 9), [], []), (feature("BBB", 0, 9), [], [])])
+        a0, b0 = catalog.feature_entries("fs", 1)
+        assert ids == [a0.id, b0.id]
+        assert a0.recorded_at == b0.recorded_at  # one transaction, one commit time
+        # BBB's expected live entries are stale: it alone is refused, AAA and CCC are published.
+        shared = "features/fs/1/compacted/x.parquet"
+        done = catalog.commit_features_batch([
+            (feature("AAA", 10, 10, path=shared), [], [a0.id]),
+            (feature("BBB", 0, 10, path=shared), [b0.id], []),
+            (feature("CCC", 0, 0, path=shared), [], []),
+        ])
+        live = catalog.feature_entries("fs", 1)
+        assert done == [live[1].id, None, live[3].id]
+        assert [(e.symbol, e.first_ts, e.last_ts) for e in live] == [("AAA", 0, 9), ("AAA", 10, 10), ("BBB", 0, 9),
+                                                                     ("CCC", 0, 0)]
+        assert [e.path for e in live].count(shared) == 2
+        # A full recompute in a batch supersedes what it replaces.
+        a_ids = [e.id for e in live if e.symbol == "AAA"]
+        (new,) = catalog.commit_features_batch([(feature("AAA", 0, 10), a_ids, a_ids)])
+        assert [(e.id, e.first_ts, e.last_ts) for e in catalog.feature_entries("fs", 1, ["AAA"])] == [(new, 0, 10)]
+
     def test_drop_superseded_keeps_the_restatement_chain_and_records_the_horizon(self, catalog: Catalog) -> None:
         first = catalog.commit_bars(bar("AAA", n=10), None)
         restated = catalog.commit_bars(bar("AAA", n=11)._replace(appended_only=False, restated_rows=1), first.id)
