@@ -61,9 +61,13 @@ def test_repair_recomputes_broken_feature_entries(tmp_path: Path, how: str) -> N
     root = tmp_path / "store"
     before, rows = two_segments(root)
     with Store.open(root) as store:
-        entries = store.catalog.feature_entries("fs", 1, ["S0000"])
-        for e in entries:  # both segments: the full one and the incremental one
-            damage(root / e.path, how)
+        damaged = {e.path for e in store.catalog.feature_entries("fs", 1, ["S0000"])}
+        for path in damaged:  # both segments: the full one and the incremental one
+            damage(root / path, how)
+        # The incremental backfill wrote both symbols' new rows into one shared file: S0001's entry in it is
+        # damaged too.
+        entries = [e for e in store.catalog.feature_entries("fs", 1) if e.path in damaged]
+        assert {e.symbol for e in entries} == {"S0000", "S0001"}
         found = store.verify()
         assert not found.ok and sorted(p["path"] for p in found.problems) == sorted(e.path for e in entries)
     with Store.open(root) as store:  # a new process: the definition is passed in
@@ -74,7 +78,7 @@ def test_repair_recomputes_broken_feature_entries(tmp_path: Path, how: str) -> N
         assert_frame_equal(store.get_historical(entities(), "fs"), before)
         assert_frame_equal(store.read("fs"), rows)
         # as_known_at replays are unchanged: the entries keep their recorded_at
-        after = store.catalog.feature_entries("fs", 1, ["S0000"])
+        after = [e for e in store.catalog.feature_entries("fs", 1) if e.id in {d.id for d in entries}]
         assert [(e.id, e.recorded_at, e.n_rows) for e in after] == [(e.id, e.recorded_at, e.n_rows) for e in entries]
 
 
@@ -83,13 +87,17 @@ def test_repair_drops_an_entry_whose_definition_is_not_available(tmp_path: Path)
     before, _ = two_segments(root)
     with Store.open(root) as store:
         latest = store.catalog.feature_entries("fs", 1, ["S0001"])[-1]
+        # The incremental backfill wrote both symbols' new rows into this one file: both entries go.
+        sharing = [e for e in store.catalog.feature_entries("fs", 1) if e.path == latest.path]
+        assert {e.symbol for e in sharing} == {"S0000", "S0001"}
         damage(root / latest.path, "truncated")
         report = store.verify(repair=True)  # nothing registered in this process
-        assert [d["path"] for d in report.dropped] == [latest.path] and report.repaired == []
-        assert "definition" in report.dropped[0]["action"]
+        assert [d["path"] for d in report.dropped] == [latest.path] * len(sharing) and report.repaired == []
+        assert all("definition" in d["action"] for d in report.dropped)
         assert report.ok and store.verify().ok and not (root / latest.path).exists()
-        got = store.get_historical(entities(), "fs")  # reads work; the older segment still answers Feb
-        assert_frame_equal(got.filter(pl.col("symbol") == "S0000"), before.filter(pl.col("symbol") == "S0000"))
+        got = store.get_historical(entities(), "fs")  # reads work; the older segments still answer Feb
+        feb = pl.col("ts") < datetime(2015, 3, 1, tzinfo=UTC)
+        assert_frame_equal(got.filter(feb), before.filter(feb))
         # Backfill with the definition brings the dropped rows back.
         store.backfill(feature_set())
         assert_frame_equal(store.get_historical(entities(), "fs"), before)
