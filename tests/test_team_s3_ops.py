@@ -85,11 +85,14 @@ def test_verify_repair_rebuilds_broken_objects(team: Store, how: str) -> None:
     team.ingest(bars)
     team.backfill(feature_set())
     before = team.get_historical(entities(), "fs")
-    broken = team.catalog.feature_entries("fs", 1, ["S0000"])
-    assert len(broken) == 2
+    damaged = {e.path for e in team.catalog.feature_entries("fs", 1, ["S0000"])}
+    assert len(damaged) == 2
+    # The incremental backfill wrote both symbols' new rows into one shared object: S0001's entry breaks too.
+    broken = [e for e in team.catalog.feature_entries("fs", 1) if e.path in damaged]
+    assert {e.symbol for e in broken} == {"S0000", "S0001"}
     (live_bars,) = team.catalog.live_bars(["S0001"])
-    for e in broken:
-        _corrupt(team, e.path, how)
+    for path in damaged:
+        _corrupt(team, path, how)
     _corrupt(team, live_bars.path, how)
     found = team.verify()
     assert sorted(p["path"] for p in found.problems) == sorted([*(e.path for e in broken), live_bars.path])
@@ -97,8 +100,11 @@ def test_verify_repair_rebuilds_broken_objects(team: Store, how: str) -> None:
     report = team.verify(repair=True, feature_sets=[feature_set()])
     assert report.ok and team.verify().ok, report.to_dict()
     assert sorted(r["path"] for r in report.repaired) == sorted([*(e.path for e in broken), live_bars.path])
+    # S0000's entries rebuilt in place; S0001's new rows went with the 20 bars lost in its snapshot's fallback.
     after = team.catalog.feature_entries("fs", 1, ["S0000"])
-    assert [(e.id, e.recorded_at, e.n_rows) for e in after] == [(e.id, e.recorded_at, e.n_rows) for e in broken]
+    mine = [e for e in broken if e.symbol == "S0000"]
+    assert [(e.id, e.recorded_at, e.n_rows) for e in after] == [(e.id, e.recorded_at, e.n_rows) for e in mine]
+    assert team.catalog.feature_entries("fs", 1, ["S0001"])[-1].last_ts <= live_bars.first_ts + 59 * 86_400_000_000
     objects: dict[str, Any] = {o.path: o.size for o in team.storage.list("features")}
     assert all(objects.get(e.path) == e.size for e in after)  # the rebuilt entries are objects in the bucket
     assert_frame_equal(team.get_historical(entities(), "fs").filter(pl.col("symbol") == "S0000"),
