@@ -201,25 +201,26 @@ class Settings:
             raise ConfigError(f"entry_cache_bytes must be a number of bytes, got {self.entry_cache_bytes!r}") from exc
         if entry_bytes is not None and entry_bytes < 0:
             raise ConfigError(f"entry_cache_bytes must not be negative, got {entry_bytes}")
-        try:
-            batch_bytes = int(self.read_batch_bytes)
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"read_batch_bytes must be a number of bytes, got {self.read_batch_bytes!r}") from exc
-        if batch_bytes < 1:
-            raise ConfigError(f"read_batch_bytes must be positive, got {batch_bytes}")
+        batch_bytes = _whole(self.read_batch_bytes, "read_batch_bytes", "a number of bytes", least=1)
         retention = _days(self.retention_days, "retention_days")
-        try:
-            segments = int(self.bar_segments)
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"bar_segments must be a whole number, got {self.bar_segments!r}") from exc
-        if segments < 0:
-            raise ConfigError(f"bar_segments must not be negative, got {segments}")
+        segments = _whole(self.bar_segments, "bar_segments", "a whole number", least=0)
         return replace(self, root=root_path(self.root), read_only=_tristate(self.read_only),
                        entry_cache_bytes=entry_bytes, read_batch_bytes=batch_bytes, retention_days=retention,
                        data_options=options,
                        lock_timeout=lock_timeout, history_days=history_days, live_flush_bars=flush,
                        max_future_days=future, max_body_bytes=max_body, cost_per_compute_second=costs[0],
                        cost_per_data_call=costs[1], bar_segments=segments)
+
+
+def _whole(value: object, name: str, what: str, *, least: int) -> int:
+    """A setting that is a whole number >= ``least`` (0: not negative; 1: positive)."""
+    try:
+        n: int = int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{name} must be {what}, got {value!r}") from exc
+    if n < least:
+        raise ConfigError(f"{name} must {'be positive' if least == 1 else 'not be negative'}, got {n}")
+    return n
 
 
 def _days(value: object, name: str) -> float:
