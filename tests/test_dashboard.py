@@ -104,13 +104,28 @@ def _scrape(url: str) -> dict[str, Any]:
 
 
 def _value(driver: Any, css: str, attr: str = "value") -> float:
-    raw = driver.find_element("css selector", css).get_attribute(f"data-{attr}")
+    # In one script, as _row: the element may be replaced between a find and a read.
+    raw = driver.execute_script("const e = document.querySelector(arguments[0]);"
+                                " return e ? e.getAttribute(arguments[1]) : null;", css, f"data-{attr}")
+    assert raw is not None, f"no {css}"
     return float(raw)
 
 
+def _row(driver: Any, css: str) -> dict[str, Any]:
+    """One table row read in a single script (the page replaces its rows every update: element handles held
+    across several WebDriver calls go stale): its data attributes, text and the data-value of its numbers."""
+    row: dict[str, Any] = driver.execute_script(
+        "const r = document.querySelector(arguments[0]); if (!r) return null;"
+        " return {data: Object.assign({}, r.dataset), text: r.innerText,"
+        " nums: Array.from(r.querySelectorAll('td.num')).map(td => td.dataset.value)};", css)
+    assert row is not None, f"no row {css}"
+    return row
+
+
 def _points(driver: Any) -> dict[str, int]:
-    return {svg.get_attribute("data-chart"): int(svg.get_attribute("data-points"))
-            for svg in driver.find_elements("css selector", "svg.chart")}
+    got = driver.execute_script("return Array.from(document.querySelectorAll('svg.chart'))"
+                                ".map(s => [s.dataset.chart, s.dataset.points]);")
+    return {name: int(points) for name, points in got}
 
 
 def test_dashboard_in_a_real_browser_shows_the_served_figures(browser: Any, tmp_path: Path) -> None:
@@ -147,9 +162,9 @@ def test_dashboard_in_a_real_browser_shows_the_served_figures(browser: Any, tmp_
         tiles = {name: _value(browser, f"#tile-{name} .value") for name in
                  ("fallbacks", "errors", "online-hit", "cache-hit", "avoided")}
         total = float(browser.find_element("css selector", "#tile-rps .sub").text.split()[0].replace(",", ""))
-        errors = {tr.get_attribute("data-status"): float(tr.find_element("css selector", "td.num")
-                                                         .get_attribute("data-value"))
-                  for tr in browser.find_elements("css selector", "#errors tr[data-status]")}
+        errors = {r["status"]: float(r["value"]) for r in browser.execute_script(  # one script: rows replaced
+            "return Array.from(document.querySelectorAll('#errors tr[data-status]')).map(tr =>"
+            " ({status: tr.dataset.status, value: tr.querySelector('td.num').dataset.value}));")}
         cost = {k: _value(browser, f"#{k}") for k in ("cost-spent", "cost-avoided", "cost-per-query",
                                                        "price-compute", "price-call")}
         after = _scrape(url)
@@ -174,17 +189,15 @@ def test_dashboard_in_a_real_browser_shows_the_served_figures(browser: Any, tmp_
         stats = before["stats"]
         with Store.open(root) as store:
             entries = len(store.catalog.feature_entries("daily_core", 1))
-        row = 'tr[data-set="daily_core"] td.num'
-        versions, n_entries, _, _ = (float(td.get_attribute("data-value"))
-                                     for td in browser.find_elements("css selector", "#storage " + row))
+        versions, n_entries, _, _ = (float(v) for v in _row(browser, '#storage tr[data-set="daily_core"]')["nums"])
         assert versions == sum(v.startswith("daily_core@") for v in stats["versions"]) == 1
         assert n_entries == entries == stats["feature_entries_live"]
         totals = browser.find_element("css selector", "#storage-totals")
         assert (float(totals.get_attribute("data-cache-entries")), float(totals.get_attribute("data-cache-bytes"))) \
             == (cache["entries"], cache["bytes"])
-        fresh = browser.find_element("css selector", '#freshness tr[data-set="daily_core@1"]')
-        assert fresh.get_attribute("data-fresh") == "true" and "fresh" in fresh.text
-        age = float(fresh.find_element("css selector", "td.num").get_attribute("data-value"))
+        fresh = _row(browser, '#freshness tr[data-set="daily_core@1"]')
+        assert fresh["data"]["fresh"] == "true" and "fresh" in fresh["text"]
+        age = float(fresh["nums"][0])
         assert before["age"]["daily_core@1"] - 1 <= age <= after["age"]["daily_core@1"] + 1
 
         # The charts have drawn the load, and gain points as samples arrive.
