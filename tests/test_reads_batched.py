@@ -13,8 +13,8 @@ import numpy as np
 import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
-from test_prune import feature_sets  # the same two sets: plain, and lagged with a TTL
 
+import pitstore
 from pitstore import Store
 from pitstore.offline import compact
 from pitstore.offline.reads import select, symbol_batches
@@ -24,6 +24,14 @@ DAY = timedelta(days=1)
 START = datetime(2015, 1, 2, tzinfo=UTC)
 N_SYMBOLS, N_BARS = 7, 90
 FEATURES = ["plain:r", "plain:m", "lagged:lr", "lagged:le"]
+
+
+def feature_sets() -> list[pitstore.FeatureSet]:
+    return [
+        pitstore.FeatureSet("plain", [pitstore.ret(2).alias("r"), pitstore.sma(3).alias("m")], timeframe="1d"),
+        pitstore.FeatureSet("lagged", [pitstore.ret(1).alias("lr"), pitstore.ema(4).alias("le")], timeframe="1d",
+                            ttl=timedelta(days=3), availability_lag=timedelta(hours=20)),
+    ]
 
 
 @pytest.fixture(scope="module")

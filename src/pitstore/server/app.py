@@ -278,14 +278,17 @@ def create_app(store: Store | None = None, *, settings: Settings | None = None, 
               summary="Features as of each entity row (JSON rows, or an Arrow IPC / Parquet body)")
     async def historical(request: Request, features: str | None = None, as_known_at: str | None = None) -> Response:
         raw = await request.body()
+        arrow = wants_arrow(request.headers.get("accept"))
 
-        def frame() -> pl.DataFrame:
+        def work() -> tuple[bytes | memoryview, str]:
             entities, body = _table(raw, request.headers.get("content-type", JSON), "entities")
             names, known = body.get("features", features), body.get("as_known_at", as_known_at)
-            return the_store().get_historical(entities, parse_list(names, "features"),
-                                              as_known_at=parse_time(known, "as_known_at"), output="polars")
+            out = the_store().get_historical(entities, parse_list(names, "features"),
+                                             as_known_at=parse_time(known, "as_known_at"), output="polars")
+            return frame_response_body(out, arrow)
 
-        return await _frame_answer(request, frame)
+        data, media = await run_in_threadpool(work)
+        return Response(data, media_type=media)
 
     # --- bars and the catalogue ------------------------------------------------------------------------
 
@@ -293,16 +296,19 @@ def create_app(store: Store | None = None, *, settings: Settings | None = None, 
              summary="The stored OHLCV bars of a symbol in [start, end], or aggregated to a coarser timeframe")
     async def bars(request: Request, symbol: str, start: str | None = None, end: str | None = None,
                    timeframe: str | None = None) -> Response:
-        def frame() -> pl.DataFrame:
+        arrow = wants_arrow(request.headers.get("accept"))
+
+        def work() -> tuple[bytes | memoryview, str]:
             df = the_store().bars(parse_symbols(symbol)[0], timeframe=timeframe)
             t0, t1 = parse_time(start, "start"), parse_time(end, "end")
             if t0 is not None:
                 df = df.filter(df["ts"] >= t0)
             if t1 is not None:
                 df = df.filter(df["ts"] <= t1)
-            return df
+            return frame_response_body(df, arrow)
 
-        return await _frame_answer(request, frame)
+        data, media = await run_in_threadpool(work)
+        return Response(data, media_type=media)
 
     @app.get("/v1/catalog", tags=["catalogue"], summary="Every feature pitstore can compute")
     async def catalog(kind: str | None = None) -> Response:
@@ -329,12 +335,15 @@ def create_app(store: Store | None = None, *, settings: Settings | None = None, 
              summary="Indicator rows for a range by default names (sma_50, rsi_14, macd_12_26_9)")
     async def indicators(request: Request, symbol: str, indicators: str, start: str | None = None,
                          end: str | None = None, timeframe: str | None = None) -> Response:
-        def frame() -> pl.DataFrame:
-            return the_store().get_indicators(parse_symbols(symbol)[0], parse_list(indicators, "indicators"),
-                                              parse_time(start, "start"), parse_time(end, "end"),
-                                              timeframe=timeframe)
+        arrow = wants_arrow(request.headers.get("accept"))
 
-        return await _frame_answer(request, frame)
+        def work() -> tuple[bytes | memoryview, str]:
+            df = the_store().get_indicators(parse_symbols(symbol)[0], parse_list(indicators, "indicators"),
+                                            parse_time(start, "start"), parse_time(end, "end"), timeframe=timeframe)
+            return frame_response_body(df, arrow)
+
+        data, media = await run_in_threadpool(work)
+        return Response(data, media_type=media)
 
     @app.post("/v1/compute", tags=["data"], summary="A catalogue feature with parameters, computed once, cached")
     async def compute(request: Request) -> Response:
@@ -348,13 +357,16 @@ def create_app(store: Store | None = None, *, settings: Settings | None = None, 
         timeframe = body.get("timeframe")
         if timeframe is not None and not isinstance(timeframe, str):
             raise InvalidInputError("must be a timeframe such as '1h'", column="timeframe", value=timeframe)
+        arrow = wants_arrow(request.headers.get("accept"))
 
-        def frame() -> pl.DataFrame:
-            return the_store().compute_feature(name, parse_symbols(body.get("symbol"))[0],
-                                               parse_time(body.get("start"), "start"),
-                                               parse_time(body.get("end"), "end"), params=params, timeframe=timeframe)
+        def work() -> tuple[bytes | memoryview, str]:
+            df = the_store().compute_feature(name, parse_symbols(body.get("symbol"))[0],
+                                             parse_time(body.get("start"), "start"), parse_time(body.get("end"), "end"),
+                                             params=params, timeframe=timeframe)
+            return frame_response_body(df, arrow)
 
-        return await _frame_answer(request, frame)
+        data, media = await run_in_threadpool(work)
+        return Response(data, media_type=media)
 
     @app.get("/v1/stats", tags=["health"], summary="Store and compute-cache statistics")
     async def stats() -> Response:
@@ -462,14 +474,6 @@ def _online(store: Store, request: Request, symbols: Any, features: Any) -> Resp
     vectors = store.get_online(syms, names)
     metrics.count_online([v.status for v in vectors], "online")
     return Response(vectors_json(vectors), media_type=JSON)
-
-
-async def _frame_answer(request: Request, frame: Callable[[], pl.DataFrame]) -> Response:
-    """``frame()`` and its encoding (Arrow or JSON, as the request accepts) in a worker thread: a large read on
-    the event loop would hold every other request of this worker (``GET /v1/online`` among them) until done."""
-    arrow = wants_arrow(request.headers.get("accept"))
-    data, media = await run_in_threadpool(lambda: frame_response_body(frame(), arrow))
-    return Response(data, media_type=media)
 
 
 def _table(raw: bytes, content_type: str, field: str) -> tuple[pl.DataFrame, dict[str, Any]]:
